@@ -1,0 +1,351 @@
+"""Cluster YAML: loading and validation.
+
+Validation collects *every* problem as ``(path, message)`` before raising one ``ConfigError``
+(Patroni's validator style), so an operator fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bknr_cluster.errors import ConfigError, UnknownNode
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+STORE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+ROLES = ("voter", "standby", "spare")
+
+DEFAULT_TIMING = {"election_timeout_ms": 1000, "heartbeat_ms": 100}
+DEFAULT_SNAPSHOT = {"threshold": 10000, "trailing": 2000, "keep": 3}
+DEFAULT_BATCH = {"max_count": 512, "max_bytes": 1 << 20}
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    user: str | None = None
+    port: int = 22
+    key_file: str | None = None
+    known_hosts: str | None = None
+    strict_host_key_checking: bool = True
+    workdir: str | None = None
+    python: str | None = None
+    config_path: str | None = None  # where the cluster YAML lives on the remote host
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: int
+    name: str
+    host: str
+    raft_port: int
+    api_port: int
+    api_host: str
+    data_dir: Path
+    role: str = "voter"
+    ssh: SshConfig | None = None
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.host}:{self.raft_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def raft_dir(self) -> Path:
+        return self.data_dir / "raft"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "node.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "node.log"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def is_local(self) -> bool:
+        return self.ssh is None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: Path | None
+    group: str
+    store: str
+    token_file: Path | None
+    election_timeout_ms: int
+    heartbeat_ms: int
+    snapshot_threshold: int
+    snapshot_trailing: int
+    snapshot_keep: int
+    batch_max_count: int
+    batch_max_bytes: int
+    nodes: tuple[NodeConfig, ...]
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ClusterConfig:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            raise ConfigError([("", f"configuration file {p} not found")]) from None
+        except OSError as exc:
+            raise ConfigError([("", f"cannot read {p}: {exc.strerror}")]) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError([("", f"{p} is not valid YAML ({where}): {problem}")]) from None
+        return cls.from_dict(data, base_dir=p.resolve().parent, path=p.resolve())
+
+    @classmethod
+    def from_dict(cls, data: Any, base_dir: Path, path: Path | None = None) -> ClusterConfig:
+        problems = validate(data, base_dir)
+        if problems:
+            raise ConfigError(problems)
+        timing = {**DEFAULT_TIMING, **(data.get("timing") or {})}
+        snap = {**DEFAULT_SNAPSHOT, **(data.get("snapshot") or {})}
+        batch = {**DEFAULT_BATCH, **(data.get("batch") or {})}
+        token = data.get("token_file")
+        return cls(
+            path=path,
+            group=data["group"],
+            store=data["store"],
+            token_file=_resolve(base_dir, token) if token else None,
+            election_timeout_ms=int(timing["election_timeout_ms"]),
+            heartbeat_ms=int(timing["heartbeat_ms"]),
+            snapshot_threshold=int(snap["threshold"]),
+            snapshot_trailing=int(snap["trailing"]),
+            snapshot_keep=int(snap["keep"]),
+            batch_max_count=int(batch["max_count"]),
+            batch_max_bytes=int(batch["max_bytes"]),
+            nodes=tuple(_node(n, base_dir) for n in data["nodes"]),
+            raw=data,
+        )
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def node(self, key: str | int) -> NodeConfig:
+        """A node by name or numeric id (``"n2"``, ``2`` or ``"2"``)."""
+        for n in self.nodes:
+            if n.name == key or str(n.id) == str(key):
+                return n
+        known = ", ".join(n.name for n in self.nodes)
+        raise UnknownNode(f"unknown node {key!r} (known: {known})")
+
+    def node_by_id(self, node_id: int) -> NodeConfig | None:
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+    def token(self) -> str | None:
+        """The API bearer token, or None when the cluster runs without one."""
+        if self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError([("token_file", f"cannot read {self.token_file}: {exc.strerror}")]) from None
+
+    def initial_configuration(self) -> list[tuple[int, str, str]]:
+        """The engine bootstrap configuration: every node listed with its role."""
+        return [(n.id, n.raft_address, n.role) for n in self.nodes]
+
+    def peers_string(self) -> str:
+        return ",".join(f"{n.raft_address}:{n.id}" for n in self.nodes)
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(str(value)))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _node(n: dict, base_dir: Path) -> NodeConfig:
+    ssh = n.get("ssh")
+    ssh_cfg = None
+    if ssh is not None:
+        ssh_cfg = SshConfig(
+            user=ssh.get("user"), port=int(ssh.get("port", 22)), key_file=ssh.get("key_file"),
+            known_hosts=ssh.get("known_hosts"),
+            strict_host_key_checking=bool(ssh.get("strict_host_key_checking", True)),
+            workdir=ssh.get("workdir"), python=ssh.get("python"), config_path=ssh.get("config_path"))
+    # A remote node's data_dir is a path on that host, so it is not resolved against this machine.
+    data_dir = Path(n["data_dir"]) if ssh_cfg and Path(n["data_dir"]).is_absolute() \
+        else _resolve(base_dir, n["data_dir"])
+    return NodeConfig(id=int(n["id"]), name=n["name"], host=n["host"], raft_port=int(n["raft_port"]),
+                      api_port=int(n["api_port"]), api_host=n.get("api_host") or n["host"],
+                      data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _int_in(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _check_host(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "must be a host name or IP address"
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", value):
+        return f"{value!r} is not a valid host name or IP address"
+    return None
+
+
+def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
+    """Every problem in a parsed cluster YAML, as ``(path, message)``; empty when valid."""
+    out: list[tuple[str, str]] = []
+    if not isinstance(data, dict):
+        return [("", "the configuration must be a mapping with 'group', 'store' and 'nodes'")]
+    known = {"group", "store", "token_file", "timing", "snapshot", "batch", "nodes"}
+    for key in sorted(set(data) - known):
+        out.append((str(key), "unknown key"))
+
+    group = data.get("group")
+    if group is None:
+        out.append(("group", "required"))
+    elif not isinstance(group, str) or not NAME_RE.match(group):
+        out.append(("group", "must be a name of letters, digits, '_', '.', '-' (max 63)"))
+
+    store = data.get("store")
+    if store is None:
+        out.append(("store", "required (module:attribute of a StoreDefinition)"))
+    elif not isinstance(store, str) or not STORE_RE.match(store):
+        out.append(("store", f"{store!r} must look like 'package.module:definition'"))
+
+    token = data.get("token_file")
+    if token is not None and (not isinstance(token, str) or not token):
+        out.append(("token_file", "must be a file path"))
+
+    out += _validate_section(data.get("timing"), "timing", {
+        "election_timeout_ms": (20, 600_000), "heartbeat_ms": (1, 60_000)})
+    timing = {**DEFAULT_TIMING, **(data.get("timing") or {})} if isinstance(data.get("timing"), dict | None) \
+        else DEFAULT_TIMING
+    et, hb = timing.get("election_timeout_ms"), timing.get("heartbeat_ms")
+    if _int_in(et, 20, 600_000) and _int_in(hb, 1, 60_000) and hb * 2 > et:
+        out.append(("timing.heartbeat_ms",
+                    f"{hb} ms must be at most half the election timeout ({et} ms)"))
+    out += _validate_section(data.get("snapshot"), "snapshot", {
+        "threshold": (2, 10**9), "trailing": (0, 10**9), "keep": (1, 1000)})
+    out += _validate_section(data.get("batch"), "batch", {
+        "max_count": (1, 65536), "max_bytes": (1024, 1 << 30)})
+
+    nodes = data.get("nodes")
+    if nodes is None:
+        out.append(("nodes", "required: a list of nodes"))
+    elif not isinstance(nodes, list) or not nodes:
+        out.append(("nodes", "must be a non-empty list of nodes"))
+    else:
+        out += _validate_nodes(nodes)
+    return out
+
+
+def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]]) -> list:
+    if section is None:
+        return []
+    if not isinstance(section, dict):
+        return [(name, "must be a mapping")]
+    out = []
+    for key in sorted(set(section) - set(fields)):
+        out.append((f"{name}.{key}", "unknown key"))
+    for key, (lo, hi) in fields.items():
+        if key in section and not _int_in(section[key], lo, hi):
+            out.append((f"{name}.{key}", f"must be an integer in [{lo}, {hi}]"))
+    return out
+
+
+NODE_KEYS = {"id", "name", "host", "raft_port", "api_port", "api_host", "data_dir", "role", "ssh"}
+SSH_KEYS = {"user", "port", "key_file", "known_hosts", "strict_host_key_checking", "workdir",
+            "python", "config_path"}
+
+
+def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    seen: dict[str, dict[Any, str]] = {"id": {}, "name": {}, "raft": {}, "api": {}, "data_dir": {}}
+
+    def unique(kind: str, value: Any, path: str, label: str) -> None:
+        if value in seen[kind]:
+            out.append((path, f"{label} already used by {seen[kind][value]}"))
+        else:
+            seen[kind][value] = path.rsplit(".", 1)[0]
+
+    voters = 0
+    for i, n in enumerate(nodes):
+        p = f"nodes[{i}]"
+        if not isinstance(n, dict):
+            out.append((p, "must be a mapping"))
+            continue
+        for key in sorted(set(n) - NODE_KEYS):
+            out.append((f"{p}.{key}", "unknown key"))
+        for key in ("id", "name", "host", "raft_port", "api_port", "data_dir"):
+            if key not in n:
+                out.append((f"{p}.{key}", "required"))
+        if "id" in n:
+            if not _int_in(n["id"], 1, 2**63 - 1):
+                out.append((f"{p}.id", "must be a positive integer"))
+            else:
+                unique("id", n["id"], f"{p}.id", f"id {n['id']}")
+        if "name" in n:
+            if not isinstance(n["name"], str) or not NAME_RE.match(n["name"]):
+                out.append((f"{p}.name", "must be a name of letters, digits, '_', '.', '-'"))
+            else:
+                unique("name", n["name"], f"{p}.name", f"name {n['name']!r}")
+        for key in ("host", "api_host"):
+            if key in n and (msg := _check_host(n[key])):
+                out.append((f"{p}.{key}", msg))
+        host = n.get("host")
+        for key, kind in (("raft_port", "raft"), ("api_port", "api")):
+            if key in n:
+                if not _int_in(n[key], 1, 65535):
+                    out.append((f"{p}.{key}", "must be a port number in [1, 65535]"))
+                else:
+                    api_host = n.get("api_host") or host
+                    addr = (host if kind == "raft" else api_host, n[key])
+                    # raft and API ports share one namespace per host
+                    unique("raft", addr, f"{p}.{key}", f"port {n[key]} on {addr[0]}")
+        if "data_dir" in n:
+            if not isinstance(n["data_dir"], str) or not n["data_dir"]:
+                out.append((f"{p}.data_dir", "must be a directory path"))
+            else:
+                unique("data_dir", (host, n["data_dir"]), f"{p}.data_dir",
+                       f"data_dir {n['data_dir']!r} on {host}")
+        role = n.get("role", "voter")
+        if role not in ROLES:
+            out.append((f"{p}.role", f"must be one of {', '.join(ROLES)}"))
+        elif role == "voter":
+            voters += 1
+        ssh = n.get("ssh")
+        if ssh is not None:
+            if not isinstance(ssh, dict):
+                out.append((f"{p}.ssh", "must be a mapping"))
+            else:
+                for key in sorted(set(ssh) - SSH_KEYS):
+                    out.append((f"{p}.ssh.{key}", "unknown key"))
+                if "port" in ssh and not _int_in(ssh["port"], 1, 65535):
+                    out.append((f"{p}.ssh.port", "must be a port number in [1, 65535]"))
+                for key in ("user", "key_file", "known_hosts", "workdir", "python", "config_path"):
+                    if key in ssh and not isinstance(ssh[key], str):
+                        out.append((f"{p}.ssh.{key}", "must be a string"))
+    if nodes and voters == 0 and not any(p.endswith(".role") for p, _ in out):
+        out.append(("nodes", "at least one node must be a voter"))
+    return out
