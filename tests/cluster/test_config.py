@@ -70,7 +70,7 @@ def test_every_problem_is_reported_with_its_path(tmp_path):
 
 
 def test_malformed_yaml_names_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"not valid YAML \(line 2"):
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line 3"):
         ClusterConfig.load(write(tmp_path, "group: x\nnodes: [\n"))
 
 
