@@ -12,14 +12,16 @@ setup: deps venv build
 deps:
 	@bash scripts/install-deps.sh
 
-venv:
-	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PIP) install -q --upgrade pip >/dev/null
-	@$(PIP) install -q scikit-build-core pybind11 ninja cmake
+venv: $(PY)
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q scikit-build-core pybind11 ninja cmake
 
-# Rebuilds the extension only when native sources or the build description changed.
+# Reinstalls (incrementally, the CMake build dir is kept) only when a source changed.
 build: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard native/*.cpp native/*.hpp native/*.h)
+SOURCES := $(shell find bknr_cluster cli examples native -name '*.py' -o -name '*.cpp' -o -name '*.hpp' -o -name '*.h' 2>/dev/null)
+$(VENV)/.installed: pyproject.toml CMakeLists.txt $(SOURCES)
 	@$(PIP) install -q --no-build-isolation -e '.[test,bench]'
 	@touch $@
 
