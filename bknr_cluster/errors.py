@@ -139,3 +139,16 @@ class Unauthorized(BknrError):
 
 class Unreachable(BknrError):
     """A node's API could not be reached."""
+
+
+class TransactionFailed(BknrError):
+    """A transaction raised on the leader; seen by remote callers (HTTP, ``forward=True``).
+
+    In-process callers get the transaction's own exception instead. ``exception`` is the name of
+    the exception class the transaction raised.
+    """
+
+    def __init__(self, exception: str, message: str = ""):
+        self.exception = exception
+        super().__init__(f"transaction failed: {exception}: {message}" if message
+                         else f"transaction failed: {exception}")

@@ -1,0 +1,308 @@
+"""Admin/client HTTP API of a node (aiohttp), as specified in docs/interfaces.md §4 and docs/api.md.
+
+Blocking work (waiting for a commit, computing a digest, writing a backup) runs in a thread pool so
+the event loop keeps answering ``/health`` and ``/leader`` while a node is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from bknr_cluster.cluster.client import error_body, error_status
+from bknr_cluster.cluster.store import ClusterStore
+from bknr_cluster.errors import BknrError, NotLeader, Unauthorized, UsageError
+
+log = logging.getLogger("bknr.api")
+
+# No auth on these: load balancers and liveness probes have no token.
+PUBLIC = {("GET", "/health"), ("GET", "/leader"), ("GET", "/metrics")}
+ROLES = ("voter", "standby", "spare")
+
+
+class BadRequest(UsageError):
+    """Malformed HTTP input (not JSON, wrong shape)."""
+
+
+def _json_error(exc: BaseException) -> web.Response:
+    return web.json_response(error_body(exc), status=error_status(exc))
+
+
+class Api:
+    """Handlers bound to one ClusterStore."""
+
+    def __init__(self, cs: ClusterStore, token: str | None, *, workers: int = 64,
+                 tx_timeout: float = 30.0) -> None:
+        self.cs = cs
+        self.token = token
+        self.tx_timeout = tx_timeout
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bknr-api")
+        self.requests: Counter[tuple[str, int]] = Counter()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 << 20)
+        r = app.router
+        r.add_get("/health", self.health)
+        r.add_get("/status", self.status)
+        r.add_get("/leader", self.leader)
+        r.add_get("/metrics", self.metrics)
+        r.add_post("/tx/{name}", self.tx)
+        r.add_post("/query/{name}", self.query)
+        r.add_post("/snapshot", self.snapshot)
+        r.add_get("/backup", self.backup)
+        r.add_post("/peers", self.add_peer)
+        r.add_delete("/peers/{id}", self.remove_peer)
+        r.add_post("/peers/{id}/role", self.assign)
+        r.add_post("/transfer", self.transfer)
+        return app
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        label = route.canonical if route is not None else "unmatched"
+        try:
+            if (request.method, request.path) not in PUBLIC and self.token is not None:
+                self._check_token(request)
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            resp = web.json_response({"error": exc.reason, "type": "HTTPError"}, status=exc.status)
+        except BknrError as exc:
+            resp = _json_error(exc)
+        except Exception as exc:  # a handler bug: answer 500, keep the node up
+            log.exception("%s %s failed", request.method, request.path)
+            resp = web.json_response({"error": f"internal error: {exc!r}", "type": "InternalError"},
+                                     status=500)
+        self.requests[(label, resp.status)] += 1
+        return resp
+
+    def _check_token(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        # compare_digest on bytes: constant time in the length of the expected token.
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), (self.token or "").encode())
+        if not ok:
+            raise Unauthorized("missing or wrong API token" if header else "missing API token")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict:
+        if not request.can_read_body:
+            return {}
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _int(value: Any, what: str) -> int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise BadRequest(f"{what} must be an integer, got {value!r}") from None
+
+    def _call_args(self, body: dict) -> tuple[list, dict]:
+        from bknr_cluster.store import from_json
+
+        args, kwargs = body.get("args", []), body.get("kwargs", {})
+        if not isinstance(args, list):
+            raise BadRequest("'args' must be a JSON array")
+        if not isinstance(kwargs, dict):
+            raise BadRequest("'kwargs' must be a JSON object")
+        store = self.cs.store
+        return ([from_json(a, store) for a in args], {k: from_json(v, store) for k, v in kwargs.items()})
+
+    # --- read-only ------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "node_id": self.cs.node_id, "name": self.cs.name})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._run(self.cs.status))
+
+    async def leader(self, request: web.Request) -> web.Response:
+        st = self.cs.engine.status()
+        leader_id = int(st.get("leader_id") or 0)
+        body = {"leader": st.get("state") == "leader", "leader_id": leader_id,
+                "leader_api": self.cs.api_url(leader_id), "node_id": self.cs.node_id}
+        return web.json_response(body, status=200 if body["leader"] else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        st = await self._run(lambda: self.cs.status(with_digest=False))
+        node = f'node="{self.cs.name}",group="{self.cs.group}"'
+        lines = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, Any]]) -> None:
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in samples:
+                lines.append(f"{name}{{{node}{labels}}} {0 if value is None else value}")
+
+        metric("bknr_up", "gauge", "1 while the node process serves its API", [("", 1)])
+        metric("bknr_is_leader", "gauge", "1 on the Raft leader", [("", int(st["role"] == "leader"))])
+        for key, help_ in (("term", "current Raft term"), ("commit_index", "commit index"),
+                           ("applied_index", "last index applied to the store"),
+                           ("last_log_index", "last log index"),
+                           ("snapshot_index", "index of the last Raft snapshot")):
+            metric(f"bknr_{key}", "gauge", help_, [("", st.get(key))])
+        for key, help_ in (("batches", "log entries submitted by this node"),
+                           ("batched_records", "records submitted by this node"),
+                           ("applied_records", "transaction records applied"),
+                           ("failed_records", "transactions that raised"),
+                           ("corrupt_entries", "malformed log entries skipped")):
+            metric(f"bknr_{key}_total", "counter", help_, [("", st.get(key))])
+        metric("bknr_follower_lag", "gauge", "leader: entries a follower is behind",
+               [(f',follower="{f["id"]}"', f["lag"]) for f in st["followers"]])
+        metric("bknr_http_requests_total", "counter", "HTTP requests by route and status",
+               [(f',route="{r}",code="{c}"', n) for (r, c), n in sorted(self.requests.items())])
+        return web.Response(text="\n".join(lines) + "\n",
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Prometheus-Format": "0.0.4"})
+
+    async def backup(self, request: web.Request) -> web.Response:
+        st = self.cs.engine.status()
+        if st.get("state") != "leader":
+            raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
+                                               st.get("leader_address") or ""))
+        index, data = await self._run(self.cs.backup)
+        return web.Response(body=data, content_type="application/octet-stream", headers={
+            "X-Bknr-Index": str(index), "X-Bknr-Sha256": hashlib.sha256(data).hexdigest(),
+            "X-Bknr-Group": self.cs.group})
+
+    # --- transactions and queries ---------------------------------------------------------
+
+    async def tx(self, request: web.Request) -> web.Response:
+        from bknr_cluster.store import to_json
+
+        name = request.match_info["name"]
+        body = await self._body(request)
+        args, kwargs = self._call_args(body)
+        forward = bool(body.get("forward", False))
+        result, index = await self._run(lambda: self.cs.execute_indexed(
+            name, args, kwargs, forward=forward, timeout=self.tx_timeout, raise_tx=False))
+        return web.json_response({"result": to_json(result), "index": index})
+
+    async def query(self, request: web.Request) -> web.Response:
+        from bknr_cluster.store import to_json
+
+        name = request.match_info["name"]
+        body = await self._body(request)
+        args, kwargs = self._call_args(body)
+        consistent = bool(body.get("consistent", False))
+
+        def run() -> dict:
+            result = self.cs.query(name, *args, consistent=consistent, **kwargs)
+            return {"result": to_json(result), "applied_index": self.cs.applied_index}
+        return web.json_response(await self._run(run))
+
+    # --- admin ----------------------------------------------------------------------------
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        await self._body(request)
+        return web.json_response({"index": await self._run(self.cs.snapshot_now)})
+
+    async def add_peer(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        node_id = self._int(body.get("id"), "'id'")
+        address = body.get("address")
+        role = body.get("role", "voter")
+        if not isinstance(address, str) or ":" not in address:
+            raise BadRequest("'address' must be 'host:port'")
+        if role not in ROLES:
+            raise BadRequest(f"'role' must be one of {', '.join(ROLES)}")
+        await self._run(self.cs.add_peer, node_id, address, role)
+        return web.json_response({"ok": True, "id": node_id, "role": role})
+
+    async def remove_peer(self, request: web.Request) -> web.Response:
+        node_id = self._int(request.match_info["id"], "node id")
+        await self._run(self.cs.remove_peer, node_id)
+        return web.json_response({"ok": True, "id": node_id})
+
+    async def assign(self, request: web.Request) -> web.Response:
+        node_id = self._int(request.match_info["id"], "node id")
+        role = (await self._body(request)).get("role")
+        if role not in ROLES:
+            raise BadRequest(f"'role' must be one of {', '.join(ROLES)}")
+        await self._run(self.cs.assign, node_id, role)
+        return web.json_response({"ok": True, "id": node_id, "role": role})
+
+    async def transfer(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        to = self._int(body.get("to", 0), "'to'")
+        return web.json_response({"leader_id": await self._run(self.cs.transfer, to)})
+
+
+class ApiServer:
+    """Runs the API on its own event loop thread (tests, embedding) or inside ``serve``."""
+
+    def __init__(self, cs: ClusterStore, host: str, port: int, token: str | None) -> None:
+        self.api = Api(cs, token)
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start_async(self) -> None:
+        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        log.info("API listening on http://%s:%d", self.host, self.port)
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.api.pool.shutdown(wait=False, cancel_futures=True)
+
+    def start_in_thread(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self.start_async())
+            except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="bknr-api-loop", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            raise errors[0]
+
+    def stop_thread(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.stop_async(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+        self._loop = None

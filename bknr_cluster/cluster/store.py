@@ -1,0 +1,475 @@
+"""ClusterStore: a prevalence store replicated through the Raft engine.
+
+Submit path: ``execute`` encodes the transaction (codec errors surface here, before anything is
+logged), hands the record to the group committer and waits for its waiter. Apply path: one applier
+thread drains ``engine.next_committed`` in log order, applies every record of every batch on this
+replica, and resolves the waiters of this node's own callers. See DESIGN.md in this folder.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bknr_cluster.cluster.batch import decode_batch
+from bknr_cluster.cluster.client import ApiClient
+from bknr_cluster.cluster.commit import GroupCommitter, Waiter
+from bknr_cluster.errors import (
+    BknrError,
+    CorruptData,
+    NoLeader,
+    NotLeader,
+    Shutdown,
+    Timeout,
+    TransactionFailed,
+    UnknownTransaction,
+    UsageError,
+)
+
+log = logging.getLogger("bknr.cluster")
+
+Peers = str | list[tuple[int, str]] | Mapping[int, str]
+
+
+def parse_peers(peers: Peers) -> dict[int, str]:
+    """``"127.0.0.1:7001:1,127.0.0.1:7002:2"`` / ``[(1, "127.0.0.1:7001")]`` -> {id: address}."""
+    if isinstance(peers, Mapping):
+        return {int(k): str(v) for k, v in peers.items()}
+    out: dict[int, str] = {}
+    if isinstance(peers, str):
+        for part in filter(None, (p.strip() for p in peers.split(","))):
+            addr, sep, nid = part.rpartition(":")
+            if not sep or not nid.isdigit() or ":" not in addr:
+                raise UsageError(f"bad peer {part!r}: expected host:port:id")
+            out[int(nid)] = addr
+        return out
+    for nid, addr in peers:
+        out[int(nid)] = str(addr)
+    return out
+
+
+def tx_name(tx: Any) -> str:
+    """The registered name of a transaction (function object or name)."""
+    if isinstance(tx, str):
+        return tx
+    for attr in ("tx_name", "name", "__bknr_name__"):
+        v = getattr(tx, attr, None)
+        if isinstance(v, str):
+            return v
+    raise UnknownTransaction(f"{tx!r} is not a registered transaction")
+
+
+class ClusterStore:
+    """A replicated store on one node; see the module docstring and DESIGN.md."""
+
+    def __init__(self, definition: Any, node_id: int, peers: Peers, data_dir: str | os.PathLike,
+                 group: str = "bknr", *, election_timeout_ms: int = 1000, heartbeat_ms: int = 100,
+                 snapshot_threshold: int = 10000, snapshot_trailing: int = 2000,
+                 store_snapshot_every: int | None = None, batch_max_count: int = 512,
+                 batch_max_bytes: int = 1 << 20, batch_window: int = 4,
+                 api_urls: Mapping[int, str] | Callable[[int], str] | None = None,
+                 token: str | None = None, name: str | None = None,
+                 engine_factory: Callable[..., Any] | None = None, start: bool = True) -> None:
+        from bknr_cluster.store import Store  # late: keeps this module importable in isolation
+
+        self.definition = definition
+        self.node_id = int(node_id)
+        self.peers = parse_peers(peers)
+        if self.node_id not in self.peers:
+            raise UsageError(f"node id {self.node_id} is not among the peers {sorted(self.peers)}")
+        self.address = self.peers[self.node_id]
+        self.data_dir = Path(data_dir).resolve()
+        self.group = group
+        self.name = name or f"n{self.node_id}"
+        self.token = token
+        self._api_urls = api_urls
+        self.store = Store(None, definition=definition)
+        raft_dir = self.data_dir / "raft"
+        raft_dir.mkdir(parents=True, exist_ok=True)
+        if engine_factory is None:
+            from bknr_cluster.engine import RaftNode
+            engine_factory = RaftNode
+        self.engine = engine_factory(
+            self.node_id, self.address, str(raft_dir), election_timeout_ms=election_timeout_ms,
+            heartbeat_ms=heartbeat_ms, snapshot_threshold=snapshot_threshold,
+            snapshot_trailing=snapshot_trailing, store_snapshot_every=store_snapshot_every,
+            max_entry_bytes=max(batch_max_bytes + 4096, 64 << 20))
+        self.election_timeout_ms = election_timeout_ms
+        self.committer = GroupCommitter(self.engine.submit, self.node_id, max_count=batch_max_count,
+                                        max_bytes=batch_max_bytes, window=batch_window,
+                                        map_error=self._map_error)
+        # The apply lock makes (store state, applied_index) one consistent pair for readers of
+        # the whole state (digest, backup); transactions themselves lock inside the store.
+        self._apply_lock = threading.RLock()
+        self._applied_cond = threading.Condition()
+        self.applied_index = 0
+        self.applied_term = 0
+        self.last_store_snapshot = 0
+        self.applied_entries = 0
+        self.applied_records = 0
+        self.failed_records = 0
+        self.corrupt_entries = 0
+        self.started_at = time.time()
+        self._digest_cache: tuple[int, str] | None = None
+        self._running = False
+        self._applier: threading.Thread | None = None
+        self._clients: dict[str, ApiClient] = {}
+        if start:
+            self.start()
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike, node: str | int, *, definition: Any = None,
+                    **overrides: Any) -> ClusterStore:
+        """Build the store of node ``node`` (name or id) from a cluster YAML."""
+        from bknr_cluster.cluster.config import ClusterConfig
+
+        cfg = ClusterConfig.load(path)
+        me = cfg.node(node)
+        if definition is None:
+            from bknr_cluster.cluster.loader import load_definition
+            definition = load_definition(cfg.store, cfg.base_dir)
+
+        def api_url(node_id: int) -> str:
+            n = cfg.node_by_id(node_id)
+            if n is None:  # a node added after we started: the operator edited the YAML
+                try:
+                    n = ClusterConfig.load(path).node_by_id(node_id)
+                except BknrError:
+                    n = None
+            return n.api_url if n else ""
+
+        kw: dict[str, Any] = dict(
+            group=cfg.group, election_timeout_ms=cfg.election_timeout_ms,
+            heartbeat_ms=cfg.heartbeat_ms, snapshot_threshold=cfg.snapshot_threshold,
+            snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
+            batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, token=cfg.token(),
+            name=me.name)
+        kw.update(overrides)
+        peers = {n.id: n.raft_address for n in cfg.nodes}
+        return cls(definition, me.id, peers, me.data_dir, **kw)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def bootstrap(self, configuration: list[tuple[int, str, str]] | None = None) -> None:
+        """Bootstrap the engine (fresh data dir only); default: every peer as a voter."""
+        conf = configuration or [(i, a, "voter") for i, a in sorted(self.peers.items())]
+        self.engine.bootstrap(conf)
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self.engine.start()
+        self.committer.start()
+        self._applier = threading.Thread(target=self._apply_loop, name="bknr-applier", daemon=True)
+        self._applier.start()
+
+    def stop(self) -> None:
+        """Stop the engine and the threads; idempotent. Pending callers get ``Shutdown``."""
+        if not self._running:
+            return
+        self._running = False
+        self.committer.stop()
+        try:
+            self.engine.stop()
+        finally:
+            if self._applier is not None:
+                self._applier.join(timeout=10)
+            for c in self._clients.values():
+                c.close()
+
+    close = stop
+
+    def __enter__(self) -> ClusterStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- errors and hints -----------------------------------------------------------------
+
+    def api_url(self, node_id: int) -> str:
+        if not node_id:
+            return ""
+        src = self._api_urls
+        if src is None:
+            return ""
+        if callable(src):
+            return src(node_id) or ""
+        return src.get(node_id, "")
+
+    def _map_error(self, exc: BaseException) -> BaseException:
+        """Engine errors as callers see them: NotLeader carries the leader's API address."""
+        if isinstance(exc, NotLeader):
+            if not exc.leader_id:
+                return NoLeader(0, "", message="not the leader and no leader is known")
+            return NotLeader(exc.leader_id, exc.leader_address, leader_api=self.api_url(exc.leader_id))
+        return exc
+
+    # --- submit path ----------------------------------------------------------------------
+
+    def submit_record(self, record: bytes, timeout: float = 30.0) -> Waiter:
+        """Replicate one encoded record; the returned waiter is resolved (or Timeout raised)."""
+        w = self.committer.enqueue(record)
+        if not w.wait(timeout) and self.committer.abandon(w):
+            raise Timeout(f"no outcome within {timeout} s; the transaction may or may not commit")
+        return w
+
+    def execute(self, tx: Any, *args: Any, forward: bool = False, timeout: float = 30.0,
+                **kwargs: Any) -> Any:
+        """Run ``tx`` on every replica after commit; return its result here (see module doc)."""
+        result, _ = self.execute_indexed(tx, args, kwargs, forward=forward, timeout=timeout)
+        return result
+
+    def execute_indexed(self, tx: Any, args: tuple | list, kwargs: dict, *, forward: bool = False,
+                        timeout: float = 30.0, raise_tx: bool = True) -> tuple[Any, int]:
+        """``execute`` returning ``(result, log index)``; with ``raise_tx=False`` a failing
+        transaction raises ``TransactionFailed`` instead of its own exception (HTTP API)."""
+        record = self.store.encode_transaction(tx, *args, **kwargs)
+        deadline = time.monotonic() + timeout
+        while True:
+            w = self.submit_record(record, max(0.0, deadline - time.monotonic()))
+            err = w.error
+            if err is None:
+                return w.result, w.index
+            if w.tx_error:
+                if raise_tx:
+                    raise err
+                raise TransactionFailed(type(err).__name__, str(err)) from err
+            if not (forward and isinstance(err, NotLeader)):
+                raise err
+            if err.leader_api:
+                return self._forward(tx_name(tx), args, kwargs, err, deadline)
+            if time.monotonic() >= deadline:
+                raise err
+            # Election in progress: NotLeader means nothing was logged, so waiting is safe.
+            threading.Event().wait(min(0.05, self.election_timeout_ms / 4000))
+
+    def _client(self, url: str) -> ApiClient:
+        c = self._clients.get(url)
+        if c is None:
+            c = self._clients[url] = ApiClient(url, self.token)
+        return c
+
+    def _forward(self, name: str, args: Any, kwargs: dict, exc: NotLeader,
+                 deadline: float) -> tuple[Any, int]:
+        from bknr_cluster.store import from_json, to_json
+
+        body = {"args": [to_json(a) for a in args],
+                "kwargs": {k: to_json(v) for k, v in kwargs.items()}, "forward": True}
+        remaining = max(0.1, deadline - time.monotonic())
+        answer = self._client(exc.leader_api).call("POST", f"/tx/{name}", body, timeout=remaining)
+        return from_json(answer.get("result"), self.store), int(answer.get("index", 0))
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def barrier(self, timeout: float = 10.0) -> int:
+        """Linearizable read point: returns once everything committed before now is applied
+        here. Raises NotLeader on a follower. (An empty record rides the group commit; see
+        DESIGN.md for why a libraft barrier alone cannot tell the applier where it stands.)"""
+        w = self.submit_record(b"", timeout)
+        if w.error is not None:
+            raise w.error
+        return w.index
+
+    @contextmanager
+    def read(self, consistent: bool = False, timeout: float = 10.0) -> Iterator[Any]:
+        """``with cs.read(consistent=True) as store: ...`` — a consistent view of the store."""
+        if consistent:
+            self.barrier(timeout)
+        with self.store.reading():
+            yield self.store
+
+    def query(self, name: str, *args: Any, consistent: bool = False, timeout: float = 10.0,
+              **kwargs: Any) -> Any:
+        if consistent:
+            self.barrier(timeout)
+        return self.store.run_query(name, *args, **kwargs)
+
+    def wait_applied(self, index: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._applied_cond:
+            while self.applied_index < index:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._applied_cond.wait(left)
+        return True
+
+    # --- apply path -----------------------------------------------------------------------
+
+    def _apply_loop(self) -> None:
+        from bknr_cluster.store import TxContext
+
+        eng = self.engine
+        while self._running:
+            try:
+                items = eng.next_committed(256, 0.1)
+            except Shutdown:
+                break
+            except Exception:
+                if not self._running:
+                    break
+                log.exception("next_committed failed")
+                threading.Event().wait(0.1)
+                continue
+            if not items:
+                continue
+            with self._apply_lock:
+                for kind, index, term, data in items:
+                    try:
+                        if kind == "entry":
+                            self._apply_entry(index, data, TxContext)
+                        elif kind == "snapshot_request":
+                            self._store_snapshot(index)
+                        elif kind == "restore":
+                            self._restore(index, data)
+                        else:
+                            log.error("unknown committed item kind %r at %d", kind, index)
+                    except Exception:
+                        # Nothing may stop the applier: a replica that stops applying is worse
+                        # than a logged error (the digest comparison will show divergence).
+                        log.exception("applying %s at index %d failed", kind, index)
+                    self.applied_index = index
+                    if term:
+                        self.applied_term = term
+                self._digest_cache = None
+            with self._applied_cond:
+                self._applied_cond.notify_all()
+
+    def _apply_entry(self, index: int, data: bytes, ctx_cls: Any) -> None:
+        self.applied_entries += 1
+        try:
+            node_id, session, items = decode_batch(data)
+        except CorruptData as exc:
+            # Every replica decodes the same bytes the same way, so skipping keeps them equal.
+            self.corrupt_entries += 1
+            log.error("skipping malformed entry %d: %s", index, exc)
+            return
+        take = self.committer.take
+        apply = self.store.apply_record
+        for seq, record in items:
+            w = take(node_id, session, seq)
+            if not record:  # read marker
+                if w is not None:
+                    w.resolve(index)
+                continue
+            self.applied_records += 1
+            try:
+                result = apply(record, ctx_cls(index=index))
+            except Exception as exc:  # the transaction's own exception; the store is unchanged
+                self.failed_records += 1
+                if w is not None:
+                    w.resolve(index, error=exc, tx_error=True)
+                continue
+            if w is not None:
+                w.resolve(index, result)
+
+    def _store_snapshot(self, index: int) -> None:
+        buf = io.BytesIO()
+        t0 = time.monotonic()
+        self.store.write_snapshot(buf)
+        self.engine.store_snapshot_done(index, buf.getvalue())
+        self.last_store_snapshot = index
+        log.info("store snapshot at %d: %d bytes in %.3f s", index, buf.tell(),
+                 time.monotonic() - t0)
+
+    def _restore(self, index: int, data: bytes) -> None:
+        t0 = time.monotonic()
+        if data:
+            self.store.load_snapshot(io.BytesIO(data))
+        else:
+            self.store.load_snapshot(io.BytesIO(self._empty_snapshot()))
+        self.last_store_snapshot = index
+        log.info("restored store snapshot at %d (%d bytes) in %.3f s", index, len(data),
+                 time.monotonic() - t0)
+
+    def _empty_snapshot(self) -> bytes:
+        from bknr_cluster.store import Store
+
+        buf = io.BytesIO()
+        Store(None, definition=self.definition).write_snapshot(buf)
+        return buf.getvalue()
+
+    # --- whole-state views ----------------------------------------------------------------
+
+    def digest(self) -> tuple[int, str]:
+        """``(applied_index, canonical digest)`` taken together."""
+        with self._apply_lock:
+            cached = self._digest_cache
+            if cached is not None and cached[0] == self.applied_index:
+                return cached
+            self._digest_cache = (self.applied_index, self.store.digest())
+            return self._digest_cache
+
+    def backup(self) -> tuple[int, bytes]:
+        """A store snapshot of this replica with the index it is exactly at."""
+        with self._apply_lock:
+            buf = io.BytesIO()
+            self.store.write_snapshot(buf)
+            return self.applied_index, buf.getvalue()
+
+    def snapshot_now(self, timeout: float = 30.0) -> int:
+        return int(self.engine.snapshot_now().result(timeout) or 0)
+
+    # --- membership -----------------------------------------------------------------------
+
+    def add_peer(self, node_id: int, address: str, role: str = "voter", timeout: float = 30.0) -> None:
+        self.engine.add(int(node_id), address).result(timeout)
+        self.peers[int(node_id)] = address
+        if role != "spare":
+            self.engine.assign(int(node_id), role).result(timeout)
+
+    def assign(self, node_id: int, role: str, timeout: float = 30.0) -> None:
+        self.engine.assign(int(node_id), role).result(timeout)
+
+    def remove_peer(self, node_id: int, timeout: float = 30.0) -> None:
+        self.engine.remove(int(node_id)).result(timeout)
+
+    def transfer(self, node_id: int = 0, timeout: float = 10.0) -> int:
+        """Hand leadership to ``node_id`` (0: best candidate); returns the new leader's id."""
+        self.engine.transfer(int(node_id)).result(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.engine.status()
+            if st.get("leader_id") and st.get("leader_id") != self.node_id:
+                return int(st["leader_id"])
+            threading.Event().wait(0.01)
+        return int(self.engine.status().get("leader_id") or 0)
+
+    # --- status ---------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return self.engine.status().get("state") == "leader"
+
+    def status(self, with_digest: bool = True) -> dict[str, Any]:
+        st = self.engine.status()
+        leader_id = int(st.get("leader_id") or 0)
+        applied, digest = self.digest() if with_digest else (self.applied_index, None)
+        last = int(st.get("last_log_index") or 0)
+        conf = [{"id": c["id"], "address": c["address"], "role": c["role"],
+                 "api": self.api_url(c["id"])} for c in st.get("configuration") or []]
+        followers = [{"id": f["id"], "match_index": f["match_index"],
+                      "lag": max(0, last - int(f["match_index"]))}
+                     for f in st.get("followers") or []]
+        return {
+            "node_id": self.node_id, "name": self.name, "group": self.group, "pid": os.getpid(),
+            "address": self.address, "role": st.get("state"), "term": st.get("term"),
+            "leader_id": leader_id, "leader_address": st.get("leader_address") or "",
+            "leader_api": self.api_url(leader_id), "commit_index": st.get("commit_index"),
+            "applied_index": applied, "engine_applied": st.get("last_applied"),
+            "last_log_index": last, "snapshot_index": st.get("snapshot_index"),
+            "snapshot_term": st.get("snapshot_term"), "store_snapshot_index": self.last_store_snapshot,
+            "digest": digest, "configuration": conf, "followers": followers,
+            "batches": self.committer.batches, "batched_records": self.committer.items,
+            "applied_entries": self.applied_entries, "applied_records": self.applied_records,
+            "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }

@@ -1,0 +1,187 @@
+"""The node process: ``bknr-node --config cluster.yaml --node n2`` (or ``python -m bknr_cluster.node``).
+
+Modes:
+  (default)        start the engine, the applier and the HTTP API; run until SIGTERM/SIGINT.
+  --init           bootstrap this node's engine state with every YAML node as configured, then exit
+                   (exit 2 with a message if it is already bootstrapped). Used by ``bknrctl init``.
+  --recover JSON   forced reconfiguration after quorum loss (``bknrctl recover``), then exit.
+                   JSON: ``[{"id": 1, "address": "127.0.0.1:7101", "role": "voter"}, ...]``.
+  --bootstrap      bootstrap first if the data directory is fresh, then start.
+
+Exit codes: 0 clean stop, 1 operational error, 2 usage/validation error (errors.py ``exit_code``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from bknr_cluster.errors import AlreadyBootstrapped, BknrError, UsageError
+
+log = logging.getLogger("bknr.node")
+
+
+def _setup_logging(log_file: str | None, level: str) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _parse_configuration(text: str) -> list[tuple[int, str, str]]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--recover: configuration is not valid JSON: {exc}") from None
+    out = []
+    if not isinstance(data, list) or not data:
+        raise UsageError("--recover: configuration must be a non-empty JSON list")
+    for i, item in enumerate(data):
+        if isinstance(item, dict):
+            nid, addr, role = item.get("id"), item.get("address"), item.get("role", "voter")
+        elif isinstance(item, list) and len(item) in (2, 3):
+            nid, addr, role = item[0], item[1], item[2] if len(item) == 3 else "voter"
+        else:
+            raise UsageError(f"--recover: item {i} must be {{id, address, role}}")
+        if not isinstance(nid, int) or nid <= 0 or not isinstance(addr, str) or ":" not in addr \
+                or role not in ("voter", "standby", "spare"):
+            raise UsageError(f"--recover: item {i} is invalid: {item!r}")
+        out.append((nid, addr, role))
+    return out
+
+
+def _engine(cfg: Any, me: Any) -> Any:
+    from bknr_cluster.engine import RaftNode
+
+    me.raft_dir.mkdir(parents=True, exist_ok=True)
+    return RaftNode(me.id, me.raft_address, str(me.raft_dir),
+                    election_timeout_ms=cfg.election_timeout_ms, heartbeat_ms=cfg.heartbeat_ms,
+                    snapshot_threshold=cfg.snapshot_threshold, snapshot_trailing=cfg.snapshot_trailing)
+
+
+def _write_pid(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        try:
+            other = int(path.read_text().strip())
+            os.kill(other, 0)
+            if other != os.getpid():
+                raise UsageError(f"another node process (pid {other}) owns {path.parent}")
+        except (ValueError, ProcessLookupError):
+            pass  # stale pid file of a dead process
+        except PermissionError:
+            raise UsageError(f"pid file {path} belongs to a live process of another user") from None
+    tmp = path.with_suffix(".pid.tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def _remove_pid(path: Path) -> None:
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
+
+
+async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float) -> None:
+    from bknr_cluster.cluster.api import ApiServer
+
+    server = ApiServer(cs, me.api_host, me.api_port, token)
+    await server.start_async()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    # Hand over leadership before going away, so clients see a short blip, not an election.
+    try:
+        if cs.is_leader() and len(cs.engine.status().get("configuration") or []) > 1:
+            new = await loop.run_in_executor(None, cs.transfer, 0, transfer_timeout)
+            log.info("leadership transferred to %s", new)
+    except Exception as exc:  # best effort: stopping must not fail because of it
+        log.warning("leadership transfer before stop failed: %s", exc)
+    await server.stop_async()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bknr-node", description="Run one bknr_cluster node.")
+    p.add_argument("--config", required=True, help="cluster YAML")
+    p.add_argument("--node", required=True, help="this node's name or id")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--init", action="store_true", help="bootstrap the engine state, then exit")
+    mode.add_argument("--recover", metavar="JSON", help="forced reconfiguration, then exit")
+    mode.add_argument("--bootstrap", action="store_true", help="bootstrap if fresh, then run")
+    p.add_argument("--log-file", help="also log to this file (default: <data_dir>/node.log)")
+    p.add_argument("--log-level", default=os.environ.get("BKNR_LOG_LEVEL", "INFO"))
+    p.add_argument("--transfer-timeout", type=float, default=5.0)
+    args = p.parse_args(argv)
+    try:
+        return _main(args)
+    except BknrError as exc:
+        print(f"bknr-node: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    from bknr_cluster.cluster.config import ClusterConfig
+
+    cfg = ClusterConfig.load(args.config)
+    me = cfg.node(args.node)
+    if args.init or args.recover:
+        _setup_logging(None, args.log_level)
+        engine = _engine(cfg, me)
+        if args.init:
+            try:
+                engine.bootstrap(cfg.initial_configuration())
+            except AlreadyBootstrapped:
+                print(f"bknr-node: node {me.name} is already bootstrapped ({me.raft_dir})",
+                      file=sys.stderr)
+                return 2
+            print(f"node {me.name}: bootstrapped with {len(cfg.nodes)} node(s)")
+        else:
+            conf = _parse_configuration(args.recover)
+            engine.recover(conf)
+            print(f"node {me.name}: recovered with configuration {conf}")
+        return 0
+
+    _setup_logging(args.log_file or str(me.log_file), args.log_level)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _write_pid(me.pid_file)
+    try:
+        from bknr_cluster.cluster.store import ClusterStore
+
+        cs = ClusterStore.from_config(cfg.path, me.name, start=False)
+        if args.bootstrap:
+            try:
+                cs.engine.bootstrap(cfg.initial_configuration())
+                log.info("bootstrapped with %d node(s)", len(cfg.nodes))
+            except AlreadyBootstrapped:
+                pass
+        cs.start()
+        log.info("node %s (id %d) started: raft %s, api %s, pid %d", me.name, me.id,
+                 me.raft_address, me.api_url, os.getpid())
+        try:
+            asyncio.run(_serve(cs, me, cfg.token(), args.transfer_timeout))
+        finally:
+            cs.stop()
+        log.info("node %s stopped", me.name)
+        return 0
+    finally:
+        _remove_pid(me.pid_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
