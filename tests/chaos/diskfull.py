@@ -1,0 +1,73 @@
+"""A small tmpfs as one node's data directory, and a ballast file that fills it on demand.
+
+Filling with ballast (rather than remounting smaller) lets the test give the space back by
+deleting one file, the way an operator would free space.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+from tests.chaos.netns import NetworkUnavailable
+
+
+class SmallDisk:
+    def __init__(self, path: Path, size_mb: int = 64) -> None:
+        self.path = Path(path)
+        self.size_mb = size_mb
+        self.ballast = self.path / "ballast.fill"
+        self._mounted = False
+
+    def mount(self) -> SmallDisk:
+        if os.geteuid() != 0:
+            raise NetworkUnavailable("mounting a tmpfs for the disk-full fault needs root")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if any(self.path.iterdir()):
+            raise RuntimeError(f"{self.path} must be empty before mounting a tmpfs over it")
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0755", "tmpfs",
+                            str(self.path)], capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise NetworkUnavailable(f"cannot mount tmpfs on {self.path}: {p.stderr.strip()}")
+        self._mounted = True
+        return self
+
+    def umount(self) -> None:
+        if self._mounted:
+            # lazy: a node killed a moment ago may still hold files open
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, timeout=30)
+            self._mounted = False
+
+    def __enter__(self) -> SmallDisk:
+        return self.mount()
+
+    def __exit__(self, *exc: object) -> None:
+        self.umount()
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave_bytes: int = 0) -> int:
+        """Write ballast until at most ``leave_bytes`` remain free; returns the ballast size."""
+        chunk = b"\0" * (1 << 20)
+        written = 0
+        with open(self.ballast, "ab") as fh:
+            while True:
+                room = self.free_bytes() - leave_bytes
+                if room <= 0:
+                    break
+                try:
+                    fh.write(chunk[:min(len(chunk), room)])
+                    fh.flush()
+                    written += min(len(chunk), room)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+        return written
+
+    def release(self) -> None:
+        self.ballast.unlink(missing_ok=True)
