@@ -1,0 +1,149 @@
+"""The nemesis: injects one fault at a time into a ChaosCluster, holds it, heals it, and logs
+each as an event (kind, target, start/end times, whether the cluster recovered).
+
+Faults: kill -9 of the leader or a random node; SIGSTOP of the leader for longer than the
+election timeout; network partitions (leader isolated, majority/minority, ring — these need the
+cluster's nodes in namespaces); full-cluster crash and restart.  Disk full lives in its own
+test because it needs a tmpfs under one node's data directory from the start.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from tests.chaos.cluster import ChaosCluster
+
+KINDS_LOCAL = ("kill_leader", "kill_random", "pause_leader", "full_restart")
+KINDS_NET = ("isolate_leader", "majority_minority", "ring")
+
+
+@dataclass
+class FaultEvent:
+    kind: str
+    target: str
+    start: float
+    end: float = 0.0
+    recovered: bool = True
+    recovery_s: float = 0.0
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Nemesis:
+    def __init__(self, cluster: ChaosCluster, rng: random.Random, *, hold: tuple[float, float] = (1.0, 3.0),
+                 recovery_timeout: float = 30.0) -> None:
+        self.cluster = cluster
+        self.net = cluster.net
+        self.rng = rng
+        self.hold = hold
+        self.recovery_timeout = recovery_timeout
+        self.events: list[FaultEvent] = []
+        self.election_s = cluster.election_timeout_ms / 1000.0
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def kinds(self) -> list[str]:
+        kinds = list(KINDS_LOCAL)
+        if self.net is not None:
+            kinds += ["isolate_leader", "majority_minority"]
+            if len(self.cluster.nodes) >= 5:
+                kinds.append("ring")    # with 3 nodes every node neighbours every other
+        return kinds
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(e.kind for e in self.events))
+
+    def report(self) -> list[dict]:
+        return [asdict(e) for e in self.events]
+
+    def _hold(self) -> float:
+        # always longer than an election timeout, or the fault may go unnoticed
+        lo, hi = self.hold
+        return max(self.rng.uniform(lo, hi), 2.5 * self.election_s)
+
+    def _sleep(self, seconds: float) -> None:
+        # holding a fault for a while is the experiment itself, not synchronisation
+        threading.Event().wait(seconds)
+
+    def _leader(self) -> str:
+        return self.cluster.leader() or self.rng.choice(self.cluster.up() or list(self.cluster.nodes))
+
+    def _recover(self, ev: FaultEvent) -> None:
+        """After healing: every node running, a leader elected."""
+        t0 = time.monotonic()
+        try:
+            self.cluster.wait_leader(self.recovery_timeout)
+            ev.recovered = True
+        except AssertionError as exc:
+            ev.recovered = False
+            ev.note = str(exc)
+        ev.recovery_s = round(time.monotonic() - t0, 3)
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def inject(self, kind: str) -> FaultEvent:
+        c = self.cluster
+        target = "all" if kind == "full_restart" else self._leader()
+        if kind == "kill_random":
+            target = self.rng.choice(list(c.nodes))
+        ev = FaultEvent(kind, target, time.monotonic())
+        self.events.append(ev)
+        try:
+            if kind in ("kill_leader", "kill_random"):
+                c.kill(target)
+                self._sleep(self._hold())
+                c.start(target)
+            elif kind == "pause_leader":
+                st = c.statuses([target]).get(target, {})
+                ev.extra["term_before"] = st.get("term")
+                c.pause(target)
+                self._sleep(self._hold())
+                c.resume(target)
+            elif kind == "full_restart":
+                c.kill_all()
+                self._sleep(self.rng.uniform(0.2, 1.0))
+                c.start_all()
+            elif kind == "isolate_leader":
+                self.net.isolate(target)
+                self._sleep(self._hold())
+                self.net.heal()
+            elif kind == "majority_minority":
+                names = list(c.nodes)
+                self.rng.shuffle(names)
+                k = len(names) // 2
+                minority, majority = names[:k], names[k:]
+                ev.target = f"{sorted(minority)}|{sorted(majority)}"
+                self.net.partition([minority, majority])
+                self._sleep(self._hold())
+                self.net.heal()
+            elif kind == "ring":
+                self.net.ring()
+                self._sleep(self._hold())
+                self.net.heal()
+            else:
+                raise ValueError(f"unknown fault {kind!r}")
+        finally:
+            # whatever happened, leave no fault behind
+            if self.net is not None:
+                self.net.heal()
+            for name, nd in c.nodes.items():
+                if nd.paused:
+                    c.resume(name)
+                if not nd.alive:
+                    c.start(name)
+            ev.end = time.monotonic()
+        self._recover(ev)
+        return ev
+
+    def run(self, seconds: float, max_faults: int, quiet: tuple[float, float] = (0.5, 1.5),
+            kinds: list[str] | None = None) -> None:
+        """Inject random faults until the time or count budget is spent."""
+        kinds = kinds or self.kinds()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and len(self.events) < max_faults:
+            self.inject(self.rng.choice(kinds))
+            self._sleep(self.rng.uniform(*quiet))
