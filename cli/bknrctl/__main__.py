@@ -1,0 +1,3 @@
+from bknrctl.main import app
+
+app(prog_name="bknrctl")

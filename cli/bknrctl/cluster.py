@@ -1,0 +1,208 @@
+"""The operator's view of a cluster: configuration, per-node clients, status and leader lookup."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
+from bknr_cluster.errors import BknrError, NoLeader, Unreachable
+
+from .client import NodeClient, parallel
+
+DEFAULT_CONFIG = "cluster.yaml"
+
+
+def config_path(option: str | None) -> Path:
+    """``-c`` wins, then ``BKNR_CONFIG``, then ``./cluster.yaml``."""
+    return Path(option or os.environ.get("BKNR_CONFIG") or DEFAULT_CONFIG)
+
+
+@dataclass
+class NodeState:
+    """What one node answered (or failed to answer) when probed."""
+
+    node: NodeConfig
+    status: dict | None = None
+    error: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.status is not None
+
+    @property
+    def role(self) -> str:
+        if not self.status:
+            return "unreachable"
+        return str(self.status.get("role") or self.status.get("state") or "?")
+
+
+@dataclass
+class ClusterState:
+    nodes: list[NodeState]
+    leader: NodeState | None = None
+    voters: list[int] = field(default_factory=list)
+
+    @property
+    def reachable_voters(self) -> int:
+        return sum(1 for s in self.nodes if s.reachable and s.node.id in self.voters)
+
+    @property
+    def quorum(self) -> bool:
+        return self.reachable_voters >= len(self.voters) // 2 + 1 if self.voters else False
+
+    def member_roles(self) -> dict[int, str]:
+        """The configuration as the leader (or else any reachable node) reports it."""
+        source = self.leader or next((s for s in self.nodes if s.reachable), None)
+        if not source or not source.status:
+            return {}
+        return {int(c["id"]): str(c.get("role", "voter")) for c in source.status.get("configuration") or []}
+
+    def lag(self, s: NodeState) -> int | None:
+        if not s.reachable or not self.leader or not self.leader.status:
+            return None
+        for f in self.leader.status.get("followers") or []:
+            if int(f.get("id", -1)) == s.node.id and f.get("lag") is not None:
+                return int(f["lag"])
+        return max(0, int(self.leader.status.get("commit_index", 0)) - int(s.status.get("applied_index", 0)))
+
+    def digest_match(self, s: NodeState) -> bool | None:
+        """Equal digest with the leader at the same applied index; None when not comparable."""
+        if not s.reachable or not self.leader or not self.leader.status:
+            return None
+        a, b = self.leader.status, s.status or {}
+        if a.get("applied_index") != b.get("applied_index"):
+            return None
+        return a.get("digest") == b.get("digest")
+
+    def summary(self) -> str:
+        if not self.leader:
+            return "no quorum" if not self.quorum else "no leader"
+        if all(s.reachable and self.digest_match(s) is not False for s in self.nodes):
+            return "healthy"
+        return "degraded"
+
+
+class Cluster:
+    """Configuration plus one API client per node."""
+
+    def __init__(self, cfg: ClusterConfig, timeout: float = 2.0):
+        self.cfg = cfg
+        self.token = cfg.token() if cfg.token_file and cfg.token_file.exists() else None
+        self.timeout = timeout
+        self.clients = {n.name: NodeClient(n.name, n.api_url, self.token, timeout) for n in cfg.nodes}
+
+    @classmethod
+    def load(cls, path: Path) -> Cluster:
+        return cls(ClusterConfig.load(path))
+
+    def client(self, node: NodeConfig | str) -> NodeClient:
+        name = node if isinstance(node, str) else node.name
+        return self.clients[self.cfg.node(name).name]
+
+    def probe(self, timeout: float | None = None) -> ClusterState:
+        nodes = list(self.cfg.nodes)
+        results = parallel(lambda n: self.clients[n.name].status(timeout=timeout or self.timeout), nodes)
+        states = []
+        for n, r in zip(nodes, results, strict=True):
+            if isinstance(r, BaseException):
+                states.append(NodeState(n, None, str(r)))
+            else:
+                states.append(NodeState(n, r, None))
+        leaders = [s for s in states if s.role == "leader"]
+        leader = max(leaders, key=lambda s: int(s.status.get("term", 0))) if leaders else None
+        state = ClusterState(states, leader)
+        roles = state.member_roles()
+        state.voters = [i for i, r in roles.items() if r == "voter"] if roles else \
+            [n.id for n in self.cfg.nodes if n.role == "voter"]
+        return state
+
+    def leader_node(self, timeout: float = 1.0) -> NodeConfig:
+        """The node answering 200 on ``/leader`` (all asked in parallel); else NoLeader."""
+        nodes = list(self.cfg.nodes)
+        results = parallel(lambda n: self.clients[n.name].is_leader(timeout=timeout), nodes)
+        hinted = 0
+        for n, r in zip(nodes, results, strict=True):
+            if isinstance(r, tuple):
+                if r[0]:
+                    return n
+                hinted = hinted or int(r[1].get("leader_id") or 0)
+        if all(isinstance(r, Unreachable) for r in results):
+            raise NoLeader(message="no node of the cluster is reachable")
+        raise NoLeader(message="the cluster has no leader (no quorum or election in progress)")
+
+    def leader_client(self) -> NodeClient:
+        return self.clients[self.leader_node().name]
+
+    def wait_for_leader(self, timeout: float, exclude: int | None = None,
+                        interval: float = 0.02) -> NodeConfig:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while True:
+            try:
+                n = self.leader_node(timeout=min(0.5, timeout))
+                if exclude is None or n.id != exclude:
+                    return n
+            except BknrError as exc:
+                last = exc
+            if time.monotonic() >= deadline:
+                raise NoLeader(message=f"no leader elected within {timeout:.0f}s"
+                               + (f" ({last})" if last else ""))
+            time.sleep(interval)
+
+    def wait_caught_up(self, node: NodeConfig, timeout: float, on_progress: Any = None) -> dict:
+        """Wait until ``node`` has applied everything the leader had committed when we started."""
+        deadline = time.monotonic() + timeout
+        target: int | None = None
+        start_applied: int | None = None
+        while True:
+            try:
+                if target is None:
+                    target = int(self.leader_client().status().get("commit_index", 0))
+                st = self.clients[node.name].status(timeout=1.0)
+                applied = int(st.get("applied_index", 0))
+                if start_applied is None:
+                    start_applied = applied
+                if on_progress:
+                    span = max(1, target - start_applied)
+                    on_progress(min(1.0, (applied - start_applied) / span), applied, target)
+                if applied >= target:
+                    return st
+            except BknrError:
+                pass
+            if time.monotonic() >= deadline:
+                raise BknrError(f"{node.name} did not catch up within {timeout:.0f}s")
+            time.sleep(0.05)
+
+
+def status_rows(state: ClusterState, cfg: ClusterConfig | None = None) -> list[dict[str, Any]]:
+    """One row per node with stable snake_case keys (for the table and ``--output json``)."""
+    rows = []
+    roles = state.member_roles()
+    for s in state.nodes:
+        st = s.status or {}
+        leader_id = int(st.get("leader_id") or 0)
+        known = cfg.node_by_id(leader_id) if cfg and leader_id else None
+        leader_name = known.name if known else (str(leader_id) if leader_id else None)
+        rows.append({
+            "name": s.node.name,
+            "id": s.node.id,
+            "address": s.node.raft_address,
+            "api": s.node.api_url,
+            "role": s.role,
+            "member_role": roles.get(s.node.id, "not a member" if roles else None),
+            "term": st.get("term"),
+            "leader": leader_name,
+            "commit_index": st.get("commit_index"),
+            "applied_index": st.get("applied_index"),
+            "lag": state.lag(s),
+            "snapshot_index": st.get("snapshot_index"),
+            "digest": st.get("digest"),
+            "digest_match": state.digest_match(s),
+            "reachable": s.reachable,
+            "error": s.error,
+        })
+    return rows

@@ -1,0 +1,290 @@
+"""Failover drill: bank workload, fault on the leader, measurements and verification.
+
+One round: writers run against the leader; after a warm-up the leader is killed (SIGKILL) or
+frozen (SIGSTOP); a watcher polls ``/leader`` on every node every few ms. Measured, all from the
+fault instant:
+- ``time_to_detect_ms``: until no surviving node names the old leader any more (its election
+  timer fired);
+- ``time_to_leader_ms``: until a surviving node answers ``/leader`` with 200;
+- ``write_gap_ms``: what a client sees: from the last acknowledged write before the fault to
+  the first acknowledged write after it.
+Then the faulted node is brought back (restarted / SIGCONT), every node must reach the same
+applied index, and we verify: every acknowledged transfer is present on every node, the state
+digests are equal, and the bank total is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bknr_cluster.errors import BknrError
+
+from .cluster import Cluster
+from .control import controller
+from .workload import BankClient, NodeRef, Sample
+
+
+@dataclass
+class RoundResult:
+    round: int
+    fault: str
+    victim: str
+    new_leader: str | None
+    time_to_detect_ms: float | None
+    time_to_leader_ms: float | None
+    write_gap_ms: float | None
+    acked: int
+    lost: int
+    unknown: int
+    failed_requests: int
+    digests_match: bool
+    bank_total_ok: bool
+    fault_at: float = 0.0
+    leader_at: float | None = None
+    samples: list[Sample] = field(default_factory=list, repr=False)
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("samples", "fault_at", "leader_at"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class DrillOptions:
+    rounds: int = 5
+    fault: str = "kill"               # kill | stop | transfer
+    target: str = "leader"            # leader | node name
+    writers: int = 4
+    warmup_s: float = 0.6
+    settle_s: float = 0.5              # keep writing this long after the first post-fault ack
+    max_round_s: float = 30.0
+    max_ops_per_writer: int = 20_000
+    request_timeout_s: float | None = None
+    leave_down: bool = False           # last round: do not restart the victim (for failback)
+    seed: int = 1
+
+
+class Watcher:
+    """Polls /leader on every node; records (t, {node_id: leader_id or 0}, leader or None)."""
+
+    def __init__(self, client: BankClient, period: float = 0.005):
+        self.client = client
+        self.period = period
+        self.samples: list[tuple[float, dict[int, int], int | None]] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            answers = await asyncio.gather(*(self.client._ask_leader(n) for n in self.client.view.nodes))
+            now = time.monotonic()
+            views = {n.id: int(body.get("leader_id") or (n.id if ok else 0)) if body else -1
+                     for n, ok, body in answers}
+            leader = next((n.id for n, ok, _ in answers if ok), None)
+            self.samples.append((now, views, leader))
+            await asyncio.sleep(self.period)
+
+
+def write_gap(samples: list[Sample], fault_at: float) -> float | None:
+    """Last ack completed before the fault -> first ack completed after it (ms)."""
+    before = [s.end for s in samples if s.ok and s.end <= fault_at]
+    after = [s.end for s in samples if s.ok and s.end > fault_at]
+    if not after:
+        return None
+    start = max(before) if before else fault_at
+    return (min(after) - start) * 1000.0
+
+
+async def _wait_converged(cluster: Cluster, min_index: int, timeout: float) -> list[dict]:
+    """Every node reachable, same applied index >= min_index and equal to the leader's commit."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        state = await asyncio.to_thread(cluster.probe, 2.0)
+        sts = [s.status for s in state.nodes]
+        if all(sts) and state.leader:
+            applied = {int(s["applied_index"]) for s in sts}
+            commit = int(state.leader.status["commit_index"])
+            if len(applied) == 1 and applied.pop() >= max(min_index, commit):
+                return sts  # type: ignore[return-value]
+        last = [(s.node.name, s.status and s.status.get("applied_index"), s.error) for s in state.nodes]
+        await asyncio.sleep(0.1)
+    raise BknrError(f"nodes did not converge within {timeout:.0f}s: {last}")
+
+
+class Drill:
+    def __init__(self, cluster: Cluster, opts: DrillOptions,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.cluster = cluster
+        self.opts = opts
+        self.progress = progress or (lambda msg: None)
+        self.nodes = [NodeRef(n.id, n.name, n.api_url) for n in cluster.cfg.nodes]
+        self.down: str | None = None
+
+    async def run(self) -> list[RoundResult]:
+        et = self.cluster.cfg.election_timeout_ms
+        timeout = self.opts.request_timeout_s or max(0.1, min(1.0, et / 1000 * 0.75))
+        results = []
+        async with BankClient(self.nodes, self.cluster.token, request_timeout=timeout) as client:
+            await client.setup(time.monotonic() + 30.0)
+            leader = await client.discover(-1, time.monotonic() + 30.0)
+            assert leader is not None
+            total0 = await client.total(leader, consistent=True)
+            for r in range(1, self.opts.rounds + 1):
+                last = r == self.opts.rounds
+                res = await self._round(client, r, total0, leave_down=last and self.opts.leave_down)
+                results.append(res)
+                self.progress(f"round {r}: gap {res.write_gap_ms or 0:.0f} ms, "
+                              f"new leader {res.new_leader}, lost {res.lost}")
+        return results
+
+    def _victim(self, leader_id: int) -> Any:
+        if self.opts.target == "leader":
+            return self.cluster.cfg.node_by_id(leader_id)
+        return self.cluster.cfg.node(self.opts.target)
+
+    async def _round(self, client: BankClient, no: int, total0: int, leave_down: bool) -> RoundResult:
+        o = self.opts
+        client.samples = []
+        acked_before = set(client.acked)
+        leader = await client.discover(-1, time.monotonic() + 30.0)
+        if leader is None:
+            raise BknrError("no leader at the start of the round")
+        victim = self._victim(leader.id)
+        ctl = controller(self.cluster.cfg, victim)
+        stop = asyncio.Event()
+        watch_stop = asyncio.Event()
+        watcher = Watcher(client)
+        rng = random.Random(o.seed * 1000 + no)
+        writers = [asyncio.create_task(
+            client.writer(stop, w, random.Random(rng.random()), o.max_ops_per_writer))
+            for w in range(o.writers)]
+        watch_task = asyncio.create_task(watcher.run(watch_stop))
+        round_deadline = time.monotonic() + o.max_round_s
+        try:
+            await self._wait_acks(client, 20, time.monotonic() + o.warmup_s + 10.0)
+            await asyncio.sleep(o.warmup_s)
+            fault_at = time.monotonic()
+            if o.fault == "kill":
+                await asyncio.to_thread(ctl.signal, signal.SIGKILL)
+            elif o.fault == "stop":
+                await asyncio.to_thread(ctl.signal, signal.SIGSTOP)
+            else:  # planned switchover
+                await asyncio.to_thread(self.cluster.clients[victim.name].transfer, 0)
+            fault_at_done = time.monotonic()
+            # wait for the first ack after the fault, then keep writing for settle_s
+            while time.monotonic() < round_deadline:
+                if any(s.ok and s.end > fault_at_done for s in client.samples):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(o.settle_s)
+        finally:
+            stop.set()
+            await asyncio.gather(*writers, return_exceptions=True)
+            watch_stop.set()
+            await watch_task
+        survivors = [n.id for n in self.nodes if n.id != victim.id] if o.fault != "transfer" \
+            else [n.id for n in self.nodes]
+        detect = next((t for t, views, _ in watcher.samples if t > fault_at and all(
+            views.get(i, -1) not in (victim.id,) for i in survivors if i != victim.id)), None)
+        new = next(((t, ld) for t, _, ld in watcher.samples if t > fault_at and ld is not None
+                    and ld != victim.id), None)
+        gap = write_gap(client.samples, fault_at)
+        # --- recovery and verification -------------------------------------------------------
+        if o.fault == "stop":
+            await asyncio.to_thread(ctl.signal, signal.SIGCONT)
+        elif o.fault == "kill" and not leave_down:
+            from .lifecycle import start_nodes
+
+            await asyncio.to_thread(start_nodes, self.cluster, [victim], 30.0, True)
+        if leave_down and o.fault == "kill":
+            self.down = victim.name
+        ctl.close()
+        round_acked = {r: i for r, i in client.acked.items() if r not in acked_before}
+        lost, digests_ok, total_ok = await self.verify(client, round_acked, total0,
+                                                       skip={victim.id} if self.down else set())
+        new_name = self.cluster.cfg.node_by_id(new[1]).name if new else None
+        return RoundResult(
+            round=no, fault=o.fault, victim=victim.name, new_leader=new_name,
+            time_to_detect_ms=round((detect - fault_at) * 1000, 1) if detect else None,
+            time_to_leader_ms=round((new[0] - fault_at) * 1000, 1) if new else None,
+            write_gap_ms=round(gap, 1) if gap is not None else None,
+            acked=len(round_acked), lost=lost,
+            unknown=len({s.ref for s in client.samples if not s.ok and s.ref in client.unknown}),
+            failed_requests=sum(1 for s in client.samples if not s.ok), digests_match=digests_ok,
+            bank_total_ok=total_ok, fault_at=fault_at, leader_at=new[0] if new else None,
+            samples=list(client.samples))
+
+    @staticmethod
+    async def _wait_acks(client: BankClient, n: int, deadline: float) -> None:
+        while sum(1 for s in client.samples if s.ok) < n:
+            if time.monotonic() > deadline:
+                raise BknrError("the workload got no acknowledged writes before the fault")
+            await asyncio.sleep(0.01)
+
+    async def verify(self, client: BankClient, acked: dict[str, int], total0: int,
+                     skip: set[int]) -> tuple[int, bool, bool]:
+        """(lost transfers, digests equal, totals equal) over every live node."""
+        min_index = max(acked.values(), default=0)
+        sts = await self._converged(min_index, skip)
+        digests = {s["digest"] for s in sts}
+        refs = list(acked)
+        lost: set[str] = set()
+        total_ok = True
+        for n in self.nodes:
+            if n.id in skip:
+                continue
+            present = await client.present(n, refs)
+            lost |= set(refs) - present
+            total_ok = total_ok and await client.total(n) == total0
+        return len(lost), len(digests) == 1, total_ok
+
+    async def _converged(self, min_index: int, skip: set[int]) -> list[dict]:
+        if not skip:
+            return await _wait_converged(self.cluster, min_index, 60.0)
+        deadline = time.monotonic() + 60.0
+        while True:
+            state = await asyncio.to_thread(self.cluster.probe, 2.0)
+            live = [s for s in state.nodes if s.node.id not in skip]
+            if state.leader and all(s.status for s in live):
+                applied = {int(s.status["applied_index"]) for s in live}
+                if len(applied) == 1 and applied.pop() >= max(min_index,
+                                                              int(state.leader.status["commit_index"])):
+                    return [s.status for s in live]
+            if time.monotonic() > deadline:
+                raise BknrError("surviving nodes did not converge within 60s")
+            await asyncio.sleep(0.1)
+
+
+def report(cluster: Cluster, results: list[RoundResult]) -> dict[str, Any]:
+    gaps = [r.write_gap_ms for r in results if r.write_gap_ms is not None]
+    leaders = [r.time_to_leader_ms for r in results if r.time_to_leader_ms is not None]
+    et = cluster.cfg.election_timeout_ms
+    med = round(statistics.median(gaps), 1) if gaps else None
+    return {
+        "election_timeout_ms": et,
+        "heartbeat_ms": cluster.cfg.heartbeat_ms,
+        "rounds": [r.public() for r in results],
+        "median_write_gap_ms": med,
+        "max_write_gap_ms": round(max(gaps), 1) if gaps else None,
+        "median_time_to_leader_ms": round(statistics.median(leaders), 1) if leaders else None,
+        "write_gap_target_ms": 1.5 * et + 50,
+        "write_gap_target_met": med is not None and med <= 1.5 * et + 50,
+        "acked_total": sum(r.acked for r in results),
+        "lost_total": sum(r.lost for r in results),
+        "digests_match": all(r.digests_match for r in results),
+        "bank_total_ok": all(r.bank_total_ok for r in results),
+    }
+
+
+def run_drill(cluster: Cluster, opts: DrillOptions, progress: Callable[[str], None] | None = None,
+              ) -> tuple[dict[str, Any], list[RoundResult], Drill]:
+    d = Drill(cluster, opts, progress)
+    results = asyncio.run(d.run())
+    return report(cluster, results), results, d

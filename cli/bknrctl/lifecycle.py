@@ -1,0 +1,313 @@
+"""Commands that manage node processes: validate, init, start, stop, restart, status, logs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
+from bknr_cluster.errors import AlreadyBootstrapped, BknrError, ConfigError, UsageError
+
+from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, chosen_path, cluster_for
+from .client import parallel
+from .cluster import Cluster, ClusterState, status_rows
+from .control import NodeControl, controller
+from .output import confirm, emit_json, guarded, info, progress, stdout_console
+
+NodesArg = Annotated[list[str] | None, typer.Argument(help="Node names (default: all).",
+                                                      show_default=False)]
+
+
+def select(cfg: ClusterConfig, names: list[str] | None) -> list[NodeConfig]:
+    """The named nodes (UnknownNode for a name not in the YAML), or all of them."""
+    return [cfg.node(n) for n in names] if names else list(cfg.nodes)
+
+
+def ensure_token(cfg: ClusterConfig) -> bool:
+    """Create the API token file when the YAML names one that does not exist yet."""
+    if cfg.token_file is None or cfg.token_file.exists():
+        return False
+    cfg.token_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cfg.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return True
+
+
+# --- validate -----------------------------------------------------------------------------------
+
+
+@app.command()
+@guarded
+def validate(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = OutputFormat.table) -> None:
+    """Check the cluster YAML; print every problem with its path (exit 2 on any)."""
+    path = chosen_path(ctx, config)
+    try:
+        cfg = ClusterConfig.load(path)
+    except ConfigError as exc:
+        if output is OutputFormat.json:
+            emit_json({"valid": False, "problems": [{"path": p, "message": m} for p, m in exc.problems]})
+        else:
+            for p, m in exc.problems:
+                typer.echo(f"{p}: {m}" if p else m)
+        info(f"{path}: {len(exc.problems)} problem(s)")
+        raise typer.Exit(2) from None
+    if output is OutputFormat.json:
+        emit_json({"valid": True, "problems": [], "group": cfg.group, "nodes": len(cfg.nodes)})
+    else:
+        info(f"{path}: ok (group {cfg.group}, {len(cfg.nodes)} nodes)")
+
+
+# --- init ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@guarded
+def init(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None,
+         force: Annotated[bool, typer.Option("--force", help="Wipe existing Raft state first.")] = False,
+         yes: YesOpt = False) -> None:
+    """Create data dirs and bootstrap every node's engine with the initial configuration."""
+    cluster = cluster_for(ctx, config)
+    cfg = cluster.cfg
+    targets = select(cfg, nodes)
+    ctls = [controller(cfg, n) for n in targets]
+    try:
+        running = [c.node.name for c in ctls if c.running()]
+        if running:
+            raise UsageError(f"running node(s) {', '.join(running)}: stop them before init")
+        existing = [c.node.name for c in ctls if c.has_raft_state()]
+        if existing and not force:
+            raise AlreadyBootstrapped(
+                f"already bootstrapped: {', '.join(existing)} (use --force to wipe and re-initialise)")
+        if existing:
+            confirm(f"Wipe the Raft state (all data) of {', '.join(existing)}?", yes)
+        if ensure_token(cfg):
+            info(f"created token file {cfg.token_file}")
+        with progress("bootstrapping", total=len(ctls)) as bar:
+            for i, c in enumerate(ctls):
+                c.init(force=bool(existing))
+                bar.update(completed=i + 1)
+                info(f"{c.node.name}: bootstrapped ({c.data_dir})")
+    finally:
+        for c in ctls:
+            c.close()
+
+
+# --- start / stop / restart ---------------------------------------------------------------------
+
+
+def start_nodes(cluster: Cluster, nodes: list[NodeConfig], timeout: float = 30.0,
+                quiet: bool = False) -> dict[str, int]:
+    """Start the nodes that are not running and wait until each answers /health."""
+    pids: dict[str, int] = {}
+    ctls = [controller(cluster.cfg, n) for n in nodes]
+    try:
+        for c in ctls:
+            pid = c.pid()
+            if pid is not None:
+                if not quiet:
+                    info(f"{c.node.name}: already running (pid {pid})")
+                pids[c.node.name] = pid
+                continue
+            pids[c.node.name] = c.spawn()
+        deadline = time.monotonic() + timeout
+        pending = {c.node.name: c for c in ctls}
+        with progress(f"starting {len(pending)} node(s)", total=len(pending), quiet=quiet) as bar:
+            while pending:
+                for name, c in list(pending.items()):
+                    rc = c.exited_early()  # type: ignore[attr-defined]
+                    if rc is not None:
+                        tail = c.tail(5).strip().splitlines()
+                        raise BknrError(f"{name}: node exited with status {rc}: "
+                                        f"{tail[-1] if tail else 'see ' + str(c.log_file)}")
+                    try:
+                        cluster.clients[name].health(timeout=0.5)
+                        del pending[name]
+                        if not quiet:
+                            info(f"{name}: running (pid {pids[name]}, {c.node.api_url})")
+                    except BknrError:
+                        pass
+                bar.update(completed=len(ctls) - len(pending))
+                if pending and time.monotonic() > deadline:
+                    raise BknrError(f"{', '.join(pending)}: no /health answer within {timeout:.0f}s "
+                                    f"(see bknrctl logs {next(iter(pending))})")
+                if pending:
+                    time.sleep(0.05)
+    finally:
+        for c in ctls:
+            c.close()
+    return pids
+
+
+def stop_nodes(cluster: Cluster, nodes: list[NodeConfig], quiet: bool = False) -> None:
+    """Followers first (in parallel), the leader last: one leadership change at most."""
+    state = cluster.probe(timeout=1.0)
+    leader_id = state.leader.node.id if state.leader else None
+    followers = [n for n in nodes if n.id != leader_id]
+    leaders = [n for n in nodes if n.id == leader_id]
+
+    def stop_one(n: NodeConfig) -> bool:
+        c = controller(cluster.cfg, n)
+        try:
+            return c.stop()
+        finally:
+            c.close()
+
+    for group in (followers, leaders):
+        for n, r in zip(group, parallel(stop_one, group), strict=True):
+            if isinstance(r, BaseException):
+                raise r
+            if not quiet:
+                info(f"{n.name}: {'stopped' if r else 'not running'}")
+
+
+@app.command()
+@guarded
+def start(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None,
+          timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 30.0) -> None:
+    """Start nodes as detached processes (locally, or over SSH for nodes with an ssh section)."""
+    cluster = cluster_for(ctx, config)
+    start_nodes(cluster, select(cluster.cfg, nodes), timeout)
+
+
+@app.command()
+@guarded
+def stop(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None) -> None:
+    """Stop nodes with SIGTERM (a leader hands over first); SIGKILL after 15 s."""
+    cluster = cluster_for(ctx, config)
+    stop_nodes(cluster, select(cluster.cfg, nodes))
+
+
+@app.command()
+@guarded
+def restart(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None,
+            catchup_timeout: Annotated[float, typer.Option(help="Seconds per node to catch up.")] = 120.0,
+            ) -> None:
+    """Rolling restart: one node at a time, followers first, each caught up before the next."""
+    cluster = cluster_for(ctx, config)
+    targets = select(cluster.cfg, nodes)
+    state = cluster.probe(timeout=1.0)
+    leader_id = state.leader.node.id if state.leader else None
+    targets.sort(key=lambda n: n.id == leader_id)
+    for n in targets:
+        stop_nodes(cluster, [n])
+        start_nodes(cluster, [n])
+        try:
+            cluster.wait_for_leader(timeout=30.0)
+            cluster.wait_caught_up(n, timeout=catchup_timeout)
+        except BknrError as exc:
+            raise BknrError(f"{n.name} restarted but did not rejoin: {exc}") from None
+        info(f"{n.name}: restarted and caught up")
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if v is True:
+        return "yes"
+    if v is False:
+        return "no"
+    return str(v)
+
+
+def status_table(state: ClusterState, cfg: ClusterConfig | None = None) -> Table:
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("name", "address", "role", "term", "leader", "commit", "applied", "lag",
+                "snapshot", "digest", "match", "reachable"):
+        t.add_column(col)
+    for r in status_rows(state, cfg):
+        role = r["role"] if not r["member_role"] or r["member_role"] == "voter" \
+            else f"{r['role']} ({r['member_role']})"
+        t.add_row(r["name"], r["address"], role, _fmt(r["term"]), _fmt(r["leader"]),
+                  _fmt(r["commit_index"]), _fmt(r["applied_index"]), _fmt(r["lag"]),
+                  _fmt(r["snapshot_index"]), (r["digest"] or "-")[:12], _fmt(r["digest_match"]),
+                  _fmt(r["reachable"]))
+    return t
+
+
+def status_json(cluster: Cluster, state: ClusterState) -> dict:
+    return {
+        "group": cluster.cfg.group,
+        "summary": state.summary(),
+        "leader": state.leader.node.name if state.leader else None,
+        "quorum": state.quorum,
+        "nodes": status_rows(state, cluster.cfg),
+    }
+
+
+def summary_line(state: ClusterState) -> str:
+    s = state.summary()
+    n_ok = sum(1 for x in state.nodes if x.reachable)
+    lead = f"leader {state.leader.node.name}" if state.leader else "no leader"
+    return f"{s}: {lead}, {n_ok}/{len(state.nodes)} nodes reachable, " \
+           f"{state.reachable_voters}/{len(state.voters)} voters"
+
+
+@app.command()
+@guarded
+def status(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = OutputFormat.table,
+           watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until interrupted.")] = False,
+           interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+           count: Annotated[int, typer.Option(help="With --watch: stop after N refreshes (0 = never).")] = 0,
+           ) -> None:
+    """One row per node and a summary line; exit 3 when the cluster has no leader."""
+    cluster = cluster_for(ctx, config)
+    n = 0
+    while True:
+        state = cluster.probe()
+        n += 1
+        if output is OutputFormat.json:
+            emit_json(status_json(cluster, state))
+        else:
+            console = stdout_console()
+            if watch and sys.stdout.isatty():
+                console.clear()
+            console.print(status_table(state, cluster.cfg))
+            console.print(summary_line(state))
+        if not watch or (count and n >= count):
+            break
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            break
+    if state.leader is None:
+        raise typer.Exit(3)
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@guarded
+def logs(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node name.")],
+         config: ConfigOpt = None,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+         lines: Annotated[int, typer.Option("--lines", "-n", help="Lines of history.")] = 50) -> None:
+    """Print a node's log (local file, or over SSH)."""
+    cluster = cluster_for(ctx, config)
+    c: NodeControl = controller(cluster.cfg, cluster.cfg.node(node))
+    try:
+        if follow:
+            try:
+                for line in c.follow(lines):
+                    typer.echo(line)
+            except KeyboardInterrupt:
+                pass
+        else:
+            text = c.tail(lines)
+            if text:
+                typer.echo(text)
+            elif not Path(str(c.log_file)).exists() and c.node.ssh is None:
+                raise BknrError(f"{node}: no log yet at {c.log_file}")
+    finally:
+        c.close()

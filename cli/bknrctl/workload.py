@@ -1,0 +1,195 @@
+"""The drill's client: bank transfers over HTTP with a failover-aware retry policy.
+
+Retry policy (why each piece is there):
+- every request carries a short timeout (``request_timeout``): a frozen leader must not hold a
+  writer for longer than a fraction of the election timeout;
+- on any failure the writer asks *all* nodes ``GET /leader`` in parallel, every few ms, and moves
+  to the first that answers 200; a 503 with a leader hint is tried at once. Writers share one
+  discovery, so N writers do not flood the cluster with N polls;
+- a write whose outcome is unknown (timeout, connection reset, LeadershipLost) is *not* retried
+  with the same reference: the next attempt is a new transfer, so an acknowledged transfer is
+  never applied twice and "acked" stays exact. The bank total is conserved either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+# The bank application's API (examples/bank/app.py).
+TX_OPEN = "open_account"
+TX_TRANSFER = "transfer"
+Q_TOTAL = "total_balance"
+Q_HAS_TRANSFERS = "transfers_present"
+
+ACCOUNTS = 16
+INITIAL_BALANCE = 1_000
+
+
+@dataclass
+class Sample:
+    """One write attempt as the client saw it."""
+
+    start: float
+    end: float
+    ok: bool
+    node: int
+    ref: str = ""
+    index: int = 0
+    error: str = ""
+
+
+@dataclass
+class NodeRef:
+    id: int
+    name: str
+    url: str
+
+
+@dataclass
+class LeaderView:
+    """The writers' shared belief about the leader, refreshed by one discovery at a time."""
+
+    nodes: list[NodeRef]
+    leader: NodeRef | None = None
+    generation: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class BankClient:
+    def __init__(self, nodes: list[NodeRef], token: str | None, *, request_timeout: float = 0.15,
+                 poll_interval: float = 0.005, prefix: str = "drill") -> None:
+        self.view = LeaderView(nodes)
+        self.token = token
+        self.request_timeout = request_timeout
+        self.poll_interval = poll_interval
+        self.prefix = prefix
+        self.samples: list[Sample] = []
+        self.acked: dict[str, int] = {}     # ref -> log index of acknowledged transfers
+        self.unknown: set[str] = set()
+        self.session: aiohttp.ClientSession | None = None
+        self._seq = 0
+
+    async def __aenter__(self) -> BankClient:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.session = aiohttp.ClientSession(
+            headers=headers, connector=aiohttp.TCPConnector(limit=0, force_close=False))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session:
+            await self.session.close()
+
+    # --- leader discovery ---------------------------------------------------------------------
+    async def _ask_leader(self, n: NodeRef) -> tuple[NodeRef, bool, dict]:
+        assert self.session
+        try:
+            async with self.session.get(f"{n.url}/leader",
+                                        timeout=aiohttp.ClientTimeout(total=0.1)) as r:
+                body = await r.json(content_type=None)
+                return n, r.status == 200, body if isinstance(body, dict) else {}
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return n, False, {}
+
+    async def discover(self, seen_generation: int, deadline: float) -> NodeRef | None:
+        """Find the leader (or return the one another writer found meanwhile)."""
+        async with self.view.lock:
+            if self.view.generation != seen_generation and self.view.leader is not None:
+                return self.view.leader
+            while time.monotonic() < deadline:
+                answers = await asyncio.gather(*(self._ask_leader(n) for n in self.view.nodes))
+                for n, ok, _ in answers:
+                    if ok:
+                        self.view.leader = n
+                        self.view.generation += 1
+                        return n
+                await asyncio.sleep(self.poll_interval)
+            self.view.leader = None
+            self.view.generation += 1
+            return None
+
+    # --- operations ----------------------------------------------------------------------------
+    async def call(self, node: NodeRef, kind: str, name: str, body: dict,
+                   timeout: float | None = None) -> tuple[int, Any]:
+        assert self.session
+        limit = aiohttp.ClientTimeout(total=timeout or self.request_timeout)
+        async with self.session.post(f"{node.url}/{kind}/{name}", json=body, timeout=limit) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def setup(self, deadline: float) -> None:
+        """Open the drill accounts on first use (existing ones are kept)."""
+        leader = await self.discover(-1, deadline)
+        if leader is None:
+            raise RuntimeError("no leader for the drill setup")
+        for i in range(ACCOUNTS):
+            st, body = await self.call(leader, "tx", TX_OPEN,
+                                       {"args": [f"{self.prefix}-{i}", INITIAL_BALANCE]}, timeout=10.0)
+            if st != 200 and not (st == 409 or "exist" in str(body).lower()
+                                  or "Integrity" in str(body)):
+                raise RuntimeError(f"opening drill account failed: HTTP {st} {body}")
+
+    async def total(self, node: NodeRef, consistent: bool = False) -> int:
+        st, body = await self.call(node, "query", Q_TOTAL, {"args": [], "consistent": consistent},
+                                   timeout=10.0)
+        if st != 200:
+            raise RuntimeError(f"{node.name}: total query failed: HTTP {st} {body}")
+        return int(body["result"])
+
+    async def present(self, node: NodeRef, refs: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(refs), 2000):
+            chunk = refs[i:i + 2000]
+            st, body = await self.call(node, "query", Q_HAS_TRANSFERS, {"args": [chunk]}, timeout=30.0)
+            if st != 200:
+                raise RuntimeError(f"{node.name}: transfer lookup failed: HTTP {st} {body}")
+            found.update(str(r) for r in body["result"])
+        return found
+
+    async def writer(self, stop: asyncio.Event, wid: int, rng: random.Random, max_ops: int) -> None:
+        n_ops = 0
+        while not stop.is_set() and n_ops < max_ops:
+            gen = self.view.generation
+            leader = self.view.leader
+            if leader is None:
+                leader = await self.discover(gen, time.monotonic() + 30.0)
+                if leader is None:
+                    continue
+            self._seq += 1
+            ref = f"{self.prefix}-{wid}-{self._seq}-{rng.getrandbits(32):08x}"
+            a, b = rng.sample(range(ACCOUNTS), 2)
+            body = {"args": [f"{self.prefix}-{a}", f"{self.prefix}-{b}", rng.randint(1, 5), ref]}
+            t0 = time.monotonic()
+            n_ops += 1
+            try:
+                status, answer = await self.call(leader, "tx", TX_TRANSFER, body)
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                self.samples.append(Sample(t0, time.monotonic(), False, leader.id, ref, 0,
+                                           type(exc).__name__))
+                self.unknown.add(ref)
+                await self.discover(gen, time.monotonic() + 30.0)
+                continue
+            t1 = time.monotonic()
+            if status == 200:
+                self.acked[ref] = int(answer.get("index") or 0)
+                self.samples.append(Sample(t0, t1, True, leader.id, ref, self.acked[ref]))
+                continue
+            kind = answer.get("type", "") if isinstance(answer, dict) else ""
+            self.samples.append(Sample(t0, t1, False, leader.id, ref, 0, kind or f"HTTP {status}"))
+            if status == 409:  # the transfer itself failed (e.g. insufficient funds): no retry needed
+                continue
+            if kind == "LeadershipLost" or status >= 500:
+                self.unknown.add(ref)
+            hint = answer.get("leader_api") if isinstance(answer, dict) else None
+            hinted = next((n for n in self.view.nodes if hint and n.url.rstrip("/") == str(hint).rstrip("/")
+                           and n.id != leader.id), None)
+            if hinted is not None and self.view.generation == gen:
+                # the old leader told us who leads now: try it immediately, no poll round
+                self.view.leader = hinted
+                self.view.generation += 1
+            else:
+                await self.discover(gen, time.monotonic() + 30.0)
