@@ -1,0 +1,45 @@
+"""Typed stub of the private native module; use bknr_cluster.engine instead."""
+
+LIBRAFT_VERSION: str
+
+OK: int
+E_NOT_LEADER: int
+E_LEADERSHIP_LOST: int
+E_SHUTDOWN: int
+E_TOO_BIG: int
+E_IO: int
+E_MEMBERSHIP: int
+E_TIMEOUT: int
+E_ALREADY_BOOTSTRAPPED: int
+E_INVALID: int
+
+R_BARRIER: int
+R_ADD: int
+R_ASSIGN: int
+R_REMOVE: int
+R_TRANSFER: int
+R_SNAPSHOT: int
+R_STATUS: int
+
+def _hold_gil(seconds: float) -> None:
+    """Test helper: keep the GIL for ``seconds`` without releasing it."""
+
+class NativeFuture:
+    def wait(self, timeout: float) -> bool: ...
+    def done(self) -> bool: ...
+    def outcome(self) -> tuple[int, int, str, int, str]:
+        """(code, value, message, leader_id, leader_address)."""
+    def status(self) -> dict | None: ...
+
+class Node:
+    def __init__(self, node_id: int, address: str, data_dir: str, election_timeout_ms: int,
+                 heartbeat_ms: int, snapshot_threshold: int, snapshot_trailing: int, pre_vote: bool,
+                 max_inflight_entries: int, store_snapshot_every: int, max_entry_bytes: int) -> None: ...
+    def bootstrap(self, configuration: list[tuple[int, str, str]], recover: bool) -> tuple[int, str]: ...
+    def start(self) -> tuple[int, str]: ...
+    def stop(self) -> None: ...
+    def running(self) -> bool: ...
+    def submit(self, data: bytes | bytearray | memoryview) -> NativeFuture: ...
+    def request(self, type: int, node_id: int = 0, address: str = "", role: str = "") -> NativeFuture: ...
+    def next_committed(self, max_items: int, timeout: float) -> list[tuple[str, int, int, bytes]] | None: ...
+    def store_snapshot_done(self, index: int, data: bytes | bytearray | memoryview) -> bool: ...

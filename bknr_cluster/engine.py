@@ -1,0 +1,225 @@
+"""Thin Python face of the native Raft engine (``bknr_cluster._raft``, see native/DESIGN.md).
+
+The engine's loop thread never takes the GIL; everything here only queues requests to it,
+waits on futures with the GIL released, and maps native outcome codes onto errors.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+from bknr_cluster import _raft
+from bknr_cluster.errors import (
+    AlreadyBootstrapped,
+    EngineError,
+    EngineIOError,
+    LeadershipLost,
+    MembershipError,
+    NotLeader,
+    Shutdown,
+    Timeout,
+    TooBig,
+    UsageError,
+)
+
+LIBRAFT_VERSION: str = _raft.LIBRAFT_VERSION
+
+ROLES = ("voter", "standby", "spare")
+_ADDRESS = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
+_SLICE = 0.1  # Future waits release the GIL in slices so signal handlers (Ctrl-C) can run
+
+
+def _error(code: int, message: str, leader_id: int = 0, leader_address: str = "") -> Exception:
+    if code == _raft.E_NOT_LEADER:
+        return NotLeader(leader_id, leader_address)
+    cls = {
+        _raft.E_LEADERSHIP_LOST: LeadershipLost,
+        _raft.E_SHUTDOWN: Shutdown,
+        _raft.E_TOO_BIG: TooBig,
+        _raft.E_IO: EngineIOError,
+        _raft.E_MEMBERSHIP: MembershipError,
+        _raft.E_TIMEOUT: Timeout,
+        _raft.E_ALREADY_BOOTSTRAPPED: AlreadyBootstrapped,
+        _raft.E_INVALID: UsageError,
+    }.get(code, EngineError)
+    return cls(message)
+
+
+class Future:
+    """Completion of one engine request; ``result()`` waits with the GIL released."""
+
+    __slots__ = ("_f",)
+
+    def __init__(self, native: Any) -> None:
+        self._f = native
+
+    def done(self) -> bool:
+        return self._f.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the request completed (successfully or not)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if self._f.wait(max(left, 0.0)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def result(self, timeout: float | None = None) -> int:
+        """The request's value (e.g. the log index); raises the mapped engine error."""
+        if not self._f.done() and not self.wait(timeout):
+            raise Timeout(f"engine request still pending after {timeout}s (outcome unknown)")
+        code, value, message, leader_id, leader_address = self._f.outcome()
+        if code != _raft.OK:
+            raise _error(code, message, leader_id, leader_address)
+        return value
+
+
+def _check_id(node_id: int) -> int:
+    if not isinstance(node_id, int) or isinstance(node_id, bool) or not 0 < node_id < 2**63:
+        raise UsageError(f"node id must be a positive integer, not {node_id!r}")
+    return node_id
+
+
+def _check_address(address: str) -> str:
+    ok = isinstance(address, str) and _ADDRESS.match(address)
+    if not ok or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
+        raise UsageError(f"address must look like 'host:port', not {address!r}")
+    return address
+
+
+def _check_configuration(configuration: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    conf = []
+    ids: set[int] = set()
+    addresses: set[str] = set()
+    for entry in configuration:
+        node_id, address, role = entry
+        _check_id(node_id)
+        _check_address(address)
+        if role not in ROLES:
+            raise UsageError(f"role must be one of {ROLES}, not {role!r}")
+        if node_id in ids:
+            raise MembershipError(f"duplicate node id {node_id} in configuration")
+        if address in addresses:
+            raise MembershipError(f"duplicate address {address} in configuration")
+        ids.add(node_id)
+        addresses.add(address)
+        conf.append((node_id, address, role))
+    if not any(role == "voter" for _, _, role in conf):
+        raise MembershipError("configuration needs at least one voter")
+    return conf
+
+
+class RaftNode:
+    """One Raft server. See docs/interfaces.md §1 for the contract."""
+
+    def __init__(self, node_id: int, address: str, data_dir: str, *,
+                 election_timeout_ms: int = 1000, heartbeat_ms: int = 100,
+                 snapshot_threshold: int = 1024, snapshot_trailing: int = 128,
+                 pre_vote: bool = True, max_inflight_entries: int = 8192,
+                 store_snapshot_every: int | None = None,
+                 max_entry_bytes: int = 64 << 20) -> None:
+        self.node_id = _check_id(node_id)
+        self.address = _check_address(address)
+        if not 0 < heartbeat_ms < election_timeout_ms:
+            raise UsageError("need 0 < heartbeat_ms < election_timeout_ms")
+        if snapshot_threshold < 1 or snapshot_trailing < 0 or max_inflight_entries < 1 or max_entry_bytes < 1:
+            raise UsageError("snapshot_threshold, max_inflight_entries and max_entry_bytes must be positive")
+        if store_snapshot_every is None:
+            # Half the threshold: a fresh store snapshot (M) is always available when libraft
+            # snapshots at N, so the raw tail M+1..N stays short.
+            store_snapshot_every = max(1, snapshot_threshold // 2)
+        if store_snapshot_every < 1:
+            raise UsageError("store_snapshot_every must be positive")
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._node = _raft.Node(self.node_id, self.address, self.data_dir, election_timeout_ms,
+                                heartbeat_ms, snapshot_threshold, snapshot_trailing, bool(pre_vote),
+                                max_inflight_entries, store_snapshot_every, max_entry_bytes)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def bootstrap(self, configuration: list[tuple[int, str, str]]) -> None:
+        """Write the initial configuration into an empty data dir (before start())."""
+        self._raise(*self._node.bootstrap(_check_configuration(configuration), False))
+
+    def recover(self, configuration: list[tuple[int, str, str]]) -> None:
+        """Force a new configuration after quorum loss (before start(); see raft_recover)."""
+        self._raise(*self._node.bootstrap(_check_configuration(configuration), True))
+
+    def start(self) -> None:
+        self._raise(*self._node.start())
+
+    def stop(self) -> None:
+        """Idempotent; joins the loop thread. Safe from atexit and signal handlers."""
+        self._node.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._node.running()
+
+    @staticmethod
+    def _raise(code: int, message: str) -> None:
+        if code != _raft.OK:
+            raise _error(code, message)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def submit(self, data: bytes) -> Future:
+        """Future -> log index, once committed and handed to the apply queue."""
+        return Future(self._node.submit(data))
+
+    def barrier(self) -> Future:
+        return Future(self._node.request(_raft.R_BARRIER))
+
+    def add(self, node_id: int, address: str) -> Future:
+        """Adds a server as spare; promote it with assign()."""
+        return Future(self._node.request(_raft.R_ADD, _check_id(node_id), _check_address(address)))
+
+    def assign(self, node_id: int, role: str) -> Future:
+        if role not in ROLES:
+            raise UsageError(f"role must be one of {ROLES}, not {role!r}")
+        return Future(self._node.request(_raft.R_ASSIGN, _check_id(node_id), "", role))
+
+    def remove(self, node_id: int) -> Future:
+        return Future(self._node.request(_raft.R_REMOVE, _check_id(node_id)))
+
+    def transfer(self, node_id: int = 0) -> Future:
+        """Future -> the new leader's id. 0 lets libraft pick the best candidate."""
+        if node_id != 0:
+            _check_id(node_id)
+        return Future(self._node.request(_raft.R_TRANSFER, node_id))
+
+    def snapshot_now(self) -> Future:
+        """Future -> index of a Raft snapshot covering everything committed so far."""
+        return Future(self._node.request(_raft.R_SNAPSHOT))
+
+    def status(self, timeout: float = 5.0) -> dict:
+        if not self._node.running():
+            return {"id": self.node_id, "address": self.address, "state": "unavailable", "term": 0,
+                    "leader_id": 0, "leader_address": "", "commit_index": 0, "last_applied": 0,
+                    "last_log_index": 0, "snapshot_index": 0, "snapshot_term": 0,
+                    "configuration": [], "followers": []}
+        f = Future(self._node.request(_raft.R_STATUS))
+        f.result(timeout)
+        return f._f.status()
+
+    # -- applier side -----------------------------------------------------------------------
+
+    def next_committed(self, max_items: int = 256, timeout: float = 0.1) -> list[tuple[str, int, int, bytes]]:
+        """Up to max_items ``(kind, index, term, data)`` in log order; [] on timeout.
+
+        Raises Shutdown once the engine stopped and every item was drained.
+        """
+        items = self._node.next_committed(max(1, int(max_items)), max(0.0, float(timeout)))
+        if items is None:
+            raise Shutdown("engine stopped; apply queue drained")
+        return items
+
+    def store_snapshot_done(self, index: int, data: bytes) -> None:
+        """Hand back the store serialised at exactly ``index`` (answer to snapshot_request)."""
+        self._node.store_snapshot_done(int(index), data)

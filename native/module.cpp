@@ -1,0 +1,282 @@
+// pybind11 binding: bknr_cluster._raft. The only file that touches Python objects; the
+// loop thread never enters it (DESIGN.md rule 2). engine.py is the public wrapper.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <thread>
+
+#include "node.hpp"
+
+namespace py = pybind11;
+using namespace bknr;
+
+namespace {
+
+// Waits are cut into slices so that Python signal handlers (Ctrl-C) run between them.
+constexpr double kSlice = 0.05;
+
+const char* state_name(int s) {
+    switch (s) {
+        case RAFT_FOLLOWER: return "follower";
+        case RAFT_CANDIDATE: return "candidate";
+        case RAFT_LEADER: return "leader";
+        default: return "unavailable";
+    }
+}
+
+const char* role_name(int r) {
+    switch (r) {
+        case RAFT_VOTER: return "voter";
+        case RAFT_STANDBY: return "standby";
+        case RAFT_SPARE: return "spare";
+        default: return "unknown";
+    }
+}
+
+int role_code(const std::string& r) {
+    if (r == "voter") return RAFT_VOTER;
+    if (r == "standby") return RAFT_STANDBY;
+    if (r == "spare") return RAFT_SPARE;
+    throw py::value_error("role must be 'voter', 'standby' or 'spare', not '" + r + "'");
+}
+
+// Copies a bytes-like object into memory obtained from `alloc`, without the GIL when large.
+template <typename Alloc>
+char* copy_bytes(const py::object& data, size_t* len, Alloc alloc) {
+    const char* src;
+    size_t n;
+    py::buffer_info info;
+    if (PyBytes_Check(data.ptr())) {
+        src = PyBytes_AS_STRING(data.ptr());
+        n = static_cast<size_t>(PyBytes_GET_SIZE(data.ptr()));
+    } else {
+        info = py::reinterpret_borrow<py::buffer>(data).request();
+        if (info.ndim > 1 || (info.ndim == 1 && info.strides[0] != info.itemsize))
+            throw py::type_error("data must be a contiguous bytes-like object");
+        src = static_cast<const char*>(info.ptr);
+        n = static_cast<size_t>(info.size * info.itemsize);
+    }
+    char* dst = alloc(n ? n : 1);
+    if (!dst) throw std::bad_alloc();
+    if (n >= (1u << 20)) {
+        // `data` stays referenced by the caller's frame; bytes are immutable.
+        py::gil_scoped_release nogil;
+        std::memcpy(dst, src, n);
+    } else if (n) {
+        std::memcpy(dst, src, n);
+    }
+    *len = n;
+    return dst;
+}
+
+py::dict status_dict(const StatusData& s) {
+    py::dict d;
+    d["id"] = s.id;
+    d["address"] = s.address;
+    d["state"] = state_name(s.state);
+    d["term"] = s.term;
+    d["leader_id"] = s.leader_id;
+    d["leader_address"] = s.leader_address;
+    d["commit_index"] = s.commit_index;
+    d["last_applied"] = s.last_applied;
+    d["last_log_index"] = s.last_log_index;
+    d["snapshot_index"] = s.snapshot_index;
+    d["snapshot_term"] = s.snapshot_term;
+    d["store_snapshot_index"] = s.store_snapshot_index;
+    d["tail_entries"] = s.tail_entries;
+    d["apply_queue"] = s.apply_queue;
+    d["off_loop_callbacks"] = s.off_loop_callbacks;
+    py::list conf;
+    for (const auto& c : s.configuration) {
+        py::dict e;
+        e["id"] = c.id;
+        e["address"] = c.address;
+        e["role"] = role_name(c.role);
+        conf.append(e);
+    }
+    d["configuration"] = conf;
+    py::list fol;
+    for (const auto& f : s.followers) {
+        py::dict e;
+        e["id"] = f.first;
+        e["match_index"] = f.second;
+        fol.append(e);
+    }
+    d["followers"] = fol;
+    return d;
+}
+
+FuturePtr failed(int code, std::string msg) {
+    auto f = std::make_shared<FutureState>();
+    f->fail(code, std::move(msg));
+    return f;
+}
+
+const char* kinds[] = {"entry", "snapshot_request", "restore"};
+
+}  // namespace
+
+PYBIND11_MODULE(_raft, m) {
+    m.doc() = "Native Raft engine over libraft (private; use bknr_cluster.engine)";
+    // A dying peer socket must not kill a healthy node (DESIGN.md rule 6).
+    std::signal(SIGPIPE, SIG_IGN);
+
+    m.attr("LIBRAFT_VERSION") = BKNR_RAFT_VERSION_STRING;
+    m.attr("OK") = static_cast<int>(OK);
+    m.attr("E_NOT_LEADER") = static_cast<int>(E_NOT_LEADER);
+    m.attr("E_LEADERSHIP_LOST") = static_cast<int>(E_LEADERSHIP_LOST);
+    m.attr("E_SHUTDOWN") = static_cast<int>(E_SHUTDOWN);
+    m.attr("E_TOO_BIG") = static_cast<int>(E_TOO_BIG);
+    m.attr("E_IO") = static_cast<int>(E_IO);
+    m.attr("E_MEMBERSHIP") = static_cast<int>(E_MEMBERSHIP);
+    m.attr("E_TIMEOUT") = static_cast<int>(E_TIMEOUT);
+    m.attr("E_ALREADY_BOOTSTRAPPED") = static_cast<int>(E_ALREADY_BOOTSTRAPPED);
+    m.attr("E_INVALID") = static_cast<int>(E_INVALID);
+
+    m.def("_hold_gil", [](double seconds) {
+        // Test helper: keep the GIL (no release) to prove the loop thread never needs it.
+        auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+        while (std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }, py::arg("seconds"));
+
+    py::class_<FutureState, FuturePtr>(m, "NativeFuture")
+        .def("wait", [](FutureState& f, double timeout) {
+            py::gil_scoped_release nogil;
+            return f.wait_for(timeout);
+        }, py::arg("timeout"))
+        .def("done", &FutureState::is_done)
+        .def("outcome", [](FutureState& f) {
+            std::lock_guard<std::mutex> g(f.mu);
+            return py::make_tuple(f.code, f.value, f.message, f.leader_id, f.leader_address);
+        })
+        .def("status", [](FutureState& f) -> py::object {
+            std::shared_ptr<StatusData> s;
+            {
+                std::lock_guard<std::mutex> g(f.mu);
+                s = f.status;
+            }
+            if (!s) return py::none();
+            return status_dict(*s);
+        });
+
+    py::class_<Node>(m, "Node")
+        .def(py::init([](uint64_t id, std::string address, std::string dir, unsigned election_timeout_ms,
+                         unsigned heartbeat_ms, unsigned snapshot_threshold, unsigned snapshot_trailing,
+                         bool pre_vote, unsigned max_inflight_entries, unsigned store_snapshot_every,
+                         size_t max_entry_bytes) {
+                 Options o;
+                 o.election_timeout_ms = election_timeout_ms;
+                 o.heartbeat_ms = heartbeat_ms;
+                 o.snapshot_threshold = snapshot_threshold;
+                 o.snapshot_trailing = snapshot_trailing;
+                 o.pre_vote = pre_vote;
+                 o.max_inflight_entries = max_inflight_entries;
+                 o.store_snapshot_every = store_snapshot_every;
+                 o.max_entry_bytes = max_entry_bytes;
+                 return new Node(id, std::move(address), std::move(dir), o);
+             }),
+             py::arg("node_id"), py::arg("address"), py::arg("data_dir"), py::arg("election_timeout_ms"),
+             py::arg("heartbeat_ms"), py::arg("snapshot_threshold"), py::arg("snapshot_trailing"),
+             py::arg("pre_vote"), py::arg("max_inflight_entries"), py::arg("store_snapshot_every"),
+             py::arg("max_entry_bytes"))
+        .def("bootstrap", [](Node& n, const std::vector<std::tuple<uint64_t, std::string, std::string>>& conf,
+                             bool recover) {
+            std::vector<ServerInfo> servers;
+            for (const auto& [id, addr, role] : conf) servers.push_back({id, addr, role_code(role)});
+            std::string err;
+            int code;
+            {
+                py::gil_scoped_release nogil;
+                code = n.bootstrap(servers, recover, err);
+            }
+            return py::make_tuple(code, err);
+        }, py::arg("configuration"), py::arg("recover"))
+        .def("start", [](Node& n) {
+            std::string err;
+            int code;
+            {
+                py::gil_scoped_release nogil;
+                code = n.start(err);
+            }
+            return py::make_tuple(code, err);
+        })
+        .def("stop", [](Node& n) {
+            py::gil_scoped_release nogil;  // the loop thread never needs the GIL to finish
+            n.stop();
+        })
+        .def("running", &Node::running)
+        .def("submit", [](Node& n, const py::object& data) {
+            size_t len = 0;
+            size_t limit = n.options().max_entry_bytes;
+            if (PyBytes_Check(data.ptr()) && static_cast<size_t>(PyBytes_GET_SIZE(data.ptr())) > limit)
+                return failed(E_TOO_BIG, "entry of " + std::to_string(PyBytes_GET_SIZE(data.ptr())) +
+                                             " bytes exceeds max_entry_bytes=" + std::to_string(limit));
+            // raft_uv requires entry sizes in multiples of 8: pad_entry() frames the payload.
+            size_t cap = 0;
+            char* buf = copy_bytes(data, &len, [&cap](size_t k) {
+                cap = padded_size(k);
+                return static_cast<char*>(raft_malloc(cap));
+            });
+            if (len > limit) {
+                raft_free(buf);
+                return failed(E_TOO_BIG, "entry exceeds max_entry_bytes=" + std::to_string(limit));
+            }
+            Request r;
+            r.type = R_APPLY;
+            r.buf = buf;
+            r.len = pad_entry(buf, len);
+            return n.post(std::move(r));
+        }, py::arg("data"))
+        .def("request", [](Node& n, int type, uint64_t id, std::string address, std::string role) {
+            Request r;
+            r.type = static_cast<ReqType>(type);
+            if (r.type == R_APPLY || r.type == R_STOP || type < 0 || type > R_STOP)
+                throw py::value_error("bad request type");
+            r.id = id;
+            r.address = std::move(address);
+            if (r.type == R_ASSIGN) r.role = role_code(role);
+            return n.post(std::move(r));
+        }, py::arg("type"), py::arg("node_id") = 0, py::arg("address") = "", py::arg("role") = "")
+        .def("next_committed", [](Node& n, size_t max_items, double timeout) -> py::object {
+            std::vector<Item> items;
+            auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout);
+            bool open = true;
+            for (;;) {
+                double left = std::chrono::duration<double>(end - std::chrono::steady_clock::now()).count();
+                {
+                    py::gil_scoped_release nogil;
+                    open = n.queue().pop(max_items, std::min(std::max(left, 0.0), kSlice), items);
+                }
+                if (!items.empty() || !open || left <= kSlice) break;
+                if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+            }
+            if (!open) return py::none();
+            py::list out(items.size());
+            for (size_t i = 0; i < items.size(); i++) {
+                const Item& it = items[i];
+                PyObject* b = PyBytes_FromStringAndSize(it.data.data(), static_cast<Py_ssize_t>(it.data.len));
+                if (!b) throw py::error_already_set();
+                out[i] = py::make_tuple(kinds[it.kind], it.index, it.term, py::reinterpret_steal<py::bytes>(b));
+            }
+            return std::move(out);
+        }, py::arg("max_items"), py::arg("timeout"))
+        .def("store_snapshot_done", [](Node& n, uint64_t index, const py::object& data) {
+            size_t len = 0;
+            char* buf = copy_bytes(data, &len, [](size_t k) { return new char[k]; });
+            auto c = std::make_shared<Chunk>();
+            c->base = buf;
+            c->len = len;
+            return n.store_snapshot_done(index, c);
+        }, py::arg("index"), py::arg("data"));
+
+    m.attr("R_BARRIER") = static_cast<int>(R_BARRIER);
+    m.attr("R_ADD") = static_cast<int>(R_ADD);
+    m.attr("R_ASSIGN") = static_cast<int>(R_ASSIGN);
+    m.attr("R_REMOVE") = static_cast<int>(R_REMOVE);
+    m.attr("R_TRANSFER") = static_cast<int>(R_TRANSFER);
+    m.attr("R_SNAPSHOT") = static_cast<int>(R_SNAPSHOT);
+    m.attr("R_STATUS") = static_cast<int>(R_STATUS);
+}

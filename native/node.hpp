@@ -1,0 +1,249 @@
+// Native Raft node: one libuv loop thread owning `struct raft` (see native/DESIGN.md).
+//
+// Nothing in this header touches Python: the pybind11 layer (module.cpp) wraps it.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "raft_compat.hpp"
+
+namespace bknr {
+
+// Immutable, ref-counted bytes shared between the apply queue, the snapshot tail and
+// snapshot buffers handed to libraft (so one committed entry is copied exactly once).
+struct Chunk {
+    char* base = nullptr;
+    size_t len = 0;
+    bool raft_owned = false;  // adopted from libraft (raft_free) vs. our own new[]
+    Chunk() = default;
+    Chunk(const Chunk&) = delete;
+    Chunk& operator=(const Chunk&) = delete;
+    ~Chunk();
+};
+using ChunkPtr = std::shared_ptr<Chunk>;
+ChunkPtr chunk_copy(const void* p, size_t n);
+ChunkPtr chunk_adopt(void* raft_malloced, size_t n);
+
+struct Slice {
+    ChunkPtr chunk;
+    size_t off = 0;
+    size_t len = 0;
+    const char* data() const { return chunk ? chunk->base + off : ""; }
+};
+
+// Entry framing. raft_uv only stores entries whose size is a multiple of 8, so every
+// payload is followed by 1..8 pad bytes, the last of which holds the pad count.
+inline size_t padded_size(size_t n) { return (n + 1 + 7) & ~static_cast<size_t>(7); }
+inline size_t pad_entry(char* buf, size_t n) {  // buf has padded_size(n) bytes
+    size_t total = padded_size(n);
+    for (size_t i = n; i < total; i++) buf[i] = 0;
+    buf[total - 1] = static_cast<char>(total - n);
+    return total;
+}
+// Payload length of a framed entry, or SIZE_MAX when the framing is invalid.
+inline size_t unpad_len(const char* buf, size_t n) {
+    if (n == 0 || n % 8) return static_cast<size_t>(-1);
+    size_t pad = static_cast<unsigned char>(buf[n - 1]);
+    return pad >= 1 && pad <= 8 ? n - pad : static_cast<size_t>(-1);
+}
+
+enum ItemKind { ITEM_ENTRY = 0, ITEM_SNAPSHOT_REQUEST = 1, ITEM_RESTORE = 2 };
+struct Item {
+    ItemKind kind;
+    uint64_t index;
+    uint64_t term;
+    Slice data;
+};
+
+// Outcome codes of futures; engine.py maps them onto errors.py classes.
+enum Code {
+    OK = 0,
+    E_NOT_LEADER = 1,
+    E_LEADERSHIP_LOST = 2,
+    E_SHUTDOWN = 3,
+    E_TOO_BIG = 4,
+    E_IO = 5,
+    E_MEMBERSHIP = 6,
+    E_TIMEOUT = 7,
+    E_ALREADY_BOOTSTRAPPED = 8,
+    E_INVALID = 9,
+};
+
+struct ServerInfo {
+    uint64_t id;
+    std::string address;
+    int role;  // RAFT_VOTER / RAFT_STANDBY / RAFT_SPARE
+};
+
+struct StatusData {
+    uint64_t id = 0;
+    std::string address;
+    int state = RAFT_UNAVAILABLE;
+    uint64_t term = 0, leader_id = 0;
+    std::string leader_address;
+    uint64_t commit_index = 0, last_applied = 0, last_log_index = 0;
+    uint64_t snapshot_index = 0, snapshot_term = 0;
+    uint64_t store_snapshot_index = 0;  // M of the store snapshot the engine holds
+    size_t tail_entries = 0, apply_queue = 0;
+    uint64_t off_loop_callbacks = 0;  // FSM callbacks seen on a thread other than the loop's
+    std::vector<ServerInfo> configuration;
+    std::vector<std::pair<uint64_t, uint64_t>> followers;  // (id, match index), leader only
+};
+
+// A one-shot result slot. Resolved on the loop thread, waited on by Python without the GIL.
+struct FutureState {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    int code = OK;
+    uint64_t value = 0;
+    std::string message;
+    uint64_t leader_id = 0;
+    std::string leader_address;
+    std::shared_ptr<StatusData> status;
+
+    void resolve(uint64_t v);
+    void fail(int c, std::string msg, uint64_t lid = 0, std::string laddr = {});
+    bool wait_for(double seconds);  // true once done
+    bool is_done();
+};
+using FuturePtr = std::shared_ptr<FutureState>;
+
+struct Options {
+    unsigned election_timeout_ms = 1000;
+    unsigned heartbeat_ms = 100;
+    unsigned snapshot_threshold = 1024;
+    unsigned snapshot_trailing = 128;
+    bool pre_vote = true;
+    unsigned max_inflight_entries = 8192;
+    unsigned store_snapshot_every = 512;
+    size_t max_entry_bytes = 64u << 20;
+};
+
+enum ReqType { R_APPLY, R_BARRIER, R_ADD, R_ASSIGN, R_REMOVE, R_TRANSFER, R_SNAPSHOT, R_STATUS, R_STOP };
+struct Request {
+    ReqType type;
+    FuturePtr fut;
+    void* buf = nullptr;  // R_APPLY: raft_malloc'ed payload, owned until raft_apply accepts it
+    size_t len = 0;
+    uint64_t id = 0;
+    std::string address;
+    int role = 0;
+};
+
+// Committed items for the Python applier, in log order.
+class ApplyQueue {
+public:
+    void push(Item&& it);
+    void clear();
+    void close();  // no more items will ever come
+    // Pops up to max_items, waiting at most `seconds` for the first one. Returns false when
+    // the queue is closed and empty.
+    bool pop(size_t max_items, double seconds, std::vector<Item>& out);
+    size_t size();
+
+private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<Item> q_;
+    unsigned waiters_ = 0;
+    bool closed_ = false;
+};
+
+class Node {
+public:
+    Node(uint64_t id, std::string address, std::string dir, Options opts);
+    ~Node();
+
+    // Before start() only. They run on a short-lived loop thread of their own. 0 or a Code.
+    int bootstrap(const std::vector<ServerInfo>& conf, bool recover, std::string& err);
+    int start(std::string& err);
+    void stop();  // idempotent; joins the loop thread
+    bool running() const { return accepting_.load(); }
+
+    FuturePtr post(Request&& r);  // any thread; fails the future with E_SHUTDOWN if not running
+    ApplyQueue& queue() { return applyq_; }
+    // Python hands back the store snapshot for a ("snapshot_request", M) item.
+    bool store_snapshot_done(uint64_t index, ChunkPtr data);
+
+    const Options& options() const { return opts_; }
+    uint64_t id() const { return id_; }
+    const std::string& address() const { return address_; }
+
+    // --- loop-thread internals (public for the C callbacks in node.cpp / fsm.cpp) ---
+    struct raft raft_;
+    struct raft_io io_;
+    struct raft_uv_transport transport_;
+    struct raft_fsm fsm_;
+    uv_loop_t loop_;
+    uv_async_t async_;
+
+    void on_async();
+    void on_raft_closed();
+    int fsm_apply(const struct raft_buffer* buf);
+    int fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs);
+    int fsm_snapshot_finalize(struct raft_buffer* bufs[], unsigned* n_bufs);
+    int fsm_restore(struct raft_buffer* buf);
+    void change_done(int status);
+    void transfer_done();
+    void fill_status(StatusData& s);
+    void fail_not_leader(const FuturePtr& f, int rv);
+
+private:
+    int setup_loop(std::string& err);  // loop + transport + io + raft_init, on the loop thread
+    void teardown_after_close();
+    void run_thread(std::shared_ptr<struct StartSync> sync);
+    void handle(Request& r);
+    void begin_close();
+
+    uint64_t id_;
+    std::string address_;
+    std::string dir_;
+    Options opts_;
+    std::thread thread_;
+    std::mutex life_mu_;  // serialises start/stop/bootstrap
+    bool started_ = false, stopped_ = false;
+
+    std::mutex req_mu_;
+    std::vector<Request> reqs_;
+    std::atomic<bool> accepting_{false};
+    bool closing_ = false;  // loop thread only
+    std::thread::id loop_tid_;
+    std::atomic<uint64_t> off_loop_callbacks_{0};
+    void check_thread() {
+        if (std::this_thread::get_id() != loop_tid_) off_loop_callbacks_++;
+    }
+
+    ApplyQueue applyq_;
+
+    // Membership/transfer requests in flight (libraft allows one of each; a second would
+    // trip its assertions, so we refuse it ourselves). Loop thread only.
+    FuturePtr change_fut_;
+    FuturePtr transfer_fut_;
+    uint64_t transfer_target_ = 0;
+    // snapshot_now(): futures waiting for a snapshot at >= target index.
+    std::vector<std::pair<uint64_t, FuturePtr>> snap_waiters_;
+    uint64_t last_snapshot_index_ = 0;
+    uint64_t snapshot_taking_index_ = 0;
+    std::vector<std::pair<struct raft_buffer*, void*>> holds_;  // snapshots awaiting finalize
+    void snapshot_taken(uint64_t index);
+
+    // Snapshot-at-index state (fsm.cpp). Guarded by snap_mu_: the loop thread appends and
+    // reads it, Python's store_snapshot_done() trims it.
+    std::mutex snap_mu_;
+    uint64_t base_index_ = 0;       // M: the store snapshot's index (0 = empty store)
+    Slice base_data_;               // store snapshot bytes at M
+    std::deque<Item> tail_;         // committed entries M+1..N, as handed to Python
+    uint64_t pending_request_ = 0;  // index of the outstanding snapshot_request, 0 = none
+    unsigned since_request_ = 0;
+};
+
+}  // namespace bknr
