@@ -1,0 +1,341 @@
+"""``StoreDefinition`` and ``Store``: records in, state out.
+
+A record (format version 1) is the msgpack array ``[1, name, timestamp_ns, args, kwargs]`` with
+the codec's extension types; it is produced by ``encode_transaction`` and consumed by
+``apply_record``. Standalone stores also append every successful record to their own log
+(see ``durable.py``); cluster stores get records from Raft instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterable
+from enum import Enum
+from typing import IO, Any
+
+from bknr_cluster.errors import CodecError, CorruptData, StoreError, UnknownTransaction, UsageError
+from bknr_cluster.store.blobs import BlobStore
+from bknr_cluster.store.codec import Codec
+from bknr_cluster.store.model import LOCAL, StoreObject
+from bknr_cluster.store.state import ObjectState
+from bknr_cluster.store.tx import Query, Transaction, TxContext
+
+RECORD_VERSION = 1
+
+
+def _names(kind: str, items: Iterable[Any], cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Registry by full name plus unambiguous short names (the part after the last dot)."""
+    by_name: dict[str, Any] = {}
+    for it in items:
+        if not isinstance(it, cls):
+            raise UsageError(f"{it!r} is not a registered {kind}: decorate it with @{kind}")
+        if it.name in by_name and by_name[it.name] is not it:
+            raise UsageError(f"two {kind}s are registered as {it.name!r}")
+        by_name[it.name] = it
+    short: dict[str, Any] = {}
+    clashes = set()
+    for name, it in by_name.items():
+        s = name.rsplit(".", 1)[-1]
+        if s in short and short[s] is not it:
+            clashes.add(s)
+        short[s] = it
+    for s in clashes:
+        del short[s]
+    return by_name, short
+
+
+class StoreDefinition:
+    """What a store holds: persistent classes, transactions, queries and codec enums."""
+
+    def __init__(self, name: str, classes: Iterable[type], transactions: Iterable[Transaction] = (),
+                 queries: Iterable[Query] = (), *, enums: Iterable[type[Enum]] = (),
+                 class_renames: dict[str, str] | None = None):
+        self.name = name
+        self.classes = tuple(classes)
+        seen: dict[str, type] = {}
+        for c in self.classes:
+            if not (isinstance(c, type) and issubclass(c, StoreObject) and c is not StoreObject):
+                raise UsageError(f"{c!r} is not a StoreObject subclass")
+            other = seen.setdefault(c._meta.name, c)
+            if other is not c:
+                raise UsageError(f"two classes are stored as {c._meta.name!r}")
+        self.transactions, self._tx_short = _names("transaction", transactions, Transaction)
+        self.queries, self._q_short = _names("query", queries, Query)
+        self.enums = tuple(enums)
+        for e in self.enums:
+            if not (isinstance(e, type) and issubclass(e, Enum)):
+                raise UsageError(f"{e!r} is not an Enum class")
+        # snapshot class name (old) -> current class name
+        self.class_renames = dict(class_renames or {})
+
+    def transaction(self, tx: Transaction | str) -> Transaction:
+        if isinstance(tx, Transaction):
+            name = tx.name
+        elif isinstance(tx, str):
+            name = tx
+        else:
+            raise UsageError(f"{tx!r} is not a transaction")
+        found = self.transactions.get(name) or self._tx_short.get(name)
+        if found is None or (isinstance(tx, Transaction) and found is not tx):
+            raise UnknownTransaction(f"unknown transaction {name!r} in store {self.name!r}")
+        return found
+
+    def query(self, q: Query | str) -> Query:
+        name = q.name if isinstance(q, Query) else q
+        found = self.queries.get(name) or self._q_short.get(name) if isinstance(name, str) else None
+        if found is None:
+            raise UnknownTransaction(f"unknown query {name!r} in store {self.name!r}")
+        return found
+
+
+class _Reading:
+    __slots__ = ("store", "prev")
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self) -> Store:
+        self.store._lock.acquire()
+        self.prev = LOCAL.store
+        LOCAL.store = self.store
+        return self.store
+
+    def __exit__(self, *exc: Any) -> None:
+        LOCAL.store = self.prev
+        self.store._lock.release()
+
+
+class Store(ObjectState):
+    """A prevalence store: all state in memory, changed only by transactions.
+
+    ``Store(None, definition=d)`` is an in-memory store driven through ``apply_record`` (cluster
+    mode); ``Store(path, definition=d)`` is standalone: it restores from ``path`` and logs every
+    transaction it executes, fsync'd before ``execute`` returns.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, definition: StoreDefinition | None = None,
+                 *, classes: Iterable[type] = (), transactions: Iterable[Transaction] = (),
+                 queries: Iterable[Query] = (), enums: Iterable[type[Enum]] = (), name: str = "store",
+                 sync: bool = True, blob_dir: str | None = None, bind: bool = True):
+        if definition is None:
+            definition = StoreDefinition(name, classes, transactions, queries, enums=enums)
+        self.definition = definition
+        self._lock = threading.RLock()
+        self._init_state(definition.classes)
+        self._codec = Codec(definition.enums, self.find, self._is_live)
+        self._last_ts = 0
+        self.last_index = 0            # index of the last record applied (TxContext.index)
+        self._version = 0              # bumped on every successful change; digest cache key
+        self._digest_cache: tuple[int, str] | None = None
+        self.schema_report: list[str] = []
+        if path is not None and blob_dir is None:
+            blob_dir = os.path.join(os.fspath(path), "blobs")
+        self.blobs = BlobStore(blob_dir, sync=sync)
+        if bind:
+            self.bind()
+        self._durable: Any = None
+        if path is not None:
+            from bknr_cluster.store.durable import Durable
+            self._durable = Durable(self, os.fspath(path), sync=sync)
+            self._durable.open()
+
+    def bind(self) -> None:
+        """Make class-level accessors and direct transaction calls use this store."""
+        for c in self.definition.classes:
+            c._bound = self
+        for t in self.definition.transactions.values():
+            t._bound = self
+        for q in self.definition.queries.values():
+            q._bound = self
+        BlobStore.default_owner = self
+
+    def _is_live(self, obj: Any) -> bool:
+        extent = self._extent.get(type(obj))
+        return extent is not None and extent.get(obj.id) is obj
+
+    # --- records ------------------------------------------------------------------------------
+
+    def encode_transaction(self, tx: Transaction | str, *args: Any, **kwargs: Any) -> bytes:
+        """The record for ``tx(*args, **kwargs)`` stamped with this machine's clock."""
+        return self.encode_call(tx, args, kwargs)
+
+    def encode_transaction_at(self, timestamp_ns: int, tx: Transaction | str, *args: Any,
+                              **kwargs: Any) -> bytes:
+        """Same, with an explicit timestamp (nanoseconds since the epoch, UTC)."""
+        return self.encode_call(tx, args, kwargs, timestamp_ns)
+
+    def encode_call(self, tx: Transaction | str, args: Iterable[Any] = (),
+                    kwargs: dict[str, Any] | None = None, timestamp_ns: int | None = None) -> bytes:
+        """Validate and encode a call; raises UnknownTransaction, UsageError or CodecError."""
+        t = self.definition.transaction(tx)
+        args = tuple(args)
+        kwargs = kwargs or {}
+        t.check_args(args, kwargs)
+        ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
+        return self._codec.pack([RECORD_VERSION, t.name, ts, list(args), kwargs or None])
+
+    def _decode_record(self, record: bytes) -> tuple[Transaction, int, list, dict]:
+        try:
+            fields = self._codec.unpack(record)
+        except CodecError as exc:
+            if "cannot decode" in str(exc):
+                raise CorruptData(f"malformed transaction record: {exc}") from None
+            raise
+        if type(fields) is not list or len(fields) != 5 or fields[0] != RECORD_VERSION:
+            raise CorruptData(f"not a version-{RECORD_VERSION} transaction record")
+        _, name, ts, args, kwargs = fields
+        return self.definition.transaction(name), ts, args, kwargs or {}
+
+    def describe_record(self, record: bytes) -> dict[str, Any]:
+        """Decoded fields of a record (for tools and error messages)."""
+        with self._lock:
+            t, ts, args, kwargs = self._decode_record(record)
+        return {"name": t.name, "timestamp_ns": ts, "args": args, "kwargs": kwargs}
+
+    def apply_record(self, record: bytes, ctx: TxContext | None = None) -> Any:
+        """Run the record's transaction. On failure the store is unchanged and the transaction's
+        own exception propagates (UnknownTransaction/CodecError/CorruptData for bad records)."""
+        if ctx is None:
+            ctx = TxContext()
+        with self._lock:
+            return self._apply(record, ctx)
+
+    def _apply(self, record: bytes, ctx: TxContext) -> Any:
+        if ctx.index:
+            self.last_index = ctx.index
+        t, ts, args, kwargs = self._decode_record(record)
+        if ts < self._last_ts:
+            ts = self._last_ts          # time never runs backwards, even across leader changes
+        ctx.store = self
+        ctx.timestamp_ns = ts
+        ctx.record = record
+        prev_store, prev_tx = LOCAL.store, LOCAL.tx
+        LOCAL.store, LOCAL.tx = self, ctx
+        next_id = self._next_id
+        try:
+            result = t.fn(*args, **kwargs)
+        except BaseException:
+            self._rollback(ctx, next_id)
+            raise
+        finally:
+            LOCAL.store, LOCAL.tx = prev_store, prev_tx
+        ctx.undo = []
+        self._last_ts = ts
+        self._version += 1
+        return result
+
+    def execute(self, tx: Transaction | str, *args: Any, **kwargs: Any) -> Any:
+        """Encode, apply and (standalone) durably log a transaction; returns its result."""
+        if LOCAL.tx is not None:
+            raise UsageError("execute() inside a transaction: call the transaction function directly")
+        return self.execute_record(self.encode_call(tx, args, kwargs))
+
+    def execute_record(self, record: bytes) -> Any:
+        durable = self._durable
+        if durable is None:
+            with self._lock:
+                return self._apply(record, TxContext(self.last_index + 1))
+        with self._lock:
+            durable.check_writable()
+            result = self._apply(record, TxContext(durable.next_seq))
+            ticket = durable.append(record)
+        durable.wait_durable(ticket)      # group commit: outside the lock, shared fsync
+        return result
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def reading(self) -> _Reading:
+        """``with store.reading():`` — no transaction applies until the block ends."""
+        return _Reading(self)
+
+    def run_query(self, q: Query | str, *args: Any, **kwargs: Any) -> Any:
+        query = self.definition.query(q)
+        with _Reading(self):
+            return query.fn(*args, **kwargs)
+
+    # --- codec --------------------------------------------------------------------------------
+
+    def encode_value(self, value: Any) -> bytes:
+        return self._codec.pack(value)
+
+    def decode_value(self, data: bytes) -> Any:
+        with self._lock:
+            return self._codec.unpack(data)
+
+    # --- snapshots, digest, blobs -------------------------------------------------------------
+
+    def write_snapshot(self, stream: IO[bytes], include_blobs: bool = True) -> int:
+        """Serialise the whole state to a binary stream; returns the number of objects."""
+        from bknr_cluster.store import snapshot
+        with self._lock:
+            return snapshot.write(self, stream, include_blobs=include_blobs)
+
+    def load_snapshot(self, stream: IO[bytes]) -> int:
+        """Replace the whole state with a snapshot (an empty stream means the empty store)."""
+        from bknr_cluster.store import snapshot
+        with self._lock:
+            n = snapshot.load(self, stream)
+            self._version += 1
+            return n
+
+    def snapshot_bytes(self) -> bytes:
+        import io
+        buf = io.BytesIO()
+        self.write_snapshot(buf)
+        return buf.getvalue()
+
+    def digest(self) -> str:
+        """Canonical hex digest of the persistent state: equal states give equal digests."""
+        from bknr_cluster.store import snapshot
+        with self._lock:
+            cached = self._digest_cache
+            if cached is not None and cached[0] == self._version:
+                return cached[1]
+            h = hashlib.sha256()
+            snapshot.digest_into(self, h)
+            value = h.hexdigest()
+            self._digest_cache = (self._version, value)
+            return value
+
+    def collect_blobs(self) -> list[str]:
+        """Delete blob contents no live object refers to; returns the removed hashes."""
+        from bknr_cluster.store import snapshot
+        with self._lock:
+            used = snapshot.referenced_blobs(self)
+            removed = sorted(self.blobs.hashes() - used)
+            for sha in removed:
+                self.blobs.remove(sha)
+            return removed
+
+    # --- standalone ---------------------------------------------------------------------------
+
+    def snapshot(self) -> str:
+        """Standalone: write a snapshot, start a fresh log; returns the snapshot file path."""
+        if self._durable is None:
+            raise StoreError("snapshot() needs a standalone store (Store(path, ...))")
+        with self._lock:
+            return self._durable.snapshot()
+
+    def close(self) -> None:
+        if self._durable is not None:
+            with self._lock:
+                self._durable.close()
+                self._durable = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"objects": {c._meta.name: len(self._extent[c]) for c in self._classes},
+                    "next_id": self._next_id, "last_index": self.last_index,
+                    "standalone": self._durable is not None}

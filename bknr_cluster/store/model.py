@@ -1,0 +1,267 @@
+"""The persistent object model: ``StoreObject`` classes with declared attributes and indices.
+
+Attributes are declared with class annotations::
+
+    class Account(StoreObject):
+        owner: str = Index(unique=True)   # unique index
+        city: str = Index()               # hash (non-unique) index
+        balance: int = 0                  # plain persistent attribute with a default
+        note: str = Transient("")         # never persisted, never logged
+
+Every declared attribute becomes a ``__slots__`` slot, so reads are plain C-level slot reads and
+an object costs a few machine words. Writes go through ``__setattr__`` which refuses to run
+outside a transaction and hands the write to the store (undo log, index maintenance).
+Objects do not point at their store: the store that is running the current transaction (a
+thread-local) is the one that owns the write; class-level accessors go to that store, or, outside
+a transaction, to the store the class was last bound to.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bknr_cluster.errors import NotInTransaction, StoreError, UsageError
+
+if TYPE_CHECKING:
+    from bknr_cluster.store.core import Store
+    from bknr_cluster.store.tx import TxContext
+
+
+class _Local(threading.local):
+    # Class attributes are the per-thread defaults, so reads never need getattr(..., default).
+    store: Store | None = None      # store that class-level accessors use in this thread
+    tx: TxContext | None = None     # transaction running in this thread
+
+
+LOCAL = _Local()
+REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "<required>"})()
+
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "str": (str,), "float": (int, float), "bool": (bool,), "bytes": (bytes,),
+}
+
+
+class Index:
+    """Declares an indexed persistent attribute (``unique=True`` rejects duplicates)."""
+
+    __slots__ = ("default", "unique")
+
+    def __init__(self, default: Any = None, *, unique: bool = False):
+        self.default = default
+        self.unique = unique
+
+
+class Transient:
+    """Declares an attribute that lives only in memory: not logged, not in snapshots."""
+
+    __slots__ = ("default",)
+
+    def __init__(self, default: Any = None):
+        self.default = default
+
+
+class AttrSpec:
+    """One declared attribute of a class (inherited specs are shared with subclasses)."""
+
+    __slots__ = ("name", "default", "transient", "indexed", "unique", "check", "allow_none",
+                 "owner", "getter", "setter")
+
+    def __init__(self, name: str, default: Any, annotation: Any, *, transient: bool = False,
+                 indexed: bool = False, unique: bool = False):
+        self.name = name
+        self.default = default
+        self.transient = transient
+        self.indexed = indexed
+        self.unique = unique
+        self.check, self.allow_none = _type_check(annotation, default)
+        self.owner: type | None = None
+        self.getter: Any = None
+        self.setter: Any = None
+
+    def make_default(self) -> Any:
+        """A fresh default value: mutable defaults are copied so objects never share them."""
+        d = self.default
+        if type(d) in (list, dict, set, bytearray):
+            return d.copy()
+        return d
+
+    def validate(self, cls_name: str, value: Any) -> None:
+        check = self.check
+        if check is not None and not isinstance(value, check) and not (value is None and self.allow_none):
+            names = " | ".join(t.__name__ for t in check)
+            raise TypeError(f"{cls_name}.{self.name} must be {names}, got {type(value).__name__}")
+
+
+def _type_check(annotation: Any, default: Any) -> tuple[tuple[type, ...] | None, bool]:
+    """Runtime check for the simple builtin annotations; anything richer is documentation only."""
+    allow_none = default is None or default is REQUIRED
+    parts: list[Any]
+    if isinstance(annotation, str):
+        parts = [p.strip() for p in annotation.split("|")]
+    elif isinstance(annotation, types.UnionType):
+        parts = list(annotation.__args__)
+    else:
+        parts = [annotation]
+    allowed: list[type] = []
+    for p in parts:
+        if p in ("None", None, type(None)):
+            allow_none = True
+        elif isinstance(p, str) and p in _SIMPLE_TYPES:
+            allowed.extend(_SIMPLE_TYPES[p])
+        elif isinstance(p, type) and p.__name__ in _SIMPLE_TYPES and p in (int, str, float, bool, bytes):
+            allowed.extend(_SIMPLE_TYPES[p.__name__])
+        else:
+            return None, True    # not a simple annotation: no runtime check
+    return (tuple(allowed) or None), allow_none
+
+
+class ClassMeta:
+    """Everything the store needs to know about one persistent class, computed once."""
+
+    def __init__(self, cls: type, specs: list[AttrSpec], renames: dict[str, str]):
+        self.cls = cls
+        self.name: str = cls.__dict__.get("__store_name__", cls.__name__)
+        self.specs = specs
+        self.by_name = {s.name: s for s in specs}
+        self.persistent = tuple(s for s in specs if not s.transient)
+        self.attrs = tuple(s.name for s in self.persistent)
+        self.transients = tuple(s for s in specs if s.transient)
+        self.indexed = tuple(s for s in specs if s.indexed)
+        self.renames = renames
+
+
+def _is_classvar(annotation: Any) -> bool:
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return "ClassVar" in text
+
+
+class StoreClass(type):
+    """Metaclass: turns annotations into slots + ``AttrSpec`` and generates ``by_<index>``."""
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], ns: dict[str, Any], **kw: Any):
+        base_meta: ClassMeta | None = None
+        for b in bases:
+            if isinstance(b, StoreClass) and hasattr(b, "_meta"):
+                if base_meta is not None:
+                    raise UsageError(f"{name}: a persistent class may have one persistent base class")
+                base_meta = b._meta
+        own: list[AttrSpec] = []
+        inherited = list(base_meta.specs) if base_meta else []
+        taken = {s.name for s in inherited}
+        for attr, ann in dict(ns.get("__annotations__", {})).items():
+            if _is_classvar(ann) or attr.startswith("_"):
+                continue
+            if attr in taken or attr in ("id", "delete", "find", "all", "where", "count"):
+                raise UsageError(f"{name}.{attr}: attribute name is already used (inherited or reserved)")
+            val = ns.pop(attr, REQUIRED)
+            if isinstance(val, Index):
+                spec = AttrSpec(attr, val.default, ann, indexed=True, unique=val.unique)
+            elif isinstance(val, Transient):
+                spec = AttrSpec(attr, val.default, ann, transient=True)
+            else:
+                spec = AttrSpec(attr, val, ann)
+            own.append(spec)
+        ns["__slots__"] = tuple(ns.get("__slots__", ())) + tuple(s.name for s in own)
+        cls = super().__new__(mcls, name, bases, ns, **kw)
+        if not any(isinstance(b, StoreClass) for b in bases):
+            return cls              # StoreObject itself
+        for spec in own:
+            spec.owner = cls
+            slot = cls.__dict__[spec.name]
+            spec.getter, spec.setter = slot.__get__, slot.__set__
+            if spec.indexed and f"by_{spec.name}" not in ns:
+                setattr(cls, f"by_{spec.name}", _make_lookup(spec.name, spec.unique))
+        renames = dict(base_meta.renames) if base_meta else {}
+        renames.update(ns.get("__renames__", {}))
+        cls._meta = ClassMeta(cls, inherited + own, renames)
+        return cls
+
+
+def _make_lookup(attr: str, unique: bool) -> classmethod:
+    def lookup(cls: type[StoreObject], key: Any) -> Any:
+        return cls._current_store().lookup(cls, attr, key)
+    lookup.__name__ = f"by_{attr}"
+    lookup.__doc__ = (f"The {attr}={{key}} instance or None (unique index)." if unique
+                      else f"Instances with {attr}={{key}}, by id (hash index).")
+    return classmethod(lookup)
+
+
+_set_slot = object.__setattr__
+
+
+class StoreObject(metaclass=StoreClass):
+    """Base class of persistent objects. ``id`` is allocated by the store, deterministically."""
+
+    __slots__ = ("id",)
+    _meta: ClassVar[ClassMeta]
+    _bound: ClassVar[Store | None] = None
+
+    def __init__(self, *args: Any, **values: Any):
+        tx = LOCAL.tx
+        if tx is None:
+            raise NotInTransaction(f"cannot create a {type(self).__name__} outside a transaction")
+        tx.store._create(self, args, values, tx)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        spec = self._meta.by_name.get(name)
+        if spec is None:
+            raise AttributeError(f"{type(self).__name__} has no declared attribute {name!r}")
+        if spec.transient:
+            _set_slot(self, name, value)
+            return
+        tx = LOCAL.tx
+        if tx is None:
+            raise NotInTransaction(f"cannot set {type(self).__name__}.{name} outside a transaction")
+        tx.store._write(self, spec, value, tx)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete attribute {name!r}; set it to None inside a transaction")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Persistent objects travel only through the store codec (by reference), never pickle.
+        raise TypeError(f"{type(self).__name__} objects cannot be pickled or copied")
+
+    def delete(self) -> None:
+        """Delete this object (inside a transaction); indices are updated, the id is never reused."""
+        tx = LOCAL.tx
+        if tx is None:
+            raise NotInTransaction(f"cannot delete {self!r} outside a transaction")
+        tx.store._delete(self, tx)
+
+    def __repr__(self) -> str:
+        meta = self._meta
+        shown = ", ".join(f"{a}={getattr(self, a, None)!r:.40}" for a in meta.attrs[:4])
+        return f"<{meta.name} #{getattr(self, 'id', '?')} {shown}>"
+
+    # --- class-level accessors --------------------------------------------------------------
+
+    @classmethod
+    def _current_store(cls) -> Store:
+        store = LOCAL.store
+        if store is not None and cls in store._extent:
+            return store
+        store = cls._bound
+        if store is None:
+            raise StoreError(f"class {cls.__name__} is not bound to any store (create a Store first)")
+        return store
+
+    @classmethod
+    def find(cls, oid: int) -> Any:
+        """The live instance of this class (or a subclass) with this id, or None."""
+        return cls._current_store().find(oid, cls)
+
+    @classmethod
+    def all(cls, subclasses: bool = True) -> list[Any]:
+        """All live instances ordered by id; ``subclasses=False`` restricts to this exact class."""
+        return cls._current_store().all(cls, subclasses)
+
+    @classmethod
+    def where(cls, subclasses: bool = True, **criteria: Any) -> list[Any]:
+        """Instances whose attributes equal ``criteria`` (uses an index when one applies)."""
+        return cls._current_store().where(cls, subclasses, **criteria)
+
+    @classmethod
+    def count(cls, subclasses: bool = True) -> int:
+        return cls._current_store().count(cls, subclasses)

@@ -1,0 +1,1 @@
+"""The bank example: accounts and exactly-once transfers."""
