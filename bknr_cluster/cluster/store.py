@@ -32,6 +32,7 @@ from bknr_cluster.errors import (
     UnknownTransaction,
     UsageError,
 )
+from bknr_cluster.store.model import LOCAL
 
 log = logging.getLogger("bknr.cluster")
 
@@ -66,6 +67,14 @@ def tx_name(tx: Any) -> str:
     raise UnknownTransaction(f"{tx!r} is not a registered transaction")
 
 
+def _lookup(src: Mapping[int, str] | Callable[[int], str] | None, node_id: int) -> str:
+    if not node_id or src is None:
+        return ""
+    if callable(src):
+        return src(node_id) or ""
+    return src.get(node_id, "")
+
+
 class ClusterStore:
     """A replicated store on one node; see the module docstring and DESIGN.md."""
 
@@ -75,6 +84,7 @@ class ClusterStore:
                  store_snapshot_every: int | None = None, batch_max_count: int = 512,
                  batch_max_bytes: int = 1 << 20, batch_window: int = 4,
                  api_urls: Mapping[int, str] | Callable[[int], str] | None = None,
+                 node_names: Mapping[int, str] | Callable[[int], str] | None = None,
                  token: str | None = None, name: str | None = None,
                  engine_factory: Callable[..., Any] | None = None, start: bool = True) -> None:
         from bknr_cluster.store import Store  # late: keeps this module importable in isolation
@@ -90,7 +100,13 @@ class ClusterStore:
         self.name = name or f"n{self.node_id}"
         self.token = token
         self._api_urls = api_urls
-        self.store = Store(None, definition=definition)
+        self._node_names = node_names
+        self.store = Store(None, definition=definition, blob_dir=str(Path(data_dir).resolve() / "blobs"))
+        # Calling a transaction function directly (``open_account("ann")``) must replicate, not
+        # just change this replica: bind the transactions to us (Transaction.__call__ calls
+        # ``_bound.execute``). Classes and queries stay bound to the local store.
+        for t in definition.transactions.values():
+            t._bound = self
         raft_dir = self.data_dir / "raft"
         raft_dir.mkdir(parents=True, exist_ok=True)
         if engine_factory is None:
@@ -116,6 +132,7 @@ class ClusterStore:
         self.applied_records = 0
         self.failed_records = 0
         self.corrupt_entries = 0
+        self.restores = 0
         self.started_at = time.time()
         self._digest_cache: tuple[int, str] | None = None
         self._running = False
@@ -136,20 +153,29 @@ class ClusterStore:
             from bknr_cluster.cluster.loader import load_definition
             definition = load_definition(cfg.store, cfg.base_dir)
 
-        def api_url(node_id: int) -> str:
+        def lookup(node_id: int) -> Any:
             n = cfg.node_by_id(node_id)
             if n is None:  # a node added after we started: the operator edited the YAML
                 try:
                     n = ClusterConfig.load(path).node_by_id(node_id)
                 except BknrError:
                     n = None
+            return n
+
+        def api_url(node_id: int) -> str:
+            n = lookup(node_id)
             return n.api_url if n else ""
+
+        def node_name(node_id: int) -> str:
+            n = lookup(node_id)
+            return n.name if n else ""
 
         kw: dict[str, Any] = dict(
             group=cfg.group, election_timeout_ms=cfg.election_timeout_ms,
             heartbeat_ms=cfg.heartbeat_ms, snapshot_threshold=cfg.snapshot_threshold,
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
-            batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, token=cfg.token(),
+            batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, node_names=node_name,
+            token=cfg.token(),
             name=me.name)
         kw.update(overrides)
         peers = {n.id: n.raft_address for n in cfg.nodes}
@@ -196,14 +222,11 @@ class ClusterStore:
     # --- errors and hints -----------------------------------------------------------------
 
     def api_url(self, node_id: int) -> str:
-        if not node_id:
-            return ""
-        src = self._api_urls
-        if src is None:
-            return ""
-        if callable(src):
-            return src(node_id) or ""
-        return src.get(node_id, "")
+        """The API URL of a node id (for hints), or "" when unknown."""
+        return _lookup(self._api_urls, node_id)
+
+    def node_name(self, node_id: int) -> str:
+        return _lookup(self._node_names, node_id) or (f"n{node_id}" if node_id else "")
 
     def _map_error(self, exc: BaseException) -> BaseException:
         """Engine errors as callers see them: NotLeader carries the leader's API address."""
@@ -232,6 +255,8 @@ class ClusterStore:
                         timeout: float = 30.0, raise_tx: bool = True) -> tuple[Any, int]:
         """``execute`` returning ``(result, log index)``; with ``raise_tx=False`` a failing
         transaction raises ``TransactionFailed`` instead of its own exception (HTTP API)."""
+        if LOCAL.tx is not None:  # the applier would wait for itself
+            raise UsageError("execute() inside a transaction: call the transaction function directly")
         record = self.store.encode_transaction(tx, *args, **kwargs)
         deadline = time.monotonic() + timeout
         while True:
@@ -383,20 +408,11 @@ class ClusterStore:
 
     def _restore(self, index: int, data: bytes) -> None:
         t0 = time.monotonic()
-        if data:
-            self.store.load_snapshot(io.BytesIO(data))
-        else:
-            self.store.load_snapshot(io.BytesIO(self._empty_snapshot()))
+        self.store.load_snapshot(io.BytesIO(data))  # empty bytes: the empty store
         self.last_store_snapshot = index
+        self.restores += 1
         log.info("restored store snapshot at %d (%d bytes) in %.3f s", index, len(data),
                  time.monotonic() - t0)
-
-    def _empty_snapshot(self) -> bytes:
-        from bknr_cluster.store import Store
-
-        buf = io.BytesIO()
-        Store(None, definition=self.definition).write_snapshot(buf)
-        return buf.getvalue()
 
     # --- whole-state views ----------------------------------------------------------------
 
@@ -455,14 +471,16 @@ class ClusterStore:
         applied, digest = self.digest() if with_digest else (self.applied_index, None)
         last = int(st.get("last_log_index") or 0)
         conf = [{"id": c["id"], "address": c["address"], "role": c["role"],
-                 "api": self.api_url(c["id"])} for c in st.get("configuration") or []]
+                 "name": self.node_name(c["id"]), "api": self.api_url(c["id"])}
+                for c in st.get("configuration") or []]
         followers = [{"id": f["id"], "match_index": f["match_index"],
                       "lag": max(0, last - int(f["match_index"]))}
                      for f in st.get("followers") or []]
         return {
             "node_id": self.node_id, "name": self.name, "group": self.group, "pid": os.getpid(),
             "address": self.address, "role": st.get("state"), "term": st.get("term"),
-            "leader_id": leader_id, "leader_address": st.get("leader_address") or "",
+            "leader_id": leader_id, "leader_name": self.node_name(leader_id) if leader_id else "",
+            "leader_address": st.get("leader_address") or "",
             "leader_api": self.api_url(leader_id), "commit_index": st.get("commit_index"),
             "applied_index": applied, "engine_applied": st.get("last_applied"),
             "last_log_index": last, "snapshot_index": st.get("snapshot_index"),
@@ -471,5 +489,6 @@ class ClusterStore:
             "batches": self.committer.batches, "batched_records": self.committer.items,
             "applied_entries": self.applied_entries, "applied_records": self.applied_records,
             "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
+            "restores": self.restores,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
