@@ -81,7 +81,10 @@ class ClusterState:
     def summary(self) -> str:
         if not self.leader:
             return "no quorum" if not self.quorum else "no leader"
-        if all(s.reachable and self.digest_match(s) is not False for s in self.nodes):
+        roles = self.member_roles()
+        # nodes listed in the YAML but not (yet) members do not make a cluster degraded
+        members = [s for s in self.nodes if not roles or s.node.id in roles]
+        if all(s.reachable and self.digest_match(s) is not False for s in members):
             return "healthy"
         return "degraded"
 

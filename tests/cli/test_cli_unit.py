@@ -1,0 +1,279 @@
+"""CliRunner tests of every command's happy and error paths against fake nodes (fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bknrctl.admin import read_backup, write_backup
+from bknrctl.main import app
+from tests.cli.conftest import write_yaml
+from tests.support import free_ports
+
+
+def run(runner, *args: str, env: dict | None = None):
+    return runner.invoke(app, list(args), env=env or {})
+
+
+# --- validate -----------------------------------------------------------------------------------
+
+
+def test_validate_ok(runner, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, free_ports(6))
+    r = run(runner, "-c", str(path), "validate")
+    assert r.exit_code == 0, r.output
+    assert "ok (group test-cluster, 3 nodes)" in r.stderr
+    r = run(runner, "validate", "-c", str(path), "--output", "json")
+    assert json.loads(r.stdout)["valid"] is True
+
+
+def test_validate_reports_every_problem_with_path(runner, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("group: g\nstore: nope\nnodes:\n"
+                    "  - {id: 1, name: n1, host: 127.0.0.1, raft_port: 7001, api_port: 8001, data_dir: a}\n"
+                    "  - {id: 1, name: n2, host: 127.0.0.1, raft_port: 7001, api_port: 99999, data_dir: b}\n")
+    r = run(runner, "-c", str(path), "validate")
+    assert r.exit_code == 2
+    out = r.stdout
+    assert "store:" in out and "nodes[1].id:" in out and "nodes[1].raft_port:" in out \
+        and "nodes[1].api_port:" in out
+    assert "4 problem(s)" in r.stderr
+    j = json.loads(run(runner, "-c", str(path), "validate", "-o", "json").stdout)
+    assert {p["path"] for p in j["problems"]} >= {"store", "nodes[1].id", "nodes[1].api_port"}
+
+
+def test_invalid_yaml_syntax_exit_2_for_any_command(runner, tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("group: [unclosed\n")
+    for cmd in (["validate"], ["status"], ["start"], ["failover", "--drill"]):
+        r = run(runner, "-c", str(path), *cmd)
+        assert r.exit_code == 2, (cmd, r.output)
+        assert "not valid YAML" in r.output
+
+
+def test_missing_config_uses_env_and_default(runner, tmp_path: Path) -> None:
+    r = run(runner, "validate", env={"BKNR_CONFIG": str(tmp_path / "none.yaml")})
+    assert r.exit_code == 2 and "none.yaml" in r.output
+    path = write_yaml(tmp_path, free_ports(6))
+    r = run(runner, "validate", env={"BKNR_CONFIG": str(path)})
+    assert r.exit_code == 0
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def test_status_healthy_table_and_json(runner, fake) -> None:
+    path, cluster, _ = fake
+    r = run(runner, "-c", str(path), "status", env={"NO_COLOR": "1"})
+    assert r.exit_code == 0, r.output
+    assert "healthy: leader n1" in r.stdout and "\x1b[" not in r.stdout
+    for name in ("n1", "n2", "n3", "n4"):
+        assert name in r.stdout
+    j = json.loads(run(runner, "-c", str(path), "status", "-o", "json").stdout)
+    assert j["leader"] == "n1" and j["quorum"] is True
+    rows = {n["name"]: n for n in j["nodes"]}
+    assert rows["n1"]["role"] == "leader" and rows["n2"]["lag"] == 0
+    assert rows["n2"]["digest_match"] is True and rows["n4"]["reachable"] is False
+    assert rows["n4"]["member_role"] == "not a member"
+    assert j["summary"] == "healthy"  # n4 is in the YAML but not a member
+    cluster.down = {2}
+    j = json.loads(run(runner, "-c", str(path), "status", "-o", "json").stdout)
+    assert j["summary"] == "degraded" and j["quorum"] is True
+
+
+def test_status_no_quorum_exit_3(runner, fake) -> None:
+    path, cluster, _ = fake
+    cluster.leader = None
+    cluster.down = {2, 3}
+    r = run(runner, "-c", str(path), "status", "-o", "json")
+    assert r.exit_code == 3
+    j = json.loads(r.stdout)
+    assert j["summary"] == "no quorum" and j["leader"] is None
+    r = run(runner, "-c", str(path), "status", "--watch", "--count", "2", "--interval", "0.01")
+    assert r.exit_code == 3 and r.stdout.count("no quorum") == 2
+
+
+def test_wrong_token_is_reported(runner, fake) -> None:
+    path, cluster, _ = fake
+    (path.parent / "token").write_text("wrong\n")
+    r = run(runner, "-c", str(path), "snapshot")
+    assert r.exit_code == 1
+    assert "token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# --- unknown node / membership ------------------------------------------------------------------
+
+
+def test_unknown_node_exit_2(runner, fake) -> None:
+    path, *_ = fake
+    for cmd in (["logs", "n9"], ["start", "n9"], ["peer", "add", "n9"], ["leader", "transfer", "--to", "n9"],
+                ["snapshot", "--node", "n9"]):
+        r = run(runner, "-c", str(path), *cmd)
+        assert r.exit_code == 2, (cmd, r.output)
+        assert "unknown node 'n9'" in r.stderr
+
+
+def test_peer_add_promote_remove(runner, fake) -> None:
+    path, cluster, nodes = fake
+    r = run(runner, "-c", str(path), "peer", "add", "n4", "--role", "standby", "--no-wait")
+    assert r.exit_code == 0, r.output
+    assert cluster.added == [(4, f"127.0.0.1:{_raft_port(path, 4)}", "standby")]
+    r = run(runner, "-c", str(path), "peer", "promote", "n4")
+    assert r.exit_code == 0 and cluster.members[4] == "voter"
+    r = run(runner, "-c", str(path), "peer", "remove", "n4")
+    assert r.exit_code == 2 and "--yes" in r.stderr and cluster.removed == []
+    r = run(runner, "-c", str(path), "peer", "remove", "n4", "--yes")
+    assert r.exit_code == 0 and cluster.removed == [4]
+    r = run(runner, "-c", str(path), "peer", "remove", "n4", "--yes")
+    assert r.exit_code == 2 and "not a member" in r.stderr
+    r = run(runner, "-c", str(path), "peer", "add", "n4", "--role", "boss")
+    assert r.exit_code == 2
+
+
+def _raft_port(path: Path, node_id: int) -> int:
+    from bknr_cluster.cluster.config import ClusterConfig
+
+    return ClusterConfig.load(path).node(node_id).raft_port
+
+
+def test_removing_the_last_voter_is_refused(runner, fake) -> None:
+    path, cluster, _ = fake
+    cluster.members = {1: "voter", 2: "spare", 3: "standby"}
+    r = run(runner, "-c", str(path), "peer", "remove", "n1", "--yes")
+    assert r.exit_code == 2
+    assert "last voter" in r.stderr and cluster.removed == []
+
+
+def test_leader_transfer(runner, fake) -> None:
+    path, cluster, _ = fake
+    r = run(runner, "-c", str(path), "leader", "transfer", "--to", "n4")
+    assert r.exit_code == 2 and "not a member" in r.stderr and cluster.transfers == []
+    cluster.members[3] = "spare"
+    r = run(runner, "-c", str(path), "leader", "transfer", "--to", "n3")
+    assert r.exit_code == 2 and "not a voter" in r.stderr
+    r = run(runner, "-c", str(path), "leader", "transfer", "--to", "n2", "-o", "json")
+    assert r.exit_code == 0, r.output
+    j = json.loads(r.stdout)
+    assert j["from"] == "n1" and j["to"] == "n2" and j["gap_ms"] >= 0
+    assert cluster.transfers == [2] and cluster.leader == 2
+    r = run(runner, "-c", str(path), "leader", "transfer", "--to", "n2")
+    assert r.exit_code == 0 and "already the leader" in r.stderr
+
+
+def test_commands_needing_a_leader_exit_3_without_one(runner, fake) -> None:
+    path, cluster, _ = fake
+    cluster.leader = None
+    for cmd in (["leader", "transfer"], ["snapshot", "-q"], ["peer", "add", "n4"],
+                ["backup", "--out", str(path.parent / "b.bak")]):
+        r = run(runner, "-c", str(path), *cmd)
+        assert r.exit_code == 3, (cmd, r.output)
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:")
+
+
+# --- snapshot / backup / restore ----------------------------------------------------------------
+
+
+def test_snapshot_quiet_and_all(runner, fake) -> None:
+    path, cluster, _ = fake
+    r = run(runner, "-c", str(path), "snapshot", "-q")
+    assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
+    assert cluster.snapshots == [(1, 42)]
+    cluster.down = {4}
+    r = run(runner, "-c", str(path), "snapshot", "--node", "n2")
+    assert r.exit_code == 0 and "n2: snapshot at index 42" in r.stdout
+    r = run(runner, "-c", str(path), "snapshot", "--all", "-q")  # n4 is not running
+    assert r.exit_code == 1 and "n4" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_snapshot_keep_prunes_old_files(tmp_path: Path) -> None:
+    from bknrctl.admin import prune_snapshots
+
+    for idx in (10, 20, 30, 40):
+        (tmp_path / f"snapshot-1-{idx}-{idx * 7}").write_bytes(b"x")
+        (tmp_path / f"snapshot-1-{idx}-{idx * 7}.meta").write_bytes(b"m")
+    (tmp_path / "open-1").write_bytes(b"log")
+    assert prune_snapshots(tmp_path, 2) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "open-1", "snapshot-1-30-210", "snapshot-1-30-210.meta", "snapshot-1-40-280",
+        "snapshot-1-40-280.meta"]
+
+
+def test_backup_and_restore_refuses_live_cluster(runner, fake, tmp_path: Path) -> None:
+    path, cluster, _ = fake
+    out = tmp_path / "b.bak"
+    r = run(runner, "-c", str(path), "backup", "--out", str(out), "-o", "json")
+    assert r.exit_code == 0, r.output
+    j = json.loads(r.stdout)
+    assert j["index"] == 42 and j["group"] == "fake" and j["bytes"] == len(cluster.backup_bytes)
+    header, payload = read_backup(out)
+    assert payload == cluster.backup_bytes and header["index"] == 42
+    r = run(runner, "-c", str(path), "restore", "--from", str(out), "--yes")
+    assert r.exit_code == 2 and "live cluster" in r.stderr
+    # a damaged file is refused before anything else happens
+    bad = tmp_path / "bad.bak"
+    write_backup(bad, header, payload)
+    bad.write_bytes(bad.read_bytes()[:-2])
+    r = run(runner, "-c", str(path), "restore", "--from", str(bad), "--yes")
+    assert r.exit_code == 1 and "checksum" in r.stderr
+
+
+# --- destructive commands without a TTY ----------------------------------------------------------
+
+
+def test_init_refuses_existing_state_and_prompts_never_without_tty(runner, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, free_ports(6))
+    raft = tmp_path / "data" / "n1" / "raft"
+    raft.mkdir(parents=True)
+    (raft / "metadata1").write_bytes(b"x")
+    r = run(runner, "-c", str(path), "init")
+    assert r.exit_code == 2 and "already bootstrapped: n1" in r.stderr
+    r = run(runner, "-c", str(path), "init", "--force")
+    assert r.exit_code == 2 and "--yes" in r.stderr
+    assert (raft / "metadata1").exists()
+
+
+def test_recover_guards(runner, fake) -> None:
+    path, cluster, _ = fake
+    r = run(runner, "-c", str(path), "recover", "--node", "n1", "--yes")
+    assert r.exit_code == 2 and "--force" in r.stderr
+    r = run(runner, "-c", str(path), "recover", "--node", "n1", "--force", "--yes")
+    assert r.exit_code == 2 and "quorum is reachable" in r.stderr
+    cluster.leader = None
+    cluster.down = {2, 3}
+    r = run(runner, "-c", str(path), "recover", "--node", "n2", "--force", "--yes")
+    assert r.exit_code == 2 and "not reachable" in r.stderr
+    r = run(runner, "-c", str(path), "recover", "--node", "n1", "--force")
+    assert r.exit_code == 2 and "without a terminal" in r.stderr
+
+
+def test_failover_requires_drill_and_a_healthy_cluster(runner, fake) -> None:
+    path, cluster, _ = fake
+    r = run(runner, "-c", str(path), "failover")
+    assert r.exit_code == 2 and "--drill" in r.stderr
+    r = run(runner, "-c", str(path), "failover", "--drill", "--fault", "explode")
+    assert r.exit_code == 2
+    r = run(runner, "-c", str(path), "failover", "--drill")  # n4 in the YAML is not running
+    assert r.exit_code == 1 and "unreachable node(s) n4" in r.stderr
+    cluster.leader = None
+    r = run(runner, "-c", str(path), "failover", "--drill")
+    assert r.exit_code == 3
+
+
+def test_logs_of_a_node_without_log(runner, fake) -> None:
+    path, *_ = fake
+    r = run(runner, "-c", str(path), "logs", "n2")
+    assert r.exit_code == 1 and "no log yet" in r.stderr
+    log = path.parent / "data" / "n2" / "node.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    r = run(runner, "-c", str(path), "logs", "n2", "-n", "3")
+    assert r.exit_code == 0 and r.stdout == "line 97\nline 98\nline 99\n"
+
+
+def test_help_lists_every_command(runner) -> None:
+    r = run(runner, "--help")
+    for cmd in ("validate", "init", "start", "stop", "restart", "status", "peer", "leader", "snapshot",
+                "backup", "restore", "failover", "failback", "recover", "logs", "demo"):
+        assert cmd in r.stdout
+    assert os.environ.get("BKNR_CONFIG") is None or True
