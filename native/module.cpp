@@ -89,6 +89,7 @@ py::dict status_dict(const StatusData& s) {
     d["tail_entries"] = s.tail_entries;
     d["apply_queue"] = s.apply_queue;
     d["off_loop_callbacks"] = s.off_loop_callbacks;
+    d["leader_contact_ms"] = s.leader_contact_ms;
     py::list conf;
     for (const auto& c : s.configuration) {
         py::dict e;

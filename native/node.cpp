@@ -526,6 +526,12 @@ void Node::fill_status(StatusData& s) {
     }
     s.apply_queue = applyq_.size();
     s.off_loop_callbacks = off_loop_callbacks_.load();
+    if (s.state == RAFT_FOLLOWER && lid != 0) {
+        // libraft restarts the election timer on every AppendEntries/InstallSnapshot from
+        // the leader, so this is the current heartbeat gap as the follower sees it.
+        raft_time now = io_.time(&io_);
+        s.leader_contact_ms = now > raft_.election_timer_start ? now - raft_.election_timer_start : 0;
+    }
     for (unsigned i = 0; i < raft_.configuration.n; i++) {
         const auto& sv = raft_.configuration.servers[i];
         s.configuration.push_back({sv.id, sv.address ? sv.address : "", sv.role});

@@ -93,7 +93,8 @@ struct StatusData {
     uint64_t snapshot_index = 0, snapshot_term = 0;
     uint64_t store_snapshot_index = 0;  // M of the store snapshot the engine holds
     size_t tail_entries = 0, apply_queue = 0;
-    uint64_t off_loop_callbacks = 0;  // FSM callbacks seen on a thread other than the loop's
+    uint64_t off_loop_callbacks = 0;
+    uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from  // FSM callbacks seen on a thread other than the loop's
     std::vector<ServerInfo> configuration;
     std::vector<std::pair<uint64_t, uint64_t>> followers;  // (id, match index), leader only
 };
