@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--bootstrap", action="store_true", help="bootstrap if fresh, then run")
     p.add_argument("--log-file", help="also log to this file (default: <data_dir>/node.log)")
     p.add_argument("--log-level", default=os.environ.get("BKNR_LOG_LEVEL", "INFO"))
-    p.add_argument("--transfer-timeout", type=float, default=5.0)
+    p.add_argument("--transfer-timeout", type=float, default=None,
+                   help="seconds to wait for the leadership hand-over on SIGTERM "
+                        "(default: 3 election timeouts, at least 1 s)")
     args = p.parse_args(argv)
     try:
         return _main(args)
@@ -174,7 +176,9 @@ def _main(args: argparse.Namespace) -> int:
         log.info("node %s (id %d) started: raft %s, api %s, pid %d", me.name, me.id,
                  me.raft_address, me.api_url, os.getpid())
         try:
-            asyncio.run(_serve(cs, me, cfg.token(), args.transfer_timeout))
+            # Bounded: with the other nodes already gone the hand-over can never complete.
+            transfer_timeout = args.transfer_timeout or max(1.0, 3 * cfg.election_timeout_ms / 1000)
+            asyncio.run(_serve(cs, me, cfg.token(), transfer_timeout))
         finally:
             cs.stop()
         log.info("node %s stopped", me.name)

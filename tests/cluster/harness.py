@@ -197,11 +197,11 @@ class LocalCluster:
     def add_node(self, role: str = "voter", *, via: str | None = None,
                  timeout: float = 30) -> str:
         """Append a node to the YAML, start it (not bootstrapped) and add it through the API."""
+        leader = via or self.wait_leader()  # before the newcomer runs: it knows no leader yet
         entry = self._new_node_entry()
         self.write()
         name = entry["name"]
         self.start(name)
-        leader = via or self.wait_leader()
         self.client(leader, timeout=timeout).call(
             "POST", "/peers", {"id": entry["id"], "address": self.raft_address(name), "role": role},
             timeout=timeout)

@@ -1,0 +1,119 @@
+"""Integration tests that kill, restart, add and remove real node processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from bknr_cluster.errors import BknrError
+from tests.cluster.harness import LocalCluster
+from tests.support import wait_until
+
+
+def start_cluster(tmp_path, procs, n=3, **kw) -> tuple[LocalCluster, str]:
+    c = LocalCluster(tmp_path, procs, n, **kw)
+    c.init()
+    c.start_all()
+    return c, c.wait_leader()
+
+
+def open_accounts(c: LocalCluster, leader: str, n: int, balance: int = 100) -> None:
+    cl = c.client(leader)
+    for i in range(n):
+        cl.tx("open_account", f"acct{i}", balance)
+
+
+def test_init_twice_exits_2_with_a_message(tmp_path, procs):
+    c = LocalCluster(tmp_path, procs, 1)
+    c.init()
+    r = c.run_node_cmd("n1", "--init")
+    assert r.returncode == 2 and "already bootstrapped" in r.stderr
+
+
+def test_kill_leader_new_leader_and_old_node_catches_up(tmp_path, procs):
+    c, leader = start_cluster(tmp_path, procs)
+    open_accounts(c, leader, 5)
+    c.kill(leader)
+    t0 = time.monotonic()
+    new = c.wait_leader(timeout=15)
+    took = time.monotonic() - t0
+    assert new != leader and took < 15
+    cl = c.client(new)
+    for i in range(20):
+        cl.tx("transfer", "acct0", "acct1", 1, f"after-kill-{i}")
+    c.start(leader)
+    st = c.wait_converged(timeout=30, names=c.names)
+    assert {s["applied_index"] for s in st.values()} == {st[new]["applied_index"]}
+    q = c.client(leader).query("account", "acct1")
+    assert q["result"]["balance"] == 120
+
+
+def test_sigterm_on_the_leader_hands_over_and_removes_the_pid_file(tmp_path, procs):
+    c, leader = start_cluster(tmp_path, procs)
+    pid_file = c.data_dir(leader) / "node.pid"
+    assert pid_file.read_text().strip() == str(c.running[leader].pid)
+    assert c.stop(leader) == 0
+    assert not pid_file.exists()
+    new = c.wait_leader(timeout=10)
+    assert new != leader
+    assert "leadership transferred" in (c.data_dir(leader) / "node.log").read_text()
+
+
+def test_fourth_node_joins_by_snapshot_install_then_a_node_is_removed(tmp_path, procs):
+    c, leader = start_cluster(tmp_path, procs, snapshot_threshold=32, snapshot_trailing=8)
+    open_accounts(c, leader, 3, balance=1000)
+    cl = c.client(leader)
+    for i in range(120):  # several snapshots' worth: the log no longer starts at 1
+        cl.tx("transfer", "acct0", "acct1", 1, f"t{i}")
+    wait_until(lambda: c.status(leader)["snapshot_index"] > 8, 20, "a leader snapshot")
+    n4 = c.add_node("voter")
+    st = c.wait_converged(timeout=30)
+    assert c.status(n4)["restores"] >= 1, "n4 must have been installed from a snapshot"
+    conf = {m["id"]: m["role"] for m in c.status(leader)["configuration"]}
+    assert conf.get(c.node_id(n4)) == "voter"
+    assert c.client(n4).query("account", "acct1")["result"]["balance"] == 1120
+    # remove one of the original followers; the cluster keeps committing
+    victim = next(n for n in c.names if n not in (leader, n4))
+    cl.call("DELETE", f"/peers/{c.node_id(victim)}")
+    wait_until(lambda: c.node_id(victim) not in
+               {m["id"] for m in c.status(leader)["configuration"]}, 10, "victim removed")
+    c.stop(victim)
+    res = cl.tx("deposit", "acct2", 5)
+    st = c.wait_converged(min_index=res["index"])
+    assert set(st) == {n for n in c.names if n != victim}
+
+
+def test_restart_all_keeps_every_acknowledged_transaction(tmp_path, procs):
+    c, leader = start_cluster(tmp_path, procs, snapshot_threshold=64, snapshot_trailing=16)
+    open_accounts(c, leader, 4, balance=1000)
+    acked: list[str] = []
+    lock = threading.Lock()
+
+    def writer(k: int) -> None:
+        cl = c.client(leader)
+        for i in range(40):  # bounded: 4 writers x 40 transfers
+            tid = f"w{k}-{i}"
+            try:
+                cl.tx("transfer", f"acct{k}", f"acct{(k + 1) % 4}", 1, tid)
+            except BknrError:
+                continue
+            with lock:
+                acked.append(tid)
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(acked) == 160
+    before = c.wait_converged()
+    digest = next(iter(before.values()))["digest"]
+    codes = c.stop_all()
+    assert set(codes.values()) == {0}
+    c.start_all()
+    leader = c.wait_leader()
+    after = c.wait_converged(timeout=30, min_index=next(iter(before.values()))["applied_index"])
+    assert {s["digest"] for s in after.values()} == {digest}
+    for name in c.names:
+        applied = set(c.client(name).query("applied_transfers")["result"])
+        assert set(acked) <= applied
+        assert c.client(name).query("total_balance")["result"] == 4000
