@@ -91,14 +91,21 @@ class Watcher:
             await asyncio.sleep(self.period)
 
 
-def write_gap(samples: list[Sample], fault_at: float) -> float | None:
-    """Last ack completed before the fault -> first ack completed after it (ms)."""
-    before = [s.end for s in samples if s.ok and s.end <= fault_at]
-    after = [s.end for s in samples if s.ok and s.end > fault_at]
-    if not after:
+def write_gap(samples: list[Sample], fault_start: float, victim: int) -> float | None:
+    """The longest client-visible pause between consecutive acknowledgements across the fault (ms).
+
+    The window runs from the last ack completed before ``fault_start`` to the first ack served
+    by another node than the victim: answers the victim had already sent when the signal landed
+    still arrive a little after it and must not end the gap.
+    """
+    ends = sorted((s.end, s.node) for s in samples if s.ok)
+    first_new = next((t for t, node in ends if t > fault_start and node != victim), None)
+    if first_new is None:
         return None
-    start = max(before) if before else fault_at
-    return (min(after) - start) * 1000.0
+    before = [t for t, _ in ends if t <= fault_start]
+    window = [before[-1] if before else fault_start]
+    window += [t for t, _ in ends if fault_start < t <= first_new]
+    return max(b - a for a, b in zip(window, window[1:], strict=False)) * 1000.0
 
 
 async def _wait_converged(cluster: Cluster, min_index: int, timeout: float) -> list[dict]:
@@ -170,7 +177,7 @@ class Drill:
         try:
             await self._wait_acks(client, 20, time.monotonic() + o.warmup_s + 10.0)
             await asyncio.sleep(o.warmup_s)
-            fault_at = time.monotonic()
+            fault_start = time.monotonic()
             if o.fault == "kill":
                 await asyncio.to_thread(ctl.signal, signal.SIGKILL)
             elif o.fault == "stop":
@@ -178,9 +185,11 @@ class Drill:
             else:  # planned switchover
                 await asyncio.to_thread(self.cluster.clients[victim.name].transfer, 0)
             fault_at_done = time.monotonic()
+            # a kill/freeze happens when the signal is delivered; a switchover starts with the call
+            fault_at = fault_start if o.fault == "transfer" else fault_at_done
             # wait for the first ack after the fault, then keep writing for settle_s
             while time.monotonic() < round_deadline:
-                if any(s.ok and s.end > fault_at_done for s in client.samples):
+                if any(s.ok and s.end > fault_start and s.node != victim.id for s in client.samples):
                     break
                 await asyncio.sleep(0.01)
             await asyncio.sleep(o.settle_s)
@@ -195,7 +204,7 @@ class Drill:
             views.get(i, -1) not in (victim.id,) for i in survivors if i != victim.id)), None)
         new = next(((t, ld) for t, _, ld in watcher.samples if t > fault_at and ld is not None
                     and ld != victim.id), None)
-        gap = write_gap(client.samples, fault_at)
+        gap = write_gap(client.samples, fault_start, victim.id)
         # --- recovery and verification -------------------------------------------------------
         if o.fault == "stop":
             await asyncio.to_thread(ctl.signal, signal.SIGCONT)
@@ -240,7 +249,7 @@ class Drill:
         for n in self.nodes:
             if n.id in skip:
                 continue
-            present = await client.present(n, refs)
+            present = await client.present(n)
             lost |= set(refs) - present
             total_ok = total_ok and await client.total(n) == total0
         return len(lost), len(digests) == 1, total_ok

@@ -6,9 +6,9 @@ Retry policy (why each piece is there):
 - on any failure the writer asks *all* nodes ``GET /leader`` in parallel, every few ms, and moves
   to the first that answers 200; a 503 with a leader hint is tried at once. Writers share one
   discovery, so N writers do not flood the cluster with N polls;
-- a write whose outcome is unknown (timeout, connection reset, LeadershipLost) is *not* retried
-  with the same reference: the next attempt is a new transfer, so an acknowledged transfer is
-  never applied twice and "acked" stays exact. The bank total is conserved either way.
+- a write whose outcome is unknown (timeout, connection reset, LeadershipLost) is retried with
+  the *same* transfer id on the new leader: the bank applies a transfer id at most once, so the
+  retry is safe and the writer's transfer is acknowledged exactly once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import aiohttp
 TX_OPEN = "open_account"
 TX_TRANSFER = "transfer"
 Q_TOTAL = "total_balance"
-Q_HAS_TRANSFERS = "transfers_present"
+Q_TRANSFERS = "applied_transfers"
 
 ACCOUNTS = 16
 INITIAL_BALANCE = 1_000
@@ -140,56 +140,58 @@ class BankClient:
             raise RuntimeError(f"{node.name}: total query failed: HTTP {st} {body}")
         return int(body["result"])
 
-    async def present(self, node: NodeRef, refs: list[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(refs), 2000):
-            chunk = refs[i:i + 2000]
-            st, body = await self.call(node, "query", Q_HAS_TRANSFERS, {"args": [chunk]}, timeout=30.0)
-            if st != 200:
-                raise RuntimeError(f"{node.name}: transfer lookup failed: HTTP {st} {body}")
-            found.update(str(r) for r in body["result"])
-        return found
+    async def present(self, node: NodeRef) -> set[str]:
+        """Every transfer id applied on ``node`` (a local read of that replica)."""
+        st, body = await self.call(node, "query", Q_TRANSFERS, {"args": []}, timeout=30.0)
+        if st != 200:
+            raise RuntimeError(f"{node.name}: transfer lookup failed: HTTP {st} {body}")
+        return {str(r) for r in body["result"]}
 
     async def writer(self, stop: asyncio.Event, wid: int, rng: random.Random, max_ops: int) -> None:
-        n_ops = 0
-        while not stop.is_set() and n_ops < max_ops:
-            gen = self.view.generation
-            leader = self.view.leader
-            if leader is None:
-                leader = await self.discover(gen, time.monotonic() + 30.0)
-                if leader is None:
-                    continue
+        """Issue transfers until ``stop``; each one is retried (same id) until acknowledged."""
+        for _ in range(max_ops):
+            if stop.is_set():
+                return
             self._seq += 1
             ref = f"{self.prefix}-{wid}-{self._seq}-{rng.getrandbits(32):08x}"
             a, b = rng.sample(range(ACCOUNTS), 2)
             body = {"args": [f"{self.prefix}-{a}", f"{self.prefix}-{b}", rng.randint(1, 5), ref]}
-            t0 = time.monotonic()
-            n_ops += 1
-            try:
-                status, answer = await self.call(leader, "tx", TX_TRANSFER, body)
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                self.samples.append(Sample(t0, time.monotonic(), False, leader.id, ref, 0,
-                                           type(exc).__name__))
-                self.unknown.add(ref)
-                await self.discover(gen, time.monotonic() + 30.0)
-                continue
-            t1 = time.monotonic()
-            if status == 200:
-                self.acked[ref] = int(answer.get("index") or 0)
-                self.samples.append(Sample(t0, t1, True, leader.id, ref, self.acked[ref]))
-                continue
-            kind = answer.get("type", "") if isinstance(answer, dict) else ""
-            self.samples.append(Sample(t0, t1, False, leader.id, ref, 0, kind or f"HTTP {status}"))
-            if status == 409:  # the transfer itself failed (e.g. insufficient funds): no retry needed
-                continue
-            if kind == "LeadershipLost" or status >= 500:
-                self.unknown.add(ref)
-            hint = answer.get("leader_api") if isinstance(answer, dict) else None
-            hinted = next((n for n in self.view.nodes if hint and n.url.rstrip("/") == str(hint).rstrip("/")
-                           and n.id != leader.id), None)
-            if hinted is not None and self.view.generation == gen:
-                # the old leader told us who leads now: try it immediately, no poll round
-                self.view.leader = hinted
-                self.view.generation += 1
-            else:
-                await self.discover(gen, time.monotonic() + 30.0)
+            while not await self._attempt(ref, body):
+                if stop.is_set():
+                    self.unknown.add(ref)   # never acknowledged: outcome unknown
+                    return
+
+    async def _attempt(self, ref: str, body: dict) -> bool:
+        """One try of one transfer; True when finished (acknowledged or rejected by the bank)."""
+        gen = self.view.generation
+        leader = self.view.leader
+        if leader is None:
+            await self.discover(gen, time.monotonic() + 30.0)
+            return False
+        t0 = time.monotonic()
+        try:
+            status, answer = await self.call(leader, "tx", TX_TRANSFER, body)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            self.samples.append(Sample(t0, time.monotonic(), False, leader.id, ref, 0, type(exc).__name__))
+            await self.discover(gen, time.monotonic() + 30.0)
+            return False
+        t1 = time.monotonic()
+        if status == 200:
+            self.acked[ref] = int(answer.get("index") or 0)
+            self.unknown.discard(ref)
+            self.samples.append(Sample(t0, t1, True, leader.id, ref, self.acked[ref]))
+            return True
+        kind = answer.get("type", "") if isinstance(answer, dict) else ""
+        self.samples.append(Sample(t0, t1, False, leader.id, ref, 0, kind or f"HTTP {status}"))
+        if status == 409 or 400 <= status < 500 and status != 408:
+            return True  # the bank refused it (e.g. insufficient funds): final, nothing applied
+        hint = answer.get("leader_api") if isinstance(answer, dict) else None
+        hinted = next((n for n in self.view.nodes if hint and n.url.rstrip("/") == str(hint).rstrip("/")
+                       and n.id != leader.id), None)
+        if hinted is not None and self.view.generation == gen:
+            # the node told us who leads now: try it at once, no poll round
+            self.view.leader = hinted
+            self.view.generation += 1
+        else:
+            await self.discover(gen, time.monotonic() + 30.0)
+        return False
