@@ -272,10 +272,11 @@ class ClusterStore:
                 raise err
             if err.leader_api:
                 return self._forward(tx_name(tx), args, kwargs, err, deadline)
-            if time.monotonic() >= deadline:
-                raise err
             # Election in progress: NotLeader means nothing was logged, so waiting is safe.
-            threading.Event().wait(min(0.05, self.election_timeout_ms / 4000))
+            pause = min(0.05, self.election_timeout_ms / 4000)
+            if deadline - time.monotonic() <= pause:
+                raise err
+            threading.Event().wait(pause)
 
     def _client(self, url: str) -> ApiClient:
         c = self._clients.get(url)

@@ -1,0 +1,132 @@
+"""ClusterStore submit/apply paths in-process, over the fake engine (no processes, no network)."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+
+from bknr_cluster.cluster.batch import MAGIC, encode_batch
+from bknr_cluster.cluster.store import ClusterStore, parse_peers
+from bknr_cluster.errors import CodecError, NoLeader, NotLeader, Timeout, UnknownTransaction, UsageError
+from bknr_cluster.store import Store
+from examples.bank.app import definition, open_account, transfer
+from tests.cluster.fake_engine import FakeEngine
+from tests.support import wait_until
+
+
+@pytest.fixture
+def cs(tmp_path):
+    store = ClusterStore(definition, 1, "127.0.0.1:7001:1,127.0.0.1:7002:2", tmp_path,
+                         engine_factory=FakeEngine,
+                         api_urls={1: "http://127.0.0.1:8001", 2: "http://127.0.0.1:8002"})
+    yield store
+    store.stop()
+
+
+def test_parse_peers_forms():
+    assert parse_peers("127.0.0.1:7001:1, 127.0.0.1:7002:2") == {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"}
+    assert parse_peers([(3, "h:1")]) == {3: "h:1"}
+    with pytest.raises(UsageError):
+        parse_peers("127.0.0.1:7001")
+
+
+def test_results_exceptions_and_direct_calls_go_through_the_log(cs):
+    assert cs.execute(open_account, "ann", 50)["balance"] == 50
+    assert open_account("bob")["owner"] == "bob"  # a direct call replicates too
+    assert len(cs.engine.log) == 2
+    digest = cs.digest()[1]
+    with pytest.raises(ValueError, match="insufficient"):
+        cs.execute(transfer, "bob", "ann", 5, "t1")
+    assert len(cs.engine.log) == 3 and cs.digest()[1] == digest
+    assert cs.status()["failed_records"] == 1
+
+
+def test_codec_and_argument_errors_are_raised_before_anything_is_logged(cs):
+    with pytest.raises(CodecError):
+        cs.execute(open_account, object())
+    with pytest.raises(UsageError):
+        cs.execute(open_account)
+    with pytest.raises(UnknownTransaction):
+        cs.execute("nope")
+    assert cs.engine.log == []
+
+
+def test_not_leader_carries_the_api_hint_and_no_leader_is_distinct(cs):
+    cs.engine.leader = False
+    cs.engine.leader_hint = (2, "127.0.0.1:7002")
+    with pytest.raises(NotLeader) as info:
+        cs.execute(open_account, "ann")
+    assert info.value.leader_api == "http://127.0.0.1:8002" and not isinstance(info.value, NoLeader)
+    cs.engine.leader_hint = (0, "")
+    with pytest.raises(NoLeader):
+        cs.execute(open_account, "ann")
+    with pytest.raises(NoLeader):  # forward waits for a leader, but only until the deadline
+        cs.execute(open_account, "ann", forward=True, timeout=0.3)
+    with pytest.raises(NotLeader):
+        with cs.read(consistent=True):
+            pass
+
+
+def test_timeout_when_nothing_commits_and_a_late_apply_is_ignored(cs):
+    never = threading.Event()
+
+    class Pending:
+        def result(self, timeout=None):
+            never.wait(timeout)
+            return 0
+
+    cs.committer._submit = lambda data: (cs.engine.log.append(data), Pending())[1]
+    with pytest.raises(Timeout):
+        cs.execute(open_account, "ann", timeout=0.2)
+    cs.engine.inject("entry", cs.engine.log[0])  # it commits after all: applied, nobody waits
+    wait_until(lambda: cs.applied_index >= 1, 5, "late entry applied")
+    assert cs.store.run_query("account", "ann")["owner"] == "ann"
+    never.set()
+
+
+def test_malformed_entries_are_skipped_and_counted(cs):
+    cs.execute(open_account, "ann", 10)
+    digest = cs.digest()[1]
+    for bad in (b"junk", MAGIC + b"\xc1", encode_batch(9, 9, [(1, b"\x00not a record")])):
+        cs.engine.inject("entry", bad)
+    cs.execute(open_account, "bob", 1)
+    st = cs.status()
+    assert st["corrupt_entries"] == 2 and st["failed_records"] == 1
+    assert cs.store.run_query("count") == {"accounts": 2, "transfers": 0}
+    assert digest != cs.digest()[1]
+
+
+def test_snapshot_request_and_restore_at_an_exact_index(cs):
+    cs.execute(open_account, "ann", 10)
+    cs.execute(open_account, "bob", 20)
+    m = cs.engine.inject("snapshot_request", index=cs.engine.index)
+    wait_until(lambda: cs.engine.store_snapshots, 5, "store snapshot handed back")
+    index, data = cs.engine.store_snapshots[0]
+    assert index == m
+    copy = Store(None, definition=definition, bind=False)
+    copy.load_snapshot(io.BytesIO(data))
+    assert copy.digest() == cs.digest()[1]
+    cs.execute(open_account, "carol", 30)
+    cs.engine.inject("restore", data, index=cs.engine.index + 1)
+    wait_until(lambda: cs.status()["restores"] == 1, 5, "restore applied")
+    assert cs.digest()[1] == copy.digest()
+    cs.engine.inject("restore", b"", index=cs.engine.index + 2)
+    wait_until(lambda: cs.status()["restores"] == 2, 5, "empty restore applied")
+    assert cs.store.run_query("count") == {"accounts": 0, "transfers": 0}
+
+
+def test_concurrent_callers_share_entries(cs):
+    results = []
+
+    def caller(k):
+        for i in range(25):
+            results.append(cs.execute(open_account, f"c{k}-{i}")["id"])
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == list(range(1, 201))
+    assert cs.status()["batched_records"] == 200
