@@ -175,9 +175,10 @@ class Durable:
                 os.fsync(f.fileno())
         os.replace(tmp, final)
         fsync_dir(self.path)
-        old = self.log
-        self.log = TxLog(self._file(f"log-{seq + 1:020d}.log"), seq + 1, 0, self.sync, create=True)
-        old.close()
+        if self.log.base != seq + 1:    # else the current log is empty and already starts there
+            old = self.log
+            self.log = TxLog(self._file(f"log-{seq + 1:020d}.log"), seq + 1, 0, self.sync, create=True)
+            old.close()
         self._prune(seq)
         return final
 
