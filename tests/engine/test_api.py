@@ -1,0 +1,148 @@
+"""API contract of bknr_cluster.engine on a single in-process node: errors, never crashes."""
+
+from __future__ import annotations
+
+import pytest
+
+from bknr_cluster import engine
+from bknr_cluster.engine import RaftNode
+from bknr_cluster.errors import (
+    AlreadyBootstrapped,
+    MembershipError,
+    NotLeader,
+    Shutdown,
+    TooBig,
+    UsageError,
+)
+from tests.support import free_ports, wait_until
+
+
+@pytest.fixture
+def single(tmp_path):
+    (port,) = free_ports(1)
+    addr = f"127.0.0.1:{port}"
+    node = RaftNode(1, addr, str(tmp_path / "n1"), election_timeout_ms=300, heartbeat_ms=30,
+                    max_entry_bytes=1024)
+    node.bootstrap([(1, addr, "voter")])
+    node.start()
+    wait_until(lambda: node.status()["state"] == "leader", 10, "self election")
+    yield node
+    node.stop()
+
+
+def drain(node: RaftNode, want: int) -> list[tuple]:
+    got: list[tuple] = []
+    wait_until(lambda: got.extend(node.next_committed(100, 0.05)) or len(got) >= want, 10, f"{want} items")
+    return got
+
+
+def test_version_is_reported():
+    assert engine.LIBRAFT_VERSION.count(".") == 2
+    assert tuple(int(x) for x in engine.LIBRAFT_VERSION.split(".")) >= (0, 18, 1)
+
+
+def test_submit_orders_and_queues(single):
+    idx = [single.submit(b"v%d" % i).result(5) for i in range(5)]
+    assert idx == list(range(idx[0], idx[0] + 5))
+    items = [x for x in drain(single, 5) if x[0] == "entry"]
+    assert [(i, d) for _, i, _, d in items] == [(i, b"v%d" % n) for n, i in enumerate(idx)]
+    assert all(t >= 1 for _, _, t, _ in items)
+    # Any bytes-like payload, including empty and odd lengths (the engine pads internally).
+    for data in (b"", bytearray(b"abc"), memoryview(b"1234567"), b"x" * 1024):
+        i = single.submit(data).result(5)
+        (kind, index, _, got), = [x for x in drain(single, 1) if x[0] == "entry"]
+        assert (kind, index, got) == ("entry", i, bytes(data))
+    assert single.barrier().result(5) > idx[-1]
+
+
+def test_bad_arguments_raise_clear_errors(single, tmp_path):
+    with pytest.raises(TooBig):
+        single.submit(b"x" * 1025).result(5)
+    with pytest.raises(TypeError):
+        single.submit("not bytes")  # type: ignore[arg-type]
+    with pytest.raises(MembershipError):
+        single.remove(1).result(5)            # the last voter
+    with pytest.raises(MembershipError):
+        single.assign(1, "spare").result(5)   # demoting the last voter
+    with pytest.raises(MembershipError):
+        single.assign(7, "voter").result(5)   # unknown id
+    with pytest.raises(MembershipError):
+        single.transfer(7).result(5)          # not a voter
+    with pytest.raises(MembershipError):
+        single.add(2, single.address).result(5)  # duplicate address
+    with pytest.raises(UsageError):
+        single.assign(1, "king")
+    with pytest.raises(UsageError):
+        single.add(0, "127.0.0.1:1")
+    with pytest.raises(UsageError):
+        single.add(2, "no-port")
+    with pytest.raises(UsageError):
+        RaftNode(2, "127.0.0.1:1", str(tmp_path / "x"), election_timeout_ms=100, heartbeat_ms=100)
+    assert single.status()["state"] == "leader"  # still alive and well
+
+
+def test_add_spare_then_remove(single):
+    (port,) = free_ports(1)
+    single.add(2, f"127.0.0.1:{port}").result(5)
+    conf = {s["id"]: s["role"] for s in single.status()["configuration"]}
+    assert conf == {1: "voter", 2: "spare"}
+    single.remove(2).result(5)
+    assert [s["id"] for s in single.status()["configuration"]] == [1]
+
+
+def test_snapshot_now_and_store_snapshot_hand_back(single):
+    for i in range(3):
+        single.submit(b"e%d" % i).result(5)
+    n = single.snapshot_now().result(10)
+    st = single.status()
+    assert st["snapshot_index"] == n >= st["commit_index"] - 1
+    assert single.snapshot_now().result(10) >= n  # nothing new: answered at once
+
+
+def test_lifecycle_errors(tmp_path):
+    (port,) = free_ports(1)
+    addr = f"127.0.0.1:{port}"
+    node = RaftNode(1, addr, str(tmp_path / "n"), election_timeout_ms=300, heartbeat_ms=30)
+    with pytest.raises(Shutdown):
+        node.submit(b"x").result(1)  # before start
+    assert node.status()["state"] == "unavailable"
+    node.bootstrap([(1, addr, "voter")])
+    with pytest.raises(AlreadyBootstrapped):
+        node.bootstrap([(1, addr, "voter")])
+    with pytest.raises(MembershipError):
+        node.bootstrap([(1, addr, "voter"), (1, "127.0.0.1:2", "voter")])
+    node.start()
+    wait_until(lambda: node.status()["state"] == "leader", 10, "self election")
+    fut = node.submit(b"last")
+    fut.result(5)
+    node.stop()
+    node.stop()  # idempotent
+    with pytest.raises(Shutdown):
+        node.submit(b"x").result(1)
+    with pytest.raises(Shutdown):
+        node.barrier().result(1)
+    # The queue still hands out what was committed, then reports the shutdown.
+    items = node.next_committed(100, 0.1)
+    assert items[-1][3] == b"last"
+    with pytest.raises(Shutdown):
+        node.next_committed(100, 0.1)
+
+
+def test_follower_refuses_with_leader_hint(tmp_path):
+    ports = free_ports(2)
+    conf = [(i + 1, f"127.0.0.1:{p}", "voter") for i, p in enumerate(ports)]
+    nodes = [RaftNode(i, a, str(tmp_path / f"n{i}"), election_timeout_ms=300, heartbeat_ms=30)
+             for i, a, _ in conf]
+    try:
+        for n in nodes:
+            n.bootstrap(conf)
+            n.start()
+        leader = wait_until(lambda: [n for n in nodes if n.status()["state"] == "leader"], 10, "leader")[0]
+        follower = next(n for n in nodes if n is not leader)
+        wait_until(lambda: follower.status()["leader_id"] == leader.node_id, 10, "leader known")
+        with pytest.raises(NotLeader) as e:
+            follower.submit(b"x").result(5)
+        assert (e.value.leader_id, e.value.leader_address) == (leader.node_id, leader.address)
+    finally:
+        for n in nodes:
+            n.stop()
