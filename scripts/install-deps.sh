@@ -35,6 +35,7 @@ apt_install() {
 
 have_raft() {  # prints the pkg-config dir that provides raft >= RAFT_MIN, if any
   for d in "$PREFIX/lib/pkgconfig" ""; do
+    [ -z "$d" ] || [ -d "$d" ] || continue
     if PKG_CONFIG_PATH="$d" pkg-config --atleast-version="$RAFT_MIN" raft 2>/dev/null; then
       echo "${d:-system}"; return 0
     fi
