@@ -1,0 +1,179 @@
+"""Store benchmark: snapshot write/load of N small objects, resident bytes per object,
+standalone fsync'd transactions at 1 and 16 callers, and the in-memory encode+apply path.
+
+    python bench/store_bench.py            # 1M objects
+    python bench/store_bench.py --quick    # 100k objects, well under 60 s
+
+Prints a table, then one JSON line (the last line of output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bknr_cluster.store import Store, StoreDefinition, TxContext, transaction  # noqa: E402
+from examples.bank import app  # noqa: E402
+from examples.bank.app import Account  # noqa: E402
+
+TARGETS = {"load_objs_per_s": 300_000, "write_objs_per_s": 400_000, "bytes_per_obj": 250}
+
+
+@transaction("bench.populate")
+def populate(start: int, count: int) -> None:
+    for i in range(start, start + count):
+        Account(owner=f"owner-{i:08d}", balance=i % 1000)
+
+
+BENCH_DEF = StoreDefinition("bank", [app.Account, app.Transfer], [populate])
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_snapshot(n: int, workdir: str) -> dict:
+    gc.collect()
+    base = rss_bytes()
+    store = Store(None, definition=BENCH_DEF, bind=False)
+    t0 = time.perf_counter()
+    for start in range(0, n, 10_000):      # 10k objects per transaction keeps the undo log small
+        store.execute(populate, start, min(10_000, n - start))
+    populate_s = time.perf_counter() - t0
+    gc.collect()
+    per_obj = (rss_bytes() - base) / n
+    # the attribute values themselves (owner string, balance int) are payload, not store overhead
+    sample = store.all(Account)[::997]     # a stride coprime with the balance pattern
+    payload = sum(sys.getsizeof(a.owner) + (sys.getsizeof(a.balance) if a.balance > 256 else 0)
+                  for a in sample) / len(sample)
+    path = os.path.join(workdir, "bench.snap")
+    t0 = time.perf_counter()
+    with open(path, "wb", buffering=1 << 20) as f:
+        store.write_snapshot(f)
+    write_s = time.perf_counter() - t0
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    other = Store(None, definition=BENCH_DEF, bind=False)
+    t0 = time.perf_counter()
+    other.load_snapshot(io.BytesIO(data))
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    digest = other.digest()
+    digest_s = time.perf_counter() - t0
+    assert digest == store.digest(), "loaded snapshot differs from the written state"
+    assert other.count() == n
+    return {"objects": n, "populate_s": populate_s, "write_s": write_s, "load_s": load_s,
+            "digest_s": digest_s, "snapshot_bytes": size,
+            "write_objs_per_s": n / write_s, "load_objs_per_s": n / load_s,
+            "write_mb_per_s": size / write_s / 1e6, "load_mb_per_s": size / load_s / 1e6,
+            "bytes_per_obj": per_obj, "payload_bytes_per_obj": payload,
+            "overhead_bytes_per_obj": per_obj - payload, "snapshot_bytes_per_obj": size / n}
+
+
+def bench_tx(workdir: str, callers: int, max_tx: int, max_s: float) -> float:
+    """Fsync'd transfers per second through a standalone store (bounded in count and time)."""
+    path = os.path.join(workdir, f"tx{callers}")
+    store = Store(path, definition=app.definition, bind=False)
+    try:
+        for i in range(callers * 2):
+            store.execute("open_account", f"acct-{i}", 1_000_000)
+        per_caller = max_tx // callers
+        deadline = time.monotonic() + max_s
+        done = [0] * callers
+
+        def worker(k: int) -> None:
+            src, dst = f"acct-{2 * k}", f"acct-{2 * k + 1}"
+            for i in range(per_caller):
+                if time.monotonic() > deadline:
+                    break
+                store.execute("transfer", src, dst, 1, f"c{callers}-{k}-{i}")
+                done[k] += 1
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(callers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(done) / (time.perf_counter() - t0)
+    finally:
+        store.close()
+
+
+def bench_apply(count: int) -> tuple[float, float]:
+    """In-memory cluster path: encode_transaction + apply_record per transfer (tx/s, µs each)."""
+    store = Store(None, definition=app.definition, bind=False)
+    store.apply_record(store.encode_transaction("open_account", "a", 10**12), TxContext(index=1))
+    store.apply_record(store.encode_transaction("open_account", "b", 0), TxContext(index=2))
+    t0 = time.perf_counter()
+    for i in range(count):
+        rec = store.encode_transaction("transfer", "a", "b", 1, f"t{i}")
+        store.apply_record(rec, TxContext(index=i + 3))
+    elapsed = time.perf_counter() - t0
+    return count / elapsed, elapsed / count * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="100k objects, short tx runs")
+    ap.add_argument("--objects", type=int, default=None)
+    args = ap.parse_args()
+    n = args.objects or (100_000 if args.quick else 1_000_000)
+    tx_s = 2.0 if args.quick else 5.0
+    with tempfile.TemporaryDirectory(prefix="bknr-store-bench-") as workdir:
+        snap = bench_snapshot(n, workdir)
+        gc.collect()
+        apply_tps, apply_us = bench_apply(20_000 if args.quick else 100_000)
+        tps1 = bench_tx(workdir, 1, 5_000, tx_s)
+        tps16 = bench_tx(workdir, 16, 40_000, tx_s)
+    rows = [
+        ("objects", f"{n:,}", ""),
+        ("snapshot write", f"{snap['write_objs_per_s']:,.0f} obj/s  {snap['write_mb_per_s']:.1f} MB/s",
+         f">= {TARGETS['write_objs_per_s']:,}"),
+        ("snapshot load", f"{snap['load_objs_per_s']:,.0f} obj/s  {snap['load_mb_per_s']:.1f} MB/s",
+         f">= {TARGETS['load_objs_per_s']:,}"),
+        ("snapshot size", f"{snap['snapshot_bytes_per_obj']:.1f} B/obj", ""),
+        ("resident (total)", f"{snap['bytes_per_obj']:.0f} B/obj", ""),
+        ("  of which values", f"{snap['payload_bytes_per_obj']:.0f} B/obj (owner str, balance int)", ""),
+        ("  store overhead", f"{snap['overhead_bytes_per_obj']:.0f} B/obj", f"<= {TARGETS['bytes_per_obj']}"),
+        ("digest", f"{snap['digest_s']:.2f} s", ""),
+        ("encode+apply (memory)", f"{apply_tps:,.0f} tx/s  {apply_us:.1f} us/tx", ""),
+        ("fsync'd tx, 1 caller", f"{tps1:,.0f} tx/s", ""),
+        ("fsync'd tx, 16 callers", f"{tps16:,.0f} tx/s", ""),
+    ]
+    print(f"{'measure':<26}{'result':<40}target")
+    for name, value, target in rows:
+        print(f"{name:<26}{value:<40}{target}")
+    result = {
+        "bench": "store", "objects": n,
+        "load_objs_per_s": round(snap["load_objs_per_s"]),
+        "write_objs_per_s": round(snap["write_objs_per_s"]),
+        "load_mb_per_s": round(snap["load_mb_per_s"], 1), "write_mb_per_s": round(snap["write_mb_per_s"], 1),
+        "bytes_per_obj": round(snap["bytes_per_obj"], 1),
+        "overhead_bytes_per_obj": round(snap["overhead_bytes_per_obj"], 1),
+        "snapshot_bytes_per_obj": round(snap["snapshot_bytes_per_obj"], 1),
+        "tx_per_s_1": round(tps1), "tx_per_s_16": round(tps16),
+        "apply_tx_per_s": round(apply_tps), "digest_s": round(snap["digest_s"], 3),
+        "targets_met": {
+            "load": snap["load_objs_per_s"] >= TARGETS["load_objs_per_s"],
+            "write": snap["write_objs_per_s"] >= TARGETS["write_objs_per_s"],
+            "overhead_bytes_per_obj": snap["overhead_bytes_per_obj"] <= TARGETS["bytes_per_obj"],
+        },
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
