@@ -41,7 +41,7 @@ class Blob:
     def read(self) -> bytes:
         """The content, from the store running in this thread or the default-bound store."""
         from bknr_cluster.store.model import LOCAL
-        store = LOCAL.store or BlobStore.default_owner
+        store = LOCAL.store if LOCAL.store is not None else BlobStore.default_owner
         if store is None:
             raise StoreError("no store to read the blob from")
         return store.blobs.get(self)

@@ -187,6 +187,9 @@ class Store(ObjectState):
         if type(fields) is not list or len(fields) != 5 or fields[0] != RECORD_VERSION:
             raise CorruptData(f"not a version-{RECORD_VERSION} transaction record")
         _, name, ts, args, kwargs = fields
+        if (type(name) is not str or type(ts) is not int or type(args) is not list
+                or not (kwargs is None or (type(kwargs) is dict and all(type(k) is str for k in kwargs)))):
+            raise CorruptData("malformed transaction record: bad field types")
         return self.definition.transaction(name), ts, args, kwargs or {}
 
     def describe_record(self, record: bytes) -> dict[str, Any]:
@@ -333,6 +336,9 @@ class Store(ObjectState):
 
     def __len__(self) -> int:
         return self.count()
+
+    def __bool__(self) -> bool:      # an empty store is still a store (``if store:`` stays true)
+        return True
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -95,7 +95,7 @@ class _Registered:
             raise UsageError(f"bad arguments for {self.name!r}: {exc}") from None
 
     def _store(self) -> Store:
-        store = LOCAL.store or self._bound
+        store = LOCAL.store if LOCAL.store is not None else self._bound
         if store is None:
             raise StoreError(f"{self.name!r} is not registered with any store")
         return store
