@@ -231,7 +231,13 @@ def snapshot(ctx: typer.Context, config: ConfigOpt = None,
     if keep is not None and keep < 1:
         raise UsageError("--keep must be at least 1")
     cluster = cluster_for(ctx, config)
-    targets = list(cluster.cfg.nodes) if all_ else [cluster.cfg.node(node) if node else cluster.leader_node()]
+    if all_:
+        # voters and standbys: spares and YAML nodes not (yet) added are not expected to answer
+        roles = cluster.probe(timeout=1.0).member_roles()
+        targets = [n for n in cluster.cfg.nodes if roles.get(n.id, "voter" if not roles else "") in
+                   ("voter", "standby")]
+    else:
+        targets = [cluster.cfg.node(node) if node else cluster.leader_node()]
     results = parallel(lambda n: cluster.clients[n.name].snapshot(), targets)
     failed = [(n, r) for n, r in zip(targets, results, strict=True) if isinstance(r, BaseException)]
     if failed:

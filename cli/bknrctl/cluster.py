@@ -21,6 +21,15 @@ def config_path(option: str | None) -> Path:
     return Path(option or os.environ.get("BKNR_CONFIG") or DEFAULT_CONFIG)
 
 
+def engine_applied(st: dict) -> int:
+    """The last log index the node has applied (configuration entries included).
+
+    ``applied_index`` counts store entries only, so after a membership change it stays below
+    ``commit_index`` for good; catch-up is measured with the engine's ``engine_applied``.
+    """
+    return int(st.get("engine_applied") or st.get("applied_index") or 0)
+
+
 @dataclass
 class NodeState:
     """What one node answered (or failed to answer) when probed."""
@@ -67,7 +76,7 @@ class ClusterState:
         for f in self.leader.status.get("followers") or []:
             if int(f.get("id", -1)) == s.node.id and f.get("lag") is not None:
                 return int(f["lag"])
-        return max(0, int(self.leader.status.get("commit_index", 0)) - int(s.status.get("applied_index", 0)))
+        return max(0, int(self.leader.status.get("commit_index", 0)) - engine_applied(s.status or {}))
 
     def digest_match(self, s: NodeState) -> bool | None:
         """Equal digest with the leader at the same applied index; None when not comparable."""
@@ -166,7 +175,7 @@ class Cluster:
                 if target is None:
                     target = int(self.leader_client().status().get("commit_index", 0))
                 st = self.clients[node.name].status(timeout=1.0)
-                applied = int(st.get("applied_index", 0))
+                applied = engine_applied(st)
                 if start_applied is None:
                     start_applied = applied
                 if on_progress:

@@ -26,7 +26,7 @@ from typing import Any
 
 from bknr_cluster.errors import BknrError
 
-from .cluster import Cluster
+from .cluster import Cluster, engine_applied
 from .control import controller
 from .workload import BankClient, NodeRef, Sample
 
@@ -118,7 +118,8 @@ async def _wait_converged(cluster: Cluster, min_index: int, timeout: float) -> l
         if all(sts) and state.leader:
             applied = {int(s["applied_index"]) for s in sts}
             commit = int(state.leader.status["commit_index"])
-            if len(applied) == 1 and applied.pop() >= max(min_index, commit):
+            if len(applied) == 1 and applied.pop() >= min_index \
+                    and all(engine_applied(s) >= commit for s in sts):
                 return sts  # type: ignore[return-value]
         last = [(s.node.name, s.status and s.status.get("applied_index"), s.error) for s in state.nodes]
         await asyncio.sleep(0.1)
@@ -263,8 +264,9 @@ class Drill:
             live = [s for s in state.nodes if s.node.id not in skip]
             if state.leader and all(s.status for s in live):
                 applied = {int(s.status["applied_index"]) for s in live}
-                if len(applied) == 1 and applied.pop() >= max(min_index,
-                                                              int(state.leader.status["commit_index"])):
+                commit = int(state.leader.status["commit_index"])
+                if len(applied) == 1 and applied.pop() >= min_index \
+                        and all(engine_applied(s.status) >= commit for s in live):
                     return [s.status for s in live]
             if time.monotonic() > deadline:
                 raise BknrError("surviving nodes did not converge within 60s")

@@ -13,7 +13,7 @@ from rich.table import Table
 from bknr_cluster.errors import BknrError, NoLeader, UsageError
 
 from .app import ConfigOpt, OutputFormat, OutputOpt, app, cluster_for
-from .cluster import Cluster
+from .cluster import Cluster, engine_applied
 from .drill import DrillOptions, RoundResult, run_drill
 from .lifecycle import start_nodes
 from .output import emit_json, guarded, info, progress, stdout_console
@@ -156,7 +156,7 @@ def do_failback(cluster: Cluster, to: str | None, quiet: bool = False, timeout: 
         with progress(f"{n.name}: catching up", total=1.0, quiet=quiet) as bar:
             st = cluster.wait_caught_up(n, timeout, lambda f, a, t, bar=bar, n=n: bar.update(
                 completed=f, description=f"{n.name}: applied {a}/{t}"))
-        caught[n.name] = int(st.get("applied_index", 0))
+        caught[n.name] = engine_applied(st)
     out: dict[str, Any] = {"restarted": [n.name for n in down], "caught_up": caught}
     if to:
         target = cluster.cfg.node(to)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bknrctl.admin import read_backup, write_backup
 from bknrctl.main import app
+
 from tests.cli.conftest import write_yaml
 from tests.support import free_ports
 
@@ -179,11 +180,14 @@ def test_snapshot_quiet_and_all(runner, fake) -> None:
     r = run(runner, "-c", str(path), "snapshot", "-q")
     assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
     assert cluster.snapshots == [(1, 42)]
-    cluster.down = {4}
     r = run(runner, "-c", str(path), "snapshot", "--node", "n2")
     assert r.exit_code == 0 and "n2: snapshot at index 42" in r.stdout
-    r = run(runner, "-c", str(path), "snapshot", "--all", "-q")  # n4 is not running
-    assert r.exit_code == 1 and "n4" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run(runner, "-c", str(path), "snapshot", "--all", "-q")  # members only: n4 is not one
+    assert r.exit_code == 0 and r.stderr == ""
+    assert sorted(cluster.snapshots[-3:]) == [(1, 42), (2, 42), (3, 42)]
+    cluster.down = {3}
+    r = run(runner, "-c", str(path), "snapshot", "--all", "-q")
+    assert r.exit_code == 1 and "n3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_snapshot_keep_prunes_old_files(tmp_path: Path) -> None:

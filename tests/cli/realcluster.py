@@ -1,0 +1,44 @@
+"""Helpers for CLI tests against real node processes started by bknrctl itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from bknrctl.client import NodeClient
+from bknrctl.main import app
+
+from bknr_cluster.cluster.config import ClusterConfig
+
+
+def invoke(runner, path: Path, *args: str):
+    return runner.invoke(app, ["-c", str(path), *args])
+
+
+def node_pids(path: Path) -> dict[str, int]:
+    """Pids from the nodes' pid files (the processes bknrctl started)."""
+    cfg = ClusterConfig.load(path)
+    out = {}
+    for n in cfg.nodes:
+        try:
+            out[n.name] = int(n.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def kill_started(path: Path, pids: set[int]) -> None:
+    """Teardown: SIGKILL exactly the node pids this test saw bknrctl start."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def client(path: Path, name: str) -> NodeClient:
+    cfg = ClusterConfig.load(path)
+    n = cfg.node(name)
+    return NodeClient(n.name, n.api_url, cfg.token(), timeout=5.0)
