@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--bootstrap", action="store_true", help="bootstrap if fresh, then run")
     p.add_argument("--log-file", help="also log to this file (default: <data_dir>/node.log)")
     p.add_argument("--log-level", default=os.environ.get("BKNR_LOG_LEVEL", "INFO"))
+    p.add_argument("--switch-interval", type=float, default=0.02,
+                   help="Python GIL switch interval in seconds (throughput under many callers)")
     p.add_argument("--transfer-timeout", type=float, default=None,
                    help="seconds to wait for the leadership hand-over on SIGTERM "
                         "(default: 3 election timeouts, at least 1 s)")
@@ -165,7 +167,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         from bknr_cluster.cluster.store import ClusterStore
 
-        cs = ClusterStore.from_config(cfg.path, me.name, start=False)
+        cs = ClusterStore.from_config(cfg.path, me.name, start=False,
+                                      switch_interval=args.switch_interval)
         if args.bootstrap:
             try:
                 cs.engine.bootstrap(cfg.initial_configuration())

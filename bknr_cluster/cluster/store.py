@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -86,8 +87,16 @@ class ClusterStore:
                  api_urls: Mapping[int, str] | Callable[[int], str] | None = None,
                  node_names: Mapping[int, str] | Callable[[int], str] | None = None,
                  token: str | None = None, name: str | None = None,
-                 engine_factory: Callable[..., Any] | None = None, start: bool = True) -> None:
+                 engine_factory: Callable[..., Any] | None = None, start: bool = True,
+                 switch_interval: float | None = None) -> None:
         from bknr_cluster.store import Store  # late: keeps this module importable in isolation
+
+        if switch_interval:
+            # Process-wide, so only when asked (bknr-node asks): with many caller threads a
+            # longer GIL slice lets the applier finish a slice of entries and the woken callers
+            # refill the queue in bulk, instead of handing the GIL around every 5 ms. The engine
+            # loop never takes the GIL, so heartbeats do not depend on it.
+            sys.setswitchinterval(switch_interval)
 
         self.definition = definition
         self.node_id = int(node_id)

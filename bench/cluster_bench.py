@@ -1,0 +1,334 @@
+"""Cluster benchmark: replicated bank transfers on 3 nodes over loopback (fsync on).
+
+    python bench/cluster_bench.py [--quick] [--seconds S]
+
+Measures, in one run:
+  * tx/s with 1, 16 and 256 concurrent callers *in-process on the leader* (this process hosts
+    node n1 as a ClusterStore and holds the leadership; n2 and n3 are ``bknr-node`` processes);
+    p50/p99 latency per caller count;
+  * tx/s over HTTP with 16 callers against a leader running as its own ``bknr-node`` process;
+  * PySyncObj (3 processes on loopback, a ``@replicated`` counter, 256 commands in flight, no
+    journal) in the same run, and the ratio bknr(256) / PySyncObj;
+  * full mode only: the time for a new 4th node to catch up by snapshot install of a store with
+    1M objects (``catchup_s_1m``; null with ``--quick``).
+Prints a table, then one JSON line (the last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+for p in (str(ROOT), str(ROOT / "cli"), str(BENCH_DIR)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from bknr_cluster.store import StoreDefinition, transaction  # noqa: E402
+from examples.bank import app as bank  # noqa: E402
+
+
+@transaction("bulk_open")
+def bulk_open(prefix: str, start: int, n: int) -> int:
+    """Create ``n`` accounts in one transaction (loads the 1M-object catch-up scenario fast)."""
+    for i in range(start, start + n):
+        bank.Account(owner=f"{prefix}{i}", balance=1)
+    return n
+
+
+# The bank plus a bulk loader; node processes import it as ``cluster_bench:definition``.
+definition = StoreDefinition(
+    name="bank-bench", classes=[bank.Account, bank.Transfer],
+    transactions=[bank.open_account, bank.deposit, bank.transfer, bulk_open],
+    queries=[bank.total_balance, bank.count])
+
+
+# The node processes use the same GIL switch interval (bknr-node's default, see node.py).
+SWITCH_INTERVAL = 0.02
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+def run_callers(n: int, seconds: float, max_ops: int, op: Any) -> dict[str, float]:
+    """``n`` threads call ``op(caller, i)`` until ``seconds`` pass or ``max_ops`` in total."""
+    lat: list[list[float]] = [[] for _ in range(n)]
+    errors = [0] * n
+    stop_at = time.monotonic() + seconds
+    per_caller = max(1, max_ops // n)
+    start = threading.Barrier(n + 1)
+
+    def worker(k: int) -> None:
+        start.wait()
+        mine = lat[k]
+        for i in range(per_caller):
+            t0 = time.perf_counter()
+            try:
+                op(k, i)
+            except Exception:
+                errors[k] += 1
+            t1 = time.perf_counter()
+            mine.append(t1 - t0)
+            if time.monotonic() >= stop_at:
+                break
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(seconds + 60)
+    elapsed = time.perf_counter() - t0
+    all_lat = sorted(x for per in lat for x in per)
+    done = len(all_lat) - sum(errors)
+    return {"callers": n, "ops": done, "errors": sum(errors), "seconds": elapsed,
+            "tx_per_s": done / elapsed if elapsed else 0.0,
+            "p50_ms": percentile(all_lat, 0.50) * 1000, "p99_ms": percentile(all_lat, 0.99) * 1000}
+
+
+# --- PySyncObj ----------------------------------------------------------------------------------
+
+
+def ensure_pysyncobj() -> None:
+    try:
+        import pysyncobj  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pysyncobj>=0.3.12"], check=True)
+
+
+def pysyncobj_node(me: str, partners: list[str], seconds: float, window: int, flag: str) -> None:
+    """One PySyncObj process; the one that is leader drives the counter and prints JSON."""
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    class Counter(SyncObj):
+        def __init__(self) -> None:
+            super().__init__(me, partners, SyncObjConf(dynamicMembershipChange=False))
+            self.value = 0
+
+        @replicated
+        def inc(self) -> int:
+            self.value += 1
+            return self.value
+
+    c = Counter()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and c._getLeader() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the cluster settle after the election
+    if not c._isLeader():
+        while not os.path.exists(flag) and time.monotonic() < deadline + seconds + 60:
+            time.sleep(0.1)
+        c.destroy()
+        return
+    sem = threading.BoundedSemaphore(window)
+    done = [0]
+    lock = threading.Lock()
+
+    def cb(result: Any, err: Any) -> None:
+        if err == 0:  # FAIL_REASON.SUCCESS
+            with lock:
+                done[0] += 1
+        sem.release()
+    t0 = time.perf_counter()
+    stop = t0 + seconds
+    while time.perf_counter() < stop:
+        sem.acquire()
+        c.inc(callback=cb)
+    for _ in range(window):  # drain
+        sem.acquire(timeout=10)
+    elapsed = time.perf_counter() - t0
+    print(json.dumps({"pysyncobj_ops": done[0], "seconds": elapsed}), flush=True)
+    Path(flag).write_text("done")
+    c.destroy()
+
+
+def bench_pysyncobj(seconds: float, window: int = 256) -> float:
+    from tests.support import free_ports
+
+    ensure_pysyncobj()
+    ports = free_ports(3)
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    flag = os.path.join(tempfile.mkdtemp(prefix="pso-"), "done")
+    procs = []
+    for a in addrs:
+        others = [x for x in addrs if x != a]
+        procs.append(subprocess.Popen(
+            [sys.executable, __file__, "--pysyncobj-node", a, ",".join(others), str(seconds),
+             str(window), flag], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    result = None
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=seconds + 120)
+            for line in out.splitlines():
+                if line.startswith("{"):
+                    result = json.loads(line)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if not result:
+        raise RuntimeError("PySyncObj run produced no result")
+    return result["pysyncobj_ops"] / result["seconds"]
+
+
+# --- bknr_cluster -------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seconds", type=float, default=None, help="per measurement")
+    ap.add_argument("--pysyncobj-node", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.pysyncobj_node:
+        me, partners, secs, window, flag = args.pysyncobj_node
+        pysyncobj_node(me, [p for p in partners.split(",") if p], float(secs), int(window), flag)
+        return 0
+
+    from bknr_cluster.cluster.api import ApiServer
+    from bknr_cluster.cluster.store import ClusterStore
+    from tests.cluster.harness import LocalCluster
+    from tests.support import Processes, wait_until
+
+    seconds = args.seconds or (2.5 if args.quick else 8.0)
+    t_start = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="bknr-cluster-bench-"))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])
+    procs = Processes()
+    cs = server = None
+    rows: list[tuple[str, dict]] = []
+    out: dict[str, Any] = {"bench": "cluster", "quick": args.quick,
+                           "switch_interval_s": SWITCH_INTERVAL}
+    try:
+        c = LocalCluster(root, procs, 3, store="cluster_bench:definition",
+                         election_timeout_ms=1000, heartbeat_ms=100,
+                         snapshot_threshold=200_000, snapshot_trailing=20_000)
+        c.init()
+        for name in ("n2", "n3"):
+            c.start(name, wait=False)
+        cs = ClusterStore.from_config(c.config_path, "n1", definition=definition,
+                                      switch_interval=SWITCH_INTERVAL)
+        server = ApiServer(cs, "127.0.0.1", c.node("n1")["api_port"], c.token)
+        server.start_in_thread()
+        for name in ("n2", "n3"):
+            wait_until(lambda n=name: c._healthy(n, c.running[n]), 30, f"{name} up")
+        c.running["n1"] = None  # type: ignore[assignment]  # in-process: visible to wait_leader
+        leader = c.wait_leader(timeout=30)
+        if leader != "n1":
+            c.client(leader).call("POST", "/transfer", {"to": 1})
+            wait_until(lambda: cs.is_leader(), 15, "n1 leadership")
+        accounts = 2 * 256
+        cs.execute(bulk_open, "a", 0, accounts)
+        seq = iter(range(10**9))
+        lock = threading.Lock()
+
+        def tid() -> str:
+            with lock:
+                return f"t{next(seq)}"
+
+        # Caller k moves 1 back and forth between its own two accounts (each starts with 1), so
+        # no transfer ever lacks funds; ``flip`` remembers the direction across phases.
+        flip = [0] * 256
+
+        def pair(k: int) -> tuple[str, str]:
+            a, b = f"a{2 * k}", f"a{2 * k + 1}"
+            return (a, b) if flip[k] == 0 else (b, a)
+
+        def inproc(k: int, i: int) -> None:
+            cs.execute(bank.transfer, *pair(k), 1, tid())
+            flip[k] ^= 1
+
+        for n in (1, 16, 256):
+            r = run_callers(n, seconds, 400_000, inproc)
+            rows.append((f"in-process, {n} callers", r))
+            out[f"tx_per_s_{n}"] = round(r["tx_per_s"], 1)
+            out[f"p50_ms_{n}"] = round(r["p50_ms"], 3)
+            out[f"p99_ms_{n}"] = round(r["p99_ms"], 3)
+        st = cs.status()
+        out["records_per_entry"] = round(st["batched_records"] / max(1, st["batches"]), 2)
+
+        # HTTP: the leader is a node process of its own; the callers are threads here.
+        c.client("n1").call("POST", "/transfer", {"to": 2})
+        wait_until(lambda: c.status("n2")["role"] == "leader", 15, "n2 leadership")
+        clients = [c.client("n2") for _ in range(16)]
+
+        def http(k: int, i: int) -> None:
+            clients[k].tx("transfer", *pair(k), 1, tid())
+            flip[k] ^= 1
+        r = run_callers(16, seconds, 200_000, http)
+        rows.append(("HTTP, 16 callers", r))
+        out["http_tx_per_s_16"] = round(r["tx_per_s"], 1)
+        out["http_p50_ms_16"] = round(r["p50_ms"], 3)
+        conv = c.wait_converged(timeout=60, names=["n1", "n2", "n3"])
+        out["replicas_equal"] = len({s["digest"] for s in conv.values()}) == 1
+        out["errors"] = sum(r["errors"] for _, r in rows)
+
+        # PySyncObj in the same run
+        pso = bench_pysyncobj(seconds)
+        out["pysyncobj_per_s"] = round(pso, 1)
+        out["ratio_pysyncobj"] = round(out["tx_per_s_256"] / pso, 2) if pso else None
+
+        out["catchup_s_1m"] = None if args.quick else catchup(c, cs, procs)
+    finally:
+        if server is not None:
+            server.stop_thread()
+        if cs is not None:
+            cs.stop()
+        procs.stop_all()
+    out["wall_s"] = round(time.monotonic() - t_start, 1)
+
+    print(f"{'measurement':<26}{'tx/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for label, r in rows:
+        print(f"{label:<26}{r['tx_per_s']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}")
+    print(f"{'PySyncObj counter, 256':<26}{out['pysyncobj_per_s']:>10.0f}")
+    print(f"ratio bknr(256 in-process) / PySyncObj = {out['ratio_pysyncobj']}")
+    print(f"records per log entry (group commit)  = {out['records_per_entry']}")
+    print(f"catch-up of a new node, 1M objects    = {out['catchup_s_1m']}")
+    print(json.dumps(out))
+    return 0
+
+
+def catchup(c: Any, cs: Any, procs: Any, objects: int = 1_000_000) -> float:
+    """Load ``objects`` accounts, snapshot, add a 4th node; seconds until it has caught up."""
+    from tests.support import wait_until
+
+    leader = c.wait_leader(among=["n1", "n2", "n3"])
+    cl = c.client(leader, timeout=300)
+    chunk = 10_000
+    for start in range(0, objects, chunk):
+        cl.call("POST", "/tx/bulk_open", {"args": ["bulk", start, chunk]}, timeout=300)
+    c.wait_converged(timeout=300, names=["n1", "n2", "n3"])
+    cl.call("POST", "/snapshot", {}, timeout=300)
+    target = c.status(leader)["applied_index"]
+    entry = c._new_node_entry()
+    c.write()
+    name = entry["name"]
+    c.start(name)
+    t0 = time.monotonic()
+    cl.call("POST", "/peers", {"id": entry["id"], "address": c.raft_address(name), "role": "voter"},
+            timeout=300)
+    wait_until(lambda: c.status(name)["applied_index"] >= target, 600, "new node caught up")
+    took = time.monotonic() - t0
+    st = c.wait_converged(timeout=120, names=[leader, name])
+    assert len({s["digest"] for s in st.values()}) == 1
+    return round(took, 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
