@@ -150,6 +150,14 @@ class Codec:
             raise CodecError(f"cannot decode value: {exc}") from exc
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
+        try:
+            return self._decode_ext(code, data)
+        except CodecError:
+            raise
+        except Exception as exc:     # hostile bytes: any failure is a decoding failure
+            raise CodecError(f"cannot decode extension type {code}: {type(exc).__name__}: {exc}") from None
+
+    def _decode_ext(self, code: int, data: bytes) -> Any:
         if code == EXT_REF:
             oid = _unpackb(data)
             obj = self.resolve(oid)
@@ -190,6 +198,6 @@ class Codec:
             name, value = self.unpack(data)
             cls = self.enum_by_name.get(name)
             if cls is None:
-                raise CodecError(f"enum {name!r} is not registered with this store")
+                raise CodecError(f"cannot decode enum {name!r}: not registered with this store")
             return cls(value)
-        raise CodecError(f"unknown extension type {code}")
+        raise CodecError(f"cannot decode unknown extension type {code}")

@@ -5,7 +5,7 @@ Layout: ``b"BKNRSNAP"`` + u32 format version, then frames ``<u32 length><u32 crc
 1. header  ``{"format", "store", "next_id", "last_ts", "last_index", "objects",
    "classes": [[name, [attr...]]...]}``
 2. ``["ids", class, start, [id...]]``      every class, ascending ids, <= CHUNK per frame
-3. ``["cols", class, start, [[v...]...]]`` one column per attribute listed in the header
+3. ``["cols", class, start, count, [[v...]...]]`` one column per attribute in the header
 4. ``["blob", sha256, bytes]``             contents of referenced blobs (optional)
 5. ``["end", objects, frames]``            a snapshot without it is truncated
 
@@ -18,6 +18,7 @@ rebuilt on load. The output is a function of the state only (no wall-clock time 
 from __future__ import annotations
 
 import logging
+import operator
 import struct
 import zlib
 from collections import deque
@@ -26,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgpack
 
-from bknr_cluster.errors import CodecError, CorruptData
+from bknr_cluster.errors import CorruptData
 from bknr_cluster.store.blobs import Blob
 from bknr_cluster.store.codec import Codec
 from bknr_cluster.store.model import StoreObject
@@ -71,7 +72,7 @@ def write(store: Store, stream: IO[bytes], include_blobs: bool = True) -> int:
         for start in range(0, len(objs), CHUNK):
             chunk = objs[start:start + CHUNK]
             cols = [list(map(g, chunk)) for g in getters]
-            _frame(stream, codec.pack(["cols", c._meta.name, start, cols]))
+            _frame(stream, codec.pack(["cols", c._meta.name, start, len(chunk), cols]))
             frames += 1
     for blob in sorted(blobs, key=lambda b: b.sha256):
         _frame(stream, msgpack.packb(["blob", blob.sha256, store.blobs.get(blob)], use_bin_type=True))
@@ -105,7 +106,11 @@ def _frames(stream: IO[bytes]):
 
 
 def load(store: Store, stream: IO[bytes]) -> int:
-    """Replace ``store``'s state with the snapshot; on any error the old state is kept."""
+    """Replace ``store``'s state with the snapshot; on any error the old state is kept.
+
+    The input may be hostile (a backup from elsewhere, a damaged disk): every structural
+    property the writer guarantees is checked, and any failure is reported as CorruptData.
+    """
     magic = stream.read(len(MAGIC))
     if not magic:
         store._reset_state()
@@ -121,15 +126,37 @@ def load(store: Store, stream: IO[bytes]) -> int:
     frames = _frames(stream)
     try:
         _, payload = next(frames)
-        header = msgpack.unpackb(payload)
-        if header.get("store") != store.definition.name:
-            raise CorruptData(f"snapshot belongs to store {header.get('store')!r}, "
+        header = _check_header(msgpack.unpackb(payload, raw=False))
+        if header["store"] != store.definition.name:
+            raise CorruptData(f"snapshot belongs to store {header['store']!r}, "
                               f"not {store.definition.name!r}")
-        return _load_body(store, header, frames)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise CorruptData(f"snapshot cannot be decoded: {exc}") from None
-    except CodecError as exc:
-        raise CorruptData(f"snapshot cannot be decoded: {exc}") from None
+        n = _load_body(store, header, frames)
+        if stream.read(1):
+            raise CorruptData("snapshot has data after its end frame")
+        return n
+    except CorruptData:
+        raise
+    except Exception as exc:     # hostile bytes: any failure to interpret them is corruption
+        raise CorruptData(f"snapshot cannot be decoded: {type(exc).__name__}: {exc}") from None
+
+
+def _bad(message: str) -> CorruptData:
+    return CorruptData(f"snapshot is inconsistent: {message}")
+
+
+def _check_header(h: Any) -> dict:
+    ints = ("format", "next_id", "last_ts", "last_index", "objects")
+    if type(h) is not dict or any(type(h.get(k)) is not int or h[k] < 0 for k in ints) or \
+            type(h.get("store")) is not str or type(h.get("classes")) is not list:
+        raise _bad("malformed header")
+    names = set()
+    for entry in h["classes"]:
+        if not (type(entry) is list and len(entry) == 2 and type(entry[0]) is str
+                and type(entry[1]) is list and all(type(a) is str for a in entry[1])
+                and len(set(entry[1])) == len(entry[1]) and entry[0] not in names):
+            raise _bad("malformed class list in header")
+        names.add(entry[0])
+    return h
 
 
 def _load_body(store: Store, header: dict, frames: Any) -> int:
@@ -137,15 +164,23 @@ def _load_body(store: Store, header: dict, frames: Any) -> int:
     current = {c._meta.name: c for c in definition.classes}
     report: list[str] = []
     extent: dict[type, dict[int, Any]] = {c: {} for c in definition.classes}
-    shells: dict[str, list] = {}
+    shells: dict[str, list] = {}           # objects per snapshot class, in frame order
+    counts: dict[str, int] = {}            # ids seen per snapshot class (dropped classes too)
+    filled: dict[str, int] = {}            # objects whose columns have been read
+    last_id: dict[str, int] = {}
+    target: dict[str, type | None] = {}
     setters: dict[str, list] = {}
     seen_attrs: dict[type, set[str]] = {c: set() for c in definition.classes}
     for cname, attrs in header["classes"]:
         cls = current.get(definition.class_renames.get(cname, cname))
-        shells[cname] = []
+        shells[cname], counts[cname], filled[cname], last_id[cname] = [], 0, 0, 0
+        target[cname] = cls
         if cls is None:
             report.append(f"class {cname}: not in the store definition; its objects are dropped")
+            setters[cname] = [None] * len(attrs)
             continue
+        if any(target[o] is cls for o in target if o != cname):
+            raise _bad(f"two snapshot classes map to {cls._meta.name}")
         meta = cls._meta
         row = []
         for a in attrs:
@@ -153,6 +188,8 @@ def _load_body(store: Store, header: dict, frames: Any) -> int:
             if spec is None or spec.transient:
                 report.append(f"{meta.name}.{a}: no longer declared; values dropped")
                 row.append(None)
+            elif spec.name in seen_attrs[cls]:
+                raise _bad(f"two snapshot attributes map to {meta.name}.{spec.name}")
             else:
                 seen_attrs[cls].add(spec.name)
                 row.append(spec.setter)
@@ -170,48 +207,66 @@ def _load_body(store: Store, header: dict, frames: Any) -> int:
         return None
 
     codec = Codec(definition.enums, resolve, lambda o: True, lenient=True)
-    total = announced = 0
-    ended = False
+    next_id = header["next_id"]
+    announced = 0
+    columns_started = False
+    end: Any = None
     for n, payload in frames:
         item = codec.unpack(payload)
+        if type(item) is not list or not item or item[0] not in ("ids", "cols", "blob", "end"):
+            raise _bad(f"frame {n} is not a snapshot frame")
         kind = item[0]
         if kind == "ids":
             _, cname, start, ids = item
+            if columns_started or cname not in counts or start != counts[cname] or type(ids) is not list:
+                raise _bad(f"frame {n}: unexpected id frame for {cname!r} at {start!r}")
+            if set(map(type, ids)) - {int} or (ids and (ids[0] <= last_id[cname] or ids[-1] >= next_id)):
+                raise _bad(f"frame {n}: ids out of range or order")
+            if not all(map(operator.lt, ids, ids[1:])):
+                raise _bad(f"frame {n}: ids not strictly ascending")
             announced += len(ids)
-            cls = current.get(definition.class_renames.get(cname, cname))
-            if cls is None or cname not in shells:
+            counts[cname] += len(ids)
+            if ids:
+                last_id[cname] = ids[-1]
+            cls = target[cname]
+            if cls is None:
                 continue
             objs = list(map(object.__new__, repeat(cls, len(ids))))
             deque(map(_set_id, objs, ids), 0)
             extent[cls].update(zip(ids, objs, strict=True))
             shells[cname].extend(objs)
         elif kind == "cols":
-            _, cname, start, cols = item
+            columns_started = True
+            _, cname, start, count, cols = item
             row = setters.get(cname)
-            if row is None:
+            if (row is None or start != filled[cname] or type(count) is not int or count <= 0
+                    or start + count > counts[cname] or type(cols) is not list or len(cols) != len(row)
+                    or any(type(c) is not list or len(c) != count for c in cols)):
+                raise _bad(f"frame {n}: unexpected column frame for {cname!r} at {start!r}")
+            filled[cname] = start + count
+            if target[cname] is None:
                 continue
-            objs = shells[cname][start:start + len(cols[0])] if cols else []
-            if len(cols) != len(row):
-                raise CorruptData(f"snapshot frame {n}: {len(cols)} columns for {len(row)} attributes")
+            objs = shells[cname][start:start + count]
             for setter, col in zip(row, cols, strict=True):
                 if setter is not None:
-                    if len(col) != len(objs):
-                        raise CorruptData(f"snapshot frame {n}: column length {len(col)} does not "
-                                          f"match {len(objs)} objects")
                     deque(map(setter, objs, col), 0)
         elif kind == "blob":
-            store.blobs.put(item[2], item[1])
-        elif kind == "end":
-            total = item[1]
-            ended = True
-            break
+            _, sha, data = item
+            if type(sha) is not str or type(data) is not bytes:
+                raise _bad(f"frame {n}: malformed blob")
+            store.blobs.put(data, sha)
         else:
-            raise CorruptData(f"snapshot frame {n} has unknown kind {kind!r}")
-    if not ended:
+            end = item
+            break
+    if end is None:
         raise CorruptData("snapshot has no end frame")
+    if end != ["end", announced, n] or announced != header["objects"]:
+        raise _bad(f"header announces {header['objects']} objects, frames hold {announced}")
+    if filled != counts:
+        raise _bad("column frames do not cover every object")
     loaded = sum(len(d) for d in extent.values())
-    if announced != total or total != header["objects"]:
-        raise CorruptData(f"snapshot announces {header['objects']} objects but holds {announced}")
+    if len(set().union(*(d.keys() for d in extent.values()))) != loaded:
+        raise _bad("an id is used by two objects")
     # attributes the snapshot did not carry (added since) and transients get their defaults
     for cls, d in extent.items():
         if not d:

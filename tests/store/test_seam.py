@@ -139,3 +139,40 @@ def test_json_mapping_round_trip(mem):
     assert encoded["$dict"][0] == ["p", {"$ref": ["Person", 1]}]
     assert from_json(encoded, mem) == value
     assert to_json({"plain": [1, 2.5, None, True]}) == {"plain": [1, 2.5, None, True]}
+
+
+def _split(snapshot: bytes) -> tuple[bytes, list[bytes]]:
+    import struct
+    head, pos, frames = snapshot[:12], 12, []
+    while pos < len(snapshot):
+        n, _ = struct.unpack_from("<II", snapshot, pos)
+        frames.append(snapshot[pos + 8:pos + 8 + n])
+        pos += 8 + n
+    return head, frames
+
+
+def _join(head: bytes, frames: list[bytes]) -> bytes:
+    import struct
+    import zlib
+    return head + b"".join(struct.pack("<II", len(f), zlib.crc32(f)) + f for f in frames)
+
+
+@pytest.mark.parametrize("damage", ["drop_cols", "dup_ids", "trailing", "swap"])
+def test_structurally_damaged_snapshot_is_refused(mem, damage):
+    mem.execute("add_person", "ann")
+    mem.execute("add_employee", "eve", 3)
+    head, frames = _split(mem.snapshot_bytes())
+    kinds = [f[1:6] for f in frames]
+    cols = next(i for i, k in enumerate(kinds) if b"cols" in k)
+    if damage == "drop_cols":
+        del frames[cols]
+    elif damage == "dup_ids":
+        frames.insert(1, frames[1])
+    elif damage == "swap":
+        frames[1], frames[cols] = frames[cols], frames[1]
+    data = _join(head, frames) + (b"x" if damage == "trailing" else b"")
+    other = Store(None, definition=definition, bind=False)
+    with pytest.raises(CorruptData):
+        other.load_snapshot(io.BytesIO(data))
+    assert other.count() == 0
+    assert _join(head, _split(mem.snapshot_bytes())[1]) == mem.snapshot_bytes()
