@@ -199,14 +199,17 @@ class RaftNode:
         return Future(self._node.request(_raft.R_SNAPSHOT))
 
     def status(self, timeout: float = 5.0) -> dict:
-        if not self._node.running():
-            return {"id": self.node_id, "address": self.address, "state": "unavailable", "term": 0,
-                    "leader_id": 0, "leader_address": "", "commit_index": 0, "last_applied": 0,
-                    "last_log_index": 0, "snapshot_index": 0, "snapshot_term": 0,
-                    "configuration": [], "followers": []}
-        f = Future(self._node.request(_raft.R_STATUS))
-        f.result(timeout)
-        return f._f.status()
+        if self._node.running():
+            f = Future(self._node.request(_raft.R_STATUS))
+            try:
+                f.result(timeout)
+                return f._f.status()
+            except Shutdown:
+                pass  # stopped meanwhile
+        return {"id": self.node_id, "address": self.address, "state": "unavailable", "term": 0,
+                "leader_id": 0, "leader_address": "", "commit_index": 0, "last_applied": 0,
+                "last_log_index": 0, "snapshot_index": 0, "snapshot_term": 0,
+                "configuration": [], "followers": []}
 
     # -- applier side -----------------------------------------------------------------------
 

@@ -348,8 +348,8 @@ void Node::stop() {
         Request r;
         r.type = R_STOP;
         reqs_.push_back(std::move(r));
+        uv_async_send(&async_);
     }
-    uv_async_send(&async_);
     if (thread_.joinable()) thread_.join();
 }
 
@@ -364,8 +364,10 @@ FuturePtr Node::post(Request&& r) {
             return f;
         }
         reqs_.push_back(std::move(r));
+        // Under the lock: stop() clears accepting_ under it too, so no send can reach the
+        // handle after the loop closed it. Cheap: coalesces while a wake-up is pending.
+        uv_async_send(&async_);
     }
-    uv_async_send(&async_);  // coalesces: one wake-up for many queued requests
     return f;
 }
 

@@ -82,12 +82,15 @@ class Cluster:
     def configuration(self) -> list[list]:
         return [[i, self.address(i), "voter"] for i in self.initial]
 
-    def start(self, node_id: int, bootstrap: bool = False, **options: Any) -> Client:
+    def start(self, node_id: int, bootstrap: bool = False, recover: list | None = None,
+              **options: Any) -> Client:
         args = [DRIVER, "--id", str(node_id), "--address", self.address(node_id),
                 "--dir", str(self.root / f"n{node_id}"), "--control-port", str(self.control_ports[node_id]),
                 "--options", json.dumps({**self.options, **options})]
         if bootstrap:
             args += ["--bootstrap", json.dumps(self.configuration())]
+        if recover:
+            args += ["--recover", json.dumps(recover)]
         self.proc[node_id] = self.procs.python(*args, log=self.root / f"n{node_id}.log")
         c = Client(self.control_ports[node_id])
         c.connect(30)

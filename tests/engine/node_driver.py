@@ -202,12 +202,15 @@ def main() -> None:
     p.add_argument("--dir", required=True)
     p.add_argument("--control-port", type=int, required=True)
     p.add_argument("--bootstrap", help="JSON list of [id, address, role]")
+    p.add_argument("--recover", help="JSON list of [id, address, role]: forced new configuration")
     p.add_argument("--options", default="{}", help="JSON keyword arguments for RaftNode")
     args = p.parse_args()
 
     node = RaftNode(args.id, args.address, args.dir, **json.loads(args.options))
     if args.bootstrap:
         node.bootstrap([tuple(x) for x in json.loads(args.bootstrap)])
+    if args.recover:
+        node.recover([tuple(x) for x in json.loads(args.recover)])
     store = Store()
     node.start()
     t = threading.Thread(target=applier, args=(node, store), daemon=True)

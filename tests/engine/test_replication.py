@@ -84,6 +84,30 @@ def test_transfer_to_chosen_node(procs, tmp_path):
     r = c.call(target, "request", what="transfer", node_id=99)
     assert r["outcome"] == "MembershipError"
     assert c.leader() == target
+    # 0: libraft picks the best follower.
+    r = c.call(target, "request", what="transfer", node_id=0)
+    assert r["outcome"] == "ok" and r["value"] != target
+    assert c.leader() == r["value"]
+
+
+def test_recover_after_quorum_loss(procs, tmp_path):
+    c = Cluster(procs, tmp_path, 3)
+    c.start_all()
+    lid = c.leader()
+    assert c.call(lid, "submit", n=30, prefix="a")["error"] is None
+    survivor = lid
+    c.wait_state([survivor], digest_of(payloads("a", 30)), 30)
+    for i in [1, 2, 3]:
+        if i != survivor:
+            c.kill(i)
+    c.stop(survivor)
+    # Forced single-voter configuration on the node with the longest log.
+    c.start(survivor, recover=[[survivor, c.address(survivor), "voter"]])
+    assert c.leader([survivor]) == survivor
+    conf = c.call(survivor, "status")["configuration"]
+    assert [(x["id"], x["role"]) for x in conf] == [(survivor, "voter")]
+    assert c.call(survivor, "submit", n=5, prefix="b")["error"] is None
+    c.wait_state([survivor], digest_of(payloads("a", 30) + payloads("b", 5)), 35)
 
 
 def test_leadership_lost_when_partitioned_mid_submit(procs, tmp_path):
