@@ -133,7 +133,8 @@ class SshControl(NodeControl):
     def _node_cmd(self, *extra: str) -> str:
         args = [self.python, "-m", NODE_MODULE, "--config", self.remote_config, "--node",
                 self.node.name, *extra]
-        return f"cd {shlex.quote(self.workdir)} && " + " ".join(shlex.quote(a) for a in args)
+        # exec: the process started is the node itself, so "$!" below is the node's pid
+        return f"cd {shlex.quote(self.workdir)} && exec " + " ".join(shlex.quote(a) for a in args)
 
     # --- NodeControl ----------------------------------------------------------------------------
     def pid(self) -> int | None:
