@@ -130,9 +130,10 @@ def load(store: Store, stream: IO[bytes]) -> int:
         if header["store"] != store.definition.name:
             raise CorruptData(f"snapshot belongs to store {header['store']!r}, "
                               f"not {store.definition.name!r}")
-        n = _load_body(store, header, frames)
+        n, install = _load_body(store, header, frames)
         if stream.read(1):
             raise CorruptData("snapshot has data after its end frame")
+        install()           # only now does the store change
         return n
     except CorruptData:
         raise
@@ -159,7 +160,7 @@ def _check_header(h: Any) -> dict:
     return h
 
 
-def _load_body(store: Store, header: dict, frames: Any) -> int:
+def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
     definition = store.definition
     current = {c._meta.name: c for c in definition.classes}
     report: list[str] = []
@@ -279,17 +280,19 @@ def _load_body(store: Store, header: dict, frames: Any) -> int:
                 else:
                     deque(map(spec.setter, objs, repeat(spec.default)), 0)
     index = _build_indices(extent)
-    store._extent = extent
-    store._index = index
-    store._subs_cache.clear()
-    store._unsorted.clear()
-    store._next_id = header["next_id"]
-    store._last_ts = header["last_ts"]
-    store.last_index = header["last_index"]
-    store.schema_report = report
-    for line in report:
-        log.warning("schema change while loading snapshot: %s", line)
-    return loaded
+
+    def install() -> None:
+        store._extent = extent
+        store._index = index
+        store._subs_cache.clear()
+        store._unsorted.clear()
+        store._next_id = header["next_id"]
+        store._last_ts = header["last_ts"]
+        store.last_index = header["last_index"]
+        store.schema_report = report
+        for line in report:
+            log.warning("schema change while loading snapshot: %s", line)
+    return loaded, install
 
 
 def _build_indices(extent: dict[type, dict[int, Any]]) -> dict:
