@@ -69,7 +69,7 @@ class ObjectState:
                 v = spec.make_default()
                 if v is REQUIRED:
                     raise TypeError(f"{meta.name}() missing required attribute {spec.name!r}")
-            elif not spec.transient:
+            elif spec.check is not None and not spec.transient:
                 spec.validate(meta.name, v)
             spec.setter(obj, v)
         if values:

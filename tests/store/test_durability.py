@@ -208,3 +208,14 @@ def test_unsynced_mode_still_logs(disk):
     s.execute("add_person", "ann")
     s.close()
     assert disk().count() == 1
+
+
+def test_issue_spelling_without_a_definition(tmp_path):
+    from bknr_cluster.store import Store
+    from tests.store.models import Color, Doc, Employee, add_person
+    with Store(tmp_path / "s", classes=[Person, Employee, Doc], transactions=[add_person],
+               enums=[Color]) as s:
+        acct = s.execute(add_person, "ann", "Oslo")
+        assert add_person("bob").id == 2 and Person.by_name("ann") is acct
+    with Store(tmp_path / "s", classes=[Person, Employee, Doc], transactions=[add_person]) as s:
+        assert [p.name for p in Person.where(city="Oslo")] == ["ann"] and s.count() == 2
