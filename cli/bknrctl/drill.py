@@ -69,6 +69,7 @@ class DrillOptions:
     max_ops_per_writer: int = 20_000
     request_timeout_s: float | None = None
     leave_down: bool = False           # last round: do not restart the victim (for failback)
+    via: str | None = None             # send the workload through this load balancer URL
     seed: int = 1
 
 
@@ -91,15 +92,22 @@ class Watcher:
             await asyncio.sleep(self.period)
 
 
-def write_gap(samples: list[Sample], fault_start: float, victim: int) -> float | None:
+def write_gap(samples: list[Sample], fault_start: float, victim: int,
+              fault_done: float | None = None) -> float | None:
     """The longest client-visible pause between consecutive acknowledgements across the fault (ms).
 
     The window runs from the last ack completed before ``fault_start`` to the first ack served
     by another node than the victim: answers the victim had already sent when the signal landed
-    still arrive a little after it and must not end the gap.
+    still arrive a little after it and must not end the gap. Through a load balancer the serving
+    node is unknown (``node`` 0): there the gap ends at the first ack of a request *sent* after
+    the fault was delivered (``fault_done``), which only a new leader can have served.
     """
-    ends = sorted((s.end, s.node) for s in samples if s.ok)
-    first_new = next((t for t, node in ends if t > fault_start and node != victim), None)
+    oks = sorted((s for s in samples if s.ok), key=lambda s: s.end)
+    ends = [(s.end, s.node) for s in oks]
+    if fault_done is not None and any(s.node == 0 for s in oks):
+        first_new = next((s.end for s in oks if s.start > fault_done), None)
+    else:
+        first_new = next((t for t, node in ends if t > fault_start and node != victim), None)
     if first_new is None:
         return None
     before = [t for t, _ in ends if t <= fault_start]
@@ -139,7 +147,8 @@ class Drill:
         et = self.cluster.cfg.election_timeout_ms
         timeout = self.opts.request_timeout_s or max(0.1, min(1.0, et / 1000 * 0.75))
         results = []
-        async with BankClient(self.nodes, self.cluster.token, request_timeout=timeout) as client:
+        async with BankClient(self.nodes, self.cluster.token, request_timeout=timeout,
+                              via=self.opts.via) as client:
             await client.setup(time.monotonic() + 30.0)
             leader = await client.discover(-1, time.monotonic() + 30.0)
             assert leader is not None
@@ -190,7 +199,8 @@ class Drill:
             fault_at = fault_start if o.fault == "transfer" else fault_at_done
             # wait for the first ack after the fault, then keep writing for settle_s
             while time.monotonic() < round_deadline:
-                if any(s.ok and s.end > fault_start and s.node != victim.id for s in client.samples):
+                if any(s.ok and (s.start > fault_at_done if s.node == 0 else
+                                 s.end > fault_start and s.node != victim.id) for s in client.samples):
                     break
                 await asyncio.sleep(0.01)
             await asyncio.sleep(o.settle_s)
@@ -205,7 +215,7 @@ class Drill:
             views.get(i, -1) not in (victim.id,) for i in survivors if i != victim.id)), None)
         new = next(((t, ld) for t, _, ld in watcher.samples if t > fault_at and ld is not None
                     and ld != victim.id), None)
-        gap = write_gap(client.samples, fault_start, victim.id)
+        gap = write_gap(client.samples, fault_start, victim.id, fault_at_done)
         # --- recovery and verification -------------------------------------------------------
         if o.fault == "stop":
             await asyncio.to_thread(ctl.signal, signal.SIGCONT)

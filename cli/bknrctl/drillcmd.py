@@ -123,6 +123,8 @@ def failover(ctx: typer.Context, config: ConfigOpt = None,
              plot: Annotated[Path | None, typer.Option(help="Write a timeline PNG.")] = None,
              leave_down: Annotated[bool, typer.Option(help="Leave the last victim down (see failback).")]
              = False,
+             via: Annotated[str | None, typer.Option("--via", help="Send the workload through this "
+                                                     "load balancer URL.")] = None,
              output: OutputOpt = OutputFormat.table) -> None:
     """Inject faults on the leader under a bank workload; measure and verify (exit 1 on loss)."""
     if not drill:
@@ -130,7 +132,7 @@ def failover(ctx: typer.Context, config: ConfigOpt = None,
                          "transfer)")
     cluster = cluster_for(ctx, config)
     opts = DrillOptions(rounds=rounds, fault=fault.value, target=node, writers=writers,
-                        leave_down=leave_down)
+                        leave_down=leave_down, via=via)
     rep, _ = execute_drill(cluster, opts, plot, quiet=output is OutputFormat.json)
     if output is OutputFormat.json:
         emit_json(rep)
