@@ -10,6 +10,7 @@ test_rogue_node.py.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -253,9 +254,8 @@ def test_non_deterministic_transaction_fails_standalone_replay(tmp_path):
 
 
 def test_non_deterministic_transaction_shows_as_digest_mismatch(tmp_path):
-    from typer.testing import CliRunner
-
     from bknrctl.main import app
+    from typer.testing import CliRunner
 
     procs = Processes()
     try:
@@ -275,7 +275,6 @@ def test_non_deterministic_transaction_shows_as_digest_mismatch(tmp_path):
             return sts if len({s["digest"] for s in sts.values()}) > 1 else {}
         wait_until(diverged, 20, "replicas at the same applied index with different digests")
         r = CliRunner().invoke(app, ["--config", str(c.config_path), "status", "--output", "json"])
-        import json
         report = json.loads(r.stdout)
         assert report["summary"] == "degraded"
         assert any(row["digest_match"] is False for row in report["nodes"]), report
