@@ -323,10 +323,11 @@ class Store(ObjectState):
             return self._durable.snapshot()
 
     def close(self) -> None:
+        """Standalone: flush the log and release the directory. Later writes raise StoreError
+        (the store object stays readable)."""
         if self._durable is not None:
             with self._lock:
                 self._durable.close()
-                self._durable = None
 
     def __enter__(self) -> Store:
         return self

@@ -219,3 +219,15 @@ def test_issue_spelling_without_a_definition(tmp_path):
         assert add_person("bob").id == 2 and Person.by_name("ann") is acct
     with Store(tmp_path / "s", classes=[Person, Employee, Doc], transactions=[add_person]) as s:
         assert [p.name for p in Person.where(city="Oslo")] == ["ann"] and s.count() == 2
+
+
+def test_closed_store_refuses_writes(disk):
+    s = disk()
+    s.execute("add_person", "ann")
+    s.close()
+    s.close()                                          # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        s.execute("add_person", "bob")
+    with pytest.raises(StoreError, match="closed"):
+        s.snapshot()
+    assert s.run_query("names") == ["ann"]
