@@ -30,6 +30,7 @@ def assert_no_election(seen: list[dict], leader: int, term: int) -> None:
     assert {s["state"] for s in seen} == {"follower"}
     assert {s["leader_id"] for s in seen} == {leader}
     worst = max(s["leader_contact_ms"] for s in seen)
+    print(f"followers polled {len(seen)} times; worst heartbeat gap {worst} ms")
     assert worst < ELECTION_MS, f"heartbeat gap of {worst} ms seen by a follower"
 
 
