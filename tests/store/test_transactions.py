@@ -38,7 +38,10 @@ def test_bad_arguments_rejected_at_encode(mem):
         mem.encode_transaction("add_person", "a", "b", 1, 2)
     with pytest.raises(UsageError, match="bad arguments"):
         mem.encode_transaction("add_person", nam="x")
+    with pytest.raises(UsageError, match="missing a required argument"):
+        mem.encode_transaction("add_person")
     assert mem.encode_transaction("add_person", name="x", age=3)
+    assert mem.encode_transaction("add_person", "x") and mem.encode_transaction("add_person", "x", "y", 3)
 
 
 def test_failure_leaves_store_unchanged_and_reraises_same_exception(mem):
