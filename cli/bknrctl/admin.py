@@ -25,6 +25,7 @@ from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, cluster_for, l
 from .client import parallel
 from .cluster import Cluster
 from .control import controller
+from .drill import transfer_with_retry
 from .lifecycle import ensure_token, start_nodes, stop_nodes
 from .output import confirm, confirm_typed, emit_json, guarded, info, progress
 
@@ -153,8 +154,7 @@ def transfer_leadership(cluster: Cluster, to: int = 0, timeout: float = 15.0) ->
         return {"from": old.name, "to": old.name, "gap_ms": 0.0, "changed": False}
     with LeaderWatch(cluster) as watch:
         t0 = time.monotonic()
-        answer = cluster.clients[old.name].transfer(to, timeout=timeout)
-        new_id = int(answer.get("leader_id") or 0)
+        new_id = transfer_with_retry(cluster, old, to)
         new = cluster.wait_for_leader(timeout=timeout, exclude=old.id)
         if to and new.id != to:
             raise BknrError(f"leadership went to {new.name}, not the requested node")

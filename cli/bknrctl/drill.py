@@ -73,6 +73,21 @@ class DrillOptions:
     seed: int = 1
 
 
+def transfer_with_retry(cluster: Cluster, leader: Any, to: int = 0, attempts: int = 3) -> int:
+    """POST /transfer to ``leader``; a timed-out attempt is retried while it still leads."""
+    last: BknrError | None = None
+    for _ in range(attempts):
+        try:
+            return int(cluster.clients[leader.name].transfer(to).get("leader_id") or 0)
+        except BknrError as exc:
+            last = exc
+            ok, _ = cluster.clients[leader.name].is_leader(timeout=1.0)
+            if not ok:
+                return 0  # it did hand over after all
+    assert last is not None
+    raise last
+
+
 class Watcher:
     """Polls /leader on every node; records (t, {node_id: leader_id or 0}, leader or None)."""
 
@@ -192,8 +207,8 @@ class Drill:
                 await asyncio.to_thread(ctl.signal, signal.SIGKILL)
             elif o.fault == "stop":
                 await asyncio.to_thread(ctl.signal, signal.SIGSTOP)
-            else:  # planned switchover
-                await asyncio.to_thread(self.cluster.clients[victim.name].transfer, 0)
+            else:  # planned switchover; libraft may abort one under load: retry like an operator
+                await asyncio.to_thread(transfer_with_retry, self.cluster, victim, 0)
             fault_at_done = time.monotonic()
             # a kill/freeze happens when the signal is delivered; a switchover starts with the call
             fault_at = fault_start if o.fault == "transfer" else fault_at_done

@@ -124,7 +124,8 @@ def start_nodes(cluster: Cluster, nodes: list[NodeConfig], timeout: float = 30.0
                 for name, c in list(pending.items()):
                     rc = c.exited_early()  # type: ignore[attr-defined]
                     if rc is not None:
-                        tail = c.tail(5).strip().splitlines()
+                        tail_out = getattr(c, "tail_out", c.tail)
+                        tail = [ln for ln in tail_out(5).splitlines() if ln.strip()]
                         raise BknrError(f"{name}: node exited with status {rc}: "
                                         f"{tail[-1] if tail else 'see ' + str(c.log_file)}")
                     try:

@@ -103,9 +103,13 @@ class LocalControl(NodeControl):
     def wipe_raft_state(self) -> None:
         shutil.rmtree(self.raft_dir, ignore_errors=True)
 
-    def tail(self, lines: int = 50) -> str:
+    def tail_out(self, lines: int = 5) -> str:
+        """The node's raw stdout/stderr: where a crash before logging starts is written."""
+        return self.tail(lines, Path(self.out_file))
+
+    def tail(self, lines: int = 50, path: Path | None = None) -> str:
         try:
-            with open(self.log_file, "rb") as f:
+            with open(path or self.log_file, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
                 f.seek(max(0, size - 256 * 1024))

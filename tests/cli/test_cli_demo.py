@@ -1,0 +1,64 @@
+"""``bknrctl demo --output json`` end to end, and the shipped configs."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from bknrctl.main import app
+
+from tests.support import ROOT
+
+
+def _free_base() -> int:
+    """A base port whose demo ports (base+1..3, base+1001..1003) are all free right now."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 50000)
+        socks = []
+        try:
+            for p in (1, 2, 3, 1001, 1002, 1003):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free port range for the demo")
+
+
+def test_shipped_configs_validate(runner) -> None:
+    for name in ("local-3.yaml", "three-hosts.yaml"):
+        r = runner.invoke(app, ["-c", str(ROOT / "configs" / name), "validate"])
+        assert r.exit_code == 0, (name, r.output)
+
+
+def test_demo_json(runner, tmp_path: Path) -> None:
+    from bknr_cluster.cluster.config import ClusterConfig
+
+    d = tmp_path / "demo-cluster"
+    r = runner.invoke(app, ["demo", "--dir", str(d), "--rounds", "2", "--base-port", str(_free_base()),
+                            "--output", "json"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1  # exactly one JSON object on stdout
+    rep = json.loads(lines[0])
+    for key in ("election_timeout_ms", "rounds", "median_write_gap_ms", "lost_total", "digests_match",
+                "bank_total_ok"):
+        assert key in rep
+    assert rep["election_timeout_ms"] == 200 and len(rep["rounds"]) == 2
+    for rnd in rep["rounds"]:
+        assert {"write_gap_ms", "time_to_leader_ms", "acked", "lost"} <= set(rnd)
+        assert rnd["acked"] > 0 and rnd["lost"] == 0
+    assert rep["lost_total"] == 0 and rep["digests_match"] and rep["bank_total_ok"]
+    assert rep["failback"]["restarted"] == [rep["rounds"][-1]["victim"]]
+    assert rep["status"]["summary"] == "healthy" and rep["kept_running"] is False
+    assert (d / "drill.png").stat().st_size > 10_000
+    # stopped at the end: no pid file left behind
+    cfg = ClusterConfig.load(d / "cluster.yaml")
+    assert not any(n.pid_file.exists() for n in cfg.nodes)
