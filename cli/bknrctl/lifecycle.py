@@ -30,15 +30,29 @@ def select(cfg: ClusterConfig, names: list[str] | None) -> list[NodeConfig]:
     return [cfg.node(n) for n in names] if names else list(cfg.nodes)
 
 
-def ensure_token(cfg: ClusterConfig) -> bool:
-    """Create the API token file when the YAML names one that does not exist yet."""
-    if cfg.token_file is None or cfg.token_file.exists():
+def _create_secret(path: Path, content: str) -> bool:
+    if path.exists():
         return False
-    cfg.token_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cfg.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL + 0600: never overwrite a secret, never leave it readable by others
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
+        f.write(content + "\n")
     return True
+
+
+def ensure_token(cfg: ClusterConfig) -> bool:
+    """Create the API token file (and the Raft transport secret, when the YAML names them)."""
+    made = False
+    secret = cfg.raw.get("raft_secret_file") if isinstance(cfg.raw, dict) else None
+    if isinstance(secret, str) and secret:
+        p = Path(os.path.expanduser(secret))
+        p = p if p.is_absolute() else cfg.base_dir / p
+        if _create_secret(p, secrets.token_hex(32)):
+            info(f"created Raft transport secret {p}")
+    if cfg.token_file is not None:
+        made = _create_secret(cfg.token_file, secrets.token_urlsafe(32))
+    return made
 
 
 # --- validate -----------------------------------------------------------------------------------

@@ -120,12 +120,17 @@ class SshControl(NodeControl):
         sftp = self.connect().open_sftp()
         try:
             sftp.put(str(self.cfg.path), self.remote_config)
-            token = self.cfg.raw.get("token_file")
-            if token and not os.path.isabs(os.path.expanduser(token)) and self.cfg.token_file \
-                    and self.cfg.token_file.exists():
-                dest = posixpath.join(posixpath.dirname(self.remote_config), token)
+            # secrets named relative to the YAML travel with it, mode 0600 on the other side
+            for key in ("token_file", "raft_secret_file"):
+                rel = self.cfg.raw.get(key)
+                if not isinstance(rel, str) or not rel or os.path.isabs(os.path.expanduser(rel)):
+                    continue
+                src = self.cfg.base_dir / rel
+                if not src.exists():
+                    continue
+                dest = posixpath.join(posixpath.dirname(self.remote_config), rel)
                 self._check(f"mkdir -p {shlex.quote(posixpath.dirname(dest))}")
-                sftp.put(str(self.cfg.token_file), dest)
+                sftp.put(str(src), dest)
                 sftp.chmod(dest, 0o600)
         finally:
             sftp.close()

@@ -281,3 +281,16 @@ def test_help_lists_every_command(runner) -> None:
                 "backup", "restore", "failover", "failback", "recover", "logs", "demo"):
         assert cmd in r.stdout
     assert os.environ.get("BKNR_CONFIG") is None or True
+
+
+def test_token_file_is_created_private_and_never_overwritten(tmp_path: Path) -> None:
+    from bknr_cluster.cluster.config import ClusterConfig
+    from bknrctl.lifecycle import ensure_token
+
+    path = write_yaml(tmp_path, free_ports(6))
+    (tmp_path / "token").unlink()
+    cfg = ClusterConfig.load(path)
+    assert ensure_token(cfg) is True
+    token = (tmp_path / "token").read_text()
+    assert len(token.strip()) >= 40 and (tmp_path / "token").stat().st_mode & 0o077 == 0
+    assert ensure_token(cfg) is False and (tmp_path / "token").read_text() == token
