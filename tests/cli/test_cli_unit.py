@@ -284,8 +284,9 @@ def test_help_lists_every_command(runner) -> None:
 
 
 def test_token_file_is_created_private_and_never_overwritten(tmp_path: Path) -> None:
-    from bknr_cluster.cluster.config import ClusterConfig
     from bknrctl.lifecycle import ensure_token
+
+    from bknr_cluster.cluster.config import ClusterConfig
 
     path = write_yaml(tmp_path, free_ports(6))
     (tmp_path / "token").unlink()
