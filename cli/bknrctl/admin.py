@@ -130,6 +130,10 @@ class LeaderWatch:
 
     def __enter__(self) -> LeaderWatch:
         self._thread.start()
+        # the gap is only meaningful once the current leader has been seen at least once
+        deadline = time.monotonic() + 2.0
+        while not self.samples and time.monotonic() < deadline:
+            time.sleep(0.002)
         return self
 
     def __exit__(self, *exc: object) -> None:
