@@ -52,8 +52,8 @@ definition = StoreDefinition(
     queries=[bank.total_balance, bank.count])
 
 
-# The node processes use the same GIL switch interval (bknr-node's default, see node.py).
-SWITCH_INTERVAL = 0.02
+# CPython's default GIL switch interval; passed to the node processes too (--switch-interval).
+SWITCH_INTERVAL = 0.005
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -99,6 +99,15 @@ def run_callers(n: int, seconds: float, max_ops: int, op: Any) -> dict[str, floa
     return {"callers": n, "ops": done, "errors": sum(errors), "seconds": elapsed,
             "tx_per_s": done / elapsed if elapsed else 0.0,
             "p50_ms": percentile(all_lat, 0.50) * 1000, "p99_ms": percentile(all_lat, 0.99) * 1000}
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User+system CPU seconds of a process (this one when ``pid`` is None), all threads."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- PySyncObj ----------------------------------------------------------------------------------
@@ -194,6 +203,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seconds", type=float, default=None, help="per measurement")
+    ap.add_argument("--switch-interval", type=float, default=SWITCH_INTERVAL,
+                    help="GIL switch interval for this process and the node processes")
+    ap.add_argument("--window", type=int, default=4, help="group-commit entries in flight")
     ap.add_argument("--pysyncobj-node", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pysyncobj_node:
@@ -214,16 +226,17 @@ def main() -> int:
     cs = server = None
     rows: list[tuple[str, dict]] = []
     out: dict[str, Any] = {"bench": "cluster", "quick": args.quick,
-                           "switch_interval_s": SWITCH_INTERVAL}
+                           "switch_interval_s": args.switch_interval, "window": args.window}
     try:
         c = LocalCluster(root, procs, 3, store="cluster_bench:definition",
                          election_timeout_ms=1000, heartbeat_ms=100,
                          snapshot_threshold=200_000, snapshot_trailing=20_000)
         c.init()
         for name in ("n2", "n3"):
-            c.start(name, wait=False)
+            c.start(name, "--switch-interval", str(args.switch_interval), wait=False)
         cs = ClusterStore.from_config(c.config_path, "n1", definition=definition,
-                                      switch_interval=SWITCH_INTERVAL)
+                                      switch_interval=args.switch_interval,
+                                      batch_window=args.window)
         server = ApiServer(cs, "127.0.0.1", c.node("n1")["api_port"], c.token)
         server.start_in_thread()
         for name in ("n2", "n3"):
@@ -254,12 +267,20 @@ def main() -> int:
             cs.execute(bank.transfer, *pair(k), 1, tid())
             flip[k] ^= 1
 
+        pids = {"n1": None, "n2": c.running["n2"].pid, "n3": c.running["n3"].pid}
         for n in (1, 16, 256):
+            cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+            b0, i0 = cs.committer.batches, cs.committer.items
             r = run_callers(n, seconds, 400_000, inproc)
+            # where the time goes: CPU seconds per committed transaction, per process
+            r["cpu_us_per_tx"] = {k: round((cpu_seconds(p) - cpu0[k]) / max(1, r["ops"]) * 1e6, 1)
+                                  for k, p in pids.items()}
+            r["records_per_entry"] = round((cs.committer.items - i0) / max(1, cs.committer.batches - b0), 1)
             rows.append((f"in-process, {n} callers", r))
             out[f"tx_per_s_{n}"] = round(r["tx_per_s"], 1)
             out[f"p50_ms_{n}"] = round(r["p50_ms"], 3)
             out[f"p99_ms_{n}"] = round(r["p99_ms"], 3)
+            out[f"cpu_us_per_tx_{n}"] = r["cpu_us_per_tx"]
         st = cs.status()
         out["records_per_entry"] = round(st["batched_records"] / max(1, st["batches"]), 2)
 
@@ -293,9 +314,13 @@ def main() -> int:
         procs.stop_all()
     out["wall_s"] = round(time.monotonic() - t_start, 1)
 
-    print(f"{'measurement':<26}{'tx/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'measurement':<26}{'tx/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'rec/entry':>10}  CPU us/tx (leader n1, n2, n3)")
     for label, r in rows:
-        print(f"{label:<26}{r['tx_per_s']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}")
+        cpu = r.get("cpu_us_per_tx")
+        cpu_text = ", ".join(f"{v:.0f}" for v in cpu.values()) if cpu else ""
+        print(f"{label:<26}{r['tx_per_s']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
+              f"{r.get('records_per_entry', ''):>10}  {cpu_text}")
     print(f"{'PySyncObj counter, 256':<26}{out['pysyncobj_per_s']:>10.0f}")
     print(f"ratio bknr(256 in-process) / PySyncObj = {out['ratio_pysyncobj']}")
     print(f"records per log entry (group commit)  = {out['records_per_entry']}")

@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--bootstrap", action="store_true", help="bootstrap if fresh, then run")
     p.add_argument("--log-file", help="also log to this file (default: <data_dir>/node.log)")
     p.add_argument("--log-level", default=os.environ.get("BKNR_LOG_LEVEL", "INFO"))
-    p.add_argument("--switch-interval", type=float, default=0.02,
-                   help="Python GIL switch interval in seconds (throughput under many callers)")
+    p.add_argument("--switch-interval", type=float, default=None,
+                   help="Python GIL switch interval in seconds (default: CPython's, 0.005)")
     p.add_argument("--transfer-timeout", type=float, default=None,
                    help="seconds to wait for the leadership hand-over on SIGTERM "
                         "(default: 3 election timeouts, at least 1 s)")

@@ -199,8 +199,8 @@ class Api:
         body = await self._body(request)
         args, kwargs = self._call_args(body)
         forward = bool(body.get("forward", False))
-        result, index = await self._run(lambda: self.cs.execute_indexed(
-            name, args, kwargs, forward=forward, timeout=self.tx_timeout, raise_tx=False))
+        result, index = await self.cs.execute_async(name, args, kwargs, forward=forward,
+                                                    timeout=self.tx_timeout)
         return web.json_response({"result": to_json(result), "index": index})
 
     async def query(self, request: web.Request) -> web.Response:

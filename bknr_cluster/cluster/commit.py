@@ -76,6 +76,7 @@ class GroupCommitter:
         self._queue: deque[tuple[int, bytes]] = deque()
         self._cond = threading.Condition()
         self._inflight = 0
+        self._submitter_idle = False
         self._watch: queue.SimpleQueue = queue.SimpleQueue()
         self._running = False
         self._threads: list[threading.Thread] = []
@@ -99,7 +100,10 @@ class GroupCommitter:
             seq = w.seq = next(self._seq)
             self._pending[seq] = w
             self._queue.append((seq, record))
-            self._cond.notify_all()
+            # Wake the submitter only when it sleeps for lack of work: while it waits for a free
+            # window slot, waking it on every record would cost a thread switch per record.
+            if self._submitter_idle:
+                self._cond.notify()
         return w
 
     def abandon(self, waiter: Waiter) -> bool:
@@ -152,7 +156,9 @@ class GroupCommitter:
         while True:
             with self._cond:
                 while self._running and (not self._queue or self._inflight >= self.window):
+                    self._submitter_idle = not self._queue
                     self._cond.wait()
+                self._submitter_idle = False
                 if not self._running:
                     return
                 items = self._take_batch()

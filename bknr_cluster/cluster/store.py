@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bknr_cluster.cluster.admin import AdminMixin
 from bknr_cluster.cluster.batch import decode_batch
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.commit import GroupCommitter, Waiter
@@ -76,7 +77,7 @@ def _lookup(src: Mapping[int, str] | Callable[[int], str] | None, node_id: int) 
     return src.get(node_id, "")
 
 
-class ClusterStore:
+class ClusterStore(AdminMixin):
     """A replicated store on one node; see the module docstring and DESIGN.md."""
 
     def __init__(self, definition: Any, node_id: int, peers: Peers, data_dir: str | os.PathLike,
@@ -287,6 +288,46 @@ class ClusterStore:
                 raise err
             threading.Event().wait(pause)
 
+    async def execute_async(self, tx: Any, args: tuple | list, kwargs: dict, *,
+                            forward: bool = False, timeout: float = 30.0) -> tuple[Any, int]:
+        """``execute_indexed(..., raise_tx=False)`` for an asyncio caller (the HTTP API).
+
+        The applier resolves an asyncio future through ``call_soon_threadsafe``, so a request
+        costs no worker-thread hand-off; only forwarding (blocking HTTP) uses a thread.
+        """
+        import asyncio
+
+        record = self.store.encode_transaction(tx, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        while True:
+            fut: asyncio.Future = loop.create_future()
+
+            def done(w: Waiter, fut: asyncio.Future = fut) -> None:
+                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(w))
+            w = self.committer.enqueue(record, callback=done)
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                if self.committer.abandon(w):
+                    raise Timeout(f"no outcome within {timeout} s; the transaction may or may "
+                                  "not commit") from None
+                await fut
+            err = w.error
+            if err is None:
+                return w.result, w.index
+            if w.tx_error:
+                raise TransactionFailed(type(err).__name__, str(err)) from err
+            if not (forward and isinstance(err, NotLeader)):
+                raise err
+            if err.leader_api:
+                return await loop.run_in_executor(
+                    None, self._forward, tx_name(tx), args, kwargs, err, deadline)
+            pause = min(0.05, self.election_timeout_ms / 4000)
+            if deadline - time.monotonic() <= pause:
+                raise err
+            await asyncio.sleep(pause)
+
     def _client(self, url: str) -> ApiClient:
         c = self._clients.get(url)
         if c is None:
@@ -434,71 +475,3 @@ class ClusterStore:
                 return cached
             self._digest_cache = (self.applied_index, self.store.digest())
             return self._digest_cache
-
-    def backup(self) -> tuple[int, bytes]:
-        """A store snapshot of this replica with the index it is exactly at."""
-        with self._apply_lock:
-            buf = io.BytesIO()
-            self.store.write_snapshot(buf)
-            return self.applied_index, buf.getvalue()
-
-    def snapshot_now(self, timeout: float = 30.0) -> int:
-        return int(self.engine.snapshot_now().result(timeout) or 0)
-
-    # --- membership -----------------------------------------------------------------------
-
-    def add_peer(self, node_id: int, address: str, role: str = "voter", timeout: float = 30.0) -> None:
-        self.engine.add(int(node_id), address).result(timeout)
-        self.peers[int(node_id)] = address
-        if role != "spare":
-            self.engine.assign(int(node_id), role).result(timeout)
-
-    def assign(self, node_id: int, role: str, timeout: float = 30.0) -> None:
-        self.engine.assign(int(node_id), role).result(timeout)
-
-    def remove_peer(self, node_id: int, timeout: float = 30.0) -> None:
-        self.engine.remove(int(node_id)).result(timeout)
-
-    def transfer(self, node_id: int = 0, timeout: float = 10.0) -> int:
-        """Hand leadership to ``node_id`` (0: best candidate); returns the new leader's id."""
-        self.engine.transfer(int(node_id)).result(timeout)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = self.engine.status()
-            if st.get("leader_id") and st.get("leader_id") != self.node_id:
-                return int(st["leader_id"])
-            threading.Event().wait(0.01)
-        return int(self.engine.status().get("leader_id") or 0)
-
-    # --- status ---------------------------------------------------------------------------
-
-    def is_leader(self) -> bool:
-        return self.engine.status().get("state") == "leader"
-
-    def status(self, with_digest: bool = True) -> dict[str, Any]:
-        st = self.engine.status()
-        leader_id = int(st.get("leader_id") or 0)
-        applied, digest = self.digest() if with_digest else (self.applied_index, None)
-        last = int(st.get("last_log_index") or 0)
-        conf = [{"id": c["id"], "address": c["address"], "role": c["role"],
-                 "name": self.node_name(c["id"]), "api": self.api_url(c["id"])}
-                for c in st.get("configuration") or []]
-        followers = [{"id": f["id"], "match_index": f["match_index"],
-                      "lag": max(0, last - int(f["match_index"]))}
-                     for f in st.get("followers") or []]
-        return {
-            "node_id": self.node_id, "name": self.name, "group": self.group, "pid": os.getpid(),
-            "address": self.address, "role": st.get("state"), "term": st.get("term"),
-            "leader_id": leader_id, "leader_name": self.node_name(leader_id) if leader_id else "",
-            "leader_address": st.get("leader_address") or "",
-            "leader_api": self.api_url(leader_id), "commit_index": st.get("commit_index"),
-            "applied_index": applied, "engine_applied": st.get("last_applied"),
-            "last_log_index": last, "snapshot_index": st.get("snapshot_index"),
-            "snapshot_term": st.get("snapshot_term"), "store_snapshot_index": self.last_store_snapshot,
-            "digest": digest, "configuration": conf, "followers": followers,
-            "batches": self.committer.batches, "batched_records": self.committer.items,
-            "applied_entries": self.applied_entries, "applied_records": self.applied_records,
-            "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
-            "restores": self.restores,
-            "uptime_s": round(time.time() - self.started_at, 3),
-        }

@@ -1,0 +1,93 @@
+"""Whole-cluster operations of a ClusterStore: membership, leadership, snapshots, status.
+
+A mixin so that ``store.py`` stays about the submit and apply paths; it only uses the engine and
+the applier's counters.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from typing import Any
+
+
+class AdminMixin:
+    """Mixed into ClusterStore; see docs/api.md for the HTTP face of each method."""
+
+    # provided by ClusterStore
+    engine: Any
+    committer: Any
+    store: Any
+    peers: dict[int, str]
+    applied_index: int
+    _apply_lock: Any
+
+    def backup(self) -> tuple[int, bytes]:
+        """A store snapshot of this replica with the index it is exactly at."""
+        with self._apply_lock:
+            buf = io.BytesIO()
+            self.store.write_snapshot(buf)
+            return self.applied_index, buf.getvalue()
+
+    def snapshot_now(self, timeout: float = 30.0) -> int:
+        return int(self.engine.snapshot_now().result(timeout) or 0)
+
+    # --- membership -----------------------------------------------------------------------
+
+    def add_peer(self, node_id: int, address: str, role: str = "voter", timeout: float = 30.0) -> None:
+        self.engine.add(int(node_id), address).result(timeout)
+        self.peers[int(node_id)] = address
+        if role != "spare":
+            self.engine.assign(int(node_id), role).result(timeout)
+
+    def assign(self, node_id: int, role: str, timeout: float = 30.0) -> None:
+        self.engine.assign(int(node_id), role).result(timeout)
+
+    def remove_peer(self, node_id: int, timeout: float = 30.0) -> None:
+        self.engine.remove(int(node_id)).result(timeout)
+
+    def transfer(self, node_id: int = 0, timeout: float = 10.0) -> int:
+        """Hand leadership to ``node_id`` (0: best candidate); returns the new leader's id."""
+        self.engine.transfer(int(node_id)).result(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.engine.status()
+            if st.get("leader_id") and st.get("leader_id") != self.node_id:
+                return int(st["leader_id"])
+            threading.Event().wait(0.01)
+        return int(self.engine.status().get("leader_id") or 0)
+
+    # --- status ---------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return self.engine.status().get("state") == "leader"
+
+    def status(self, with_digest: bool = True) -> dict[str, Any]:
+        st = self.engine.status()
+        leader_id = int(st.get("leader_id") or 0)
+        applied, digest = self.digest() if with_digest else (self.applied_index, None)
+        last = int(st.get("last_log_index") or 0)
+        conf = [{"id": c["id"], "address": c["address"], "role": c["role"],
+                 "name": self.node_name(c["id"]), "api": self.api_url(c["id"])}
+                for c in st.get("configuration") or []]
+        followers = [{"id": f["id"], "match_index": f["match_index"],
+                      "lag": max(0, last - int(f["match_index"]))}
+                     for f in st.get("followers") or []]
+        return {
+            "node_id": self.node_id, "name": self.name, "group": self.group, "pid": os.getpid(),
+            "address": self.address, "role": st.get("state"), "term": st.get("term"),
+            "leader_id": leader_id, "leader_name": self.node_name(leader_id) if leader_id else "",
+            "leader_address": st.get("leader_address") or "",
+            "leader_api": self.api_url(leader_id), "commit_index": st.get("commit_index"),
+            "applied_index": applied, "engine_applied": st.get("last_applied"),
+            "last_log_index": last, "snapshot_index": st.get("snapshot_index"),
+            "snapshot_term": st.get("snapshot_term"), "store_snapshot_index": self.last_store_snapshot,
+            "digest": digest, "configuration": conf, "followers": followers,
+            "batches": self.committer.batches, "batched_records": self.committer.items,
+            "applied_entries": self.applied_entries, "applied_records": self.applied_records,
+            "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
+            "restores": self.restores,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
