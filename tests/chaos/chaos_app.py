@@ -26,6 +26,11 @@ class ChaosAccount(StoreObject):
     balance: int = 0
 
 
+class ChaosPad(StoreObject):
+    key: str = Index(unique=True)
+    text: str = ""
+
+
 class ChaosTransfer(StoreObject):
     tid: str = Index()
     frm: str = ""
@@ -119,6 +124,16 @@ def balances() -> dict[str, int]:
     return {a.name: a.balance for a in ChaosAccount.all()}
 
 
+@transaction("pad")
+def pad(key: str, text: str) -> None:
+    """Large entries on demand: the disk-full fault needs the log to grow fast."""
+    p = ChaosPad.by_key(key)
+    if p is None:
+        ChaosPad(key=key, text=text)
+    else:
+        p.text = text
+
+
 @query("ping")
 def ping() -> bool:
     return True
@@ -126,7 +141,7 @@ def ping() -> bool:
 
 definition = StoreDefinition(
     name="chaos",
-    classes=[ChaosRegister, ChaosItem, ChaosAccount, ChaosTransfer],
-    transactions=[write, cas, append, open_account, transfer],
+    classes=[ChaosRegister, ChaosItem, ChaosAccount, ChaosTransfer, ChaosPad],
+    transactions=[write, cas, append, open_account, transfer, pad],
     queries=[read, list_values, all_lists, bank_state, balances, ping],
 )

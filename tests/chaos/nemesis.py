@@ -3,8 +3,8 @@ each as an event (kind, target, start/end times, whether the cluster recovered).
 
 Faults: kill -9 of the leader or a random node; SIGSTOP of the leader for longer than the
 election timeout; network partitions (leader isolated, majority/minority, ring — these need the
-cluster's nodes in namespaces); full-cluster crash and restart.  Disk full lives in its own
-test because it needs a tmpfs under one node's data directory from the start.
+cluster's nodes in namespaces); full-cluster crash and restart; disk full (when nodes have a
+``SmallDisk`` under their data directory, mounted before the cluster was initialised).
 """
 
 from __future__ import annotations
@@ -15,10 +15,15 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from tests.chaos.client import call
 from tests.chaos.cluster import ChaosCluster
+from tests.chaos.diskfull import SmallDisk
+from tests.chaos.history import OK
+from tests.support import wait_until
 
 KINDS_LOCAL = ("kill_leader", "kill_random", "pause_leader", "full_restart")
 KINDS_NET = ("isolate_leader", "majority_minority", "ring")
+DISK_PAD_BYTES = 30_000_000    # more than libraft's three preallocated 8 MB segments
 
 
 @dataclass
@@ -35,8 +40,9 @@ class FaultEvent:
 
 class Nemesis:
     def __init__(self, cluster: ChaosCluster, rng: random.Random, *, hold: tuple[float, float] = (1.0, 3.0),
-                 recovery_timeout: float = 30.0) -> None:
+                 recovery_timeout: float = 30.0, disks: dict[str, SmallDisk] | None = None) -> None:
         self.cluster = cluster
+        self.disks = disks or {}
         self.net = cluster.net
         self.rng = rng
         self.hold = hold
@@ -52,6 +58,8 @@ class Nemesis:
             kinds += ["isolate_leader", "majority_minority"]
             if len(self.cluster.nodes) >= 5:
                 kinds.append("ring")    # with 3 nodes every node neighbours every other
+        if self.disks:
+            kinds.append("disk_full")
         return kinds
 
     def counts(self) -> dict[str, int]:
@@ -71,6 +79,30 @@ class Nemesis:
 
     def _leader(self) -> str:
         return self.cluster.leader() or self.rng.choice(self.cluster.up() or list(self.cluster.nodes))
+
+    def _pad(self, total: int, size: int = 100_000) -> int:
+        """Write ``total`` bytes of large entries through the leader; returns how many acked."""
+        text = "x" * size
+        acked = 0
+        for i in range(total // size):
+            leader = self.cluster.leader()
+            if leader is None:
+                continue
+            out = call(self.cluster.nodes[leader].url, "/tx/pad", {"args": [f"pad{i % 8}", text]},
+                       self.cluster.token, 5.0)
+            acked += out.status == OK
+        return acked
+
+    def _caught_up(self, name: str, timeout: float) -> bool:
+        """Does ``name`` reach the leader's commit index within ``timeout`` (no restart)?"""
+        c = self.cluster
+        try:
+            leader = c.wait_leader(timeout)
+            target = c.status(leader)["commit_index"]
+            wait_until(lambda: c.status(name)["applied_index"] >= target, timeout, f"{name} catch-up")
+            return True
+        except (AssertionError, OSError):
+            return False
 
     def _recover(self, ev: FaultEvent) -> None:
         """After healing: every node running, a leader elected."""
@@ -120,6 +152,19 @@ class Nemesis:
                 self.net.partition([minority, majority])
                 self._sleep(self._hold())
                 self.net.heal()
+            elif kind == "disk_full":
+                target = self.rng.choice(sorted(self.disks))
+                ev.target = target
+                disk = self.disks[target]
+                disk.fill()
+                # The log must outgrow the space libraft preallocated before the fill.
+                ev.extra["pads_acked"] = self._pad(DISK_PAD_BYTES)
+                ev.extra["alive_when_full"] = c.nodes[target].alive
+                ev.extra["log_when_full"] = c.log_tail(target, 2)
+                disk.release()
+                ev.extra["restart_needed"] = not self._caught_up(target, 10.0)
+                if ev.extra["restart_needed"]:
+                    c.restart(target)
             elif kind == "ring":
                 self.net.ring()
                 self._sleep(self._hold())
@@ -130,6 +175,8 @@ class Nemesis:
             # whatever happened, leave no fault behind
             if self.net is not None:
                 self.net.heal()
+            for disk in self.disks.values():
+                disk.release()
             for name, nd in c.nodes.items():
                 if nd.paused:
                     c.resume(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,9 +23,10 @@ MUTATIONS = {"write", "cas", "transfer", "append"}
 
 
 def make_workloads(cluster: ChaosCluster, seconds: float, seed: int,
-                   which: Iterable[str] = ("register", "bank", "append")) -> dict[str, Workload]:
+                   which: Iterable[str] = ("register", "bank", "append"),
+                   pace: float = 0.002) -> dict[str, Workload]:
     urls = [nd.url for nd in cluster.nodes.values()]
-    limits = Limits(seconds=seconds + 60, op_timeout=3.0)
+    limits = Limits(seconds=seconds + 60, op_timeout=3.0, pace=pace)
     out: dict[str, Workload] = {}
     for i, name in enumerate(which):
         cls = {"register": RegisterWorkload, "bank": BankWorkload, "append": AppendWorkload}[name]
@@ -96,19 +98,22 @@ def op_counts(workloads: dict[str, Workload]) -> dict:
 
 def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: int,
               kinds: list[str] | None = None, workdir: Path | None = None,
-              hold: tuple[float, float] = (1.0, 3.0)) -> dict:
+              hold: tuple[float, float] = (1.0, 3.0), quiet: tuple[float, float] = (0.5, 1.5),
+              disks: dict | None = None, pace: float = 0.002) -> dict:
     """Workloads + nemesis for ``seconds`` (or ``max_faults``), then heal and check."""
     rng = random.Random(seed)
-    workloads = make_workloads(cluster, seconds, seed)
+    workloads = make_workloads(cluster, seconds, seed, pace=pace)
     cluster.wait_leader(30)
     for wl in workloads.values():
         wl.setup()
-    nemesis = Nemesis(cluster, rng, hold=hold)
+    nemesis = Nemesis(cluster, rng, hold=hold, disks=disks)
     t0 = time.monotonic()
     for wl in workloads.values():
         wl.start()
     try:
-        nemesis.run(seconds, max_faults, kinds=kinds)
+        nemesis.run(seconds, max_faults, kinds=kinds, quiet=quiet)
+        # the load runs for the whole time even when the fault budget is spent early
+        threading.Event().wait(max(0.0, seconds - (time.monotonic() - t0)))
     finally:
         for wl in workloads.values():
             wl.stop()
@@ -127,6 +132,7 @@ def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: i
         "digests_match": result["digests_match"], "converged": result["converged"],
         "checks_ok": result["checks_ok"], "checks": result["checks"], "digests": result["digests"],
         "workload_errors": [e for wl in workloads.values() for e in wl.errors],
+        "not_recovered": [e for e in nemesis.report() if not e["recovered"]][:10],
     }
     if workdir is not None:
         for name, wl in workloads.items():

@@ -1,0 +1,87 @@
+"""The long chaos run (``make chaos`` / ``python -m tests.chaos.long_run``).
+
+A 5-node cluster, every node in its own network namespace, the last one's data directory on a
+small tmpfs; register, bank and append workloads run throughout while the nemesis injects
+random faults (kills, pauses, partitions incl. ring, full restarts, disk full).  At the end the
+cluster is healed and converged, every checker runs, and ``chaos-report.json`` is written and a
+table printed.  Exit status 0 only when nothing was lost, the register history is linearizable,
+all digests match, every checker passed and the fault target was met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.chaos.cluster import ChaosCluster
+from tests.chaos.conftest import started
+from tests.chaos.diskfull import SmallDisk
+from tests.chaos.netns import Network, NetworkUnavailable
+from tests.chaos.runner import chaos_run, print_table, verdict_problems
+from tests.support import Processes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.chaos.long_run", description=__doc__)
+    p.add_argument("--minutes", type=float, default=21.0, help="load + fault time (default 21)")
+    p.add_argument("--faults", type=int, default=400, help="stop injecting after this many")
+    p.add_argument("--min-faults", type=int, default=200, help="fail the run below this many")
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    p.add_argument("--out", default="chaos-report.json")
+    p.add_argument("--workdir", help="keep node data and histories here (default: a temp dir)")
+    p.add_argument("--election-ms", type=int, default=500)
+    args = p.parse_args(argv)
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bknr-chaos-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = [f"n{i + 1}" for i in range(args.nodes)]
+    print(f"chaos: seed {args.seed}, {args.nodes} nodes, {args.minutes} min, workdir {workdir}",
+          flush=True)
+    procs = Processes()
+    net = Network(names)
+    disk = SmallDisk(workdir / f"{names[-1]}-disk", size_mb=256)
+    report: dict = {"seed": args.seed, "error": None}
+    t0 = time.monotonic()
+    try:
+        net.setup()
+        disk.mount()
+        cluster = ChaosCluster(workdir / "cluster", procs, args.nodes, net=net,
+                               election_timeout_ms=args.election_ms, heartbeat_ms=args.election_ms // 10,
+                               snapshot_threshold=2000, snapshot_trailing=500,
+                               data_dirs={names[-1]: disk.path})
+        started(cluster)
+        report = chaos_run(cluster, seconds=args.minutes * 60, max_faults=args.faults, seed=args.seed,
+                           workdir=workdir, hold=(1.0, 2.5), quiet=(0.3, 1.0),
+                           disks={names[-1]: disk}, pace=0.01)
+    except NetworkUnavailable as exc:
+        report["error"] = f"kernel/tool feature missing: {exc}"
+    except Exception as exc:  # the report must say what broke, then the run fails
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        procs.stop_all()
+        disk.umount()
+        net.teardown()
+        report["wall_s"] = round(time.monotonic() - t0, 1)
+        report["workdir"] = str(workdir)
+        problems = verdict_problems(report) if "lost" in report else [report.get("error") or "no result"]
+        if "faults_total" in report and report["faults_total"] < args.min_faults:
+            problems.append(f"only {report['faults_total']} faults injected (< {args.min_faults})")
+        report["problems"] = problems
+        report["ok"] = not problems
+        Path(args.out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+        if "faults_total" in report:
+            print_table(report)
+        print(f"chaos: {'OK' if report['ok'] else 'FAILED'}; report in {os.path.abspath(args.out)}"
+              + ("" if report["ok"] else f"; problems: {problems}"), flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
