@@ -31,8 +31,10 @@ class OutputFormat(StrEnum):
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("-c", "--config", envvar="BKNR_CONFIG",
-                 help="Cluster YAML (default ./cluster.yaml or $BKNR_CONFIG).", show_default=False),
+    # No envvar= here: the command-level option would then read $BKNR_CONFIG and override an
+    # explicit global -c. config_path() applies the order: -c, $BKNR_CONFIG, ./cluster.yaml.
+    typer.Option("-c", "--config",
+                 help="Cluster YAML (default $BKNR_CONFIG, else ./cluster.yaml).", show_default=False),
 ]
 OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Confirm destructive actions.")]

@@ -33,7 +33,7 @@ def _free_base() -> int:
 
 
 def test_shipped_configs_validate(runner) -> None:
-    for name in ("local-3.yaml", "three-hosts.yaml"):
+    for name in ("local-3.yaml", "local-4.yaml", "three-hosts.yaml", "restore-test.yaml"):
         r = runner.invoke(app, ["-c", str(ROOT / "configs" / name), "validate"])
         assert r.exit_code == 0, (name, r.output)
 

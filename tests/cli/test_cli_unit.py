@@ -59,6 +59,10 @@ def test_missing_config_uses_env_and_default(runner, tmp_path: Path) -> None:
     path = write_yaml(tmp_path, free_ports(6))
     r = run(runner, "validate", env={"BKNR_CONFIG": str(path)})
     assert r.exit_code == 0
+    # an explicit -c, before or after the command, beats the environment
+    for args in (["-c", str(path), "validate"], ["validate", "-c", str(path)]):
+        r = run(runner, *args, env={"BKNR_CONFIG": str(tmp_path / "none.yaml")})
+        assert r.exit_code == 0, args
 
 
 # --- status -------------------------------------------------------------------------------------
