@@ -205,8 +205,9 @@ def main() -> None:
                   [int(x) for x in args.counts.split(",")])
         return
 
-    counts = [300, 5000, 20000] if args.quick else [2000, 30000, 150000]
-    rounds = args.rounds or (1 if args.quick else 3)
+    # Short interleaved rounds and medians: on a shared machine one long round is mostly noise.
+    counts = [300, 5000, 20000] if args.quick else [1000, 20000, 80000]
+    rounds = args.rounds or (1 if args.quick else 5)
     timeout = 40 if args.quick else 300
     c_runs, py_runs = [], []
     for _ in range(rounds):  # interleaved, so both see the same machine conditions

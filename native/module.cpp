@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 
 #include "node.hpp"
 
@@ -17,6 +18,34 @@ namespace {
 
 // Waits are cut into slices so that Python signal handlers (Ctrl-C) run between them.
 constexpr double kSlice = 0.05;
+
+// Runs f() with the GIL released. Unlike pybind11's scoped release, the GIL is re-taken in a
+// plain function call, not in a destructor: during interpreter finalization CPython ends a
+// (daemon) thread that asks for the GIL with pthread_exit, whose forced unwind must not start
+// inside a noexcept destructor (that is std::terminate -> SIGABRT at process exit).
+template <typename F>
+auto nogil(F&& f) -> decltype(f()) {
+    PyThreadState* ts = PyEval_SaveThread();
+    if constexpr (std::is_void_v<decltype(f())>) {
+        try {
+            f();
+        } catch (...) {
+            PyEval_RestoreThread(ts);
+            throw;
+        }
+        PyEval_RestoreThread(ts);
+    } else {
+        decltype(f()) r;
+        try {
+            r = f();
+        } catch (...) {
+            PyEval_RestoreThread(ts);
+            throw;
+        }
+        PyEval_RestoreThread(ts);
+        return r;
+    }
+}
 
 const char* state_name(int s) {
     switch (s) {
@@ -63,8 +92,7 @@ char* copy_bytes(const py::object& data, size_t* len, Alloc alloc) {
     if (!dst) throw std::bad_alloc();
     if (n >= (1u << 20)) {
         // `data` stays referenced by the caller's frame; bytes are immutable.
-        py::gil_scoped_release nogil;
-        std::memcpy(dst, src, n);
+        nogil([&] { std::memcpy(dst, src, n); });
     } else if (n) {
         std::memcpy(dst, src, n);
     }
@@ -145,8 +173,7 @@ PYBIND11_MODULE(_raft, m) {
 
     py::class_<FutureState, FuturePtr>(m, "NativeFuture")
         .def("wait", [](FutureState& f, double timeout) {
-            py::gil_scoped_release nogil;
-            return f.wait_for(timeout);
+            return nogil([&] { return f.wait_for(timeout); });
         }, py::arg("timeout"))
         .def("done", &FutureState::is_done)
         .def("outcome", [](FutureState& f) {
@@ -188,25 +215,16 @@ PYBIND11_MODULE(_raft, m) {
             std::vector<ServerInfo> servers;
             for (const auto& [id, addr, role] : conf) servers.push_back({id, addr, role_code(role)});
             std::string err;
-            int code;
-            {
-                py::gil_scoped_release nogil;
-                code = n.bootstrap(servers, recover, err);
-            }
+            int code = nogil([&] { return n.bootstrap(servers, recover, err); });
             return py::make_tuple(code, err);
         }, py::arg("configuration"), py::arg("recover"))
         .def("start", [](Node& n) {
             std::string err;
-            int code;
-            {
-                py::gil_scoped_release nogil;
-                code = n.start(err);
-            }
+            int code = nogil([&] { return n.start(err); });
             return py::make_tuple(code, err);
         })
         .def("stop", [](Node& n) {
-            py::gil_scoped_release nogil;  // the loop thread never needs the GIL to finish
-            n.stop();
+            nogil([&] { n.stop(); });  // the loop thread never needs the GIL to finish
         })
         .def("running", &Node::running)
         .def("submit", [](Node& n, const py::object& data) {
@@ -247,10 +265,7 @@ PYBIND11_MODULE(_raft, m) {
             bool open = true;
             for (;;) {
                 double left = std::chrono::duration<double>(end - std::chrono::steady_clock::now()).count();
-                {
-                    py::gil_scoped_release nogil;
-                    open = n.queue().pop(max_items, std::min(std::max(left, 0.0), kSlice), items);
-                }
+                open = nogil([&] { return n.queue().pop(max_items, std::min(std::max(left, 0.0), kSlice), items); });
                 if (!items.empty() || !open || left <= kSlice) break;
                 if (PyErr_CheckSignals() != 0) throw py::error_already_set();
             }

@@ -146,3 +146,38 @@ def test_follower_refuses_with_leader_hint(tmp_path):
     finally:
         for n in nodes:
             n.stop()
+
+
+EXIT_WHILE_WAITING = """
+import sys, threading
+from bknr_cluster.engine import RaftNode
+from tests.support import wait_until
+n = RaftNode(1, sys.argv[1], sys.argv[2], election_timeout_ms=300, heartbeat_ms=30)
+n.bootstrap([(1, sys.argv[1], "voter")]); n.start()
+wait_until(lambda: n.status()["state"] == "leader", 10, "leader")
+def drain():
+    while True:
+        n.next_committed(10, 0.001)
+def submit():
+    while True:
+        try:
+            n.submit(b"x").result(1)
+        except Exception:
+            pass
+for _ in range(3):
+    threading.Thread(target=drain, daemon=True).start()
+    threading.Thread(target=submit, daemon=True).start()
+threading.Event().wait(0.2)
+print("exiting")
+"""
+
+
+def test_interpreter_exit_with_daemon_threads_inside_the_engine(procs, tmp_path):
+    # Daemon threads waiting in next_committed()/result() while the interpreter finalizes used
+    # to abort the process (GIL re-taken inside a destructor during pthread_exit).
+    for i in range(3):
+        (port,) = free_ports(1)
+        p = procs.python("-c", EXIT_WHILE_WAITING, f"127.0.0.1:{port}", str(tmp_path / f"d{i}"),
+                         log=tmp_path / f"out{i}.log")
+        assert p.wait(30) == 0, (tmp_path / f"out{i}.log").read_text()
+        assert "exiting" in (tmp_path / f"out{i}.log").read_text()
