@@ -77,8 +77,9 @@ def run_cluster(argv_for, counts: list[int], timeout: float) -> list[dict]:
         for i in (1, 2, 3):
             d = work / f"n{i}"
             d.mkdir()
-            procs.append(subprocess.Popen(argv_for(i, d, addrs), stdout=subprocess.PIPE,
-                                          stderr=subprocess.DEVNULL, text=True))
+            with open(work / f"n{i}.err", "w") as err:
+                procs.append(subprocess.Popen(argv_for(i, d, addrs), stdout=subprocess.PIPE,
+                                              stderr=err, text=True))
         deadline = time.monotonic() + timeout
         done = threading.Event()
         while not done.wait(0.05):
@@ -87,7 +88,8 @@ def run_cluster(argv_for, counts: list[int], timeout: float) -> list[dict]:
                 out = finished[0].stdout.read() if finished[0].stdout else ""
                 rows = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
                 if finished[0].returncode != 0 or len(rows) != len(counts):
-                    raise RuntimeError(f"bench node exited with {finished[0].returncode}: {out!r}")
+                    err = (work / f"n{procs.index(finished[0]) + 1}.err").read_text()[-2000:]
+                    raise RuntimeError(f"bench node exited with {finished[0].returncode}: {out!r} {err}")
                 return rows
             if time.monotonic() > deadline:
                 raise RuntimeError("bench cluster did not finish in time")
