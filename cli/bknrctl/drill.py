@@ -185,6 +185,7 @@ class Drill:
         o = self.opts
         client.samples = []
         acked_before = set(client.acked)
+        client.view.leader = None  # ask the cluster afresh: the victim must be the leader *now*
         leader = await client.discover(-1, time.monotonic() + 30.0)
         if leader is None:
             raise BknrError("no leader at the start of the round")
@@ -226,10 +227,13 @@ class Drill:
             await watch_task
         survivors = [n.id for n in self.nodes if n.id != victim.id] if o.fault != "transfer" \
             else [n.id for n in self.nodes]
+        was_leader = victim.id == leader.id
+        # a fault on a follower (--node NAME) triggers no election: nothing to detect or elect
         detect = next((t for t, views, _ in watcher.samples if t > fault_at and all(
-            views.get(i, -1) not in (victim.id,) for i in survivors if i != victim.id)), None)
+            views.get(i, -1) not in (victim.id,) for i in survivors if i != victim.id)), None) \
+            if was_leader else None
         new = next(((t, ld) for t, _, ld in watcher.samples if t > fault_at and ld is not None
-                    and ld != victim.id), None)
+                    and ld != victim.id), None) if was_leader else None
         gap = write_gap(client.samples, fault_start, victim.id, fault_at_done)
         # --- recovery and verification -------------------------------------------------------
         if o.fault == "stop":

@@ -28,6 +28,7 @@ def plot_drill(results: list[RoundResult], path: Path, election_timeout_ms: int)
             ax.axvline((r.leader_at - t0) * 1000, color="tab:blue", linewidth=1,
                        label=f"new leader {r.new_leader}")
         ax.set_yscale("symlog", linthresh=10)
+        ax.margins(y=0.2)  # keep the failed requests (often the slowest) inside the panel
         ax.set_ylabel("latency ms")
         gap = f"{r.write_gap_ms:.0f} ms" if r.write_gap_ms is not None else "n/a"
         ax.set_title(f"round {r.round}: write gap {gap}, acked {r.acked}, lost {r.lost}", fontsize=9)
