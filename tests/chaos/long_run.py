@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         started(cluster)
         report = chaos_run(cluster, seconds=args.minutes * 60, max_faults=args.faults, seed=args.seed,
                            workdir=workdir, hold=(1.0, 2.5), quiet=(0.3, 1.0),
-                           disks={names[-1]: disk}, pace=0.01)
+                           disks={names[-1]: disk}, pace=0.01, progress=25)
     except NetworkUnavailable as exc:
         report["error"] = f"kernel/tool feature missing: {exc}"
     except Exception as exc:  # the report must say what broke, then the run fails

@@ -40,9 +40,11 @@ class FaultEvent:
 
 class Nemesis:
     def __init__(self, cluster: ChaosCluster, rng: random.Random, *, hold: tuple[float, float] = (1.0, 3.0),
-                 recovery_timeout: float = 30.0, disks: dict[str, SmallDisk] | None = None) -> None:
+                 recovery_timeout: float = 30.0, disks: dict[str, SmallDisk] | None = None,
+                 progress: int = 0) -> None:
         self.cluster = cluster
         self.disks = disks or {}
+        self.progress = progress
         self.net = cluster.net
         self.rng = rng
         self.hold = hold
@@ -134,6 +136,7 @@ class Nemesis:
                 ev.extra["term_before"] = st.get("term")
                 c.pause(target)
                 self._sleep(self._hold())
+                ev.extra["leader_while_paused"] = c.leader([n for n in c.nodes if n != target])
                 c.resume(target)
             elif kind == "full_restart":
                 c.kill_all()
@@ -192,5 +195,8 @@ class Nemesis:
         kinds = kinds or self.kinds()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and len(self.events) < max_faults:
-            self.inject(self.rng.choice(kinds))
+            ev = self.inject(self.rng.choice(kinds))
+            if self.progress and len(self.events) % self.progress == 0:
+                print(f"nemesis: {len(self.events)} faults, last {ev.kind} on {ev.target} "
+                      f"(recovered={ev.recovered} in {ev.recovery_s}s)", flush=True)
             self._sleep(self.rng.uniform(*quiet))

@@ -99,14 +99,14 @@ def op_counts(workloads: dict[str, Workload]) -> dict:
 def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: int,
               kinds: list[str] | None = None, workdir: Path | None = None,
               hold: tuple[float, float] = (1.0, 3.0), quiet: tuple[float, float] = (0.5, 1.5),
-              disks: dict | None = None, pace: float = 0.002) -> dict:
+              disks: dict | None = None, pace: float = 0.002, progress: int = 0) -> dict:
     """Workloads + nemesis for ``seconds`` (or ``max_faults``), then heal and check."""
     rng = random.Random(seed)
     workloads = make_workloads(cluster, seconds, seed, pace=pace)
     cluster.wait_leader(30)
     for wl in workloads.values():
         wl.setup()
-    nemesis = Nemesis(cluster, rng, hold=hold, disks=disks)
+    nemesis = Nemesis(cluster, rng, hold=hold, disks=disks, progress=progress)
     t0 = time.monotonic()
     for wl in workloads.values():
         wl.start()
@@ -133,6 +133,10 @@ def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: i
         "checks_ok": result["checks_ok"], "checks": result["checks"], "digests": result["digests"],
         "workload_errors": [e for wl in workloads.values() for e in wl.errors],
         "not_recovered": [e for e in nemesis.report() if not e["recovered"]][:10],
+        "pauses_without_new_leader": sum(1 for e in nemesis.events if e.kind == "pause_leader"
+                                         and not e.extra.get("leader_while_paused")),
+        "disk_full_restart_needed": sum(1 for e in nemesis.events if e.kind == "disk_full"
+                                        and e.extra.get("restart_needed")),
     }
     if workdir is not None:
         for name, wl in workloads.items():
@@ -168,7 +172,9 @@ def print_table(report: dict) -> str:
             ("acked", report["acked"]), ("failed", report["failed"]), ("unknown", report["unknown"]),
             ("reads_ok", report.get("reads_ok")), ("lost", report["lost"]),
             ("linearizable", report["linearizable"]), ("digests_match", report["digests_match"]),
-            ("checks_ok", report.get("checks_ok"))]
+            ("checks_ok", report.get("checks_ok")),
+            ("pauses_without_new_leader", report.get("pauses_without_new_leader")),
+            ("disk_full_restart_needed", report.get("disk_full_restart_needed"))]
     for name, c in report.get("per_workload", {}).items():
         rows.append((f"  {name}", ", ".join(f"{k}={v}" for k, v in c.items())))
     width = max(len(k) for k, _ in rows)
