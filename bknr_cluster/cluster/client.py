@@ -165,8 +165,8 @@ class ApiClient:
 
     # convenience wrappers -----------------------------------------------------------------
 
-    def status(self) -> dict:
-        return self.call("GET", "/status")
+    def status(self, digest: bool = True) -> dict:
+        return self.call("GET", "/status" if digest else "/status?digest=0")
 
     def health(self) -> dict:
         return self.call("GET", "/health", auth=False)

@@ -154,8 +154,8 @@ class LocalCluster:
     def client(self, name: str, token: str | None = "", timeout: float = 10) -> ApiClient:
         return ApiClient(self.api_url(name), self.token if token == "" else token, timeout=timeout)
 
-    def status(self, name: str) -> dict:
-        return self.client(name).status()
+    def status(self, name: str, digest: bool = True) -> dict:
+        return self.client(name).status(digest)
 
     def statuses(self) -> dict[str, dict]:
         return {name: self.status(name) for name in self.running}
@@ -167,12 +167,12 @@ class LocalCluster:
         def agreed() -> str | None:
             leaders = set()
             for name in names:
-                st = self.status(name)
+                st = self.status(name, digest=False)
                 leaders.add(st["leader_id"])
             if len(leaders) != 1 or 0 in leaders:
                 return None
             name = self.name_of(leaders.pop())
-            return name if name in self.running and self.status(name)["role"] == "leader" else None
+            return name if name in self.running and self.status(name, False)["role"] == "leader" else None
         return wait_until(agreed, timeout, f"one agreed leader among {names}")
 
     def wait_converged(self, timeout: float = 30, names: list[str] | None = None,

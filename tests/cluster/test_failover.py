@@ -117,3 +117,36 @@ def test_restart_all_keeps_every_acknowledged_transaction(tmp_path, procs):
         applied = set(c.client(name).query("applied_transfers")["result"])
         assert set(acked) <= applied
         assert c.client(name).query("total_balance")["result"] == 4000
+
+
+def test_recover_after_quorum_loss_keeps_the_data(tmp_path, procs):
+    import json
+    c, leader = start_cluster(tmp_path, procs)
+    res = c.client(leader).tx("open_account", "ann", 42)
+    c.wait_converged(min_index=res["index"])
+    survivor = next(n for n in c.names if n != leader)
+    for name in c.names:
+        if name != survivor:
+            c.kill(name)
+    c.stop(survivor)
+    conf = [{"id": c.node_id(survivor), "address": c.raft_address(survivor), "role": "voter"}]
+    bad = c.run_node_cmd(survivor, "--recover", "not json")
+    assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+    r = c.run_node_cmd(survivor, "--recover", json.dumps(conf))
+    assert r.returncode == 0, r.stderr
+    c.start(survivor)
+    assert c.wait_leader(timeout=15) == survivor
+    assert c.client(survivor).query("account", "ann")["result"]["balance"] == 42
+    c.client(survivor).tx("deposit", "ann", 1)
+    assert [m["id"] for m in c.status(survivor)["configuration"]] == [c.node_id(survivor)]
+
+
+def test_bootstrap_flag_starts_a_fresh_single_node(tmp_path, procs):
+    c = LocalCluster(tmp_path, procs, 1)
+    c.start("n1", "--bootstrap")
+    assert c.wait_leader(timeout=15) == "n1"
+    assert c.client("n1").tx("open_account", "solo")["result"]["owner"] == "solo"
+    c.stop("n1")
+    c.start("n1", "--bootstrap")  # already bootstrapped: starts with its state
+    assert c.wait_leader(timeout=15) == "n1"
+    assert c.client("n1").query("account", "solo")["result"]["owner"] == "solo"
