@@ -242,10 +242,69 @@ static int transport_tests() {
         CHECK(d.done && d.status == RAFT_NOCONNECTION, "impostor acceptor: genuine connector refuses it");
         CHECK(wrong.accepted == 0, "impostor acceptor: gets no raft stream");
     }
+    // 3b. Replay: relay a genuine handshake B -> A through a tap, then send the recorded bytes
+    //     of B again on a fresh connection. A's new nonce makes the recorded proof worthless.
+    {
+        int lfd = socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+        socklen_t sl = sizeof sa;
+        getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &sl);
+        ::listen(lfd, 4);
+        fcntl(lfd, F_SETFL, O_NONBLOCK);
+        if (a.last_stream) {  // case 1's raft stream
+            uv_read_stop(a.last_stream);
+            uv_close(reinterpret_cast<uv_handle_t*>(a.last_stream), [](uv_handle_t* h) { raft_free(h); });
+            a.last_stream = nullptr;
+        }
+        Endpoint tap;  // only an address: B believes node 1 lives there
+        tap.id = a.id;
+        tap.address = addr_of(ntohs(sa.sin_port));
+        Dial d;
+        int before_acc = a.accepted;
+        dial(b, d, tap);
+        int fb = -1;
+        run_until([&] { fb = accept(lfd, nullptr, nullptr); return fb >= 0; }, 3000);
+        CHECK(fb >= 0, "replay: genuine connector reached the tap");
+        fcntl(fb, F_SETFL, O_NONBLOCK);
+        int fa = raw_connect(a);
+        std::string recorded;
+        auto pump = [&](int from, int to, std::string* rec) {
+            char buf[4096];
+            ssize_t n = recv(from, buf, sizeof buf, 0);
+            if (n > 0) { (void)!send(to, buf, static_cast<size_t>(n), MSG_NOSIGNAL); if (rec) rec->append(buf, static_cast<size_t>(n)); }
+        };
+        run_until([&] {
+            pump(fb, fa, &recorded);
+            pump(fa, fb, nullptr);
+            return d.done && a.accepted == before_acc + 1;
+        }, 3000);
+        CHECK(d.done && d.status == 0 && a.accepted == before_acc + 1, "replay: relayed genuine handshake succeeds");
+        CHECK(recorded.size() > 24 + 40, "replay: handshake bytes recorded");
+        drop(d);
+        close(fb);
+        close(fa);
+        close(lfd);
+        if (a.last_stream) {  // the relayed raft stream: close it so later cases start clean
+            uv_read_stop(a.last_stream);
+            uv_close(reinterpret_cast<uv_handle_t*>(a.last_stream), [](uv_handle_t* h) { raft_free(h); });
+            a.last_stream = nullptr;
+        }
+        uint64_t refused = stats(a).refused_in;
+        int fr = raw_connect(a);
+        (void)!write(fr, recorded.data(), recorded.size());
+        bool closed = run_until([&] { return raw_closed_by_peer(fr); }, 2000);
+        CHECK(closed && stats(a).refused_in == refused + 1 && a.accepted == before_acc + 1,
+              "replay: recorded handshake refused on a new connection");
+        close(fr);
+    }
     // 4. Stock libraft TCP transport (no secret) connecting and sending raft bytes: refused
     //    as soon as the first 40 bytes are not a HELLO.
     {
         Dial d;
+        int accepted_before = a.accepted;
         dial(stock, d, a);
         run_until([&] { return d.done; }, 3000);
         CHECK(d.done && d.status == 0, "stock peer: its TCP connect + preamble succeed");
@@ -259,7 +318,7 @@ static int transport_tests() {
         uint64_t before = stats(a).refused_in;
         run_until([&] { return stats(a).refused_in > before; }, 2000);
         CHECK(stats(a).refused_in == before + 1 && stats(a).timeouts == 0, "stock peer: refused without waiting for the timeout");
-        CHECK(a.accepted == 1, "stock peer: no raft stream");
+        CHECK(a.accepted == accepted_before, "stock peer: no raft stream");
         drop(d);
     }
     // 5. Malformed preambles are refused at once, before any allocation sized by the peer.
@@ -533,6 +592,10 @@ int main(int argc, char** argv) {
     // Everything we opened must be closed: a non-zero uv_loop_close means a leaked handle.
     uv_run(&loop, UV_RUN_DEFAULT);
     int lc = uv_loop_close(&loop);
+    if (lc != 0)
+        uv_walk(&loop, [](uv_handle_t* h, void*) {
+            std::printf("     open handle: %s%s\n", uv_handle_type_name(h->type), uv_is_closing(h) ? " (closing)" : "");
+        }, nullptr);
     CHECK(lc == 0, "no libuv handle leaked");
     std::printf("%s: %d failure(s)\n", what.c_str(), failures);
     return (failures || rc) ? 1 : 0;
