@@ -6,6 +6,7 @@ the applier's counters.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -22,7 +23,10 @@ class AdminMixin:
     store: Any
     peers: dict[int, str]
     applied_index: int
+    definition: Any
+    node_id: int
     _apply_lock: Any
+    _map_error: Any
 
     def backup(self) -> tuple[int, bytes]:
         """A store snapshot of this replica with the index it is exactly at."""
@@ -30,6 +34,40 @@ class AdminMixin:
             buf = io.BytesIO()
             self.store.write_snapshot(buf)
             return self.applied_index, buf.getvalue()
+
+    def restore_backup(self, snapshot: bytes, sha256_hex: str | None = None,
+                       timeout: float = 120.0) -> int:
+        """Seed an empty cluster with a backup (``GET /backup`` body) through the log.
+
+        Validated here before anything is logged (checksum, loadable by this definition, store
+        empty); every replica then loads it at the same index. Returns that index."""
+        from bknr_cluster.cluster.batch import encode_restore
+        from bknr_cluster.errors import Timeout, UsageError
+        from bknr_cluster.store import Store
+
+        digest = hashlib.sha256(snapshot).digest()
+        if sha256_hex is not None and sha256_hex.strip().lower() != digest.hex():
+            raise UsageError("the backup does not match its X-Bknr-Sha256 checksum")
+        try:
+            Store(None, definition=self.definition, bind=False).load_snapshot(io.BytesIO(snapshot))
+        except Exception as exc:
+            raise UsageError(f"not a loadable store snapshot for this store: {exc}") from None
+        if len(self.store) != 0:
+            err = UsageError("the store is not empty: a backup can only seed an empty cluster")
+            err.http_status = 409  # type: ignore[attr-defined]
+            raise err
+        w = self.committer.register()
+        entry = encode_restore(self.node_id, self.committer.session, w.seq, digest, snapshot)
+        try:
+            self.engine.submit(entry).result(timeout)
+        except Exception as exc:
+            self.committer.abandon(w)
+            raise self._map_error(exc) from None
+        if not w.wait(timeout) and self.committer.abandon(w):
+            raise Timeout(f"restore entry not applied within {timeout} s")
+        if w.error is not None:
+            raise w.error
+        return w.index
 
     def snapshot_now(self, timeout: float = 30.0) -> int:
         return int(self.engine.snapshot_now().result(timeout) or 0)

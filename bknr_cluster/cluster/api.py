@@ -59,6 +59,7 @@ class Api:
         r.add_post("/query/{name}", self.query)
         r.add_post("/snapshot", self.snapshot)
         r.add_get("/backup", self.backup)
+        r.add_post("/restore", self.restore)
         r.add_post("/peers", self.add_peer)
         r.add_delete("/peers/{id}", self.remove_peer)
         r.add_post("/peers/{id}/role", self.assign)
@@ -191,6 +192,18 @@ class Api:
         return web.Response(body=data, content_type="application/octet-stream", headers={
             "X-Bknr-Index": str(index), "X-Bknr-Sha256": hashlib.sha256(data).hexdigest(),
             "X-Bknr-Group": self.cs.group})
+
+    async def restore(self, request: web.Request) -> web.Response:
+        st = self.cs.engine.status()
+        if st.get("state") != "leader":
+            raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
+                                               st.get("leader_address") or ""))
+        data = await request.read()
+        if not data:
+            raise BadRequest("the body must be a store snapshot (GET /backup of another cluster)")
+        sha = request.headers.get("X-Bknr-Sha256")
+        index = await self._run(self.cs.restore_backup, data, sha)
+        return web.json_response({"index": index})
 
     # --- transactions and queries ---------------------------------------------------------
 

@@ -71,3 +71,35 @@ def _is_uint(v: object) -> bool:
 
 def _no_ext(code: int, data: bytes) -> object:
     raise CorruptData(f"batch entry contains a msgpack extension type {code}")
+
+
+# --- restore entries ------------------------------------------------------------------------
+#
+# ``POST /restore`` seeds an empty cluster from a backup: the whole store snapshot travels as one
+# log entry (so a node that joins later replays it too)::
+#
+#     b"BKR1" + msgpack([node_id, session, seq, sha256(snapshot), snapshot])
+
+RESTORE_MAGIC = b"BKR1"
+
+
+def encode_restore(node_id: int, session: int, seq: int, sha256: bytes, snapshot: bytes) -> bytes:
+    return RESTORE_MAGIC + msgpack.packb([node_id, session, seq, sha256, snapshot], use_bin_type=True)
+
+
+def decode_restore(data: bytes) -> tuple[int, int, int, bytes, bytes]:
+    """Inverse of :func:`encode_restore`; raises ``CorruptData`` on anything malformed."""
+    data = bytes(data)
+    if data[:4] != RESTORE_MAGIC:
+        raise CorruptData(f"restore entry has unknown header {data[:4]!r}")
+    try:
+        obj = msgpack.unpackb(data[4:], raw=False, use_list=True, strict_map_key=True,
+                              ext_hook=_no_ext)
+    except CorruptData:
+        raise
+    except Exception as exc:
+        raise CorruptData(f"restore entry is not valid msgpack: {exc}") from None
+    if not (isinstance(obj, list) and len(obj) == 5 and all(_is_uint(v) for v in obj[:3])
+            and isinstance(obj[3], bytes) and len(obj[3]) == 32 and isinstance(obj[4], bytes)):
+        raise CorruptData("restore entry must be [node_id, session, seq, sha256, snapshot]")
+    return obj[0], obj[1], obj[2], obj[3], obj[4]

@@ -32,6 +32,9 @@ from bknr_cluster.errors import (
 
 
 def error_status(exc: BaseException) -> int:
+    explicit = getattr(exc, "http_status", None)  # e.g. 409 for "restore into a non-empty store"
+    if isinstance(explicit, int):
+        return explicit
     if isinstance(exc, Unauthorized):
         return 401
     if isinstance(exc, UnknownTransaction | UnknownNode):
@@ -119,12 +122,16 @@ class ApiClient:
             self._local.conn = None
 
     def request(self, method: str, path: str, body: Any = None, *, auth: bool = True,
-                raw: bool = False, timeout: float | None = None) -> tuple[int, Any]:
-        headers = {"Accept": "application/json"}
-        data = None
+                raw: bool = False, timeout: float | None = None, data: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """``body`` is sent as JSON, ``data`` as an octet stream; ``raw=True`` returns
+        ``(status, (bytes, headers))`` instead of decoding the answer."""
+        headers = {"Accept": "application/json", **(headers or {})}
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        elif data is not None:
+            headers.setdefault("Content-Type", "application/octet-stream")
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         # A kept-alive connection may have been closed by the server: retry once on a fresh one,

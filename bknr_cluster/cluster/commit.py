@@ -106,6 +106,16 @@ class GroupCommitter:
                 self._cond.notify()
         return w
 
+    def register(self) -> Waiter:
+        """A waiter (with its ``seq``) for an entry the caller submits itself (restore)."""
+        w = Waiter()
+        with self._cond:
+            if not self._running:
+                raise Shutdown("the cluster store is not running")
+            w.seq = next(self._seq)
+            self._pending[w.seq] = w
+        return w
+
     def abandon(self, waiter: Waiter) -> bool:
         """Forget a waiter whose caller gave up; False when it was resolved meanwhile."""
         return self._pending.pop(waiter.seq, None) is not None

@@ -8,6 +8,7 @@ replica, and resolves the waiters of this node's own callers. See DESIGN.md in t
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.admin import AdminMixin
-from bknr_cluster.cluster.batch import decode_batch
+from bknr_cluster.cluster.batch import RESTORE_MAGIC, decode_batch, decode_restore
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.commit import GroupCommitter, Waiter
 from bknr_cluster.errors import (
@@ -422,6 +423,9 @@ class ClusterStore(AdminMixin):
 
     def _apply_entry(self, index: int, data: bytes, ctx_cls: Any) -> None:
         self.applied_entries += 1
+        if data[:4] == RESTORE_MAGIC:
+            self._apply_restore_entry(index, data)
+            return
         try:
             node_id, session, items = decode_batch(data)
         except CorruptData as exc:
@@ -447,6 +451,35 @@ class ClusterStore(AdminMixin):
                 continue
             if w is not None:
                 w.resolve(index, result)
+
+    def _apply_restore_entry(self, index: int, data: bytes) -> None:
+        """A backup loaded through the log (``POST /restore``); deterministic on every replica:
+        refused unless the store is empty at this index, checked against its SHA-256."""
+        try:
+            node_id, session, seq, sha, snapshot = decode_restore(data)
+        except CorruptData as exc:
+            self.corrupt_entries += 1
+            log.error("skipping malformed restore entry %d: %s", index, exc)
+            return
+        w = self.committer.take(node_id, session, seq)
+        error: BknrError | None = None
+        if len(self.store) != 0:
+            error = UsageError("the store is not empty: a backup can only seed an empty cluster")
+            error.http_status = 409  # type: ignore[attr-defined]
+        elif hashlib.sha256(snapshot).digest() != sha:
+            error = CorruptData("restore entry: snapshot does not match its SHA-256")
+        else:
+            try:
+                self.store.load_snapshot(io.BytesIO(snapshot))
+            except Exception as exc:  # validated on the leader first; this is a last resort
+                log.exception("restore entry %d failed to load", index)
+                self.store.load_snapshot(io.BytesIO(b""))
+                error = CorruptData(f"restore entry could not be loaded: {exc}")
+        if error is None:
+            self.restores += 1
+            log.info("store restored from a backup entry at %d (%d bytes)", index, len(snapshot))
+        if w is not None:
+            w.resolve(index, error=error)
 
     def _store_snapshot(self, index: int) -> None:
         buf = io.BytesIO()

@@ -150,3 +150,30 @@ def test_bootstrap_flag_starts_a_fresh_single_node(tmp_path, procs):
     c.start("n1", "--bootstrap")  # already bootstrapped: starts with its state
     assert c.wait_leader(timeout=15) == "n1"
     assert c.client("n1").query("account", "solo")["result"]["owner"] == "solo"
+
+
+def test_backup_restores_into_an_empty_cluster_through_the_log(tmp_path, procs):
+    src, leader = start_cluster(tmp_path / "src", procs, n=1)
+    for i in range(5):
+        src.client(leader).tx("open_account", f"b{i}", i)
+    status, (backup, headers) = src.client(leader).request("GET", "/backup", raw=True)
+    assert status == 200
+    digest = src.status(leader)["digest"]
+
+    dst, dleader = start_cluster(tmp_path / "dst", procs, n=3)
+    cl = dst.client(dleader)
+    bad = {"X-Bknr-Sha256": "0" * 64}
+    status, answer = cl.request("POST", "/restore", data=backup, headers=bad)
+    assert status == 400 and "checksum" in answer["error"]
+    status, answer = cl.request("POST", "/restore", data=b"garbage")
+    assert status == 400
+    follower = next(n for n in dst.names if n != dleader)
+    status, answer = dst.client(follower).request("POST", "/restore", data=backup)
+    assert status == 503 and answer["type"] == "NotLeader"
+    ok = {"X-Bknr-Sha256": headers["X-Bknr-Sha256"]}
+    answer = cl.call("POST", "/restore", data=backup, headers=ok)
+    st = dst.wait_converged(min_index=answer["index"])
+    assert {s["digest"] for s in st.values()} == {digest}
+    status, answer = cl.request("POST", "/restore", data=backup, headers=ok)
+    assert status == 409 and answer["type"] == "UsageError"
+    assert cl.query("account", "b4")["result"]["balance"] == 4
