@@ -456,8 +456,8 @@ static void node_init(Node& n, const unsigned char* secret) {
     if (rv == 0) rv = raft_init(&n.r, &n.io, &n.fsm, n.id, n.address.c_str());
     if (rv != 0) { std::printf("FAIL node %llu init: %d\n", (unsigned long long)n.id, rv); std::exit(2); }
     n.r.data = &n;
-    raft_set_election_timeout(&n.r, 300);
-    raft_set_heartbeat_timeout(&n.r, 50);
+    raft_set_election_timeout(&n.r, 1000);  // generous: a loaded CI box must not elect spuriously
+    raft_set_heartbeat_timeout(&n.r, 100);
     raft_set_pre_vote(&n.r, true);
 }
 

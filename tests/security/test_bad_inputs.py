@@ -38,7 +38,9 @@ from tests.support import Processes, wait_until
 def cluster(tmp_path_factory):
     procs = Processes()
     try:
-        c = LocalCluster(tmp_path_factory.mktemp("badinput"), procs, 3)
+        # generous timing: a spurious election on a loaded machine would look like a change
+        c = LocalCluster(tmp_path_factory.mktemp("badinput"), procs, 3, election_timeout_ms=1000,
+                         heartbeat_ms=100)
         c.init()
         c.start_all()
         leader = c.wait_leader()

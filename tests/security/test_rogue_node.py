@@ -40,7 +40,7 @@ def _integrated() -> str | None:
 
 
 def _cluster(root: Path, procs: Processes, secret: bool) -> LocalCluster:
-    c = LocalCluster(root, procs, 3)
+    c = LocalCluster(root, procs, 3, election_timeout_ms=1000, heartbeat_ms=100)
     if secret:
         f = root / "raft.secret"
         fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
