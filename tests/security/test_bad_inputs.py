@@ -292,3 +292,12 @@ def test_table_in_docs_lists_every_row():
                 "non-deterministic transaction", "wrong token", "rogue raft peer"):
         assert row in doc.lower() or row in doc, row
     assert MembershipError.__name__ in doc
+
+
+def test_token_comparison_is_constant_time():
+    """Guard: the API compares tokens with hmac.compare_digest, never ``==`` (timing leak)."""
+    import inspect
+
+    from bknr_cluster.cluster.api import Api
+    src = inspect.getsource(Api._check_token)
+    assert "hmac.compare_digest(" in src and "== self.token" not in src and "self.token ==" not in src
