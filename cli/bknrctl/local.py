@@ -119,15 +119,19 @@ class LocalControl(NodeControl):
         return "\n".join(data.splitlines()[-lines:])
 
     def follow(self, lines: int = 20) -> Iterator[str]:
-        text = self.tail(lines)
-        if text:
-            yield from text.splitlines()
+        """The last ``lines`` lines, then every new complete line (like ``tail -n N -f``)."""
         try:
             f = open(self.log_file, "rb")
         except FileNotFoundError:
             return
         with f:
+            # history and the follow position come from the same open file: no line is lost
+            # between printing the history and starting to follow
             f.seek(0, os.SEEK_END)
+            end = f.tell()
+            f.seek(max(0, end - 256 * 1024))
+            history = f.read(end - f.tell()).decode(errors="replace").splitlines()
+            yield from history[-lines:] if lines > 0 else []
             buf = b""
             while True:
                 chunk = f.read(65536)

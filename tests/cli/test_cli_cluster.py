@@ -103,6 +103,14 @@ def test_lifecycle_membership_snapshot_backup(runner, cluster3) -> None:
     code, st = _status(runner, path)
     assert code == 3 and st["summary"] == "no quorum"
 
+    # init --force --yes wipes and re-bootstraps: the restarted cluster is empty
+    r = invoke(runner, path, "init", "n1", "n2", "n3", "--force", "--yes")
+    assert r.exit_code == 0, r.output
+    assert invoke(runner, path, "start", "n1", "n2", "n3").exit_code == 0
+    track()
+    wait_until(lambda: _status(runner, path)[0] == 0, 20, "a leader after re-init")
+    assert client(path, "n1").query("count")["result"] == {"accounts": 0, "transfers": 0}
+
 
 def test_drill_json_plot_and_failback(runner, cluster3, tmp_path: Path) -> None:
     path, track = cluster3

@@ -299,3 +299,24 @@ def test_token_file_is_created_private_and_never_overwritten(tmp_path: Path) -> 
     token = (tmp_path / "token").read_text()
     assert len(token.strip()) >= 40 and (tmp_path / "token").stat().st_mode & 0o077 == 0
     assert ensure_token(cfg) is False and (tmp_path / "token").read_text() == token
+
+
+def test_local_log_follow_yields_history_then_new_lines(tmp_path: Path) -> None:
+    from bknrctl.control import controller
+
+    from bknr_cluster.cluster.config import ClusterConfig
+
+    path = write_yaml(tmp_path, free_ports(6))
+    cfg = ClusterConfig.load(path)
+    ctl = controller(cfg, cfg.node("n1"))
+    log = Path(str(ctl.log_file))
+    log.parent.mkdir(parents=True)
+    log.write_text("old 1\nold 2\nold 3\n")
+    it = ctl.follow(lines=2)
+    assert [next(it), next(it)] == ["old 2", "old 3"]
+    with open(log, "a") as f:
+        f.write("new 1\npartial")
+    assert next(it) == "new 1"       # a partial line is held back until it is complete
+    with open(log, "a") as f:
+        f.write(" line\n")
+    assert next(it) == "partial line"
