@@ -60,12 +60,15 @@ def _parse_configuration(text: str) -> list[tuple[int, str, str]]:
 
 
 def _engine(cfg: Any, me: Any) -> Any:
+    from bknr_cluster.cluster.store import raft_secret
     from bknr_cluster.engine import RaftNode
 
     me.raft_dir.mkdir(parents=True, exist_ok=True)
+    secret = raft_secret(cfg)
     return RaftNode(me.id, me.raft_address, str(me.raft_dir),
                     election_timeout_ms=cfg.election_timeout_ms, heartbeat_ms=cfg.heartbeat_ms,
-                    snapshot_threshold=cfg.snapshot_threshold, snapshot_trailing=cfg.snapshot_trailing)
+                    snapshot_threshold=cfg.snapshot_threshold, snapshot_trailing=cfg.snapshot_trailing,
+                    **({"secret": secret} if secret is not None else {}))
 
 
 def _write_pid(path: Path) -> None:

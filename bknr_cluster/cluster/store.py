@@ -70,6 +70,12 @@ def tx_name(tx: Any) -> str:
     raise UnknownTransaction(f"{tx!r} is not a registered transaction")
 
 
+def raft_secret(cfg: Any) -> bytes | None:
+    """The cluster's raft secret (``raft_secret_file``), or None when it runs without one."""
+    getter = getattr(cfg, "raft_secret", None)
+    return getter() if callable(getter) else None
+
+
 def _lookup(src: Mapping[int, str] | Callable[[int], str] | None, node_id: int) -> str:
     if not node_id or src is None:
         return ""
@@ -90,7 +96,7 @@ class ClusterStore(AdminMixin):
                  node_names: Mapping[int, str] | Callable[[int], str] | None = None,
                  token: str | None = None, name: str | None = None,
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
-                 switch_interval: float | None = None) -> None:
+                 switch_interval: float | None = None, secret: bytes | None = None) -> None:
         from bknr_cluster.store import Store  # late: keeps this module importable in isolation
 
         if switch_interval:
@@ -123,11 +129,13 @@ class ClusterStore(AdminMixin):
         if engine_factory is None:
             from bknr_cluster.engine import RaftNode
             engine_factory = RaftNode
+        # The raft secret authenticates members on every raft connection (docs/security.md).
+        auth = {"secret": secret} if secret is not None else {}
         self.engine = engine_factory(
             self.node_id, self.address, str(raft_dir), election_timeout_ms=election_timeout_ms,
             heartbeat_ms=heartbeat_ms, snapshot_threshold=snapshot_threshold,
             snapshot_trailing=snapshot_trailing, store_snapshot_every=store_snapshot_every,
-            max_entry_bytes=max(batch_max_bytes + 4096, 64 << 20))
+            max_entry_bytes=max(batch_max_bytes + 4096, 64 << 20), **auth)
         self.election_timeout_ms = election_timeout_ms
         self.committer = GroupCommitter(self.engine.submit, self.node_id, max_count=batch_max_count,
                                         max_bytes=batch_max_bytes, window=batch_window,
@@ -186,7 +194,7 @@ class ClusterStore(AdminMixin):
             heartbeat_ms=cfg.heartbeat_ms, snapshot_threshold=cfg.snapshot_threshold,
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
             batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, node_names=node_name,
-            token=cfg.token(),
+            token=cfg.token(), secret=raft_secret(cfg),
             name=me.name)
         kw.update(overrides)
         peers = {n.id: n.raft_address for n in cfg.nodes}

@@ -31,7 +31,8 @@ class LocalCluster:
     def __init__(self, root: Path, procs: Processes, n: int = 3, *, store: str = DEFAULT_STORE,
                  election_timeout_ms: int = 300, heartbeat_ms: int = 30,
                  snapshot_threshold: int = 10000, snapshot_trailing: int = 2000,
-                 token: str = "test-token-0123456789", group: str = "test") -> None:
+                 token: str = "test-token-0123456789", group: str = "test",
+                 raft_secret: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.procs = procs
@@ -44,6 +45,11 @@ class LocalCluster:
             "snapshot": {"threshold": snapshot_threshold, "trailing": snapshot_trailing, "keep": 3},
             "nodes": [],
         }
+        if raft_secret:  # authenticated raft transport (docs/security.md); needs mode 0600
+            secret = self.root / "raft.secret"
+            secret.write_text("0123456789abcdef" * 4 + "\n")
+            secret.chmod(0o600)
+            self.data["raft_secret_file"] = "raft.secret"
         self.running: dict[str, subprocess.Popen] = {}
         for _ in range(n):
             self._new_node_entry()
