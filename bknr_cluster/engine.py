@@ -122,7 +122,8 @@ class RaftNode:
                  snapshot_threshold: int = 1024, snapshot_trailing: int = 128,
                  pre_vote: bool = True, max_inflight_entries: int = 8192,
                  store_snapshot_every: int | None = None,
-                 max_entry_bytes: int = 64 << 20) -> None:
+                 max_entry_bytes: int = 64 << 20,
+                 secret: bytes | None = None, auth_timeout_ms: int = 5000) -> None:
         self.node_id = _check_id(node_id)
         self.address = _check_address(address)
         if not 0 < heartbeat_ms < election_timeout_ms:
@@ -135,11 +136,19 @@ class RaftNode:
             store_snapshot_every = max(1, snapshot_threshold // 2)
         if store_snapshot_every < 1:
             raise UsageError("store_snapshot_every must be positive")
+        if secret is not None:
+            # Peers must prove knowledge of this shared secret on every raft connection
+            # (native/auth_transport.cpp, docs/security.md).
+            if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
+                raise UsageError("the raft secret must be at least 16 bytes")
+            if auth_timeout_ms < 1:
+                raise UsageError("auth_timeout_ms must be positive")
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         self._node = _raft.Node(self.node_id, self.address, self.data_dir, election_timeout_ms,
                                 heartbeat_ms, snapshot_threshold, snapshot_trailing, bool(pre_vote),
-                                max_inflight_entries, store_snapshot_every, max_entry_bytes)
+                                max_inflight_entries, store_snapshot_every, max_entry_bytes,
+                                bytes(secret or b""), auth_timeout_ms)
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -118,6 +118,12 @@ py::dict status_dict(const StatusData& s) {
     d["apply_queue"] = s.apply_queue;
     d["off_loop_callbacks"] = s.off_loop_callbacks;
     d["leader_contact_ms"] = s.leader_contact_ms;
+    if (s.auth) {
+        py::dict a;
+        const char* names[] = {"accepted", "connected", "refused_in", "refused_out", "timeouts"};
+        for (int i = 0; i < 5; i++) a[names[i]] = s.auth_stats[i];
+        d["auth"] = a;
+    }
     py::list conf;
     for (const auto& c : s.configuration) {
         py::dict e;
@@ -194,7 +200,7 @@ PYBIND11_MODULE(_raft, m) {
         .def(py::init([](uint64_t id, std::string address, std::string dir, unsigned election_timeout_ms,
                          unsigned heartbeat_ms, unsigned snapshot_threshold, unsigned snapshot_trailing,
                          bool pre_vote, unsigned max_inflight_entries, unsigned store_snapshot_every,
-                         size_t max_entry_bytes) {
+                         size_t max_entry_bytes, py::bytes secret, unsigned auth_timeout_ms) {
                  Options o;
                  o.election_timeout_ms = election_timeout_ms;
                  o.heartbeat_ms = heartbeat_ms;
@@ -204,12 +210,14 @@ PYBIND11_MODULE(_raft, m) {
                  o.max_inflight_entries = max_inflight_entries;
                  o.store_snapshot_every = store_snapshot_every;
                  o.max_entry_bytes = max_entry_bytes;
+                 o.secret = std::string(secret);
+                 o.auth_timeout_ms = auth_timeout_ms;
                  return new Node(id, std::move(address), std::move(dir), o);
              }),
              py::arg("node_id"), py::arg("address"), py::arg("data_dir"), py::arg("election_timeout_ms"),
              py::arg("heartbeat_ms"), py::arg("snapshot_threshold"), py::arg("snapshot_trailing"),
              py::arg("pre_vote"), py::arg("max_inflight_entries"), py::arg("store_snapshot_every"),
-             py::arg("max_entry_bytes"))
+             py::arg("max_entry_bytes"), py::arg("secret") = py::bytes(), py::arg("auth_timeout_ms") = 5000)
         .def("bootstrap", [](Node& n, const std::vector<std::tuple<uint64_t, std::string, std::string>>& conf,
                              bool recover) {
             std::vector<ServerInfo> servers;

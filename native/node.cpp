@@ -2,6 +2,8 @@
 // Thread contract: native/DESIGN.md. Every raft_* call below runs on the loop thread.
 #include "node.hpp"
 
+#include "auth_transport.hpp"
+
 #include <chrono>
 #include <cstring>
 
@@ -194,8 +196,19 @@ int Node::setup_loop(std::string& err) {
     uv_async_init(&loop_, &async_, async_cb);
     transport_.version = 1;
     transport_.data = this;
-    rv = raft_uv_tcp_init(&transport_, &loop_);
-    if (rv != 0) { err = "transport: " + std::string(raft_strerror(rv)); goto fail_loop; }
+    if (opts_.secret.empty()) {
+        rv = raft_uv_tcp_init(&transport_, &loop_);
+    } else {
+        rv = bknr_auth_transport_init(&transport_, &loop_,
+                                      reinterpret_cast<const unsigned char*>(opts_.secret.data()),
+                                      opts_.secret.size());
+        if (rv == 0) {
+            bknr_auth_transport_set_timeout(&transport_, opts_.auth_timeout_ms);
+            std::string prefix = "bknr-auth[node " + std::to_string(id_) + "]";
+            bknr_auth_transport_set_log_prefix(&transport_, prefix.c_str());
+        }
+    }
+    if (rv != 0) { err = "transport: " + std::string(raft_strerror(rv)) + ": " + transport_.errmsg; goto fail_loop; }
     io_.data = this;
     rv = raft_uv_init(&io_, &loop_, dir_.c_str(), &transport_);
     if (rv != 0) { err = "io: " + std::string(io_.errmsg); goto fail_transport; }
@@ -218,7 +231,7 @@ int Node::setup_loop(std::string& err) {
 fail_io:
     raft_uv_close(&io_);
 fail_transport:
-    raft_uv_tcp_close(&transport_);
+    close_transport();
 fail_loop:
     uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -226,9 +239,14 @@ fail_loop:
     return rv == RAFT_NOTFOUND || rv == RAFT_INVALID ? E_INVALID : E_IO;
 }
 
+void Node::close_transport() {
+    if (opts_.secret.empty()) raft_uv_tcp_close(&transport_);
+    else bknr_auth_transport_close(&transport_);
+}
+
 void Node::on_raft_closed() {
     raft_uv_close(&io_);
-    raft_uv_tcp_close(&transport_);
+    close_transport();
     uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
 }
 
@@ -528,6 +546,13 @@ void Node::fill_status(StatusData& s) {
     }
     s.apply_queue = applyq_.size();
     s.off_loop_callbacks = off_loop_callbacks_.load();
+    if (!opts_.secret.empty()) {
+        struct bknr_auth_stats a;
+        bknr_auth_transport_stats(&transport_, &a);
+        s.auth = true;
+        uint64_t v[5] = {a.accepted, a.connected, a.refused_in, a.refused_out, a.timeouts};
+        for (int i = 0; i < 5; i++) s.auth_stats[i] = v[i];
+    }
     if (s.state == RAFT_FOLLOWER && lid != 0) {
         // libraft restarts the election timer on every AppendEntries/InstallSnapshot from
         // the leader, so this is the current heartbeat gap as the follower sees it.

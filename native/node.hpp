@@ -94,7 +94,9 @@ struct StatusData {
     uint64_t store_snapshot_index = 0;  // M of the store snapshot the engine holds
     size_t tail_entries = 0, apply_queue = 0;
     uint64_t off_loop_callbacks = 0;
-    uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from  // FSM callbacks seen on a thread other than the loop's
+    uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from
+    bool auth = false;                // authenticated transport in use
+    uint64_t auth_stats[5] = {0, 0, 0, 0, 0};  // accepted, connected, refused_in/out, timeouts  // FSM callbacks seen on a thread other than the loop's
     std::vector<ServerInfo> configuration;
     std::vector<std::pair<uint64_t, uint64_t>> followers;  // (id, match index), leader only
 };
@@ -127,6 +129,9 @@ struct Options {
     unsigned max_inflight_entries = 8192;
     unsigned store_snapshot_every = 512;
     size_t max_entry_bytes = 64u << 20;
+    // Authenticated transport (native/auth_transport.hpp, docs/security.md) when non-empty.
+    std::string secret;
+    unsigned auth_timeout_ms = 5000;
 };
 
 enum ReqType { R_APPLY, R_BARRIER, R_ADD, R_ASSIGN, R_REMOVE, R_TRANSFER, R_SNAPSHOT, R_STATUS, R_STOP };
@@ -201,6 +206,7 @@ public:
 private:
     int setup_loop(std::string& err);  // loop + transport + io + raft_init, on the loop thread
     void teardown_after_close();
+    void close_transport();
     void run_thread(std::shared_ptr<struct StartSync> sync);
     void handle(Request& r);
     void begin_close();

@@ -84,7 +84,10 @@ def test_heartbeats_continue_while_200mb_store_snapshot_is_made(procs, tmp_path)
         # Python; then 60 more: a Raft snapshot at ~100 carrying those bytes, written to disk.
         first = side.call("submit", n=60, prefix="s", window=4)
         wait_until(lambda: side.call("status")["store_snapshot_index"] > 0, 60, "the big store snapshot")
-        return [first, side.call("submit", n=60, prefix="t", window=4)]
+        second = side.call("submit", n=60, prefix="t", window=4)
+        # The Raft snapshot counts once its 210 MB are on disk (written on libuv's pool).
+        wait_until(lambda: side.call("status")["snapshot_index"] >= 100, 60, "the big Raft snapshot")
+        return [first, second]
 
     seen, result = run_on_leader_while_watching(c, lid, work, 120)
     assert [r["error"] for r in result["r"]] == [None, None]
