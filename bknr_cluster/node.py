@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bknr_cluster.errors import AlreadyBootstrapped, BknrError, UsageError
+from bknr_cluster.errors import AlreadyBootstrapped, BknrError, Unreachable, UsageError
 
 log = logging.getLogger("bknr.node")
 
@@ -100,7 +100,11 @@ async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float) -
     from bknr_cluster.cluster.api import ApiServer
 
     server = ApiServer(cs, me.api_host, me.api_port, token)
-    await server.start_async()
+    try:
+        await server.start_async()
+    except OSError as exc:
+        raise Unreachable(f"cannot serve the API on {me.api_host}:{me.api_port}: "
+                          f"{exc.strerror or exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

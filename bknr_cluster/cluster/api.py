@@ -20,7 +20,7 @@ from aiohttp import web
 
 from bknr_cluster.cluster.client import error_body, error_status
 from bknr_cluster.cluster.store import ClusterStore
-from bknr_cluster.errors import BknrError, NotLeader, Unauthorized, UsageError
+from bknr_cluster.errors import BknrError, NotLeader, TransactionFailed, Unauthorized, UsageError
 
 log = logging.getLogger("bknr.api")
 
@@ -227,7 +227,12 @@ class Api:
         consistent = bool(body.get("consistent", False))
 
         def run() -> dict:
-            result = self.cs.query(name, *args, consistent=consistent, **kwargs)
+            try:
+                result = self.cs.query(name, *args, consistent=consistent, **kwargs)
+            except BknrError:
+                raise
+            except Exception as exc:  # the query's own exception, like a failing transaction
+                raise TransactionFailed(type(exc).__name__, str(exc)) from exc
             return {"result": to_json(result), "applied_index": self.cs.applied_index}
         return web.json_response(await self._run(run))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -109,10 +110,19 @@ class ApiClient:
         self.timeout = timeout
         self._local = threading.local()
 
+    # Servers close idle keep-alive connections (aiohttp after 75 s). Reusing one that the server
+    # may be closing makes a POST fail ambiguously, so idle connections are replaced first.
+    MAX_IDLE_S = 20.0
+
     def _conn(self) -> http.client.HTTPConnection:
         c = getattr(self._local, "conn", None)
+        now = time.monotonic()
+        if c is not None and now - getattr(self._local, "used_at", now) > self.MAX_IDLE_S:
+            c.close()
+            c = None
         if c is None:
             c = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self._local.used_at = now
         return c
 
     def close(self) -> None:

@@ -164,3 +164,11 @@ def test_snapshot_and_transfer_leadership(cluster):
     assert cluster.wait_leader() == target
     res = cluster.client(target).tx("deposit", "ann", 2)
     cluster.wait_converged(min_index=res["index"])
+
+
+def test_a_failing_query_answers_409_with_the_exception_name(cluster):
+    leader = cluster.wait_leader()
+    status, body = cluster.client(leader).request("POST", "/query/account", {"args": []})
+    assert status == 409 and body["exception"] == "TypeError"
+    status, body = cluster.client(leader).request("POST", "/query/nope", {})
+    assert status == 404

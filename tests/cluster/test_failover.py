@@ -177,3 +177,16 @@ def test_backup_restores_into_an_empty_cluster_through_the_log(tmp_path, procs):
     status, answer = cl.request("POST", "/restore", data=backup, headers=ok)
     assert status == 409 and answer["type"] == "UsageError"
     assert cl.query("account", "b4")["result"]["balance"] == 4
+
+
+def test_api_port_in_use_is_a_clear_error_and_leaves_no_pid_file(tmp_path, procs):
+    import socket
+    c = LocalCluster(tmp_path, procs, 1)
+    c.init()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", c.node("n1")["api_port"]))
+        s.listen()
+        p = c.start("n1", wait=False)
+        assert p.wait(30) == 1
+    assert "cannot serve the API" in c.log_tail("n1")
+    assert not (c.data_dir("n1") / "node.pid").exists()
