@@ -204,8 +204,6 @@ def test_backup_restore_into_a_new_cluster(runner, cluster3, tmp_path: Path) -> 
     try:
         r = invoke(runner, new, "restore", "--from", str(bak), "--yes")
         new_seen |= set(node_pids(new).values())
-        if "HTTPError" in r.stderr or "Not Found" in r.stderr:
-            pytest.skip("the node does not implement POST /restore yet (docs/interfaces.md)")
         assert r.exit_code == 0, r.output
         for name in ("n1", "n2", "n3"):
             wait_until(lambda name=name: client(new, name).query("total_balance")["result"] == 100, 20,
