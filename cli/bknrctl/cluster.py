@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
-from bknr_cluster.errors import BknrError, NoLeader, Unreachable
+from bknr_cluster.errors import BknrError, NoLeader, Unauthorized, Unreachable
 
 from .client import NodeClient, parallel
 
@@ -120,6 +120,9 @@ class Cluster:
         results = parallel(lambda n: self.clients[n.name].status(timeout=timeout or self.timeout), nodes)
         states = []
         for n, r in zip(nodes, results, strict=True):
+            if isinstance(r, Unauthorized):
+                # a wrong token is a configuration problem, not an unreachable cluster
+                raise r
             if isinstance(r, BaseException):
                 states.append(NodeState(n, None, str(r)))
             else:

@@ -102,9 +102,10 @@ def test_status_no_quorum_exit_3(runner, fake) -> None:
 def test_wrong_token_is_reported(runner, fake) -> None:
     path, cluster, _ = fake
     (path.parent / "token").write_text("wrong\n")
-    r = run(runner, "-c", str(path), "snapshot")
-    assert r.exit_code == 1
-    assert "token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    for cmd in (["snapshot"], ["status"], ["leader", "transfer"]):
+        r = run(runner, "-c", str(path), *cmd)
+        assert r.exit_code == 1, (cmd, r.output)
+        assert "token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # --- unknown node / membership ------------------------------------------------------------------
