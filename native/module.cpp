@@ -118,6 +118,7 @@ py::dict status_dict(const StatusData& s) {
     d["apply_queue"] = s.apply_queue;
     d["off_loop_callbacks"] = s.off_loop_callbacks;
     d["leader_contact_ms"] = s.leader_contact_ms;
+    d["last_error"] = s.last_error;
     if (s.auth) {
         py::dict a;
         const char* names[] = {"accepted", "connected", "refused_in", "refused_out", "timeouts"};

@@ -2,7 +2,7 @@
 // Thread contract: native/DESIGN.md. Every raft_* call below runs on the loop thread.
 #include "node.hpp"
 
-#include "auth_transport.hpp"
+#include "auth_transport.hpp"  // transport selection; status.cpp reads its counters
 
 #include <chrono>
 #include <cstring>
@@ -340,6 +340,7 @@ void Node::run_thread(std::shared_ptr<StartSync> sync) {
         sync->cv.notify_all();
         return;
     }
+    start_health_timer();
     accepting_ = true;
     {
         std::lock_guard<std::mutex> g(sync->mu);
@@ -403,6 +404,7 @@ void Node::on_async() {
 void Node::begin_close() {
     if (closing_) return;
     closing_ = true;
+    stop_health_timer();
     raft_close(&raft_, close_cb);  // fails in-flight client requests via their callbacks
     for (auto& w : snap_waiters_) w.second->fail(E_SHUTDOWN, "engine stopped");
     snap_waiters_.clear();
@@ -520,51 +522,6 @@ void Node::handle(Request& r) {
             }
             r.fut->resolve(0);
             return;
-        }
-    }
-}
-
-void Node::fill_status(StatusData& s) {
-    s.id = id_;
-    s.address = address_;
-    s.state = raft_state(&raft_);
-    s.term = raft_.current_term;
-    raft_id lid = 0;
-    const char* laddr = nullptr;
-    raft_leader(&raft_, &lid, &laddr);
-    s.leader_id = lid;
-    s.leader_address = laddr ? laddr : "";
-    s.commit_index = raft_.commit_index;
-    s.last_applied = raft_last_applied(&raft_);
-    s.last_log_index = raft_last_index(&raft_);
-    s.snapshot_index = std::max<uint64_t>(last_snapshot_index_, compat::snapshot_index(&raft_));
-    s.snapshot_term = compat::snapshot_term(&raft_);
-    {
-        std::lock_guard<std::mutex> g(snap_mu_);
-        s.store_snapshot_index = base_index_;
-        s.tail_entries = tail_.size();
-    }
-    s.apply_queue = applyq_.size();
-    s.off_loop_callbacks = off_loop_callbacks_.load();
-    if (!opts_.secret.empty()) {
-        struct bknr_auth_stats a;
-        bknr_auth_transport_stats(&transport_, &a);
-        s.auth = true;
-        uint64_t v[5] = {a.accepted, a.connected, a.refused_in, a.refused_out, a.timeouts};
-        for (int i = 0; i < 5; i++) s.auth_stats[i] = v[i];
-    }
-    if (s.state == RAFT_FOLLOWER && lid != 0) {
-        // libraft restarts the election timer on every AppendEntries/InstallSnapshot from
-        // the leader, so this is the current heartbeat gap as the follower sees it.
-        raft_time now = io_.time(&io_);
-        s.leader_contact_ms = now > raft_.election_timer_start ? now - raft_.election_timer_start : 0;
-    }
-    for (unsigned i = 0; i < raft_.configuration.n; i++) {
-        const auto& sv = raft_.configuration.servers[i];
-        s.configuration.push_back({sv.id, sv.address ? sv.address : "", sv.role});
-        if (s.state == RAFT_LEADER && sv.id != id_) {
-            raft_index m = 0;
-            if (raft_match_index(&raft_, sv.id, &m) == 0) s.followers.emplace_back(sv.id, m);
         }
     }
 }

@@ -95,6 +95,7 @@ struct StatusData {
     size_t tail_entries = 0, apply_queue = 0;
     uint64_t off_loop_callbacks = 0;
     uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from
+    std::string last_error;           // e.g. disk full: entries not persisted (status.cpp)
     bool auth = false;                // authenticated transport in use
     uint64_t auth_stats[5] = {0, 0, 0, 0, 0};  // accepted, connected, refused_in/out, timeouts  // FSM callbacks seen on a thread other than the loop's
     std::vector<ServerInfo> configuration;
@@ -193,6 +194,7 @@ public:
     uv_async_t async_;
 
     void on_async();
+    void check_health();
     void on_raft_closed();
     int fsm_apply(const struct raft_buffer* buf);
     int fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs);
@@ -207,6 +209,8 @@ private:
     int setup_loop(std::string& err);  // loop + transport + io + raft_init, on the loop thread
     void teardown_after_close();
     void close_transport();
+    void start_health_timer();
+    void stop_health_timer();
     void run_thread(std::shared_ptr<struct StartSync> sync);
     void handle(Request& r);
     void begin_close();
@@ -224,6 +228,9 @@ private:
     std::atomic<bool> accepting_{false};
     bool closing_ = false;  // loop thread only
     std::thread::id loop_tid_;
+    uv_timer_t health_timer_;
+    uint64_t stored_seen_ = 0, stored_progress_ms_ = 0;
+    std::string last_error_;
     std::atomic<uint64_t> off_loop_callbacks_{0};
     void check_thread() {
         if (std::this_thread::get_id() != loop_tid_) off_loop_callbacks_++;

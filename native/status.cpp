@@ -1,0 +1,100 @@
+// Status snapshot and the disk health check of the node (loop thread only).
+#include <sys/statvfs.h>
+
+#include "auth_transport.hpp"
+#include "node.hpp"
+
+namespace bknr {
+
+namespace {
+void health_cb(uv_timer_t* t) { static_cast<Node*>(t->data)->check_health(); }
+}  // namespace
+
+// libraft's uv backend retries failed disk writes (e.g. ENOSPC while creating a segment)
+// silently, forever. To make a full disk visible, watch whether appended entries get
+// persisted: entries waiting for the disk with no progress for kStallMs is reported in
+// status()["last_error"], with the free space of the data directory; it clears on progress.
+static constexpr uint64_t kHealthMs = 500;
+static constexpr uint64_t kStallMs = 3000;
+
+void Node::start_health_timer() {
+    uv_timer_init(&loop_, &health_timer_);
+    health_timer_.data = this;
+    uv_timer_start(&health_timer_, health_cb, kHealthMs, kHealthMs);
+}
+
+void Node::stop_health_timer() {
+    uv_timer_stop(&health_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&health_timer_), nullptr);
+}
+
+void Node::check_health() {
+    uint64_t now = uv_now(&loop_);
+    uint64_t stored = raft_.last_stored, last = raft_last_index(&raft_);
+    if (last <= stored || stored != stored_seen_) {
+        stored_seen_ = stored;
+        stored_progress_ms_ = now;
+        if (last <= stored) last_error_.clear();
+        return;
+    }
+    if (now - stored_progress_ms_ < kStallMs) return;
+    struct statvfs fs;
+    std::string space = "unknown";
+    bool full = false;
+    if (statvfs(dir_.c_str(), &fs) == 0) {
+        uint64_t avail = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+        space = std::to_string(avail) + " bytes free";
+        full = avail < (8u << 20);  // less than one raft_uv segment
+    }
+    last_error_ = std::string(full ? "no space left on device: " : "disk writes stalled: ") +
+                  std::to_string(last - stored) + " log entries not persisted for " +
+                  std::to_string((now - stored_progress_ms_) / 1000) + " s (" + dir_ + ": " + space + ")";
+}
+
+void Node::fill_status(StatusData& s) {
+    s.id = id_;
+    s.address = address_;
+    s.state = raft_state(&raft_);
+    s.term = raft_.current_term;
+    raft_id lid = 0;
+    const char* laddr = nullptr;
+    raft_leader(&raft_, &lid, &laddr);
+    s.leader_id = lid;
+    s.leader_address = laddr ? laddr : "";
+    s.commit_index = raft_.commit_index;
+    s.last_applied = raft_last_applied(&raft_);
+    s.last_log_index = raft_last_index(&raft_);
+    s.snapshot_index = std::max<uint64_t>(last_snapshot_index_, compat::snapshot_index(&raft_));
+    s.snapshot_term = compat::snapshot_term(&raft_);
+    {
+        std::lock_guard<std::mutex> g(snap_mu_);
+        s.store_snapshot_index = base_index_;
+        s.tail_entries = tail_.size();
+    }
+    s.apply_queue = applyq_.size();
+    s.off_loop_callbacks = off_loop_callbacks_.load();
+    s.last_error = last_error_;
+    if (!opts_.secret.empty()) {
+        struct bknr_auth_stats a;
+        bknr_auth_transport_stats(&transport_, &a);
+        s.auth = true;
+        uint64_t v[5] = {a.accepted, a.connected, a.refused_in, a.refused_out, a.timeouts};
+        for (int i = 0; i < 5; i++) s.auth_stats[i] = v[i];
+    }
+    if (s.state == RAFT_FOLLOWER && lid != 0) {
+        // libraft restarts the election timer on every AppendEntries/InstallSnapshot from
+        // the leader, so this is the current heartbeat gap as the follower sees it.
+        raft_time now = io_.time(&io_);
+        s.leader_contact_ms = now > raft_.election_timer_start ? now - raft_.election_timer_start : 0;
+    }
+    for (unsigned i = 0; i < raft_.configuration.n; i++) {
+        const auto& sv = raft_.configuration.servers[i];
+        s.configuration.push_back({sv.id, sv.address ? sv.address : "", sv.role});
+        if (s.state == RAFT_LEADER && sv.id != id_) {
+            raft_index m = 0;
+            if (raft_match_index(&raft_, sv.id, &m) == 0) s.followers.emplace_back(sv.id, m);
+        }
+    }
+}
+
+}  // namespace bknr
