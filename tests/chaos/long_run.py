@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -26,6 +27,10 @@ from tests.chaos.runner import chaos_run, print_table, verdict_problems
 from tests.support import Processes
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.chaos.long_run", description=__doc__)
     p.add_argument("--minutes", type=float, default=21.0, help="load + fault time (default 21)")
@@ -37,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="keep node data and histories here (default: a temp dir)")
     p.add_argument("--election-ms", type=int, default=500)
     args = p.parse_args(argv)
+    # A background job starts with SIGINT ignored and SIGTERM would skip the finally below:
+    # both become KeyboardInterrupt so processes, namespaces and the tmpfs are always removed.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bknr-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                            disks={names[-1]: disk}, pace=0.01, progress=25)
     except NetworkUnavailable as exc:
         report["error"] = f"kernel/tool feature missing: {exc}"
-    except Exception as exc:  # the report must say what broke, then the run fails
+    except BaseException as exc:  # the report must say what broke, then the run fails
         report["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
