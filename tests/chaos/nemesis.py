@@ -194,8 +194,13 @@ class Nemesis:
         """Inject random faults until the time or count budget is spent."""
         kinds = kinds or self.kinds()
         deadline = time.monotonic() + seconds
+        bag: list[str] = []
         while time.monotonic() < deadline and len(self.events) < max_faults:
-            ev = self.inject(self.rng.choice(kinds))
+            # shuffled rounds over all kinds: random order, yet every kind comes up each round
+            if not bag:
+                bag = list(kinds)
+                self.rng.shuffle(bag)
+            ev = self.inject(bag.pop())
             if self.progress and len(self.events) % self.progress == 0:
                 print(f"nemesis: {len(self.events)} faults, last {ev.kind} on {ev.target} "
                       f"(recovered={ev.recovered} in {ev.recovery_s}s)", flush=True)
