@@ -181,3 +181,34 @@ def test_interpreter_exit_with_daemon_threads_inside_the_engine(procs, tmp_path)
                          log=tmp_path / f"out{i}.log")
         assert p.wait(30) == 0, (tmp_path / f"out{i}.log").read_text()
         assert "exiting" in (tmp_path / f"out{i}.log").read_text()
+
+
+def test_restart_restores_empty_store_snapshot_plus_tail(tmp_path):
+    # No store snapshot was ever handed back (M = 0, empty store): the Raft snapshot carries
+    # every entry, and a restart replays them after an empty restore.
+    (port,) = free_ports(1)
+    addr = f"127.0.0.1:{port}"
+    opts = {"election_timeout_ms": 300, "heartbeat_ms": 30, "snapshot_threshold": 8,
+            "snapshot_trailing": 2, "store_snapshot_every": 10_000}
+    node = RaftNode(1, addr, str(tmp_path / "n"), **opts)
+    node.bootstrap([(1, addr, "voter")])
+    node.start()
+    wait_until(lambda: node.status()["state"] == "leader", 10, "self election")
+    idx = [node.submit(b"p%d" % i).result(5) for i in range(20)]
+    wait_until(lambda: node.status()["snapshot_index"] >= 8, 10, "an automatic snapshot")
+    node.stop()
+
+    node = RaftNode(1, addr, str(tmp_path / "n"), **opts)
+    node.start()
+    try:
+        items = drain(node, 1)
+        assert items[0][:2] == ("restore", 0) and items[0][3] == b""
+        snap = node.status()["snapshot_index"]
+        wait_until(lambda: items.extend(node.next_committed(100, 0.05)) or
+                   len([x for x in items if x[0] == "entry"]) >= len([i for i in idx if i <= snap]),
+                   10, "the tail")
+        entries = [(i, d) for k, i, _, d in items if k == "entry"]
+        expect = [(i, b"p%d" % n) for n, i in enumerate(idx) if i <= snap]
+        assert entries[:len(expect)] == expect
+    finally:
+        node.stop()
