@@ -89,22 +89,39 @@ def transfer_with_retry(cluster: Cluster, leader: Any, to: int = 0, attempts: in
 
 
 class Watcher:
-    """Polls /leader on every node; records (t, {node_id: leader_id or 0}, leader or None)."""
+    """One poller per node on /leader; records ``(t, node_id, is_leader, leader_id)``.
+
+    Independent pollers: a frozen node delays only its own samples.
+    """
 
     def __init__(self, client: BankClient, period: float = 0.005):
         self.client = client
         self.period = period
-        self.samples: list[tuple[float, dict[int, int], int | None]] = []
+        self.samples: list[tuple[float, int, bool, int]] = []
+
+    async def _poll(self, n: NodeRef, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            _, ok, body = await self.client._ask_leader(n)
+            leader_id = int(body.get("leader_id") or (n.id if ok else 0)) if body else -1
+            self.samples.append((time.monotonic(), n.id, ok, leader_id))
+            await asyncio.sleep(self.period)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            answers = await asyncio.gather(*(self.client._ask_leader(n) for n in self.client.view.nodes))
-            now = time.monotonic()
-            views = {n.id: int(body.get("leader_id") or (n.id if ok else 0)) if body else -1
-                     for n, ok, body in answers}
-            leader = next((n.id for n, ok, _ in answers if ok), None)
-            self.samples.append((now, views, leader))
-            await asyncio.sleep(self.period)
+        await asyncio.gather(*(self._poll(n, stop) for n in self.client.view.nodes))
+
+    def detected(self, after: float, victim: int, survivors: list[int]) -> float | None:
+        """When every survivor had stopped naming ``victim`` as its leader."""
+        times = []
+        for i in survivors:
+            t = next((t for t, node, _, ld in self.samples if node == i and t > after and ld != victim), None)
+            if t is None:
+                return None
+            times.append(t)
+        return max(times) if times else None
+
+    def new_leader(self, after: float, victim: int) -> tuple[float, int] | None:
+        return next(((t, node) for t, node, ok, _ in self.samples
+                     if ok and t > after and node != victim), None)
 
 
 def write_gap(samples: list[Sample], fault_start: float, victim: int,
@@ -229,11 +246,9 @@ class Drill:
             else [n.id for n in self.nodes]
         was_leader = victim.id == leader.id
         # a fault on a follower (--node NAME) triggers no election: nothing to detect or elect
-        detect = next((t for t, views, _ in watcher.samples if t > fault_at and all(
-            views.get(i, -1) not in (victim.id,) for i in survivors if i != victim.id)), None) \
+        detect = watcher.detected(fault_at, victim.id, [i for i in survivors if i != victim.id]) \
             if was_leader else None
-        new = next(((t, ld) for t, _, ld in watcher.samples if t > fault_at and ld is not None
-                    and ld != victim.id), None) if was_leader else None
+        new = watcher.new_leader(fault_at, victim.id) if was_leader else None
         gap = write_gap(client.samples, fault_start, victim.id, fault_at_done)
         # --- recovery and verification -------------------------------------------------------
         if o.fault == "stop":

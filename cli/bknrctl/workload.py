@@ -99,21 +99,37 @@ class BankClient:
             return n, False, {}
 
     async def discover(self, seen_generation: int, deadline: float) -> NodeRef | None:
-        """Find the leader (or return the one another writer found meanwhile)."""
+        """Find the leader (or return the one another writer found meanwhile).
+
+        One poller per node, each asking its node every ``poll_interval``: a frozen node only
+        stalls its own poller, so the new leader is seen within a few ms of its election.
+        """
         async with self.view.lock:
             if self.view.generation != seen_generation and self.view.leader is not None:
                 return self.view.leader
-            while time.monotonic() < deadline:
-                answers = await asyncio.gather(*(self._ask_leader(n) for n in self.view.nodes))
-                for n, ok, _ in answers:
-                    if ok:
-                        self.view.leader = n
-                        self.view.generation += 1
-                        return n
-                await asyncio.sleep(self.poll_interval)
-            self.view.leader = None
+            found: asyncio.Future[NodeRef] = asyncio.get_running_loop().create_future()
+
+            async def poll(n: NodeRef) -> None:
+                while not found.done() and time.monotonic() < deadline:
+                    _, ok, _ = await self._ask_leader(n)
+                    if ok and not found.done():
+                        found.set_result(n)
+                        return
+                    await asyncio.sleep(self.poll_interval)
+
+            pollers = [asyncio.create_task(poll(n)) for n in self.view.nodes]
+            try:
+                await asyncio.wait([found, *pollers], timeout=max(0.0, deadline - time.monotonic()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                while not found.done() and not all(p.done() for p in pollers):
+                    await asyncio.wait([found, *pollers], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for p in pollers:
+                    p.cancel()
+                await asyncio.gather(*pollers, return_exceptions=True)
             self.view.generation += 1
-            return None
+            self.view.leader = found.result() if found.done() else None
+            return self.view.leader
 
     # --- operations ----------------------------------------------------------------------------
     async def call(self, node: NodeRef, kind: str, name: str, body: dict,
