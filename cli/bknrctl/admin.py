@@ -18,6 +18,7 @@ from bknr_cluster.errors import (
     MembershipError,
     NoLeader,
     UnknownNode,
+    Unreachable,
     UsageError,
 )
 
@@ -58,6 +59,12 @@ def peer_add(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node 
     if members.get(n.id) == role:
         info(f"{n.name} is already a {role}")
         return
+    if role != "spare":
+        try:
+            cluster.clients[n.name].health(timeout=2.0)
+        except Unreachable:
+            # a voter that is not running shrinks the fault tolerance the moment it is added
+            raise BknrError(f"{n.name} is not running; start it first: bknrctl start {n.name}") from None
     leader = cluster.leader_client()
     if n.id in members:
         leader.set_role(n.id, role)

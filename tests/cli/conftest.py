@@ -44,6 +44,6 @@ def fake(tmp_path: Path):
     """Three fake nodes (n1 leader) plus n4 in the YAML but not a member."""
     ports = free_ports(8)
     path = write_yaml(tmp_path, ports, n=3, extra_nodes=1)
-    cluster = FakeCluster(TOKEN, [1, 2, 3])
-    with FakeNodes(cluster, {i: ports[2 * i - 1] for i in (1, 2, 3)}) as nodes:
+    cluster = FakeCluster(TOKEN, [1, 2, 3], down={4})   # n4 serves only when a test says so
+    with FakeNodes(cluster, {i: ports[2 * i - 1] for i in (1, 2, 3, 4)}) as nodes:
         yield path, cluster, nodes

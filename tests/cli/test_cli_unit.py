@@ -82,7 +82,7 @@ def test_status_healthy_table_and_json(runner, fake) -> None:
     assert rows["n2"]["digest_match"] is True and rows["n4"]["reachable"] is False
     assert rows["n4"]["member_role"] == "not a member"
     assert j["summary"] == "healthy"  # n4 is in the YAML but not a member
-    cluster.down = {2}
+    cluster.down = {2, 4}
     j = json.loads(run(runner, "-c", str(path), "status", "-o", "json").stdout)
     assert j["summary"] == "degraded" and j["quorum"] is True
 
@@ -90,7 +90,7 @@ def test_status_healthy_table_and_json(runner, fake) -> None:
 def test_status_no_quorum_exit_3(runner, fake) -> None:
     path, cluster, _ = fake
     cluster.leader = None
-    cluster.down = {2, 3}
+    cluster.down = {2, 3, 4}
     r = run(runner, "-c", str(path), "status", "-o", "json")
     assert r.exit_code == 3
     j = json.loads(r.stdout)
@@ -122,6 +122,9 @@ def test_unknown_node_exit_2(runner, fake) -> None:
 
 def test_peer_add_promote_remove(runner, fake) -> None:
     path, cluster, nodes = fake
+    r = run(runner, "-c", str(path), "peer", "add", "n4", "--role", "standby", "--no-wait")
+    assert r.exit_code == 1 and "n4 is not running; start it first" in r.stderr and not cluster.added
+    cluster.down = set()
     r = run(runner, "-c", str(path), "peer", "add", "n4", "--role", "standby", "--no-wait")
     assert r.exit_code == 0, r.output
     assert cluster.added == [(4, f"127.0.0.1:{_raft_port(path, 4)}", "standby")]
@@ -190,7 +193,7 @@ def test_snapshot_quiet_and_all(runner, fake) -> None:
     r = run(runner, "-c", str(path), "snapshot", "--all", "-q")  # members only: n4 is not one
     assert r.exit_code == 0 and r.stderr == ""
     assert sorted(cluster.snapshots[-3:]) == [(1, 42), (2, 42), (3, 42)]
-    cluster.down = {3}
+    cluster.down = {3, 4}
     r = run(runner, "-c", str(path), "snapshot", "--all", "-q")
     assert r.exit_code == 1 and "n3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -249,7 +252,7 @@ def test_recover_guards(runner, fake) -> None:
     r = run(runner, "-c", str(path), "recover", "--node", "n1", "--force", "--yes")
     assert r.exit_code == 2 and "quorum is reachable" in r.stderr
     cluster.leader = None
-    cluster.down = {2, 3}
+    cluster.down = {2, 3, 4}
     r = run(runner, "-c", str(path), "recover", "--node", "n2", "--force", "--yes")
     assert r.exit_code == 2 and "not reachable" in r.stderr
     r = run(runner, "-c", str(path), "recover", "--node", "n1", "--force")
