@@ -83,6 +83,12 @@ def guarded(fn: F) -> F:
         except OSError as exc:
             info(f"error: {exc}")
             raise typer.Exit(1) from None
+        except Exception as exc:  # e.g. an SSH channel dying mid-command: one line, exit 1
+            if os.environ.get("BKNRCTL_DEBUG"):
+                raise
+            info(f"error: {type(exc).__name__}: {error_line(exc)[len('error: '):]} "
+                 "(BKNRCTL_DEBUG=1 for a traceback)")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
