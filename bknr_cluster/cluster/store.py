@@ -87,8 +87,10 @@ def _lookup(src: Mapping[int, str] | Callable[[int], str] | None, node_id: int) 
 class ClusterStore(AdminMixin):
     """A replicated store on one node; see the module docstring and DESIGN.md."""
 
-    def __init__(self, definition: Any, node_id: int, peers: Peers, data_dir: str | os.PathLike,
-                 group: str = "bknr", *, election_timeout_ms: int = 1000, heartbeat_ms: int = 100,
+    def __init__(self, definition: Any, *positional: Any, node_id: int | None = None,
+                 peers: Peers | None = None, data_dir: str | os.PathLike | None = None,
+                 group: str = "bknr", transactions: Any = (), queries: Any = (),
+                 election_timeout_ms: int = 1000, heartbeat_ms: int = 100,
                  snapshot_threshold: int = 10000, snapshot_trailing: int = 2000,
                  store_snapshot_every: int | None = None, batch_max_count: int = 512,
                  batch_max_bytes: int = 1 << 20, batch_window: int = 4,
@@ -97,7 +99,28 @@ class ClusterStore(AdminMixin):
                  token: str | None = None, name: str | None = None,
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
                  switch_interval: float | None = None, secret: bytes | None = None) -> None:
-        from bknr_cluster.store import Store  # late: keeps this module importable in isolation
+        from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
+
+        # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
+        # ClusterStore(classes, transactions[, queries], node_id=..., peers=..., data_dir=...).
+        if isinstance(definition, StoreDefinition):
+            named = dict(zip(("node_id", "peers", "data_dir", "group"), positional, strict=False))
+            if len(positional) > 4:
+                raise UsageError("ClusterStore(definition, node_id, peers, data_dir, group, ...)")
+        else:
+            named = dict(zip(("transactions", "queries"), positional, strict=False))
+            if len(positional) > 2:
+                raise UsageError("ClusterStore(classes, transactions, queries, node_id=..., ...)")
+        node_id = named.get("node_id", node_id)
+        peers = named.get("peers", peers)
+        data_dir = named.get("data_dir", data_dir)
+        group = named.get("group", group)
+        if not isinstance(definition, StoreDefinition):
+            definition = StoreDefinition(group, classes=definition,
+                                         transactions=named.get("transactions", transactions),
+                                         queries=named.get("queries", queries))
+        if node_id is None or peers is None or data_dir is None:
+            raise UsageError("ClusterStore needs node_id, peers and data_dir")
 
         if switch_interval:
             # Process-wide, so only when asked (bknr-node asks): with many caller threads a

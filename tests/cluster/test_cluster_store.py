@@ -130,3 +130,20 @@ def test_concurrent_callers_share_entries(cs):
         t.join(30)
     assert sorted(results) == list(range(1, 201))
     assert cs.status()["batched_records"] == 200
+
+
+def test_the_classes_and_transactions_spelling(tmp_path):
+    from examples.bank.app import Account, account, deposit
+    cs = ClusterStore([Account], [open_account, deposit], [account], node_id=2,
+                      peers="127.0.0.1:7001:1,127.0.0.1:7002:2", data_dir=tmp_path,
+                      group="MyGroup", election_timeout_ms=100, engine_factory=FakeEngine)
+    try:
+        assert cs.address == "127.0.0.1:7002" and cs.group == "MyGroup"
+        assert cs.engine.options["election_timeout_ms"] == 100
+        cs.execute(open_account, "ann", 3)
+        assert cs.query("account", "ann")["balance"] == 3
+    finally:
+        cs.stop()
+    with pytest.raises(UsageError):
+        ClusterStore([Account], [open_account], peers="127.0.0.1:7001:1", data_dir=tmp_path,
+                     engine_factory=FakeEngine)
