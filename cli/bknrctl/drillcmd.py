@@ -149,7 +149,9 @@ def do_failback(cluster: Cluster, to: str | None, quiet: bool = False, timeout: 
     from .admin import transfer_leadership
 
     state = cluster.probe(timeout=1.0)
-    down = [s.node for s in state.nodes if not s.reachable]
+    roles = state.member_roles()
+    # YAML nodes that are not members of the configuration are not "failed": leave them alone
+    down = [s.node for s in state.nodes if not s.reachable and (not roles or s.node.id in roles)]
     if down:
         start_nodes(cluster, down, quiet=quiet)
     cluster.wait_for_leader(timeout=30.0)
