@@ -169,12 +169,18 @@ def test_disk_full_node_reports_it_and_recovers_when_space_returns(disk_cluster)
     c, disk = disk_cluster
     fill_and_load(c, disk)
     nd = c.nodes["n3"]
-    tail = c.log_tail("n3", 40)
-    status = c.statuses(["n3"]).get("n3", {})
-    said = re.search(r"space|ENOSPC|disk full|I/O error", tail, re.I) or \
-        re.search(r"space|ENOSPC|I/O", str(status.get("error") or status.get("last_error") or ""), re.I)
-    assert said, (f"n3 ran out of disk without saying so (alive={nd.alive}); "
-                  f"log tail:\n{tail}\nstatus: {status}")
+
+    def said() -> bool:
+        """n3 stopped with a message about the disk, or says so in its log or /status."""
+        if re.search(r"space|ENOSPC|disk full|I/O error", c.log_tail("n3", 40), re.I):
+            return True
+        st = c.statuses(["n3"]).get("n3", {})
+        return bool(re.search(r"space|ENOSPC|stalled|I/O", str(st.get("last_error") or ""), re.I))
+    try:
+        wait_until(said, 15, "n3 to report its full disk")
+    except AssertionError:
+        raise AssertionError(f"n3 ran out of disk without saying so (alive={nd.alive}); log tail:\n"
+                             f"{c.log_tail('n3', 10)}\nstatus: {c.statuses(['n3']).get('n3')}") from None
     disk.release()
     if not nd.alive:
         c.start("n3")     # a node that stopped with a clear error may be started again
