@@ -1,15 +1,14 @@
 """ClusterStore: a prevalence store replicated through the Raft engine.
 
-Submit path: ``execute`` encodes the transaction (codec errors surface here, before anything is
-logged), hands the record to the group committer and waits for its waiter. Apply path: one applier
-thread drains ``engine.next_committed`` in log order, applies every record of every batch on this
-replica, and resolves the waiters of this node's own callers. See DESIGN.md in this folder.
+Submit path (this module): ``execute`` encodes the transaction (codec errors surface here, before
+anything is logged), hands the record to the group committer and waits for its waiter. Apply path
+(``apply.py``): one applier thread drains ``engine.next_committed`` in log order, applies every
+record of every batch on this replica, and resolves the waiters of this node's own callers. See
+DESIGN.md in this folder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import sys
@@ -21,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.admin import AdminMixin
-from bknr_cluster.cluster.batch import RESTORE_MAGIC, decode_batch, decode_restore
+from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.commit import GroupCommitter, Waiter
 from bknr_cluster.errors import (
     BknrError,
-    CorruptData,
     NoLeader,
     NotLeader,
-    Shutdown,
     Timeout,
     TransactionFailed,
     UnknownTransaction,
@@ -84,7 +81,7 @@ def _lookup(src: Mapping[int, str] | Callable[[int], str] | None, node_id: int) 
     return src.get(node_id, "")
 
 
-class ClusterStore(AdminMixin):
+class ClusterStore(ApplierMixin, AdminMixin):
     """A replicated store on one node; see the module docstring and DESIGN.md."""
 
     def __init__(self, definition: Any, *positional: Any, node_id: int | None = None,
@@ -410,124 +407,6 @@ class ClusterStore(AdminMixin):
                     return False
                 self._applied_cond.wait(left)
         return True
-
-    # --- apply path -----------------------------------------------------------------------
-
-    def _apply_loop(self) -> None:
-        from bknr_cluster.store import TxContext
-
-        eng = self.engine
-        while self._running:
-            try:
-                items = eng.next_committed(256, 0.1)
-            except Shutdown:
-                break
-            except Exception:
-                if not self._running:
-                    break
-                log.exception("next_committed failed")
-                threading.Event().wait(0.1)
-                continue
-            if not items:
-                continue
-            with self._apply_lock:
-                for kind, index, term, data in items:
-                    try:
-                        if kind == "entry":
-                            self._apply_entry(index, data, TxContext)
-                        elif kind == "snapshot_request":
-                            self._store_snapshot(index)
-                        elif kind == "restore":
-                            self._restore(index, data)
-                        else:
-                            log.error("unknown committed item kind %r at %d", kind, index)
-                    except Exception:
-                        # Nothing may stop the applier: a replica that stops applying is worse
-                        # than a logged error (the digest comparison will show divergence).
-                        log.exception("applying %s at index %d failed", kind, index)
-                    self.applied_index = index
-                    if term:
-                        self.applied_term = term
-                self._digest_cache = None
-            with self._applied_cond:
-                self._applied_cond.notify_all()
-
-    def _apply_entry(self, index: int, data: bytes, ctx_cls: Any) -> None:
-        self.applied_entries += 1
-        if data[:4] == RESTORE_MAGIC:
-            self._apply_restore_entry(index, data)
-            return
-        try:
-            node_id, session, items = decode_batch(data)
-        except CorruptData as exc:
-            # Every replica decodes the same bytes the same way, so skipping keeps them equal.
-            self.corrupt_entries += 1
-            log.error("skipping malformed entry %d: %s", index, exc)
-            return
-        take = self.committer.take
-        apply = self.store.apply_record
-        for seq, record in items:
-            w = take(node_id, session, seq)
-            if not record:  # read marker
-                if w is not None:
-                    w.resolve(index)
-                continue
-            self.applied_records += 1
-            try:
-                result = apply(record, ctx_cls(index=index))
-            except Exception as exc:  # the transaction's own exception; the store is unchanged
-                self.failed_records += 1
-                if w is not None:
-                    w.resolve(index, error=exc, tx_error=True)
-                continue
-            if w is not None:
-                w.resolve(index, result)
-
-    def _apply_restore_entry(self, index: int, data: bytes) -> None:
-        """A backup loaded through the log (``POST /restore``); deterministic on every replica:
-        refused unless the store is empty at this index, checked against its SHA-256."""
-        try:
-            node_id, session, seq, sha, snapshot = decode_restore(data)
-        except CorruptData as exc:
-            self.corrupt_entries += 1
-            log.error("skipping malformed restore entry %d: %s", index, exc)
-            return
-        w = self.committer.take(node_id, session, seq)
-        error: BknrError | None = None
-        if len(self.store) != 0:
-            error = UsageError("the store is not empty: a backup can only seed an empty cluster")
-            error.http_status = 409  # type: ignore[attr-defined]
-        elif hashlib.sha256(snapshot).digest() != sha:
-            error = CorruptData("restore entry: snapshot does not match its SHA-256")
-        else:
-            try:
-                self.store.load_snapshot(io.BytesIO(snapshot))
-            except Exception as exc:  # validated on the leader first; this is a last resort
-                log.exception("restore entry %d failed to load", index)
-                self.store.load_snapshot(io.BytesIO(b""))
-                error = CorruptData(f"restore entry could not be loaded: {exc}")
-        if error is None:
-            self.restores += 1
-            log.info("store restored from a backup entry at %d (%d bytes)", index, len(snapshot))
-        if w is not None:
-            w.resolve(index, error=error)
-
-    def _store_snapshot(self, index: int) -> None:
-        buf = io.BytesIO()
-        t0 = time.monotonic()
-        self.store.write_snapshot(buf)
-        self.engine.store_snapshot_done(index, buf.getvalue())
-        self.last_store_snapshot = index
-        log.info("store snapshot at %d: %d bytes in %.3f s", index, buf.tell(),
-                 time.monotonic() - t0)
-
-    def _restore(self, index: int, data: bytes) -> None:
-        t0 = time.monotonic()
-        self.store.load_snapshot(io.BytesIO(data))  # empty bytes: the empty store
-        self.last_store_snapshot = index
-        self.restores += 1
-        log.info("restored store snapshot at %d (%d bytes) in %.3f s", index, len(data),
-                 time.monotonic() - t0)
 
     # --- whole-state views ----------------------------------------------------------------
 

@@ -29,7 +29,7 @@ DEFAULT_STORE = "examples.bank.app:definition"
 
 class LocalCluster:
     def __init__(self, root: Path, procs: Processes, n: int = 3, *, store: str = DEFAULT_STORE,
-                 election_timeout_ms: int = 300, heartbeat_ms: int = 30,
+                 election_timeout_ms: int = 500, heartbeat_ms: int = 50,
                  snapshot_threshold: int = 10000, snapshot_trailing: int = 2000,
                  token: str = "test-token-0123456789", group: str = "test",
                  raft_secret: bool = False) -> None:

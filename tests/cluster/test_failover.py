@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from bknr_cluster.errors import BknrError
+from bknr_cluster.errors import BknrError, LeadershipLost, NotLeader, Timeout, Unreachable
 from tests.cluster.harness import LocalCluster
 from tests.support import wait_until
 
@@ -17,10 +17,23 @@ def start_cluster(tmp_path, procs, n=3, **kw) -> tuple[LocalCluster, str]:
     return c, c.wait_leader()
 
 
+def transfer(cl, src: str, dst: str, amount: int, tid: str, attempts: int = 5) -> dict:
+    """A bank transfer that survives a leader change: forwarded from any node, and re-sent with
+    the same id after an unknown outcome (the bank applies one id at most once)."""
+    for attempt in range(attempts):
+        try:
+            return cl.tx("transfer", src, dst, amount, tid, forward=True)
+        except (LeadershipLost, NotLeader, Timeout, Unreachable):
+            if attempt == attempts - 1:
+                raise
+            threading.Event().wait(0.2)
+    raise AssertionError("unreachable")
+
+
 def open_accounts(c: LocalCluster, leader: str, n: int, balance: int = 100) -> None:
     cl = c.client(leader)
     for i in range(n):
-        cl.tx("open_account", f"acct{i}", balance)
+        cl.tx("open_account", f"acct{i}", balance, forward=True)
 
 
 def test_init_twice_exits_2_with_a_message(tmp_path, procs):
@@ -40,7 +53,7 @@ def test_kill_leader_new_leader_and_old_node_catches_up(tmp_path, procs):
     assert new != leader and took < 15
     cl = c.client(new)
     for i in range(20):
-        cl.tx("transfer", "acct0", "acct1", 1, f"after-kill-{i}")
+        transfer(cl, "acct0", "acct1", 1, f"after-kill-{i}")
     c.start(leader)
     st = c.wait_converged(timeout=30, names=c.names)
     assert {s["applied_index"] for s in st.values()} == {st[new]["applied_index"]}
@@ -64,7 +77,7 @@ def test_fourth_node_joins_by_snapshot_install_then_a_node_is_removed(tmp_path, 
     open_accounts(c, leader, 3, balance=1000)
     cl = c.client(leader)
     for i in range(120):  # several snapshots' worth: the log no longer starts at 1
-        cl.tx("transfer", "acct0", "acct1", 1, f"t{i}")
+        transfer(cl, "acct0", "acct1", 1, f"t{i}")
     wait_until(lambda: c.status(leader)["snapshot_index"] > 8, 20, "a leader snapshot")
     n4 = c.add_node("voter")
     st = c.wait_converged(timeout=30)
@@ -78,7 +91,7 @@ def test_fourth_node_joins_by_snapshot_install_then_a_node_is_removed(tmp_path, 
     wait_until(lambda: c.node_id(victim) not in
                {m["id"] for m in c.status(leader)["configuration"]}, 10, "victim removed")
     c.stop(victim)
-    res = cl.tx("deposit", "acct2", 5)
+    res = cl.tx("deposit", "acct2", 5, forward=True)
     st = c.wait_converged(min_index=res["index"])
     assert set(st) == {n for n in c.names if n != victim}
 
@@ -94,7 +107,7 @@ def test_restart_all_keeps_every_acknowledged_transaction(tmp_path, procs):
         for i in range(40):  # bounded: 4 writers x 40 transfers
             tid = f"w{k}-{i}"
             try:
-                cl.tx("transfer", f"acct{k}", f"acct{(k + 1) % 4}", 1, tid)
+                transfer(cl, f"acct{k}", f"acct{(k + 1) % 4}", 1, tid)
             except BknrError:
                 continue
             with lock:
@@ -187,6 +200,6 @@ def test_api_port_in_use_is_a_clear_error_and_leaves_no_pid_file(tmp_path, procs
         s.bind(("127.0.0.1", c.node("n1")["api_port"]))
         s.listen()
         p = c.start("n1", wait=False)
-        assert p.wait(30) == 1
-    assert "cannot serve the API" in c.log_tail("n1")
+        code = p.wait(30)
+    assert code == 1 and "cannot serve the API" in c.log_tail("n1"), c.log_tail("n1")
     assert not (c.data_dir("n1") / "node.pid").exists()

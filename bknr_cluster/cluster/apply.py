@@ -1,0 +1,159 @@
+"""The apply path of a ClusterStore: one applier thread, items in log order, on every replica.
+
+Entries are group-commit batches (``batch.py``) or restore entries; ``snapshot_request`` and
+``restore`` items implement the engine's snapshot-at-index protocol (native/DESIGN.md,
+DESIGN.md in this folder). Nothing here may stop the applier: a replica that stops applying is
+worse than a logged error, and a divergence shows as different digests at one applied index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import time
+from typing import Any
+
+from bknr_cluster.cluster.batch import RESTORE_MAGIC, decode_batch, decode_restore
+from bknr_cluster.errors import BknrError, CorruptData, Shutdown, UsageError
+
+log = logging.getLogger("bknr.cluster")
+
+
+class ApplierMixin:
+    """Mixed into ClusterStore (which provides the attributes declared here)."""
+
+    engine: Any
+    committer: Any
+    store: Any
+    applied_index: int
+    applied_term: int
+    applied_entries: int
+    applied_records: int
+    failed_records: int
+    corrupt_entries: int
+    restores: int
+    last_store_snapshot: int
+    _running: bool
+    _apply_lock: Any
+    _applied_cond: threading.Condition
+    _digest_cache: Any
+
+    # --- apply path -----------------------------------------------------------------------
+
+    def _apply_loop(self) -> None:
+        from bknr_cluster.store import TxContext
+
+        eng = self.engine
+        while self._running:
+            try:
+                items = eng.next_committed(256, 0.1)
+            except Shutdown:
+                break
+            except Exception:
+                if not self._running:
+                    break
+                log.exception("next_committed failed")
+                threading.Event().wait(0.1)
+                continue
+            if not items:
+                continue
+            with self._apply_lock:
+                for kind, index, term, data in items:
+                    try:
+                        if kind == "entry":
+                            self._apply_entry(index, data, TxContext)
+                        elif kind == "snapshot_request":
+                            self._store_snapshot(index)
+                        elif kind == "restore":
+                            self._restore(index, data)
+                        else:
+                            log.error("unknown committed item kind %r at %d", kind, index)
+                    except Exception:
+                        # Nothing may stop the applier: a replica that stops applying is worse
+                        # than a logged error (the digest comparison will show divergence).
+                        log.exception("applying %s at index %d failed", kind, index)
+                    self.applied_index = index
+                    if term:
+                        self.applied_term = term
+                self._digest_cache = None
+            with self._applied_cond:
+                self._applied_cond.notify_all()
+
+    def _apply_entry(self, index: int, data: bytes, ctx_cls: Any) -> None:
+        self.applied_entries += 1
+        if data[:4] == RESTORE_MAGIC:
+            self._apply_restore_entry(index, data)
+            return
+        try:
+            node_id, session, items = decode_batch(data)
+        except CorruptData as exc:
+            # Every replica decodes the same bytes the same way, so skipping keeps them equal.
+            self.corrupt_entries += 1
+            log.error("skipping malformed entry %d: %s", index, exc)
+            return
+        take = self.committer.take
+        apply = self.store.apply_record
+        for seq, record in items:
+            w = take(node_id, session, seq)
+            if not record:  # read marker
+                if w is not None:
+                    w.resolve(index)
+                continue
+            self.applied_records += 1
+            try:
+                result = apply(record, ctx_cls(index=index))
+            except Exception as exc:  # the transaction's own exception; the store is unchanged
+                self.failed_records += 1
+                if w is not None:
+                    w.resolve(index, error=exc, tx_error=True)
+                continue
+            if w is not None:
+                w.resolve(index, result)
+
+    def _apply_restore_entry(self, index: int, data: bytes) -> None:
+        """A backup loaded through the log (``POST /restore``); deterministic on every replica:
+        refused unless the store is empty at this index, checked against its SHA-256."""
+        try:
+            node_id, session, seq, sha, snapshot = decode_restore(data)
+        except CorruptData as exc:
+            self.corrupt_entries += 1
+            log.error("skipping malformed restore entry %d: %s", index, exc)
+            return
+        w = self.committer.take(node_id, session, seq)
+        error: BknrError | None = None
+        if len(self.store) != 0:
+            error = UsageError("the store is not empty: a backup can only seed an empty cluster")
+            error.http_status = 409  # type: ignore[attr-defined]
+        elif hashlib.sha256(snapshot).digest() != sha:
+            error = CorruptData("restore entry: snapshot does not match its SHA-256")
+        else:
+            try:
+                self.store.load_snapshot(io.BytesIO(snapshot))
+            except Exception as exc:  # validated on the leader first; this is a last resort
+                log.exception("restore entry %d failed to load", index)
+                self.store.load_snapshot(io.BytesIO(b""))
+                error = CorruptData(f"restore entry could not be loaded: {exc}")
+        if error is None:
+            self.restores += 1
+            log.info("store restored from a backup entry at %d (%d bytes)", index, len(snapshot))
+        if w is not None:
+            w.resolve(index, error=error)
+
+    def _store_snapshot(self, index: int) -> None:
+        buf = io.BytesIO()
+        t0 = time.monotonic()
+        self.store.write_snapshot(buf)
+        self.engine.store_snapshot_done(index, buf.getvalue())
+        self.last_store_snapshot = index
+        log.info("store snapshot at %d: %d bytes in %.3f s", index, buf.tell(),
+                 time.monotonic() - t0)
+
+    def _restore(self, index: int, data: bytes) -> None:
+        t0 = time.monotonic()
+        self.store.load_snapshot(io.BytesIO(data))  # empty bytes: the empty store
+        self.last_store_snapshot = index
+        self.restores += 1
+        log.info("restored store snapshot at %d (%d bytes) in %.3f s", index, len(data),
+                 time.monotonic() - t0)
