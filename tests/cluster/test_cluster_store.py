@@ -147,3 +147,19 @@ def test_the_classes_and_transactions_spelling(tmp_path):
     with pytest.raises(UsageError):
         ClusterStore([Account], [open_account], peers="127.0.0.1:7001:1", data_dir=tmp_path,
                      engine_factory=FakeEngine)
+
+
+def test_leadership_lost_is_distinct_from_not_leader(cs):
+    from bknr_cluster.cluster.client import error_body, error_from_body, error_status
+    from bknr_cluster.errors import LeadershipLost
+    cs.engine.submit_error = LeadershipLost("lost leadership mid-request")
+    with pytest.raises(LeadershipLost) as info:
+        cs.execute(open_account, "ann")
+    assert not isinstance(info.value, NotLeader)
+    exc = info.value
+    assert error_status(exc) == 503
+    back = error_from_body(503, error_body(exc))
+    assert type(back) is LeadershipLost and not isinstance(back, NotLeader)
+    hint = NotLeader(2, "127.0.0.1:7002", leader_api="http://127.0.0.1:8002")
+    back = error_from_body(503, error_body(hint))
+    assert type(back) is NotLeader and back.leader_api == hint.leader_api and back.leader_id == 2
