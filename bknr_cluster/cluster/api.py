@@ -145,7 +145,7 @@ class Api:
         return web.json_response(await self._run(self.cs.status, with_digest))
 
     async def leader(self, request: web.Request) -> web.Response:
-        st = self.cs.engine.status()
+        st = await self._run(self.cs.engine.status)
         leader_id = int(st.get("leader_id") or 0)
         body = {"leader": st.get("state") == "leader", "leader_id": leader_id,
                 "leader_api": self.cs.api_url(leader_id), "node_id": self.cs.node_id}
@@ -184,7 +184,7 @@ class Api:
                             headers={"X-Prometheus-Format": "0.0.4"})
 
     async def backup(self, request: web.Request) -> web.Response:
-        st = self.cs.engine.status()
+        st = await self._run(self.cs.engine.status)
         if st.get("state") != "leader":
             raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
                                                st.get("leader_address") or ""))
@@ -194,7 +194,7 @@ class Api:
             "X-Bknr-Group": self.cs.group})
 
     async def restore(self, request: web.Request) -> web.Response:
-        st = self.cs.engine.status()
+        st = await self._run(self.cs.engine.status)
         if st.get("state") != "leader":
             raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
                                                st.get("leader_address") or ""))
