@@ -442,6 +442,7 @@ void Node::handle(Request& r) {
             // Rejected before it entered the log: still ours. Any later failure inside
             // libraft may already have released it, so we leak rather than double free.
             if (rv == RAFT_NOTLEADER || rv == RAFT_NOSPACE) raft_free(r.buf);
+            if (code_of_sync(rv) == E_IO) note_io_error("append failed: " + errtext(&raft_, rv));
             fail_not_leader(r.fut, rv);
             delete a;
             return;

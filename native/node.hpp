@@ -195,6 +195,7 @@ public:
 
     void on_async();
     void check_health();
+    void note_io_error(const std::string& what);
     void on_raft_closed();
     int fsm_apply(const struct raft_buffer* buf);
     int fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs);
@@ -229,7 +230,7 @@ private:
     bool closing_ = false;  // loop thread only
     std::thread::id loop_tid_;
     uv_timer_t health_timer_;
-    uint64_t stored_seen_ = 0, stored_progress_ms_ = 0;
+    uint64_t stored_seen_ = 0, stored_progress_ms_ = 0, io_error_ms_ = 0;
     std::string last_error_;
     std::atomic<uint64_t> off_loop_callbacks_{0};
     void check_thread() {

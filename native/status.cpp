@@ -11,9 +11,10 @@ void health_cb(uv_timer_t* t) { static_cast<Node*>(t->data)->check_health(); }
 }  // namespace
 
 // libraft's uv backend retries failed disk writes (e.g. ENOSPC while creating a segment)
-// silently, forever. To make a full disk visible, watch whether appended entries get
-// persisted: entries waiting for the disk with no progress for kStallMs is reported in
-// status()["last_error"], with the free space of the data directory; it clears on progress.
+// silently, forever, or refuses appends with RAFT_NOSPACE. To make a full disk visible,
+// status()["last_error"] reports, in this order: appended entries not persisted for kStallMs;
+// a disk error libraft returned in the last kStallMs (note_io_error); less than one log
+// segment free in the data directory. It is cleared when none of these holds any more.
 static constexpr uint64_t kHealthMs = 500;
 static constexpr uint64_t kStallMs = 3000;
 
@@ -28,27 +29,44 @@ void Node::stop_health_timer() {
     uv_close(reinterpret_cast<uv_handle_t*>(&health_timer_), nullptr);
 }
 
+// "<dir>: N bytes free" and whether that is less than one raft_uv segment (8 MB).
+static std::string disk_space(const std::string& dir, bool* full) {
+    struct statvfs fs;
+    *full = false;
+    if (statvfs(dir.c_str(), &fs) != 0) return dir + ": free space unknown";
+    uint64_t avail = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    *full = avail < (8u << 20);
+    return dir + ": " + std::to_string(avail) + " bytes free";
+}
+
+// A disk error that libraft reported synchronously (e.g. an append it could not even start).
+void Node::note_io_error(const std::string& what) {
+    bool full = false;
+    std::string space = disk_space(dir_, &full);
+    io_error_ms_ = uv_now(&loop_);
+    last_error_ = std::string(full ? "no space left on device: " : "disk error: ") + what + " (" + space + ")";
+}
+
 void Node::check_health() {
     uint64_t now = uv_now(&loop_);
     uint64_t stored = raft_.last_stored, last = raft_last_index(&raft_);
     if (last <= stored || stored != stored_seen_) {
         stored_seen_ = stored;
         stored_progress_ms_ = now;
-        if (last <= stored) last_error_.clear();
-        return;
     }
-    if (now - stored_progress_ms_ < kStallMs) return;
-    struct statvfs fs;
-    std::string space = "unknown";
     bool full = false;
-    if (statvfs(dir_.c_str(), &fs) == 0) {
-        uint64_t avail = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-        space = std::to_string(avail) + " bytes free";
-        full = avail < (8u << 20);  // less than one raft_uv segment
+    std::string space = disk_space(dir_, &full);
+    if (last > stored && now - stored_progress_ms_ >= kStallMs) {
+        last_error_ = std::string(full ? "no space left on device: " : "disk writes stalled: ") +
+                      std::to_string(last - stored) + " log entries not persisted for " +
+                      std::to_string((now - stored_progress_ms_) / 1000) + " s (" + space + ")";
+    } else if (io_error_ms_ && now - io_error_ms_ < kStallMs) {
+        // keep the message note_io_error() set
+    } else if (full) {
+        last_error_ = "no space left on device: less than one 8 MB log segment free (" + space + ")";
+    } else {
+        last_error_.clear();
     }
-    last_error_ = std::string(full ? "no space left on device: " : "disk writes stalled: ") +
-                  std::to_string(last - stored) + " log entries not persisted for " +
-                  std::to_string((now - stored_progress_ms_) / 1000) + " s (" + dir_ + ": " + space + ")";
 }
 
 void Node::fill_status(StatusData& s) {
