@@ -170,6 +170,9 @@ def _main(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_file or str(me.log_file), args.log_level)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # Until the event loop takes over SIGTERM, a stop request still unwinds through the
+    # ``finally`` blocks below (engine stopped, pid file removed).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     _write_pid(me.pid_file)
     try:
         from bknr_cluster.cluster.store import ClusterStore
