@@ -57,6 +57,34 @@ class Waiter:
         return self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
 
 
+class LoopDelivery:
+    """Hands resolved waiters to one asyncio loop with one wake-up per burst, not per waiter
+    (each ``call_soon_threadsafe`` writes to the loop's self-pipe: a syscall)."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._ready: list[tuple[Any, Waiter]] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+    def deliver(self, fut: Any, w: Waiter) -> None:
+        """Any thread: complete ``fut`` with ``w`` on the loop."""
+        with self._lock:
+            self._ready.append((fut, w))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._scheduled = False
+        for fut, w in ready:
+            if not fut.done():
+                fut.set_result(w)
+
+
 class GroupCommitter:
     """Packs enqueued records into engine entries; see the module docstring."""
 

@@ -14,15 +14,17 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.admin import AdminMixin
 from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
-from bknr_cluster.cluster.commit import GroupCommitter, Waiter
+from bknr_cluster.cluster.commit import GroupCommitter, LoopDelivery, Waiter
 from bknr_cluster.errors import (
     BknrError,
     NoLeader,
@@ -177,6 +179,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
         self._running = False
         self._applier: threading.Thread | None = None
         self._clients: dict[str, ApiClient] = {}
+        self._deliveries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         if start:
             self.start()
 
@@ -328,20 +331,26 @@ class ClusterStore(ApplierMixin, AdminMixin):
 
         record = self.store.encode_transaction(tx, *args, **kwargs)
         loop = asyncio.get_running_loop()
+        delivery = self._deliveries.get(loop)
+        if delivery is None:
+            delivery = self._deliveries[loop] = LoopDelivery(loop)
         deadline = time.monotonic() + timeout
         while True:
             fut: asyncio.Future = loop.create_future()
-
-            def done(w: Waiter, fut: asyncio.Future = fut) -> None:
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(w))
-            w = self.committer.enqueue(record, callback=done)
+            w = self.committer.enqueue(record, callback=partial(delivery.deliver, fut))
+            # A plain timer instead of wait_for(): no extra task per request.
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()),
+                                    lambda f=fut: f.done() or f.set_result(None))
             try:
-                await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
+                got = await fut
+            finally:
+                timer.cancel()
+            if got is None:
                 if self.committer.abandon(w):
                     raise Timeout(f"no outcome within {timeout} s; the transaction may or may "
-                                  "not commit") from None
-                await fut
+                                  "not commit")
+                # resolved just now by the applier: its resolve() is about to return
+                await loop.run_in_executor(None, w.wait, 5.0)
             err = w.error
             if err is None:
                 return w.result, w.index

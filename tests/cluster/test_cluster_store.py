@@ -163,3 +163,27 @@ def test_leadership_lost_is_distinct_from_not_leader(cs):
     hint = NotLeader(2, "127.0.0.1:7002", leader_api="http://127.0.0.1:8002")
     back = error_from_body(503, error_body(hint))
     assert type(back) is NotLeader and back.leader_api == hint.leader_api and back.leader_id == 2
+
+
+def test_execute_async_results_failures_and_timeout(cs):
+    import asyncio
+
+    from bknr_cluster.errors import TransactionFailed
+
+    async def main():
+        results = await asyncio.gather(*(cs.execute_async("open_account", [f"x{i}"], {})
+                                         for i in range(50)))
+        assert sorted(r[0]["id"] for r in results) == list(range(1, 51))
+        with pytest.raises(TransactionFailed) as info:
+            await cs.execute_async("deposit", ["nobody", 1], {})
+        assert info.value.exception == "KeyError"
+        cs.committer._submit = lambda data: never_commits
+        with pytest.raises(Timeout):
+            await cs.execute_async("open_account", ["late"], {}, timeout=0.2)
+
+    class Never:
+        def result(self, timeout=None):
+            threading.Event().wait(timeout if timeout is not None else 0.5)
+            raise Timeout("never")
+    never_commits = Never()
+    asyncio.run(main())
