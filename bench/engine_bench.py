@@ -155,6 +155,7 @@ def node_main(node_id: int, data_dir: str, addresses: str, windows: list[int], c
         lat: list[float] = []
         pending: deque = deque()
         failed = 0
+        cpu_start = time.process_time()  # all threads: loop, submitter, applier
         t_start = time.perf_counter()
         for _ in range(n):
             pending.append((time.perf_counter(), node.submit(payload)))
@@ -173,21 +174,26 @@ def node_main(node_id: int, data_dir: str, addresses: str, windows: list[int], c
                 failed += 1
             lat.append(time.perf_counter() - t0)
         secs = time.perf_counter() - t_start
+        cpu_us = (time.process_time() - cpu_start) * 1e6 / n
         lat.sort()
         print(json.dumps({"window": window, "n": n, "failed": failed, "eps": round(n / secs, 1),
                           "p50_ms": round(lat[len(lat) // 2] * 1e3, 3),
-                          "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3)}), flush=True)
+                          "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3),
+                          "cpu_us": round(cpu_us, 2)}), flush=True)
     node.stop()
 
 
 # ------------------------------------------------------------------ orchestration
 
 
+METRICS = ("eps", "p50_ms", "p99_ms", "cpu_us")
+
+
 def median_rows(runs: list[list[dict]]) -> list[dict]:
     out = []
     for rows in zip(*runs, strict=True):
         out.append({"window": rows[0]["window"],
-                    **{k: statistics.median(r[k] for r in rows) for k in ("eps", "p50_ms", "p99_ms")},
+                    **{k: statistics.median(r[k] for r in rows) for k in METRICS},
                     "failed": sum(r["failed"] for r in rows)})
     return out
 
@@ -220,11 +226,14 @@ def main() -> None:
     from bknr_cluster.engine import LIBRAFT_VERSION
     print(f"engine bench: 3 nodes on loopback, fsync on, {SIZE}-byte entries, libraft {LIBRAFT_VERSION}, "
           f"{rounds} round(s), median")
-    print(f"{'window':>6} | {'C entries/s':>12} {'p50 ms':>8} {'p99 ms':>8} | "
-          f"{'Py entries/s':>12} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>5}")
+    print("(cpu: leader process CPU time per entry, all threads, in microseconds)")
+    print(f"{'window':>6} | {'C entries/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>6} | "
+          f"{'Py entries/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>6} | {'ratio':>5}")
     for cr, pr in zip(c, py, strict=True):
-        print(f"{cr['window']:>6} | {cr['eps']:>12.0f} {cr['p50_ms']:>8.2f} {cr['p99_ms']:>8.2f} | "
-              f"{pr['eps']:>12.0f} {pr['p50_ms']:>8.2f} {pr['p99_ms']:>8.2f} | {pr['eps'] / cr['eps']:>5.2f}")
+        print(f"{cr['window']:>6} | {cr['eps']:>12.0f} {cr['p50_ms']:>8.2f} {cr['p99_ms']:>8.2f} "
+              f"{cr['cpu_us']:>6.1f} | {pr['eps']:>12.0f} {pr['p50_ms']:>8.2f} {pr['p99_ms']:>8.2f} "
+              f"{pr['cpu_us']:>6.1f} | "
+              f"{pr['eps'] / cr['eps']:>5.2f}")
     by_w = {r["window"]: r for r in py}
     c_w = {r["window"]: r for r in c}
     print(json.dumps({
@@ -233,6 +242,7 @@ def main() -> None:
         "ratio_w512": round(by_w[512]["eps"] / c_w[512]["eps"], 3),
         "py_eps_w1": by_w[1]["eps"], "p50_ms_w1": by_w[1]["p50_ms"], "p99_ms_w1": by_w[1]["p99_ms"],
         "c_eps_w1": c_w[1]["eps"], "c_eps_w64": c_w[64]["eps"], "py_eps_w64": by_w[64]["eps"],
+        "c_cpu_us_w512": c_w[512]["cpu_us"], "py_cpu_us_w512": by_w[512]["cpu_us"],
         "failed": sum(r["failed"] for r in c + py),
     }))
 

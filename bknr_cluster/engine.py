@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
-from typing import Any
 
 from bknr_cluster import _raft
 from bknr_cluster.errors import (
@@ -29,7 +27,6 @@ LIBRAFT_VERSION: str = _raft.LIBRAFT_VERSION
 
 ROLES = ("voter", "standby", "spare")
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
-_SLICE = 0.1  # Future waits release the GIL in slices so signal handlers (Ctrl-C) can run
 
 
 def _error(code: int, message: str, leader_id: int = 0, leader_address: str = "") -> Exception:
@@ -48,35 +45,11 @@ def _error(code: int, message: str, leader_id: int = 0, leader_address: str = ""
     return cls(message)
 
 
-class Future:
-    """Completion of one engine request; ``result()`` waits with the GIL released."""
-
-    __slots__ = ("_f",)
-
-    def __init__(self, native: Any) -> None:
-        self._f = native
-
-    def done(self) -> bool:
-        return self._f.done()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once the request completed (successfully or not)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
-            if self._f.wait(max(left, 0.0)):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-
-    def result(self, timeout: float | None = None) -> int:
-        """The request's value (e.g. the log index); raises the mapped engine error."""
-        if not self._f.done() and not self.wait(timeout):
-            raise Timeout(f"engine request still pending after {timeout}s (outcome unknown)")
-        code, value, message, leader_id, leader_address = self._f.outcome()
-        if code != _raft.OK:
-            raise _error(code, message, leader_id, leader_address)
-        return value
+# Completion of one engine request, implemented natively (no Python wrapper per request):
+# ``result(timeout=None) -> int`` waits with the GIL released, in slices so signal handlers
+# run, and raises the errors.py exception of a failure (Timeout if still pending);
+# ``wait(timeout=None) -> bool`` and ``done() -> bool`` never raise.
+Future = _raft.Future
 
 
 def _check_id(node_id: int) -> int:
@@ -180,39 +153,39 @@ class RaftNode:
 
     def submit(self, data: bytes) -> Future:
         """Future -> log index, once committed and handed to the apply queue."""
-        return Future(self._node.submit(data))
+        return self._node.submit(data)
 
     def barrier(self) -> Future:
-        return Future(self._node.request(_raft.R_BARRIER))
+        return self._node.request(_raft.R_BARRIER)
 
     def add(self, node_id: int, address: str) -> Future:
         """Adds a server as spare; promote it with assign()."""
-        return Future(self._node.request(_raft.R_ADD, _check_id(node_id), _check_address(address)))
+        return self._node.request(_raft.R_ADD, _check_id(node_id), _check_address(address))
 
     def assign(self, node_id: int, role: str) -> Future:
         if role not in ROLES:
             raise UsageError(f"role must be one of {ROLES}, not {role!r}")
-        return Future(self._node.request(_raft.R_ASSIGN, _check_id(node_id), "", role))
+        return self._node.request(_raft.R_ASSIGN, _check_id(node_id), "", role)
 
     def remove(self, node_id: int) -> Future:
-        return Future(self._node.request(_raft.R_REMOVE, _check_id(node_id)))
+        return self._node.request(_raft.R_REMOVE, _check_id(node_id))
 
     def transfer(self, node_id: int = 0) -> Future:
         """Future -> the new leader's id. 0 lets libraft pick the best candidate."""
         if node_id != 0:
             _check_id(node_id)
-        return Future(self._node.request(_raft.R_TRANSFER, node_id))
+        return self._node.request(_raft.R_TRANSFER, node_id)
 
     def snapshot_now(self) -> Future:
         """Future -> index of a Raft snapshot covering everything committed so far."""
-        return Future(self._node.request(_raft.R_SNAPSHOT))
+        return self._node.request(_raft.R_SNAPSHOT)
 
     def status(self, timeout: float = 5.0) -> dict:
         if self._node.running():
-            f = Future(self._node.request(_raft.R_STATUS))
+            f = self._node.request(_raft.R_STATUS)
             try:
                 f.result(timeout)
-                return f._f.status()
+                return f.status()
             except Shutdown:
                 pass  # stopped meanwhile
         return {"id": self.node_id, "address": self.address, "state": "unavailable", "term": 0,

@@ -39,8 +39,14 @@ ChunkPtr chunk_adopt(void* raft_malloced, size_t n) {
 void ApplyQueue::push(Item&& it) {
     std::lock_guard<std::mutex> g(mu_);
     q_.push_back(std::move(it));
+    unflushed_ = true;
+}
+
+void ApplyQueue::flush() {
+    std::lock_guard<std::mutex> g(mu_);
     // Only pay for a futex wake when the applier is actually asleep.
-    if (waiters_) cv_.notify_one();
+    if (unflushed_ && waiters_) cv_.notify_one();
+    unflushed_ = false;
 }
 
 void ApplyQueue::clear() {

@@ -153,6 +153,65 @@ FuturePtr failed(int code, std::string msg) {
 
 const char* kinds[] = {"entry", "snapshot_request", "restore"};
 
+// Future waits: 100 ms slices with the GIL released; Python signal handlers run in between.
+constexpr double kFutureSlice = 0.1;
+
+bool wait_sliced(FutureState& f, double timeout) {  // timeout < 0: no deadline
+    if (f.is_done()) return true;
+    auto start = std::chrono::steady_clock::now();
+    for (;;) {
+        double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        double slice = timeout < 0 ? kFutureSlice : std::min(kFutureSlice, std::max(timeout - spent, 0.0));
+        if (nogil([&] { return f.wait_for(slice); })) return true;
+        if (timeout >= 0 && spent + slice >= timeout) return false;
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    }
+}
+
+// Raises bknr_cluster.errors.<cls>(*args): the one exception hierarchy lives in Python.
+[[noreturn]] void raise_error(const char* cls, const py::tuple& args) {
+    py::object exc = py::module_::import("bknr_cluster.errors").attr(cls)(*args);
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+    throw py::error_already_set();
+}
+
+const char* error_class(int code) {
+    switch (code) {
+        case E_NOT_LEADER: return "NotLeader";
+        case E_LEADERSHIP_LOST: return "LeadershipLost";
+        case E_SHUTDOWN: return "Shutdown";
+        case E_TOO_BIG: return "TooBig";
+        case E_IO: return "EngineIOError";
+        case E_MEMBERSHIP: return "MembershipError";
+        case E_TIMEOUT: return "Timeout";
+        case E_ALREADY_BOOTSTRAPPED: return "AlreadyBootstrapped";
+        case E_INVALID: return "UsageError";
+        default: return "EngineError";
+    }
+}
+
+// The request's value (log index, leader id, ...) or the mapped errors.py exception.
+uint64_t future_result(FutureState& f, const py::object& timeout) {
+    double t = timeout.is_none() ? -1.0 : timeout.cast<double>();
+    if (!wait_sliced(f, t))
+        raise_error("Timeout", py::make_tuple(py::str("engine request still pending after {}s "
+                                                      "(outcome unknown)").format(timeout)));
+    int code;
+    uint64_t value, lid;
+    std::string msg, laddr;
+    {
+        std::lock_guard<std::mutex> g(f.mu);
+        code = f.code;
+        value = f.value;
+        msg = f.message;
+        lid = f.leader_id;
+        laddr = f.leader_address;
+    }
+    if (code == OK) return value;
+    if (code == E_NOT_LEADER) raise_error("NotLeader", py::make_tuple(lid, laddr));
+    raise_error(error_class(code), py::make_tuple(msg));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_raft, m) {
@@ -178,10 +237,12 @@ PYBIND11_MODULE(_raft, m) {
         while (std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }, py::arg("seconds"));
 
-    py::class_<FutureState, FuturePtr>(m, "NativeFuture")
-        .def("wait", [](FutureState& f, double timeout) {
-            return nogil([&] { return f.wait_for(timeout); });
-        }, py::arg("timeout"))
+    py::class_<FutureState, FuturePtr>(m, "Future")
+        .def("result", &future_result, py::arg("timeout") = py::none(),
+             "The value once done (waits with the GIL released); raises the errors.py exception.")
+        .def("wait", [](FutureState& f, const py::object& timeout) {
+            return wait_sliced(f, timeout.is_none() ? -1.0 : timeout.cast<double>());
+        }, py::arg("timeout") = py::none(), "True once done, False on timeout; never raises.")
         .def("done", &FutureState::is_done)
         .def("outcome", [](FutureState& f) {
             std::lock_guard<std::mutex> g(f.mu);

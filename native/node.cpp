@@ -341,6 +341,9 @@ void Node::run_thread(std::shared_ptr<StartSync> sync) {
         return;
     }
     start_health_timer();
+    uv_check_init(&loop_, &flush_check_);
+    flush_check_.data = this;
+    uv_check_start(&flush_check_, [](uv_check_t* h) { static_cast<Node*>(h->data)->queue().flush(); });
     accepting_ = true;
     {
         std::lock_guard<std::mutex> g(sync->mu);
@@ -405,6 +408,9 @@ void Node::begin_close() {
     if (closing_) return;
     closing_ = true;
     stop_health_timer();
+    applyq_.flush();
+    uv_check_stop(&flush_check_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&flush_check_), nullptr);
     raft_close(&raft_, close_cb);  // fails in-flight client requests via their callbacks
     for (auto& w : snap_waiters_) w.second->fail(E_SHUTDOWN, "engine stopped");
     snap_waiters_.clear();

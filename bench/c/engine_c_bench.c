@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #define MAX_WINDOWS 8
@@ -33,6 +34,13 @@ static unsigned windows[MAX_WINDOWS], counts[MAX_WINDOWS];
 static size_t entry_size;
 static unsigned submitted, completed, inflight, failed;
 static uint64_t start_ns, *lat_ns;
+static double start_cpu;
+
+static double cpu_seconds(void) { /* user + system time of this process (all threads) */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
 
 struct req {
     struct raft_apply apply;
@@ -77,10 +85,12 @@ static void submit_one(void);
 
 static void finish_window(void) {
     double secs = (double)(now_ns() - start_ns) / 1e9;
+    double cpu = cpu_seconds() - start_cpu;
     qsort(lat_ns, completed, sizeof *lat_ns, cmp_u64);
-    printf("{\"window\": %u, \"n\": %u, \"failed\": %u, \"eps\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f}\n",
+    printf("{\"window\": %u, \"n\": %u, \"failed\": %u, \"eps\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
+           "\"cpu_us\": %.2f}\n",
            windows[cur], completed, failed, completed / secs, lat_ns[completed / 2] / 1e6,
-           lat_ns[(size_t)(completed * 0.99)] / 1e6);
+           lat_ns[(size_t)(completed * 0.99)] / 1e6, cpu * 1e6 / completed);
     fflush(stdout);
     free(lat_ns);
     cur++;
@@ -90,6 +100,7 @@ static void finish_window(void) {
     submitted = completed = inflight = failed = 0;
     lat_ns = calloc(counts[cur], sizeof *lat_ns);
     start_ns = now_ns();
+    start_cpu = cpu_seconds();
     while (inflight < windows[cur] && submitted < counts[cur]) submit_one();
 }
 
@@ -135,6 +146,7 @@ static void timer_cb(uv_timer_t *t) {
     cur = 0;
     lat_ns = calloc(counts[0], sizeof *lat_ns);
     start_ns = now_ns();
+    start_cpu = cpu_seconds();
     while (inflight < windows[0] && submitted < counts[0]) submit_one();
 }
 

@@ -212,3 +212,45 @@ def test_restart_restores_empty_store_snapshot_plus_tail(tmp_path):
         assert entries[:len(expect)] == expect
     finally:
         node.stop()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_pending_future_times_out_wakes_for_signals_then_loses_leadership(tmp_path):
+    import signal
+
+    from bknr_cluster.errors import LeadershipLost, Timeout
+
+    ports = free_ports(2)
+    conf = [(i + 1, f"127.0.0.1:{p}", "voter") for i, p in enumerate(ports)]
+    nodes = [RaftNode(i, a, str(tmp_path / f"n{i}"), election_timeout_ms=3000, heartbeat_ms=300)
+             for i, a, _ in conf]
+    try:
+        for n in nodes:
+            n.bootstrap(conf)
+            n.start()
+        leader = wait_until(lambda: [n for n in nodes if n.status()["state"] == "leader"], 20, "leader")[0]
+        leader.submit(b"warm-up").result(10)
+        next(n for n in nodes if n is not leader).stop()   # no quorum any more
+        fut = leader.submit(b"x")
+        with pytest.raises(Timeout):
+            fut.result(0.2)
+        assert not fut.wait(0.05) and not fut.done()
+
+        def interrupt(*_):
+            raise _Interrupted
+        old = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(_Interrupted):
+                fut.result()  # no deadline, yet a signal handler still gets to run
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        with pytest.raises(LeadershipLost):
+            fut.result(30)    # the leader steps down: the entry's outcome is unknown
+    finally:
+        for n in nodes:
+            n.stop()
