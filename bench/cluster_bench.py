@@ -111,6 +111,37 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_async_callers(n: int, seconds: float, op: Any) -> dict[str, float]:
+    """``n`` asyncio tasks on one event loop await ``op(caller, i)`` for ``seconds``."""
+    import asyncio
+
+    lat: list[float] = []
+    errors = [0]
+
+    async def main() -> float:
+        stop_at = time.monotonic() + seconds
+
+        async def worker(k: int) -> None:
+            i = 0
+            while time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    await op(k, i)
+                except Exception:
+                    errors[0] += 1
+                lat.append(time.perf_counter() - t0)
+                i += 1
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(n)))
+        return time.perf_counter() - t0
+    elapsed = asyncio.run(main())
+    lat.sort()
+    done = len(lat) - errors[0]
+    return {"callers": n, "ops": done, "errors": errors[0], "seconds": elapsed,
+            "tx_per_s": done / elapsed if elapsed else 0.0,
+            "p50_ms": percentile(lat, 0.50) * 1000, "p99_ms": percentile(lat, 0.99) * 1000}
+
+
 # --- PySyncObj ----------------------------------------------------------------------------------
 
 
@@ -280,6 +311,21 @@ def main() -> int:
             out[f"p50_ms_{n}"] = round(r["p50_ms"], 3)
             out[f"p99_ms_{n}"] = round(r["p99_ms"], 3)
             out[f"cpu_us_per_tx_{n}"] = r["cpu_us_per_tx"]
+        # The same 256 callers as asyncio tasks (ClusterStore.execute_async): no thread per
+        # caller, so no GIL hand-off per transaction.
+        async def aop(k: int, i: int) -> None:
+            await cs.execute_async(bank.transfer, (*pair(k), 1, tid()), {}, raise_tx=True)
+            flip[k] ^= 1
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        b0, i0 = cs.committer.batches, cs.committer.items
+        r = run_async_callers(256, seconds, aop)
+        r["cpu_us_per_tx"] = {k: round((cpu_seconds(p) - cpu0[k]) / max(1, r["ops"]) * 1e6, 1)
+                              for k, p in pids.items()}
+        r["records_per_entry"] = round((cs.committer.items - i0) / max(1, cs.committer.batches - b0), 1)
+        rows.append(("in-process, 256 asyncio", r))
+        out["async_tx_per_s_256"] = round(r["tx_per_s"], 1)
+        out["async_p50_ms_256"] = round(r["p50_ms"], 3)
+        out["async_p99_ms_256"] = round(r["p99_ms"], 3)
         st = cs.status()
         out["records_per_entry"] = round(st["batched_records"] / max(1, st["batches"]), 2)
 

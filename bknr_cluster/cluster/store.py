@@ -321,8 +321,9 @@ class ClusterStore(ApplierMixin, AdminMixin):
             threading.Event().wait(pause)
 
     async def execute_async(self, tx: Any, args: tuple | list, kwargs: dict, *,
-                            forward: bool = False, timeout: float = 30.0) -> tuple[Any, int]:
-        """``execute_indexed(..., raise_tx=False)`` for an asyncio caller (the HTTP API).
+                            forward: bool = False, timeout: float = 30.0,
+                            raise_tx: bool = False) -> tuple[Any, int]:
+        """``execute_indexed`` for an asyncio caller (the HTTP API, asyncio applications).
 
         The applier resolves an asyncio future through ``call_soon_threadsafe``, so a request
         costs no worker-thread hand-off; only forwarding (blocking HTTP) uses a thread.
@@ -355,6 +356,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
             if err is None:
                 return w.result, w.index
             if w.tx_error:
+                if raise_tx:
+                    raise err
                 raise TransactionFailed(type(err).__name__, str(err)) from err
             if not (forward and isinstance(err, NotLeader)):
                 raise err
