@@ -359,7 +359,8 @@ void Node::stop() {
     std::lock_guard<std::mutex> g(life_mu_);
     if (stopped_) return;
     if (!started_) {  // never started: refuse a later start() and release next_committed()
-        started_ = stopped_ = true;
+        stopped_ = true;
+        started_ = true;
         applyq_.close();
         return;
     }

@@ -226,7 +226,8 @@ private:
     Options opts_;
     std::thread thread_;
     std::mutex life_mu_;  // serialises start/stop/bootstrap
-    bool started_ = false, stopped_ = false;
+    std::atomic<bool> started_{false};  // also read by post() for its error message
+    bool stopped_ = false;
 
     std::mutex req_mu_;
     std::vector<Request> reqs_;
