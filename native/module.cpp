@@ -6,6 +6,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <type_traits>
 
@@ -19,10 +20,29 @@ namespace {
 // Waits are cut into slices so that Python signal handlers (Ctrl-C) run between them.
 constexpr double kSlice = 0.05;
 
-// Runs f() with the GIL released. Unlike pybind11's scoped release, the GIL is re-taken in a
-// plain function call, not in a destructor: during interpreter finalization CPython ends a
-// (daemon) thread that asks for the GIL with pthread_exit, whose forced unwind must not start
-// inside a noexcept destructor (that is std::terminate -> SIGABRT at process exit).
+unsigned long g_main_thread = 0;  // ident of the thread that imported us (the main thread)
+
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
+// Re-takes the GIL after a wait. During interpreter finalization CPython ends any other thread
+// that asks for the GIL with pthread_exit; its forced unwind would run through our C++ frames
+// (pybind11 argument casters dropping references without the GIL; with a scoped-release guard
+// even std::terminate, i.e. SIGABRT at every process exit with a daemon thread waiting in the
+// engine). Such a thread is parked instead: the process is about to exit anyway. The main
+// thread (which runs the finalization) always gets the GIL back.
+void retake_gil(PyThreadState* ts) {
+    while (interpreter_finalizing() && PyThread_get_thread_ident() != g_main_thread)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    PyEval_RestoreThread(ts);
+}
+
+// Runs f() with the GIL released, re-taking it through retake_gil() (never in a destructor).
 template <typename F>
 auto nogil(F&& f) -> decltype(f()) {
     PyThreadState* ts = PyEval_SaveThread();
@@ -30,19 +50,19 @@ auto nogil(F&& f) -> decltype(f()) {
         try {
             f();
         } catch (...) {
-            PyEval_RestoreThread(ts);
+            retake_gil(ts);
             throw;
         }
-        PyEval_RestoreThread(ts);
+        retake_gil(ts);
     } else {
         decltype(f()) r;
         try {
             r = f();
         } catch (...) {
-            PyEval_RestoreThread(ts);
+            retake_gil(ts);
             throw;
         }
-        PyEval_RestoreThread(ts);
+        retake_gil(ts);
         return r;
     }
 }
@@ -191,11 +211,13 @@ const char* error_class(int code) {
 }
 
 // The request's value (log index, leader id, ...) or the mapped errors.py exception.
-uint64_t future_result(FutureState& f, const py::object& timeout) {
-    double t = timeout.is_none() ? -1.0 : timeout.cast<double>();
+// (Timeouts arrive as std::optional<double>, not py::object: no Python reference is held by a
+// frame that waits without the GIL.)
+uint64_t future_result(FutureState& f, std::optional<double> timeout) {
+    double t = timeout ? *timeout : -1.0;
     if (!wait_sliced(f, t))
         raise_error("Timeout", py::make_tuple(py::str("engine request still pending after {}s "
-                                                      "(outcome unknown)").format(timeout)));
+                                                      "(outcome unknown)").format(t)));
     int code;
     uint64_t value, lid;
     std::string msg, laddr;
@@ -218,6 +240,7 @@ PYBIND11_MODULE(_raft, m) {
     m.doc() = "Native Raft engine over libraft (private; use bknr_cluster.engine)";
     // A dying peer socket must not kill a healthy node (DESIGN.md rule 6).
     std::signal(SIGPIPE, SIG_IGN);
+    g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
     m.attr("LIBRAFT_VERSION") = BKNR_RAFT_VERSION_STRING;
     m.attr("OK") = static_cast<int>(OK);
@@ -240,8 +263,8 @@ PYBIND11_MODULE(_raft, m) {
     py::class_<FutureState, FuturePtr>(m, "Future")
         .def("result", &future_result, py::arg("timeout") = py::none(),
              "The value once done (waits with the GIL released); raises the errors.py exception.")
-        .def("wait", [](FutureState& f, const py::object& timeout) {
-            return wait_sliced(f, timeout.is_none() ? -1.0 : timeout.cast<double>());
+        .def("wait", [](FutureState& f, std::optional<double> timeout) {
+            return wait_sliced(f, timeout ? *timeout : -1.0);
         }, py::arg("timeout") = py::none(), "True once done, False on timeout; never raises.")
         .def("done", &FutureState::is_done)
         .def("outcome", [](FutureState& f) {
