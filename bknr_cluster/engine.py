@@ -1,7 +1,8 @@
 """Thin Python face of the native Raft engine (``bknr_cluster._raft``, see native/DESIGN.md).
 
-The engine's loop thread never takes the GIL; everything here only queues requests to it,
-waits on futures with the GIL released, and maps native outcome codes onto errors.py.
+The engine's loop thread never takes the GIL; everything here validates arguments and queues
+requests to it. Futures (``_raft.Future``) wait with the GIL released and raise errors.py
+exceptions themselves; ``_error`` maps the codes of the few synchronous calls.
 """
 
 from __future__ import annotations
