@@ -182,17 +182,22 @@ class BankWorkload(Workload):
 
 
 class AppendWorkload(Workload):
-    """Appends of unique values to a few lists, and consistent reads of whole lists."""
+    """Appends of unique values to a few lists, and consistent reads of whole lists.  Fresh
+    lists replace the old ones every ``per_list`` appends each, so a consistent read (which
+    ships the whole list) stays cheap however long the run."""
 
     name = "append"
 
-    def __init__(self, *a, lists: int = 3, **kw) -> None:
+    def __init__(self, *a, lists: int = 3, per_list: int = 2000, **kw) -> None:
         super().__init__(*a, **kw)
-        self.lists = [f"L{i}" for i in range(lists)]
+        self.n_lists = lists
+        self.per_list = per_list
         self._values = itertools.count(1)
+        self._ops = itertools.count()
 
     def op(self, client: int, rng: random.Random) -> None:
-        key = rng.choice(self.lists)
+        gen = next(self._ops) // (self.per_list * self.n_lists)
+        key = f"L{gen}-{rng.randrange(self.n_lists)}"
         inv = self.history.now()
         if rng.random() < 0.1:
             url, out = self.request("/query/list", {"args": [key], "consistent": True})
