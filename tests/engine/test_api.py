@@ -254,3 +254,36 @@ def test_pending_future_times_out_wakes_for_signals_then_loses_leadership(tmp_pa
     finally:
         for n in nodes:
             n.stop()
+
+
+STOP_FROM_SIGNAL = """
+import atexit, signal, sys
+from bknr_cluster.engine import RaftNode
+from bknr_cluster.errors import Shutdown
+from tests.support import wait_until
+n = RaftNode(1, sys.argv[1], sys.argv[2], election_timeout_ms=300, heartbeat_ms=30)
+n.bootstrap([(1, sys.argv[1], "voter")]); n.start()
+atexit.register(n.stop)                                  # a second stop() must be harmless
+signal.signal(signal.SIGTERM, lambda *_: n.stop())       # stop() from a signal handler
+wait_until(lambda: n.status()["state"] == "leader", 10, "leader")
+n.submit(b"x").result(5)
+print("ready", flush=True)
+while True:
+    try:
+        n.next_committed(10, 1.0)                        # interrupted by the handler, then drained
+    except Shutdown:
+        print("drained", flush=True)
+        break
+"""
+
+
+def test_stop_from_signal_handler_and_atexit(procs, tmp_path):
+    import signal
+
+    (port,) = free_ports(1)
+    log = tmp_path / "out.log"
+    p = procs.python("-c", STOP_FROM_SIGNAL, f"127.0.0.1:{port}", str(tmp_path / "d"), log=log)
+    wait_until(lambda: "ready" in log.read_text() or p.poll() is not None, 20, "the node to start")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 0, log.read_text()
+    assert "drained" in log.read_text()
