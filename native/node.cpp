@@ -194,7 +194,7 @@ int Node::setup_loop(std::string& err) {
     if (rv != 0) { err = uv_strerror(rv); return E_IO; }
     async_.data = this;
     uv_async_init(&loop_, &async_, async_cb);
-    transport_.version = 1;
+    compat::init_transport_version(&transport_);
     transport_.data = this;
     if (opts_.secret.empty()) {
         rv = raft_uv_tcp_init(&transport_, &loop_);

@@ -36,6 +36,10 @@ namespace bknr::compat {
 // the legacy raft_io of 0.18-0.22 has no async work hook, so it would still run on the loop.
 constexpr int kFsmVersion = 2;
 
+// The transport struct's version must be filled in by the user before raft_uv_init (0.22
+// refuses an unset one: "transport->version must be set"); 1 is the only version so far.
+inline void init_transport_version(struct raft_uv_transport* t) { t->version = 1; }
+
 // libraft >= 0.19 caps un-acknowledged entries per follower (default 32), which halves
 // pipelined throughput; older releases have no cap and no setter.
 inline void set_max_inflight_entries(struct raft* r, unsigned n) {
