@@ -91,6 +91,7 @@ class Driver:
         self.node = node
         self.store = store
         self.bg_outcomes: dict[str, int] = {}
+        self.bg_acked: list[str] = []
         self.bg_thread: threading.Thread | None = None
 
     def outcome(self, fut: Future, timeout: float) -> tuple[str, object]:
@@ -134,23 +135,35 @@ class Driver:
 
     def op_background_submit(self, prefix: str, n: int, window: int = 16) -> dict:
         """Keep submitting in a thread; outcomes are counted by kind (LeadershipLost test)."""
+        def settle(name: str, fut: Future) -> None:
+            kind, _ = self.outcome(fut, 30.0)
+            self.bg_outcomes[kind] = self.bg_outcomes.get(kind, 0) + 1
+            if kind == "ok":
+                self.bg_acked.append(name)
+
         def run() -> None:
-            pending: list[Future] = []
+            pending: list[tuple[str, Future]] = []
             for i in range(n):
-                pending.append(self.node.submit(f"{prefix}-{i}".encode()))
+                name = f"{prefix}-{i}"
+                pending.append((name, self.node.submit(name.encode())))
                 if len(pending) >= window:
-                    kind, _ = self.outcome(pending.pop(0), 30.0)
-                    self.bg_outcomes[kind] = self.bg_outcomes.get(kind, 0) + 1
-            for f in pending:
-                kind, _ = self.outcome(f, 30.0)
-                self.bg_outcomes[kind] = self.bg_outcomes.get(kind, 0) + 1
+                    settle(*pending.pop(0))
+            for p in pending:
+                settle(*p)
         self.bg_thread = threading.Thread(target=run, daemon=True)
         self.bg_thread.start()
         return {}
 
-    def op_background_outcomes(self) -> dict:
-        return {"done": self.bg_thread is not None and not self.bg_thread.is_alive(),
-                "outcomes": dict(self.bg_outcomes)}
+    def op_background_outcomes(self, acked: bool = False) -> dict:
+        r = {"done": self.bg_thread is not None and not self.bg_thread.is_alive(),
+             "outcomes": dict(self.bg_outcomes)}
+        if acked:
+            r["acked"] = list(self.bg_acked)
+        return r
+
+    def op_entries(self) -> list[str]:
+        with self.store.lock:
+            return [d.decode() for d in self.store.entries]
 
     def op_pad(self, mb: int) -> dict:
         with self.store.lock:
