@@ -16,7 +16,7 @@ venv: $(PY)
 $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q scikit-build-core pybind11 ninja cmake
+	$(PIP) install -q scikit-build-core pybind11 ninja cmake setuptools wheel
 
 # Reinstalls (incrementally, the CMake build dir is kept) only when a source changed.
 build: $(VENV)/.installed
