@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class ClusterConfig:
     batch_max_bytes: int
     nodes: tuple[NodeConfig, ...]
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    raft_secret_file: Path | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterConfig:
@@ -136,6 +138,8 @@ class ClusterConfig:
             batch_max_bytes=int(batch["max_bytes"]),
             nodes=tuple(_node(n, base_dir) for n in data["nodes"]),
             raw=data,
+            raft_secret_file=_resolve(base_dir, data["raft_secret_file"])
+            if data.get("raft_secret_file") else None,
         )
 
     @property
@@ -161,6 +165,32 @@ class ClusterConfig:
             return self.token_file.read_text().strip()
         except OSError as exc:
             raise ConfigError([("token_file", f"cannot read {self.token_file}: {exc.strerror}")]) from None
+
+    def raft_secret(self) -> bytes | None:
+        """The shared secret of the authenticated raft transport (docs/security.md), or None."""
+        f = self.raft_secret_file
+        if f is None:
+            return None
+        where = "raft_secret_file"
+        try:
+            st = f.stat()
+            data = f.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError([(where, f"cannot read {f}: {exc.strerror}")]) from None
+        problems = []
+        if not stat.S_ISREG(st.st_mode):
+            problems.append((where, f"{f} is not a regular file"))
+        if st.st_mode & 0o077:
+            problems.append((where, f"{f} has mode {st.st_mode & 0o777:04o}; it must not be readable "
+                             f"by group or others (chmod 600 {f})"))
+        if st.st_uid != os.geteuid():
+            problems.append((where, f"{f} is not owned by the user running the node"))
+        if len(data) < 32:
+            problems.append((where, f"{f} holds {len(data)} bytes; at least 32 are required "
+                             "(bknrctl init generates one)"))
+        if problems:
+            raise ConfigError(problems)
+        return data
 
     def initial_configuration(self) -> list[tuple[int, str, str]]:
         """The engine bootstrap configuration: every node listed with its role."""
@@ -217,7 +247,7 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if not isinstance(data, dict):
         return [("", "the configuration must be a mapping with 'group', 'store' and 'nodes'")]
-    known = {"group", "store", "token_file", "timing", "snapshot", "batch", "nodes"}
+    known = {"group", "store", "token_file", "raft_secret_file", "timing", "snapshot", "batch", "nodes"}
     for key in sorted(set(data) - known):
         out.append((str(key), "unknown key"))
 
@@ -233,9 +263,10 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     elif not isinstance(store, str) or not STORE_RE.match(store):
         out.append(("store", f"{store!r} must look like 'package.module:definition'"))
 
-    token = data.get("token_file")
-    if token is not None and (not isinstance(token, str) or not token):
-        out.append(("token_file", "must be a file path"))
+    for key in ("token_file", "raft_secret_file"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            out.append((key, "must be a file path"))
 
     out += _validate_section(data.get("timing"), "timing", {
         "election_timeout_ms": (20, 600_000), "heartbeat_ms": (1, 60_000)})
