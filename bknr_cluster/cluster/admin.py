@@ -128,4 +128,6 @@ class AdminMixin:
             "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
             "restores": self.restores,
             "uptime_s": round(time.time() - self.started_at, 3),
+            # authenticated raft transport counters (accepted, connected, refused_*), if enabled
+            "auth": st.get("auth"),
         }

@@ -45,8 +45,9 @@ def test_init_twice_exits_2_with_a_message(tmp_path, procs):
     assert r.returncode == 2 and "already bootstrapped" in r.stderr
 
 
-def test_kill_leader_new_leader_and_old_node_catches_up(tmp_path, procs):
-    c, leader = start_cluster(tmp_path, procs)
+@pytest.mark.parametrize("raft_secret", [False, True], ids=["plain", "auth-transport"])
+def test_kill_leader_new_leader_and_old_node_catches_up(tmp_path, procs, raft_secret):
+    c, leader = start_cluster(tmp_path, procs, raft_secret=raft_secret)
     open_accounts(c, leader, 5)
     c.kill(leader)
     t0 = time.monotonic()
@@ -61,6 +62,11 @@ def test_kill_leader_new_leader_and_old_node_catches_up(tmp_path, procs):
     assert {s["applied_index"] for s in st.values()} == {st[new]["applied_index"]}
     q = c.client(leader).query("account", "acct1")
     assert q["result"]["balance"] == 120
+    auth = c.status(new)["auth"]
+    if raft_secret:  # the nodes really ran the authenticated transport
+        assert auth and auth["accepted"] + auth["connected"] > 0 and auth["refused_in"] == 0
+    else:
+        assert not auth
 
 
 def test_sigterm_on_the_leader_hands_over_and_removes_the_pid_file(tmp_path, procs):
