@@ -221,6 +221,7 @@ int Node::setup_loop(std::string& err) {
     rv = raft_init(&raft_, &io_, &fsm_, id_, address_.c_str());
     if (rv != 0) { err = "init: " + std::string(raft_errmsg(&raft_)); goto fail_io; }
     raft_.data = this;
+    compat::detach_idle_tracers(&raft_, &io_);
     raft_set_election_timeout(&raft_, opts_.election_timeout_ms);
     raft_set_heartbeat_timeout(&raft_, opts_.heartbeat_ms);
     raft_set_pre_vote(&raft_, opts_.pre_vote);

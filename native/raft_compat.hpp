@@ -4,6 +4,8 @@
 // the compat_* helpers below, so supporting another release means editing only this file.
 #pragma once
 
+#include <cstdlib>
+
 // raft.h's ABI self-checks use sizeof(struct {...}) inside static_assert, which is valid C but
 // not C++. The checks guard libraft's own ABI (already verified when libraft was compiled), so
 // while including the headers we turn C++ static_assert into a no-op that drops its arguments.
@@ -39,6 +41,21 @@ constexpr int kFsmVersion = 2;
 // The transport struct's version must be filled in by the user before raft_uv_init (0.22
 // refuses an unset one: "transport->version must be set"); 1 is the only version so far.
 inline void init_transport_version(struct raft_uv_transport* t) { t->version = 1; }
+
+// 0.22 installs its stderr tracer on every raft and raft_uv instance and formats each trace
+// message with snprintf (into a static buffer shared by all threads) before checking whether
+// tracing is enabled: a measurable share of the loop thread's CPU under load. Every trace site
+// checks for a NULL tracer first, so unless LIBRAFT_TRACE asks for traces we detach it.
+inline void detach_idle_tracers(struct raft* r, struct raft_io* io) {
+#if RAFT_VERSION_NUMBER >= 2200
+    if (std::getenv("LIBRAFT_TRACE") != nullptr) return;
+    r->tracer = nullptr;
+    raft_uv_set_tracer(io, nullptr);
+#else
+    (void)r;
+    (void)io;
+#endif
+}
 
 // libraft >= 0.19 caps un-acknowledged entries per follower (default 32), which halves
 // pipelined throughput; older releases have no cap and no setter.

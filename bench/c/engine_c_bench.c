@@ -195,6 +195,12 @@ int main(int argc, char **argv) {
     fsm.snapshot = fsm_snapshot;
     fsm.restore = fsm_restore;
     if (raft_init(&raft, &io, &fsm, id, self) != 0) return 1;
+    /* Same as the engine (native/raft_compat.hpp): without LIBRAFT_TRACE, detach 0.22's
+     * always-formatting stderr tracers so both sides measure libraft, not snprintf. */
+    if (getenv("LIBRAFT_TRACE") == NULL) {
+        raft.tracer = NULL;
+        raft_uv_set_tracer(&io, NULL);
+    }
     raft_set_election_timeout(&raft, 1000);
     raft_set_heartbeat_timeout(&raft, 100);
     raft_set_pre_vote(&raft, true);
