@@ -172,6 +172,7 @@ FuturePtr failed(int code, std::string msg) {
 }
 
 const char* kinds[] = {"entry", "snapshot_request", "restore"};
+PyObject* kind_str[3];  // interned once: no new str object per committed item
 
 // Future waits: 100 ms slices with the GIL released; Python signal handlers run in between.
 constexpr double kFutureSlice = 0.1;
@@ -240,6 +241,7 @@ PYBIND11_MODULE(_raft, m) {
     m.doc() = "Native Raft engine over libraft (private; use bknr_cluster.engine)";
     // A dying peer socket must not kill a healthy node (DESIGN.md rule 6).
     std::signal(SIGPIPE, SIG_IGN);
+    for (int i = 0; i < 3; i++) kind_str[i] = PyUnicode_InternFromString(kinds[i]);  // kept for life
     g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
     m.attr("LIBRAFT_VERSION") = BKNR_RAFT_VERSION_STRING;
@@ -368,7 +370,8 @@ PYBIND11_MODULE(_raft, m) {
                 const Item& it = items[i];
                 PyObject* b = PyBytes_FromStringAndSize(it.data.data(), static_cast<Py_ssize_t>(it.data.len));
                 if (!b) throw py::error_already_set();
-                out[i] = py::make_tuple(kinds[it.kind], it.index, it.term, py::reinterpret_steal<py::bytes>(b));
+                out[i] = py::make_tuple(py::reinterpret_borrow<py::str>(kind_str[it.kind]), it.index, it.term,
+                                        py::reinterpret_steal<py::bytes>(b));
             }
             return std::move(out);
         }, py::arg("max_items"), py::arg("timeout"))
