@@ -142,8 +142,9 @@ def check_append(ops: list[Op], replicas: dict[str, dict[Any, list]]) -> CheckRe
                     res.fail(f"{node}: list {key!r} holds {v!r} {n} times ({op.status})")
                 elif op.status == FAIL:
                     res.fail(f"{node}: list {key!r} holds {v!r}, whose append failed ({op.error})")
+        present = {k: set(vs) for k, vs in lists.items()}
         for (key, v), op in appends.items():
-            if op.status == OK and v not in set(lists.get(key, [])):
+            if op.status == OK and v not in present.get(key, ()):
                 lost += 1
                 res.fail(f"{node}: acknowledged append {v!r} to {key!r} missing")
     res.stats["lost"] = lost

@@ -33,7 +33,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.chaos.long_run", description=__doc__)
-    p.add_argument("--minutes", type=float, default=21.0, help="load + fault time (default 21)")
+    p.add_argument("--minutes", type=float, default=30.0, help="load + fault time (default 30)")
     p.add_argument("--faults", type=int, default=400, help="stop injecting after this many")
     p.add_argument("--min-faults", type=int, default=200, help="fail the run below this many")
     p.add_argument("--nodes", type=int, default=5)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                data_dirs={names[-1]: disk.path})
         started(cluster)
         report = chaos_run(cluster, seconds=args.minutes * 60, max_faults=args.faults, seed=args.seed,
-                           workdir=workdir, hold=(1.0, 2.5), quiet=(0.3, 1.0),
+                           workdir=workdir, hold=(0.8, 1.8), quiet=(0.1, 0.5),
                            disks={names[-1]: disk}, pace=0.01, progress=25)
     except NetworkUnavailable as exc:
         report["error"] = f"kernel/tool feature missing: {exc}"

@@ -118,6 +118,10 @@ def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: i
         for wl in workloads.values():
             wl.stop()
     duration = time.monotonic() - t0
+    if workdir is not None:       # before checking: a slow or crashing check keeps the data
+        for name, wl in workloads.items():
+            wl.history.dump(Path(workdir) / f"history-{name}.jsonl")
+        (Path(workdir) / "faults.json").write_text(json.dumps(nemesis.report(), indent=1))
     result = check_all(cluster, workloads)
     counts = op_counts(workloads)
     report = {
@@ -138,10 +142,6 @@ def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: i
         "disk_full_restart_needed": sum(1 for e in nemesis.events if e.kind == "disk_full"
                                         and e.extra.get("restart_needed")),
     }
-    if workdir is not None:
-        for name, wl in workloads.items():
-            wl.history.dump(Path(workdir) / f"history-{name}.jsonl")
-        (Path(workdir) / "faults.json").write_text(json.dumps(nemesis.report(), indent=1))
     return report
 
 
