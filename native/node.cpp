@@ -57,14 +57,12 @@ static int code_of_sync(int rv) {
     }
 }
 
-// Completion callbacks: the entry was appended, so anything but a clear local failure means
-// the outcome is unknown (it may still commit under the next leader).
+// Completion callbacks: the entry was already handed to libraft (appended, maybe sent to
+// followers), so whatever the status, it may still commit under the next leader. The only
+// honest answer is "outcome unknown": a linearizability checker must not count it as failed.
 static int code_of_cb(int status) {
-    switch (status) {
-        case RAFT_TOOBIG: return E_TOO_BIG;
-        case RAFT_IOERR: case RAFT_NOSPACE: case RAFT_NOMEM: case RAFT_CORRUPT: return E_IO;
-        default: return E_LEADERSHIP_LOST;
-    }
+    (void)status;
+    return E_LEADERSHIP_LOST;
 }
 
 static std::string errtext(struct raft* r, int rv) {
@@ -110,7 +108,7 @@ void apply_cb(struct raft_apply* req, int status, void*) {
     if (status == 0) {
         a->fut->resolve(req->index);
     } else {
-        a->fut->fail(code_of_cb(status), raft_strerror(status));
+        a->fut->fail(code_of_cb(status), std::string("outcome unknown: ") + raft_strerror(status));
     }
     delete a;
 }
@@ -119,7 +117,7 @@ void barrier_cb(struct raft_barrier* req, int status) {
     auto* b = reinterpret_cast<BarrierReq*>(req);
     if (b->fut) {
         if (status == 0) b->fut->resolve(req->index);
-        else b->fut->fail(code_of_cb(status), raft_strerror(status));
+        else b->fut->fail(code_of_cb(status), std::string("outcome unknown: ") + raft_strerror(status));
     }
     delete b;
 }
@@ -447,9 +445,11 @@ void Node::handle(Request& r) {
             b.len = r.len;
             rv = raft_apply(&raft_, &a->req, &b, 1, apply_cb);
             if (rv == 0) return;  // libraft owns the payload now
-            // Rejected before it entered the log: still ours. Any later failure inside
-            // libraft may already have released it, so we leak rather than double free.
-            if (rv == RAFT_NOTLEADER || rv == RAFT_NOSPACE) raft_free(r.buf);
+            // RAFT_NOTLEADER is returned before libraft touches the entry: still ours. Any
+            // other error comes from deeper down, after libraft released the payload (0.22.1
+            // legacyHandleUpdateEntries frees the batch before io->append can fail with, e.g.,
+            // RAFT_NOSPACE on a full disk), so we must not free it again.
+            if (rv == RAFT_NOTLEADER) raft_free(r.buf);
             if (code_of_sync(rv) == E_IO) note_io_error("append failed: " + errtext(&raft_, rv));
             fail_not_leader(r.fut, rv);
             delete a;
