@@ -7,6 +7,11 @@
     cluster.client(leader).tx("open_account", "ann", "Oslo")
     cluster.wait_converged()                        # equal applied index + digest on all running
 
+Options: ``raft_secret=True`` (authenticated raft transport), snapshot/timing knobs, ``store=``
+(any ``module:definition`` importable from the repo). ``status(name, digest=False)`` for cheap
+polling; ``add_node(role)`` appends a node to the YAML, starts it and adds it via the leader;
+``run_node_cmd(name, "--recover", json)`` for one-shot node commands.
+
 Every wait has a deadline; processes go through ``tests.support.Processes`` so exactly the PIDs
 started here are stopped.
 """
