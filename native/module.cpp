@@ -139,6 +139,8 @@ py::dict status_dict(const StatusData& s) {
     d["off_loop_callbacks"] = s.off_loop_callbacks;
     d["leader_contact_ms"] = s.leader_contact_ms;
     d["last_error"] = s.last_error;
+    d["deferred_installs"] = s.deferred_installs;
+    d["snapshot_taking"] = s.snapshot_taking;
     if (s.auth) {
         py::dict a;
         const char* names[] = {"accepted", "connected", "refused_in", "refused_out", "timeouts"};

@@ -210,6 +210,7 @@ int Node::setup_loop(std::string& err) {
     io_.data = this;
     rv = raft_uv_init(&io_, &loop_, dir_.c_str(), &transport_);
     if (rv != 0) { err = "io: " + std::string(io_.errmsg); goto fail_transport; }
+    install_recv_hook();
     fsm_.version = compat::kFsmVersion;
     fsm_.data = this;
     fsm_.apply = fsm_apply_cb;
@@ -342,7 +343,7 @@ void Node::run_thread(std::shared_ptr<StartSync> sync) {
     start_health_timer();
     uv_check_init(&loop_, &flush_check_);
     flush_check_.data = this;
-    uv_check_start(&flush_check_, [](uv_check_t* h) { static_cast<Node*>(h->data)->queue().flush(); });
+    uv_check_start(&flush_check_, [](uv_check_t* h) { static_cast<Node*>(h->data)->on_check(); });
     accepting_ = true;
     {
         std::lock_guard<std::mutex> g(sync->mu);
@@ -395,6 +396,11 @@ FuturePtr Node::post(Request&& r) {
 
 // ---------------------------------------------------------------- loop thread
 
+void Node::on_check() {
+    applyq_.flush();
+    deliver_deferred();
+}
+
 void Node::on_async() {
     std::vector<Request> batch;
     {
@@ -407,6 +413,7 @@ void Node::on_async() {
 void Node::begin_close() {
     if (closing_) return;
     closing_ = true;
+    drop_deferred();
     stop_health_timer();
     applyq_.flush();
     uv_check_stop(&flush_check_);

@@ -95,6 +95,8 @@ struct StatusData {
     size_t tail_entries = 0, apply_queue = 0;
     uint64_t off_loop_callbacks = 0;
     uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from
+    uint64_t deferred_installs = 0;   // InstallSnapshots held back during a local snapshot
+    bool snapshot_taking = false;     // a local snapshot is being written
     std::string last_error;           // e.g. disk full: entries not persisted (status.cpp)
     bool auth = false;                // authenticated transport in use
     uint64_t auth_stats[5] = {0, 0, 0, 0, 0};  // accepted, connected, refused_in/out, timeouts  // FSM callbacks seen on a thread other than the loop's
@@ -199,6 +201,14 @@ public:
 
     void on_async();
     void check_health();
+    // install_guard.cpp: hold back an InstallSnapshot while a local snapshot is being taken.
+    void install_recv_hook();
+    void on_recv(struct raft_message* msg);
+    void deliver_deferred();
+    void drop_deferred();
+    void on_check();
+    int (*orig_start_)(struct raft_io*, unsigned, raft_io_tick_cb, raft_io_recv_cb) = nullptr;
+    raft_io_recv_cb legacy_recv_ = nullptr;
     void note_io_error(const std::string& what);
     void on_raft_closed();
     int fsm_apply(const struct raft_buffer* buf);
@@ -236,6 +246,10 @@ private:
     std::thread::id loop_tid_;
     uv_timer_t health_timer_;
     uv_check_t flush_check_;  // runs after each loop iteration's I/O: wakes the applier once
+    bool deferred_ = false;   // an InstallSnapshot held back (install_guard.cpp)
+    struct raft_message deferred_msg_;
+    std::string deferred_addr_;
+    uint64_t deferred_installs_ = 0;
     uint64_t stored_seen_ = 0, stored_progress_ms_ = 0, io_error_ms_ = 0;
     std::string last_error_;
     std::atomic<uint64_t> off_loop_callbacks_{0};

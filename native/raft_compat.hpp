@@ -57,6 +57,16 @@ inline void detach_idle_tracers(struct raft* r, struct raft_io* io) {
 #endif
 }
 
+// 0.22.1's takeSnapshotCb dereferences NULL when an InstallSnapshot was parked while a local
+// snapshot was being written (native/install_guard.cpp). Checked in 0.22.1 only.
+#if RAFT_VERSION_NUMBER >= 2200
+constexpr bool kInstallDuringSnapshotCrashes = true;
+inline bool snapshot_taking(const struct raft* r) { return r->legacy.snapshot_taking; }
+#else
+constexpr bool kInstallDuringSnapshotCrashes = false;
+inline bool snapshot_taking(const struct raft*) { return false; }
+#endif
+
 // libraft >= 0.19 caps un-acknowledged entries per follower (default 32), which halves
 // pipelined throughput; older releases have no cap and no setter.
 inline void set_max_inflight_entries(struct raft* r, unsigned n) {

@@ -92,6 +92,8 @@ void Node::fill_status(StatusData& s) {
     s.apply_queue = applyq_.size();
     s.off_loop_callbacks = off_loop_callbacks_.load();
     s.last_error = last_error_;
+    s.deferred_installs = deferred_installs_;
+    s.snapshot_taking = compat::snapshot_taking(&raft_);
     if (!opts_.secret.empty()) {
         struct bknr_auth_stats a;
         bknr_auth_transport_stats(&transport_, &a);
