@@ -137,6 +137,10 @@ struct Options {
     unsigned auth_timeout_ms = 5000;
 };
 
+// Outcome code of a synchronous libraft refusal, and its text (requests.cpp).
+int code_of_sync(int rv);
+std::string errtext(struct raft* r, int rv);
+
 enum ReqType { R_APPLY, R_BARRIER, R_ADD, R_ASSIGN, R_REMOVE, R_TRANSFER, R_SNAPSHOT, R_STATUS, R_STOP };
 struct Request {
     ReqType type;

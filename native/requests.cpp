@@ -1,0 +1,245 @@
+// Client requests on the loop thread: dispatch to libraft, completion callbacks, error
+// mapping (synchronous refusals vs. outcome unknown). Thread contract: native/DESIGN.md.
+#include <string>
+
+#include "node.hpp"
+
+namespace bknr {
+
+// ---------------------------------------------------------------- error mapping
+
+// Synchronous rejections (the request never entered the log).
+int code_of_sync(int rv) {
+    switch (rv) {
+        case RAFT_NOTLEADER: return E_NOT_LEADER;
+        case RAFT_TOOBIG: return E_TOO_BIG;
+        case RAFT_NOMEM: case RAFT_IOERR: case RAFT_NOSPACE: case RAFT_CORRUPT: return E_IO;
+        case RAFT_SHUTDOWN: case RAFT_CANCELED: return E_SHUTDOWN;
+        case RAFT_BADID: case RAFT_DUPLICATEID: case RAFT_DUPLICATEADDRESS: case RAFT_BADROLE:
+        case RAFT_CANTCHANGE: case RAFT_NOTFOUND: case RAFT_NOCONNECTION: return E_MEMBERSHIP;
+        default: return E_INVALID;
+    }
+}
+
+// Completion callbacks: the entry was already handed to libraft (appended, maybe sent to
+// followers), so whatever the status, it may still commit under the next leader. The only
+// honest answer is "outcome unknown": a linearizability checker must not count it as failed.
+static int code_of_cb(int status) {
+    (void)status;
+    return E_LEADERSHIP_LOST;
+}
+
+std::string errtext(struct raft* r, int rv) {
+    std::string s = raft_strerror(rv);
+    const char* m = raft_errmsg(r);
+    if (m && *m && s != m) s += std::string(": ") + m;
+    return s;
+}
+
+void Node::fail_not_leader(const FuturePtr& f, int rv) {
+    raft_id lid = 0;
+    const char* laddr = nullptr;
+    raft_leader(&raft_, &lid, &laddr);
+    if (rv == RAFT_NOTLEADER) {
+        f->fail(E_NOT_LEADER, "not the leader", lid, laddr ? laddr : "");
+    } else {
+        f->fail(code_of_sync(rv), errtext(&raft_, rv), lid, laddr ? laddr : "");
+    }
+}
+
+// ---------------------------------------------------------------- libraft callbacks
+
+namespace {
+struct ApplyReq {
+    struct raft_apply req;
+    FuturePtr fut;
+};
+struct BarrierReq {
+    struct raft_barrier req;
+    FuturePtr fut;  // null for internal barriers (snapshot_now)
+};
+struct ChangeReq {
+    struct raft_change req;
+    Node* node;
+};
+struct TransferReq {
+    struct raft_transfer req;
+    Node* node;
+};
+
+void apply_cb(struct raft_apply* req, int status, void*) {
+    auto* a = reinterpret_cast<ApplyReq*>(req);
+    if (status == 0) {
+        a->fut->resolve(req->index);
+    } else {
+        a->fut->fail(code_of_cb(status), std::string("outcome unknown: ") + raft_strerror(status));
+    }
+    delete a;
+}
+
+void barrier_cb(struct raft_barrier* req, int status) {
+    auto* b = reinterpret_cast<BarrierReq*>(req);
+    if (b->fut) {
+        if (status == 0) b->fut->resolve(req->index);
+        else b->fut->fail(code_of_cb(status), std::string("outcome unknown: ") + raft_strerror(status));
+    }
+    delete b;
+}
+
+void change_cb(struct raft_change* req, int status) {
+    auto* c = reinterpret_cast<ChangeReq*>(req);
+    c->node->change_done(status);
+    delete c;
+}
+
+void transfer_cb(struct raft_transfer* req) {
+    auto* t = reinterpret_cast<TransferReq*>(req);
+    t->node->transfer_done();
+    delete t;
+}
+
+}  // namespace
+
+void Node::change_done(int status) {
+    FuturePtr f = std::move(change_fut_);
+    change_fut_.reset();
+    if (!f) return;
+    if (status == 0) f->resolve(0);
+    else if (status == RAFT_NOCONNECTION) f->fail(E_MEMBERSHIP, "the new voter failed to catch up");
+    else f->fail(code_of_cb(status), raft_strerror(status));
+}
+
+void Node::transfer_done() {
+    FuturePtr f = std::move(transfer_fut_);
+    transfer_fut_.reset();
+    if (!f) return;
+    raft_id lid = 0;
+    const char* laddr = nullptr;
+    raft_leader(&raft_, &lid, &laddr);
+    if (lid != 0 && lid != id_ && (transfer_target_ == 0 || lid == transfer_target_)) {
+        f->resolve(lid);
+    } else {
+        f->fail(E_TIMEOUT, "leadership transfer did not complete in time", lid, laddr ? laddr : "");
+    }
+}
+
+static bool is_voter_conf(const struct raft_configuration& c, uint64_t id, int* voters) {
+    bool found = false;
+    *voters = 0;
+    for (unsigned i = 0; i < c.n; i++) {
+        if (c.servers[i].role == RAFT_VOTER) (*voters)++;
+        if (c.servers[i].id == id && c.servers[i].role == RAFT_VOTER) found = true;
+    }
+    return found;
+}
+
+void Node::handle(Request& r) {
+    if (closing_) {
+        if (r.buf) raft_free(r.buf);
+        if (r.type != R_STOP) r.fut->fail(E_SHUTDOWN, "engine is stopping");
+        return;
+    }
+    int rv = 0;
+    switch (r.type) {
+        case R_STOP:
+            begin_close();
+            return;
+        case R_APPLY: {
+            auto* a = new ApplyReq();
+            a->fut = r.fut;
+            struct raft_buffer b;
+            b.base = r.buf;
+            b.len = r.len;
+            rv = raft_apply(&raft_, &a->req, &b, 1, apply_cb);
+            if (rv == 0) return;  // libraft owns the payload now
+            // RAFT_NOTLEADER is returned before libraft touches the entry: still ours. Any
+            // other error comes from deeper down, after libraft released the payload (0.22.1
+            // legacyHandleUpdateEntries frees the batch before io->append can fail with, e.g.,
+            // RAFT_NOSPACE on a full disk), so we must not free it again.
+            if (rv == RAFT_NOTLEADER) raft_free(r.buf);
+            if (code_of_sync(rv) == E_IO) note_io_error("append failed: " + errtext(&raft_, rv));
+            fail_not_leader(r.fut, rv);
+            delete a;
+            return;
+        }
+        case R_BARRIER: {
+            auto* b = new BarrierReq();
+            b->fut = r.fut;
+            rv = raft_barrier(&raft_, &b->req, barrier_cb);
+            if (rv == 0) return;
+            fail_not_leader(r.fut, rv);
+            delete b;
+            return;
+        }
+        case R_ADD: case R_ASSIGN: case R_REMOVE: {
+            if (raft_state(&raft_) != RAFT_LEADER) { fail_not_leader(r.fut, RAFT_NOTLEADER); return; }
+            if (change_fut_) { r.fut->fail(E_MEMBERSHIP, "another configuration change is in progress"); return; }
+            int voters = 0;
+            bool voter = is_voter_conf(raft_.configuration, r.id, &voters);
+            if (r.type == R_REMOVE && voter && voters <= 1) {
+                r.fut->fail(E_MEMBERSHIP, "cannot remove the last voter");
+                return;
+            }
+            if (r.type == R_ASSIGN && voter && voters <= 1 && r.role != RAFT_VOTER) {
+                r.fut->fail(E_MEMBERSHIP, "cannot demote the last voter");
+                return;
+            }
+            auto* c = new ChangeReq();
+            c->node = this;
+            if (r.type == R_ADD) rv = raft_add(&raft_, &c->req, r.id, r.address.c_str(), change_cb);
+            else if (r.type == R_ASSIGN) rv = raft_assign(&raft_, &c->req, r.id, r.role, change_cb);
+            else rv = raft_remove(&raft_, &c->req, r.id, change_cb);
+            if (rv == 0) { change_fut_ = r.fut; return; }
+            delete c;
+            if (rv == RAFT_NOTLEADER) fail_not_leader(r.fut, rv);
+            else r.fut->fail(code_of_sync(rv) == E_INVALID ? E_MEMBERSHIP : code_of_sync(rv), errtext(&raft_, rv));
+            return;
+        }
+        case R_TRANSFER: {
+            if (raft_state(&raft_) != RAFT_LEADER) { fail_not_leader(r.fut, RAFT_NOTLEADER); return; }
+            if (transfer_fut_) { r.fut->fail(E_MEMBERSHIP, "a leadership transfer is already in progress"); return; }
+            if (r.id == id_) { r.fut->resolve(id_); return; }
+            if (r.id != 0) {
+                int voters = 0;
+                if (!is_voter_conf(raft_.configuration, r.id, &voters)) {
+                    r.fut->fail(E_MEMBERSHIP, "transfer target " + std::to_string(r.id) + " is not a voter");
+                    return;
+                }
+            }
+            auto* t = new TransferReq();
+            t->node = this;
+            rv = raft_transfer(&raft_, &t->req, r.id, transfer_cb);
+            if (rv == 0) { transfer_fut_ = r.fut; transfer_target_ = r.id; return; }
+            delete t;
+            if (rv == RAFT_NOTLEADER) fail_not_leader(r.fut, rv);
+            else r.fut->fail(E_MEMBERSHIP, errtext(&raft_, rv));
+            return;
+        }
+        case R_SNAPSHOT: {
+            uint64_t commit = raft_.commit_index;
+            uint64_t have = std::max<uint64_t>(last_snapshot_index_, compat::snapshot_index(&raft_));
+            if (have >= commit && snapshot_taking_index_ == 0) { r.fut->resolve(have); return; }
+            snap_waiters_.emplace_back(commit, r.fut);
+            // libraft has no "snapshot now" call: a threshold of 1 makes the next event take
+            // one; the threshold is restored once every waiter is served (fsm.cpp).
+            compat::set_snapshot_threshold(&raft_, 1);
+            if (raft_state(&raft_) == RAFT_LEADER) {
+                auto* b = new BarrierReq();
+                if (raft_barrier(&raft_, &b->req, barrier_cb) != 0) delete b;
+            }
+            return;
+        }
+        case R_STATUS: {
+            auto s = std::make_shared<StatusData>();
+            fill_status(*s);
+            {
+                std::lock_guard<std::mutex> g(r.fut->mu);
+                r.fut->status = s;
+            }
+            r.fut->resolve(0);
+            return;
+        }
+    }
+}
+
+}  // namespace bknr
