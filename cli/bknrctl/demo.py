@@ -20,6 +20,7 @@ DEMO_YAML = """\
 group: bank-demo
 store: examples.bank.app:definition
 token_file: token
+raft_secret_file: raft.secret
 timing: {{election_timeout_ms: 200, heartbeat_ms: 20}}
 snapshot: {{threshold: 10000, trailing: 2000, keep: 3}}
 nodes:
