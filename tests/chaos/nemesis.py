@@ -86,13 +86,16 @@ class Nemesis:
         """Write ``total`` bytes of large entries through the leader; returns how many acked."""
         text = "x" * size
         acked = 0
+        leader = None
         for i in range(total // size):
-            leader = self.cluster.leader()
+            leader = leader or self.cluster.leader()
             if leader is None:
                 continue
             out = call(self.cluster.nodes[leader].url, "/tx/pad", {"args": [f"pad{i % 8}", text]},
                        self.cluster.token, 5.0)
             acked += out.status == OK
+            if out.status != OK:
+                leader = None
         return acked
 
     def _caught_up(self, name: str, timeout: float) -> bool:
