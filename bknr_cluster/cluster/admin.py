@@ -127,6 +127,8 @@ class AdminMixin:
             "applied_entries": self.applied_entries, "applied_records": self.applied_records,
             "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
             "restores": self.restores,
+            # the engine's last disk/IO problem (e.g. no space for the log), None when healthy
+            "last_error": st.get("last_error"),
             "uptime_s": round(time.time() - self.started_at, 3),
             # authenticated raft transport counters (accepted, connected, refused_*), if enabled
             "auth": st.get("auth"),
