@@ -303,15 +303,9 @@ class ClusterStore(ApplierMixin, AdminMixin):
         deadline = time.monotonic() + timeout
         while True:
             w = self.submit_record(record, max(0.0, deadline - time.monotonic()))
-            err = w.error
+            err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
-            if w.tx_error:
-                if raise_tx:
-                    raise err
-                raise TransactionFailed(type(err).__name__, str(err)) from err
-            if not (forward and isinstance(err, NotLeader)):
-                raise err
             if err.leader_api:
                 return self._forward(tx_name(tx), args, kwargs, err, deadline)
             # Election in progress: NotLeader means nothing was logged, so waiting is safe.
@@ -319,6 +313,21 @@ class ClusterStore(ApplierMixin, AdminMixin):
             if deadline - time.monotonic() <= pause:
                 raise err
             threading.Event().wait(pause)
+
+    @staticmethod
+    def _settle(w: Any, *, forward: bool, raise_tx: bool) -> NotLeader | None:
+        """The outcome of a resolved waiter: None on success, the NotLeader to forward or retry
+        on, and otherwise raises (the transaction's own error, or the engine's)."""
+        err = w.error
+        if err is None:
+            return None
+        if w.tx_error:
+            if raise_tx:
+                raise err
+            raise TransactionFailed(type(err).__name__, str(err)) from err
+        if not (forward and isinstance(err, NotLeader)):
+            raise err
+        return err
 
     async def execute_async(self, tx: Any, args: tuple | list, kwargs: dict, *,
                             forward: bool = False, timeout: float = 30.0,
@@ -352,15 +361,9 @@ class ClusterStore(ApplierMixin, AdminMixin):
                                   "not commit")
                 # resolved just now by the applier: its resolve() is about to return
                 await loop.run_in_executor(None, w.wait, 5.0)
-            err = w.error
+            err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
-            if w.tx_error:
-                if raise_tx:
-                    raise err
-                raise TransactionFailed(type(err).__name__, str(err)) from err
-            if not (forward and isinstance(err, NotLeader)):
-                raise err
             if err.leader_api:
                 return await loop.run_in_executor(
                     None, self._forward, tx_name(tx), args, kwargs, err, deadline)
