@@ -36,19 +36,7 @@ def encode_batch(node_id: int, session: int, items: Sequence[tuple[int, bytes]])
 
 def decode_batch(data: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
     """Inverse of :func:`encode_batch`; raises ``CorruptData`` on anything malformed."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CorruptData(f"batch entry must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if data[:4] != MAGIC:
-        raise CorruptData(f"batch entry has unknown header {data[:4]!r} (expected {MAGIC!r})")
-    try:
-        # raw=False + strict map keys: strings must be valid UTF-8; ext types are not allowed.
-        obj = msgpack.unpackb(data[4:], raw=False, use_list=True, strict_map_key=True,
-                              ext_hook=_no_ext)
-    except CorruptData:
-        raise
-    except Exception as exc:  # msgpack raises several unrelated types for malformed input
-        raise CorruptData(f"batch entry is not valid msgpack: {exc}") from None
+    obj = _unpack(data, MAGIC, "batch entry")
     if not (isinstance(obj, list) and len(obj) == 3):
         raise CorruptData("batch entry must be [node_id, session, items]")
     node_id, session, items = obj
@@ -63,6 +51,23 @@ def decode_batch(data: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
             raise CorruptData(f"batch item {i} must be [seq, record bytes]")
         out.append((item[0], item[1]))
     return node_id, session, out
+
+
+def _unpack(data: object, magic: bytes, what: str) -> object:
+    """Check the magic and decode the msgpack body of an entry; CorruptData on anything else."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CorruptData(f"{what} must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if data[:4] != magic:
+        raise CorruptData(f"{what} has unknown header {data[:4]!r} (expected {magic!r})")
+    try:
+        # raw=False + strict map keys: strings must be valid UTF-8; ext types are not allowed.
+        return msgpack.unpackb(data[4:], raw=False, use_list=True, strict_map_key=True,
+                               ext_hook=_no_ext)
+    except CorruptData:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types for malformed input
+        raise CorruptData(f"{what} is not valid msgpack: {exc}") from None
 
 
 def _is_uint(v: object) -> bool:
@@ -89,16 +94,7 @@ def encode_restore(node_id: int, session: int, seq: int, sha256: bytes, snapshot
 
 def decode_restore(data: bytes) -> tuple[int, int, int, bytes, bytes]:
     """Inverse of :func:`encode_restore`; raises ``CorruptData`` on anything malformed."""
-    data = bytes(data)
-    if data[:4] != RESTORE_MAGIC:
-        raise CorruptData(f"restore entry has unknown header {data[:4]!r}")
-    try:
-        obj = msgpack.unpackb(data[4:], raw=False, use_list=True, strict_map_key=True,
-                              ext_hook=_no_ext)
-    except CorruptData:
-        raise
-    except Exception as exc:
-        raise CorruptData(f"restore entry is not valid msgpack: {exc}") from None
+    obj = _unpack(data, RESTORE_MAGIC, "restore entry")
     if not (isinstance(obj, list) and len(obj) == 5 and all(_is_uint(v) for v in obj[:3])
             and isinstance(obj[3], bytes) and len(obj[3]) == 32 and isinstance(obj[4], bytes)):
         raise CorruptData("restore entry must be [node_id, session, seq, sha256, snapshot]")
