@@ -157,22 +157,23 @@ def node_main(node_id: int, data_dir: str, addresses: str, windows: list[int], c
         failed = 0
         cpu_start = time.process_time()  # all threads: loop, submitter, applier
         t_start = time.perf_counter()
-        for _ in range(n):
-            pending.append((time.perf_counter(), node.submit(payload)))
-            if len(pending) >= window:
-                t0, f = pending.popleft()
-                try:
-                    f.result(30)
-                except Exception:
-                    failed += 1
-                lat.append(time.perf_counter() - t0)
-        while pending:
+        def settle_oldest(pending: deque = pending, lat: list = lat) -> int:
+            """Wait for the oldest submit; record its latency; 1 if it failed."""
             t0, f = pending.popleft()
             try:
                 f.result(30)
+                bad = 0
             except Exception:
-                failed += 1
+                bad = 1
             lat.append(time.perf_counter() - t0)
+            return bad
+
+        for _ in range(n):
+            pending.append((time.perf_counter(), node.submit(payload)))
+            if len(pending) >= window:
+                failed += settle_oldest()
+        while pending:
+            failed += settle_oldest()
         secs = time.perf_counter() - t_start
         cpu_us = (time.process_time() - cpu_start) * 1e6 / n
         lat.sort()
