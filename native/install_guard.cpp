@@ -31,13 +31,15 @@ int start_hook(struct raft_io* io, unsigned msecs, raft_io_tick_cb tick, raft_io
 }  // namespace
 
 void Node::install_recv_hook() {
-    if (!compat::kInstallDuringSnapshotCrashes) return;
+    // Always installed: it also carries the thesis vote rule (vote_rule.cpp).
     orig_start_ = io_.start;
     io_.start = start_hook;
 }
 
 void Node::on_recv(struct raft_message* msg) {
-    if (msg->type == RAFT_INSTALL_SNAPSHOT && !closing_ && compat::snapshot_taking(&raft_)) {
+    apply_vote_rule(msg);
+    if (compat::kInstallDuringSnapshotCrashes && msg->type == RAFT_INSTALL_SNAPSHOT && !closing_ &&
+        compat::snapshot_taking(&raft_)) {
         if (deferred_) drop_deferred();  // a newer install supersedes the parked one
         deferred_msg_ = *msg;            // takes over data and configuration
         deferred_addr_ = msg->server_address ? msg->server_address : "";

@@ -96,6 +96,8 @@ struct StatusData {
     uint64_t off_loop_callbacks = 0;
     uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from
     uint64_t deferred_installs = 0;   // InstallSnapshots held back during a local snapshot
+    uint64_t relaxed_votes = 0;       // vote requests let through by the thesis rule
+    uint64_t early_campaigns = 0;     // early elections against a shorter-log candidate
     bool snapshot_taking = false;     // a local snapshot is being written
     std::string last_error;           // e.g. disk full: entries not persisted (status.cpp)
     bool auth = false;                // authenticated transport in use
@@ -208,6 +210,7 @@ public:
     // install_guard.cpp: hold back an InstallSnapshot while a local snapshot is being taken.
     void install_recv_hook();
     void on_recv(struct raft_message* msg);
+    void apply_vote_rule(struct raft_message* msg);  // vote_rule.cpp
     void deliver_deferred();
     void drop_deferred();
     void on_check();
@@ -254,6 +257,8 @@ private:
     struct raft_message deferred_msg_;
     std::string deferred_addr_;
     uint64_t deferred_installs_ = 0;
+    uint64_t relaxed_votes_ = 0;  // vote requests let through by the thesis rule (vote_rule.cpp)
+    uint64_t early_campaigns_ = 0;  // times we campaigned at once against a shorter-log candidate
     uint64_t stored_seen_ = 0, stored_progress_ms_ = 0, io_error_ms_ = 0;
     std::string last_error_;
     std::atomic<uint64_t> off_loop_callbacks_{0};

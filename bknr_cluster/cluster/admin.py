@@ -132,4 +132,7 @@ class AdminMixin:
             "uptime_s": round(time.time() - self.started_at, 3),
             # authenticated raft transport counters (accepted, connected, refused_*), if enabled
             "auth": st.get("auth"),
+            # elections sped up by the thesis vote rule (native/vote_rule.cpp)
+            "relaxed_votes": st.get("relaxed_votes", 0),
+            "early_campaigns": st.get("early_campaigns", 0),
         }

@@ -57,6 +57,10 @@ class Client:
         self.sock = None
 
 
+def payloads(prefix: str, n: int) -> list[bytes]:
+    return [f"{prefix}-{i}".encode() for i in range(n)]
+
+
 def digest_of(payloads: list[bytes]) -> str:
     h = hashlib.sha256()
     for d in payloads:

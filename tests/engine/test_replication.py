@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from tests.engine.harness import Cluster, digest_of
+from tests.engine.harness import Cluster, digest_of, payloads
 from tests.support import wait_until
-
-
-def payloads(prefix: str, n: int) -> list[bytes]:
-    return [f"{prefix}-{i}".encode() for i in range(n)]
 
 
 def test_one_leader_among_three(procs, tmp_path):

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from tests.engine.harness import Cluster, digest_of
+from tests.engine.harness import Cluster, digest_of, payloads
 from tests.support import wait_until
-
-
-def payloads(prefix: str, n: int) -> list[bytes]:
-    return [f"{prefix}-{i}".encode() for i in range(n)]
 
 
 def test_fourth_node_joins_by_snapshot_install_then_is_removed(procs, tmp_path):
