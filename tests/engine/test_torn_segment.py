@@ -17,7 +17,7 @@ import pytest
 
 from bknr_cluster.engine import RaftNode
 from bknr_cluster.errors import EngineIOError
-from bknr_cluster.raft_repair import crc32, scan_open_segment
+from bknr_cluster.raft_repair import crc32, repair_open_segments, scan_open_segment
 from tests.engine.harness import Cluster, digest_of
 from tests.support import wait_until
 
@@ -69,6 +69,8 @@ def tear(d: Path, how: str) -> Path:
     back, so a follower that lost an entry it had acknowledged would be stuck (and unsafe)."""
     seg = open_segment_with_data(d)
     buf = seg.read_bytes()
+    intact = scan_open_segment(buf)            # libraft's own file, checksums and all
+    assert (intact.verdict, intact.batches) == ("ok", len(batches(buf))), intact
     x, _h, end = batches(buf)[-1]
     (term,) = struct.unpack_from("<Q", buf, x + 16)
     batch, hlen = new_batch(term, [64, 4096, 1024])
@@ -180,3 +182,65 @@ def test_bad_checksum_in_a_closed_segment_is_refused(killed_follower):
     for _ in range(2):        # refused again on a second attempt: never silently started
         msg = refused(c, fid)
         assert seg.name in msg and "checksum mismatch" in msg, msg
+
+
+# -- the classification itself, on hand-made segments ---------------------------------------
+
+def segment(*batches_: bytes, pad_to: int = 0) -> bytes:
+    return (struct.pack("<Q", 1) + b"".join(batches_)).ljust(pad_to, b"\0")
+
+
+def test_scan_classifies_hand_made_segments():
+    b1, _ = new_batch(2, [8, 16])
+    b2, h2 = new_batch(2, [64, 4096])
+    whole = segment(b1, b2)
+    ok = scan_open_segment(whole)
+    assert (ok.verdict, ok.batches, ok.entries, ok.end) == ("ok", 2, 4, len(whole))
+    assert scan_open_segment(segment(b1, b2, pad_to=1 << 16)).end == len(whole)   # preallocated
+    assert scan_open_segment(bytes(1 << 16)).verdict == "ok"                       # never written
+    assert scan_open_segment(b"").verdict == "ok"
+    torn = {
+        "preamble": segment(b1, b2[:10]),
+        "header": segment(b1, b2[:h2 - 3]),
+        "data": segment(b1, b2[:h2 + 100]),
+        "data, zeros after": segment(b1, b2[:h2 + 100], pad_to=1 << 16),
+        "header, zeros after": segment(b1, b2[:20], pad_to=1 << 16),
+        "format only": b"\x01\0\0",
+    }
+    for what, buf in torn.items():
+        s = scan_open_segment(buf)
+        assert s.verdict == "torn" and s.end == (len(segment(b1)) if what != "format only" else 0), what
+    flipped = bytearray(segment(b1, b2, b1))
+    flipped[len(segment(b1)) + h2 + 10] ^= 1                  # data of batch 2, batch 3 follows
+    s = scan_open_segment(bytes(flipped))
+    assert (s.verdict, s.batches, s.reason) == ("corrupt", 1, "data checksum mismatch")
+    complete = bytearray(segment(b1, b2))
+    complete[len(segment(b1)) + h2 + 10] ^= 1                  # last batch complete but damaged
+    assert scan_open_segment(bytes(complete)).verdict == "corrupt"
+    garbled = bytearray(segment(b1, b2))
+    garbled[8 + 8] = 200                                       # batch 1's count: header runs into data
+    assert scan_open_segment(bytes(garbled)).verdict == "corrupt"
+    struct.pack_into("<Q", garbled, 16, 100_000)              # ...and past the end of the file
+    assert "cut by the end of the file and malformed" in scan_open_segment(bytes(garbled)).reason
+    assert scan_open_segment(b"\x02" + bytes(15)).verdict == "corrupt"          # unknown format
+
+
+def test_repair_cuts_only_the_last_open_segment_with_data(tmp_path):
+    b1, _ = new_batch(2, [8, 16])
+    b2, h2 = new_batch(2, [64, 4096])
+    closed = tmp_path / "0000000000000001-0000000000000002"
+    closed.write_bytes(segment(b1, b2[:h2 + 100]))            # closed segments: never touched
+    (tmp_path / "open-7").write_bytes(segment(b1, b2[:h2 + 100], pad_to=1 << 16))
+    (tmp_path / "open-8").write_bytes(bytes(1 << 16))          # preallocated, never written
+    (tmp_path / "open-10").write_bytes(segment(b1, b1, b2[:h2 - 5]))
+    with pytest.raises(EngineIOError, match="open-7.*later open segment holds data"):
+        repair_open_segments(str(tmp_path))
+    (tmp_path / "open-7").write_bytes(segment(b1, pad_to=1 << 16))
+    [warning] = repair_open_segments(str(tmp_path))
+    assert "open-10" in warning and f"from byte {len(segment(b1, b1))}" in warning
+    assert (tmp_path / "open-10").read_bytes() == segment(b1, b1)
+    assert repair_open_segments(str(tmp_path)) == []           # idempotent
+    assert closed.read_bytes() == segment(b1, b2[:h2 + 100])
+    (tmp_path / "open-11").write_bytes(segment(b2[:h2 + 100]))  # nothing complete: emptied
+    repair_open_segments(str(tmp_path))
+    assert (tmp_path / "open-11").stat().st_size == 0
