@@ -118,10 +118,10 @@ def _batch(buf: bytes, x: int, z: int) -> tuple[int, int]:
             if kind not in ENTRY_TYPES or unused != b"\0\0\0":
                 raise _Bad("corrupt", f"batch header cut by the end of the file and malformed "
                                       f"(entry {i + 1} of {n})", n)
-        raise _Bad("torn", f"batch header cut by the end of the file ({n} entries)", n)
+        raise _Bad("torn", "batch header cut by the end of the file", n)
     if crc32(buf[x + 8:header_end]) != crc_header:
         if z < header_end:
-            raise _Bad("torn", f"batch header partly written ({n} entries)", n)
+            raise _Bad("torn", "batch header partly written", n)
         raise _Bad("corrupt", "header checksum mismatch", n)
     sizes = []
     for i in range(n):
@@ -132,10 +132,10 @@ def _batch(buf: bytes, x: int, z: int) -> tuple[int, int]:
     end = header_end + sum(sizes)
     if end > size:
         raise _Bad("torn", f"batch data cut by the end of the file: {size - header_end} of "
-                           f"{end - header_end} bytes ({n} entries)", n)
+                           f"{end - header_end} bytes", n)
     if crc32(buf[header_end:end]) != crc_data:
         if z < end:
-            raise _Bad("torn", f"batch data partly written ({n} entries)", n)
+            raise _Bad("torn", "batch data partly written", n)
         raise _Bad("corrupt", "data checksum mismatch", n)
     return n, end
 
