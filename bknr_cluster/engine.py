@@ -132,6 +132,7 @@ class RaftNode:
 
     def recover(self, configuration: list[tuple[int, str, str]]) -> None:
         """Force a new configuration after quorum loss (before start(); see raft_recover)."""
+        raft_repair.repair_open_segments(self.data_dir)  # raft_recover loads the log as well
         self._raise(*self._node.bootstrap(_check_configuration(configuration), True))
 
     def start(self) -> None:

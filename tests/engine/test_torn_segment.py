@@ -19,7 +19,7 @@ from bknr_cluster.engine import RaftNode
 from bknr_cluster.errors import EngineIOError
 from bknr_cluster.raft_repair import crc32, repair_open_segments, scan_open_segment
 from tests.engine.harness import Cluster, digest_of
-from tests.support import wait_until
+from tests.support import free_ports, wait_until
 
 N = 300
 
@@ -244,3 +244,32 @@ def test_repair_cuts_only_the_last_open_segment_with_data(tmp_path):
     (tmp_path / "open-11").write_bytes(segment(b2[:h2 + 100]))  # nothing complete: emptied
     repair_open_segments(str(tmp_path))
     assert (tmp_path / "open-11").stat().st_size == 0
+
+
+def test_recover_cuts_a_torn_tail_too(tmp_path):
+    """raft_recover (forced reconfiguration) loads the log like start does."""
+    (port,) = free_ports(1)
+    addr, d = f"127.0.0.1:{port}", tmp_path / "n1"
+    opts = {"election_timeout_ms": 300, "heartbeat_ms": 30}
+    node = RaftNode(1, addr, str(d), **opts)
+    node.bootstrap([(1, addr, "voter")])
+    node.start()
+    wait_until(lambda: node.status()["state"] == "leader", 10, "self election")
+    for i in range(5):
+        node.submit(f"x{i}".encode()).result(10)
+    node.stop()                                 # the open segment is closed on a clean stop
+    last = max((p for p in d.iterdir() if re.fullmatch(r"\d{16}-\d{16}", p.name)), key=lambda p: p.name)
+    (term,) = struct.unpack_from("<Q", last.read_bytes(), 8 + 16)
+    batch, _ = new_batch(term, [64, 4096, 1024], claim_extra=1 << 20)
+    (d / "open-1").write_bytes(segment(batch))  # a fresh segment whose first batch was cut short
+    node = RaftNode(1, addr, str(d), **opts)
+    node.recover([(1, addr, "voter")])
+    assert not (d / "open-1").exists() or (d / "open-1").stat().st_size == 0
+    node.start()
+    try:
+        got: list[bytes] = []
+        wait_until(lambda: got.extend(x[3] for x in node.next_committed(64, 0.1) if x[0] == "entry")
+                   or b"x4" in got, 10, "the entries to be applied again")
+        assert got == [f"x{i}".encode() for i in range(5)]
+    finally:
+        node.stop()
