@@ -195,8 +195,9 @@ def repair_open_segments(raft_dir: str) -> list[str]:
             why = s.reason if s.verdict == "corrupt" else f"{s.reason}, but a later open segment holds data"
             raise EngineIOError(
                 f"start: refusing damaged open segment {path}: batch {s.batches + 1} at byte "
-                f"{s.end}: {why} (not a torn tail: complete batches after it may have been "
-                f"acknowledged); rebuild this node's data directory from its peers")
+                f"{s.end}: {why} (not the torn tail of an interrupted write: entries this node "
+                f"acknowledged may be damaged); remove the node from the cluster, wipe its data "
+                f"directory and add it back (docs/failover.md)")
     warnings = []
     if last >= 0 and scans[last][2].verdict == "torn":
         name, path, s = scans[last]
