@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 
-from bknr_cluster import _raft
+from bknr_cluster import _raft, raft_repair
 from bknr_cluster.errors import (
     AlreadyBootstrapped,
     EngineError,
@@ -132,9 +132,14 @@ class RaftNode:
 
     def recover(self, configuration: list[tuple[int, str, str]]) -> None:
         """Force a new configuration after quorum loss (before start(); see raft_recover)."""
+        raft_repair.repair_open_segments(self.data_dir)  # raft_recover loads the log as well
         self._raise(*self._node.bootstrap(_check_configuration(configuration), True))
 
     def start(self) -> None:
+        if not self._node.running():
+            # libraft refuses to load an open segment torn by a crash on a full disk; cut the
+            # torn tail first, refuse other damage it would silently truncate (raft_repair.py).
+            raft_repair.repair_open_segments(self.data_dir)
         self._raise(*self._node.start())
 
     def stop(self) -> None:

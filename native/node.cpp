@@ -99,6 +99,12 @@ int Node::setup_loop(std::string& err) {
     io_.data = this;
     rv = raft_uv_init(&io_, &loop_, dir_.c_str(), &transport_);
     if (rv != 0) { err = "io: " + std::string(io_.errmsg); goto fail_transport; }
+    // libraft's default "auto recovery" moves a corrupt last closed segment (and every open one)
+    // aside and loads again without it: the node then runs without entries it may have
+    // acknowledged (a leader never moves a follower's match index back, and they may have
+    // counted for a quorum). Refuse instead; the one benign case, a torn tail of an open
+    // segment, is cut off before start by bknr_cluster/raft_repair.py.
+    raft_uv_set_auto_recovery(&io_, false);
     install_recv_hook();
     fsm_.version = compat::kFsmVersion;
     fsm_.data = this;

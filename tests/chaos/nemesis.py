@@ -167,9 +167,18 @@ class Nemesis:
                 ev.extra["pads_acked"] = self._pad(DISK_PAD_BYTES)
                 ev.extra["alive_when_full"] = c.nodes[target].alive
                 ev.extra["log_when_full"] = c.log_tail(target, 2)
+                # Half the time the node also dies (kill -9) while its disk is full: that can
+                # leave an open segment ending inside a batch, which must not keep it from
+                # starting again (bknr_cluster/raft_repair.py).
+                ev.extra["killed_when_full"] = self.rng.random() < 0.5
+                if ev.extra["killed_when_full"]:
+                    c.kill(target)
                 disk.release()
+                if not c.nodes[target].alive:
+                    c.start(target)
                 ev.extra["restart_needed"] = not self._caught_up(target, 10.0)
                 if ev.extra["restart_needed"]:
+                    ev.extra["log_restart_needed"] = c.log_tail(target, 3)
                     c.restart(target)
             elif kind == "ring":
                 self.net.ring()
