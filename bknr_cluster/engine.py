@@ -7,10 +7,13 @@ exceptions themselves; ``_error`` maps the codes of the few synchronous calls.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 
 from bknr_cluster import _raft, raft_repair
+from bknr_cluster.datadir_lock import DataDirLock
 from bknr_cluster.errors import (
     AlreadyBootstrapped,
     EngineError,
@@ -119,6 +122,7 @@ class RaftNode:
                 raise UsageError("auth_timeout_ms must be positive")
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
+        self._lock = DataDirLock(self.data_dir)
         self._node = _raft.Node(self.node_id, self.address, self.data_dir, election_timeout_ms,
                                 heartbeat_ms, snapshot_threshold, snapshot_trailing, bool(pre_vote),
                                 max_inflight_entries, store_snapshot_every, max_entry_bytes,
@@ -128,23 +132,46 @@ class RaftNode:
 
     def bootstrap(self, configuration: list[tuple[int, str, str]]) -> None:
         """Write the initial configuration into an empty data dir (before start())."""
-        self._raise(*self._node.bootstrap(_check_configuration(configuration), False))
+        with self._dir_locked():
+            self._raise(*self._node.bootstrap(_check_configuration(configuration), False))
 
     def recover(self, configuration: list[tuple[int, str, str]]) -> None:
         """Force a new configuration after quorum loss (before start(); see raft_recover)."""
-        raft_repair.repair_open_segments(self.data_dir)  # raft_recover loads the log as well
-        self._raise(*self._node.bootstrap(_check_configuration(configuration), True))
+        with self._dir_locked():
+            raft_repair.repair_open_segments(self.data_dir)  # raft_recover loads the log as well
+            self._raise(*self._node.bootstrap(_check_configuration(configuration), True))
 
     def start(self) -> None:
         if not self._node.running():
-            # libraft refuses to load an open segment torn by a crash on a full disk; cut the
-            # torn tail first, refuse other damage it would silently truncate (raft_repair.py).
-            raft_repair.repair_open_segments(self.data_dir)
+            self._lock.acquire()  # held until stop(): one process per data directory
+            try:
+                # libraft refuses to load an open segment torn by a crash on a full disk; cut
+                # the torn tail first, refuse other damage it would silently truncate
+                # (raft_repair.py).
+                raft_repair.repair_open_segments(self.data_dir)
+                self._raise(*self._node.start())
+            except BaseException:
+                self._lock.release()
+                raise
+            return
         self._raise(*self._node.start())
 
     def stop(self) -> None:
         """Idempotent; joins the loop thread. Safe from atexit and signal handlers."""
         self._node.stop()
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def _dir_locked(self) -> Iterator[None]:
+        """Hold the data-directory lock for a one-off operation unless start() holds it."""
+        if self._lock.held:
+            yield
+            return
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     @property
     def running(self) -> bool:
