@@ -140,6 +140,8 @@ py::dict status_dict(const StatusData& s) {
     d["leader_contact_ms"] = s.leader_contact_ms;
     d["last_error"] = s.last_error;
     d["deferred_installs"] = s.deferred_installs;
+    d["commit_clamps"] = s.commit_clamps;
+    d["mislabeled_snapshots"] = s.mislabeled_snapshots;
     d["snapshot_taking"] = s.snapshot_taking;
     if (s.auth) {
         py::dict a;

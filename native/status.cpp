@@ -93,6 +93,8 @@ void Node::fill_status(StatusData& s) {
     s.off_loop_callbacks = off_loop_callbacks_.load();
     s.last_error = last_error_;
     s.deferred_installs = deferred_installs_;
+    s.commit_clamps = commit_clamps_;
+    s.mislabeled_snapshots = mislabeled_snapshots_;
     s.snapshot_taking = compat::snapshot_taking(&raft_);
     if (!opts_.secret.empty()) {
         struct bknr_auth_stats a;
