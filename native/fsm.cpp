@@ -119,7 +119,11 @@ int Node::fsm_apply(const struct raft_buffer* buf) {
     bool request = false;
     {
         std::lock_guard<std::mutex> g(snap_mu_);
-        tail_.push_back(it);  // shares the chunk with the queued item
+        // An index the state already has can only come from a snapshot whose contents ran past
+        // its Raft index (written before the commit-index fix, install_guard.cpp (2)): the
+        // applier refuses and counts it, and the tail must not hold it twice.
+        uint64_t last = tail_.empty() ? base_index_ : tail_.back().index;
+        if (it.index > last) tail_.push_back(it);  // shares the chunk with the queued item
         if (++since_request_ >= opts_.store_snapshot_every && pending_request_ == 0) {
             pending_request_ = it.index;
             since_request_ = 0;
@@ -145,19 +149,34 @@ bool Node::store_snapshot_done(uint64_t index, ChunkPtr data) {
 
 int Node::fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs) {
     check_thread();
+    // legacyTakeSnapshot records the snapshot at r->commit_index, not at last_applied: the
+    // contents must be the state after exactly that entry, or a restore from it re-applies
+    // (or skips) the difference. The two differ only if the commit index went back
+    // (install_guard.cpp (2)); then we cut the tail at `label`, or refuse when the store
+    // snapshot is already past it (libraft retries at its next step).
+    const uint64_t label = raft_.commit_index;
+    if (label != raft_.last_applied) mislabeled_snapshots_++;
     auto* h = new SnapshotHold();
-    size_t tail_len = 0;
+    size_t tail_len = 0, count = 0;
     {
         std::lock_guard<std::mutex> g(snap_mu_);
+        if (base_index_ > label || raft_.last_applied < label) {
+            delete h;
+            return RAFT_BUSY;
+        }
         h->store = base_data_.chunk;
-        for (const auto& e : tail_) tail_len += 24 + e.data.len;
+        for (const auto& e : tail_) {
+            if (e.index > label) break;
+            tail_len += 24 + e.data.len;
+            count++;
+        }
         h->header.reset(new char[kHeader]);
         std::memcpy(h->header.get(), kMagic, 8);
         put64(h->header.get() + 8, 1);
         put64(h->header.get() + 16, base_index_);
         put64(h->header.get() + 24, base_data_.len);
-        put64(h->header.get() + 32, tail_.size());
-        put64(h->header.get() + 40, raft_.last_applied);
+        put64(h->header.get() + 32, count);
+        put64(h->header.get() + 40, label);
         h->bufs.push_back({h->header.get(), kHeader});
         if (base_data_.len) h->bufs.push_back({const_cast<char*>(base_data_.data()), base_data_.len});
         if (tail_len) {
@@ -166,6 +185,7 @@ int Node::fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs) {
             h->tail.reset(new char[tail_len]);
             char* p = h->tail.get();
             for (const auto& e : tail_) {
+                if (e.index > label) break;
                 put64(p, e.index);
                 put64(p + 8, e.term);
                 put64(p + 16, e.data.len);
@@ -175,7 +195,7 @@ int Node::fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs) {
             h->bufs.push_back({h->tail.get(), tail_len});
         }
     }
-    h->index = raft_.last_applied;
+    h->index = label;
     snapshot_taking_index_ = h->index;
     // libraft hands this array back to snapshot_finalize; we find the hold through it.
     auto* arr = static_cast<struct raft_buffer*>(raft_malloc(sizeof(struct raft_buffer) * h->bufs.size()));
@@ -219,6 +239,11 @@ void Node::snapshot_taken(uint64_t index) {
 
 int Node::fsm_restore(struct raft_buffer* buf) {
     check_thread();
+    // The index libraft considers applied once this returns: the loaded snapshot's at start-up
+    // (load_hook in install_guard.cpp), the commit index during an InstallSnapshot (legacy.c
+    // restores exactly when commit_index == the installed snapshot's index).
+    uint64_t label = restore_label_ ? restore_label_ : raft_.commit_index;
+    restore_label_ = 0;
     const char* p = static_cast<const char*>(buf->base);
     size_t n = buf->len;
     if (n < kHeader || std::memcmp(p, kMagic, 8) != 0 || get64(p + 8) != 1) return RAFT_MALFORMED;
@@ -234,26 +259,34 @@ int Node::fsm_restore(struct raft_buffer* buf) {
     }
     // Success: libraft passes ownership of buf->base to the FSM.
     ChunkPtr c = chunk_adopt(buf->base, n);
+    // A snapshot written before the commit-index fix may hold entries past its Raft index
+    // (label < N): libraft re-applies label+1.. from the log after this, so such entries are
+    // left out here. (If even the store snapshot M is past the label, the state cannot be cut
+    // back: the applier then refuses the replayed entries and counts them.)
+    uint64_t last = get64(p + 40);
+    bool cut = compat::kFollowerCommitCanRegress && label != 0 && last > label && m <= label;
+    if (compat::kFollowerCommitCanRegress && label != 0 && last > label) mislabeled_snapshots_++;
     std::deque<Item> entries;
     off = kHeader + store_len;
     for (uint64_t i = 0; i < count; i++) {
-        uint64_t len = get64(p + off + 16);
-        entries.push_back(Item{ITEM_ENTRY, get64(p + off), get64(p + off + 8), Slice{c, off + 24, len}});
+        uint64_t len = get64(p + off + 16), index = get64(p + off);
+        if (cut && index > label) break;
+        entries.push_back(Item{ITEM_ENTRY, index, get64(p + off + 8), Slice{c, off + 24, len}});
         off += 24 + len;
     }
+    if (cut) last = label;
     {
         std::lock_guard<std::mutex> g(snap_mu_);
         base_index_ = m;
         base_data_ = Slice{c, kHeader, store_len};
         tail_ = entries;
         pending_request_ = 0;
-        since_request_ = static_cast<unsigned>(count);
+        since_request_ = static_cast<unsigned>(entries.size());
     }
     // Everything still queued is older than this state and superseded by it.
     applyq_.clear();
     applyq_.push(Item{ITEM_RESTORE, m, 0, Slice{c, kHeader, store_len}});
     for (auto& e : entries) applyq_.push(std::move(e));
-    uint64_t last = get64(p + 40);
     if (last > last_snapshot_index_) last_snapshot_index_ = last;
     return 0;
 }

@@ -1,14 +1,35 @@
-// Work-around for a libraft 0.22.1 crash (legacy.c, takeSnapshotCb):
+// Work-arounds for two libraft 0.22.1 bugs, both applied where messages and the on-disk state
+// enter libraft (we wrap raft_io.start and raft_io.load). Loop thread only.
+//
+// 1. A crash (legacy.c, takeSnapshotCb):
 //
 //     r->legacy.snapshot_pending = NULL;
 //     persist = r->legacy.snapshot_pending;      /* always NULL */
 //     rv = legacyPersistSnapshotStart(persist);  /* NULL dereference: SIGSEGV */
 //
-// It runs when an InstallSnapshot arrived while this node was writing a snapshot of its own
-// (the install is parked as "pending" until the write completes): typically a node that was
-// partitioned away rejoins while it is snapshotting. We wrap raft_io.start to see incoming
-// messages first and hold back an InstallSnapshot while libraft is taking a snapshot, then
-// hand it over from the loop's check phase once the local snapshot is done. Loop thread only.
+//    It runs when an InstallSnapshot arrived while this node was writing a snapshot of its own
+//    (the install is parked as "pending" until the write completes): typically a node that was
+//    partitioned away rejoins while it is snapshotting. We hold back an InstallSnapshot while
+//    libraft is taking a snapshot, then hand it over from the loop's check phase once the local
+//    snapshot is done.
+//
+// 2. A follower's commit index can go DOWN (replication.c, replicationAppend):
+//
+//     if (args->leader_commit > r->commit_index)
+//         r->commit_index = min(args->leader_commit, prev_log_index + n_entries);
+//
+//    An AppendEntries whose last entry is below the follower's commit index (a heartbeat or
+//    probe built from the leader's stale view of a follower that just restarted and caught
+//    up) lowers commit_index below last_applied. libraft then takes its next snapshot *at
+//    commit_index* (legacyTakeSnapshot labels it with r->commit_index; the asserts that would
+//    catch last_applied != commit_index are compiled out) while the state machine is at
+//    last_applied: a snapshot labelled C holding the state after A > C. A restart or an
+//    install from it re-applies C+1..A on top: those transactions run twice (the silent
+//    divergence of the 22-minute chaos run). We clamp leader_commit to our own commit index
+//    in such a message, so the condition above is false and the commit index never regresses
+//    (etcd does the same: it only ever moves the commit index forward). DESIGN.md §1.
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "node.hpp"
@@ -28,17 +49,43 @@ int start_hook(struct raft_io* io, unsigned msecs, raft_io_tick_cb tick, raft_io
     n->legacy_recv_ = recv;
     return n->orig_start_(io, msecs, tick, recv_hook);
 }
+
+int load_hook(struct raft_io* io, raft_term* term, raft_id* voted_for, struct raft_snapshot** snapshot,
+              raft_index* start_index, struct raft_entry* entries[], size_t* n_entries) {
+    Node* n = node_of(io);
+    int rv = n->orig_load_(io, term, voted_for, snapshot, start_index, entries, n_entries);
+    // raft_start() restores this snapshot right after load, before it sets any index the
+    // FSM could read: remember the index libraft will consider applied (fsm.cpp).
+    n->restore_label_ = (rv == 0 && *snapshot != nullptr) ? (*snapshot)->index : 0;
+    return rv;
+}
 }  // namespace
 
 void Node::install_recv_hook() {
+    trace_commit_ = std::getenv("BKNR_TRACE_COMMIT") != nullptr;  // one stderr line per clamp
     // Always installed: it also carries the thesis vote rule (vote_rule.cpp).
     orig_start_ = io_.start;
     io_.start = start_hook;
+    orig_load_ = io_.load;
+    io_.load = load_hook;
 }
 
 void Node::on_recv(struct raft_message* msg) {
     apply_vote_rule(msg);
-    if (compat::kInstallDuringSnapshotCrashes && msg->type == RAFT_INSTALL_SNAPSHOT && !closing_ &&
+    if (msg->type == RAFT_APPEND_ENTRIES && compat::kFollowerCommitCanRegress) {
+        struct raft_append_entries* ae = &msg->append_entries;
+        uint64_t commit = raft_.commit_index;
+        if (ae->leader_commit > commit && ae->prev_log_index + ae->n_entries < commit) {
+            if (trace_commit_)
+                std::fprintf(stderr, "bknr: clamp leader_commit %llu -> %llu (prev %llu + %u entries, applied %llu)\n",
+                             (unsigned long long)ae->leader_commit, (unsigned long long)commit,
+                             (unsigned long long)ae->prev_log_index, ae->n_entries,
+                             (unsigned long long)raft_.last_applied);
+            ae->leader_commit = commit;  // see (2) above: never let the commit index go back
+            commit_clamps_++;
+        }
+    }
+    if (msg->type == RAFT_INSTALL_SNAPSHOT && compat::kInstallDuringSnapshotCrashes && !closing_ &&
         compat::snapshot_taking(&raft_)) {
         if (deferred_) drop_deferred();  // a newer install supersedes the parked one
         deferred_msg_ = *msg;            // takes over data and configuration

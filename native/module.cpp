@@ -142,6 +142,8 @@ py::dict status_dict(const StatusData& s) {
     d["deferred_installs"] = s.deferred_installs;
     d["relaxed_votes"] = s.relaxed_votes;
     d["early_campaigns"] = s.early_campaigns;
+    d["commit_clamps"] = s.commit_clamps;
+    d["mislabeled_snapshots"] = s.mislabeled_snapshots;
     d["snapshot_taking"] = s.snapshot_taking;
     if (s.auth) {
         py::dict a;

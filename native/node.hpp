@@ -98,6 +98,8 @@ struct StatusData {
     uint64_t deferred_installs = 0;   // InstallSnapshots held back during a local snapshot
     uint64_t relaxed_votes = 0;       // vote requests let through by the thesis rule
     uint64_t early_campaigns = 0;     // early elections against a shorter-log candidate
+    uint64_t commit_clamps = 0;       // AppendEntries that would have lowered the commit index
+    uint64_t mislabeled_snapshots = 0;  // snapshots whose contents ran past their Raft index
     bool snapshot_taking = false;     // a local snapshot is being written
     std::string last_error;           // e.g. disk full: entries not persisted (status.cpp)
     bool auth = false;                // authenticated transport in use
@@ -215,7 +217,10 @@ public:
     void drop_deferred();
     void on_check();
     int (*orig_start_)(struct raft_io*, unsigned, raft_io_tick_cb, raft_io_recv_cb) = nullptr;
+    int (*orig_load_)(struct raft_io*, raft_term*, raft_id*, struct raft_snapshot**, raft_index*,
+                      struct raft_entry**, size_t*) = nullptr;
     raft_io_recv_cb legacy_recv_ = nullptr;
+    uint64_t restore_label_ = 0;  // index of the snapshot raft_start is about to restore
     void note_io_error(const std::string& what);
     void on_raft_closed();
     int fsm_apply(const struct raft_buffer* buf);
@@ -259,6 +264,9 @@ private:
     uint64_t deferred_installs_ = 0;
     uint64_t relaxed_votes_ = 0;  // vote requests let through by the thesis rule (vote_rule.cpp)
     uint64_t early_campaigns_ = 0;  // times we campaigned at once against a shorter-log candidate
+    uint64_t commit_clamps_ = 0;         // install_guard.cpp (2)
+    bool trace_commit_ = false;          // BKNR_TRACE_COMMIT: log each clamp on stderr
+    uint64_t mislabeled_snapshots_ = 0;  // fsm.cpp: restores trimmed to their Raft index
     uint64_t stored_seen_ = 0, stored_progress_ms_ = 0, io_error_ms_ = 0;
     std::string last_error_;
     std::atomic<uint64_t> off_loop_callbacks_{0};

@@ -67,6 +67,12 @@ constexpr bool kInstallDuringSnapshotCrashes = false;
 inline bool snapshot_taking(const struct raft*) { return false; }
 #endif
 
+// 0.22.1's replicationAppend can lower a follower's commit index below last_applied, and
+// legacyTakeSnapshot then labels a snapshot with that lower index (native/install_guard.cpp).
+// Checked in 0.22.1 only; 0.18's replicationAppend takes the min with the last log index,
+// which never goes below the commit index.
+constexpr bool kFollowerCommitCanRegress = RAFT_VERSION_NUMBER >= 2200;
+
 // libraft >= 0.19 caps un-acknowledged entries per follower (default 32), which halves
 // pipelined throughput; older releases have no cap and no setter.
 inline void set_max_inflight_entries(struct raft* r, unsigned n) {

@@ -95,6 +95,8 @@ void Node::fill_status(StatusData& s) {
     s.deferred_installs = deferred_installs_;
     s.relaxed_votes = relaxed_votes_;
     s.early_campaigns = early_campaigns_;
+    s.commit_clamps = commit_clamps_;
+    s.mislabeled_snapshots = mislabeled_snapshots_;
     s.snapshot_taking = compat::snapshot_taking(&raft_);
     if (!opts_.secret.empty()) {
         struct bknr_auth_stats a;

@@ -126,7 +126,10 @@ class AdminMixin:
             "batches": self.committer.batches, "batched_records": self.committer.items,
             "applied_entries": self.applied_entries, "applied_records": self.applied_records,
             "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
-            "restores": self.restores,
+            "restores": self.restores, "replayed_entries": self.replayed_entries,
+            # libraft 0.22.1 work-arounds at work (native/DESIGN.md §1)
+            "commit_clamps": st.get("commit_clamps", 0),
+            "mislabeled_snapshots": st.get("mislabeled_snapshots", 0),
             # the engine's last disk/IO problem (e.g. no space for the log), None when healthy
             "last_error": st.get("last_error"),
             "uptime_s": round(time.time() - self.started_at, 3),

@@ -34,6 +34,7 @@ class ApplierMixin:
     failed_records: int
     corrupt_entries: int
     restores: int
+    replayed_entries: int
     last_store_snapshot: int
     _running: bool
     _apply_lock: Any
@@ -63,10 +64,15 @@ class ApplierMixin:
                 for kind, index, term, data in items:
                     try:
                         if kind == "entry":
+                            if index <= self._entry_floor:
+                                self._refuse_replay(index)
+                                continue
+                            self._entry_floor = index
                             self._apply_entry(index, data, TxContext)
                         elif kind == "snapshot_request":
                             self._store_snapshot(index)
                         elif kind == "restore":
+                            self._entry_floor = index
                             self._restore(index, data)
                         else:
                             log.error("unknown committed item kind %r at %d", kind, index)
@@ -80,6 +86,15 @@ class ApplierMixin:
                 self._digest_cache = None
             with self._applied_cond:
                 self._applied_cond.notify_all()
+
+    def _refuse_replay(self, index: int) -> None:
+        """Defence in depth: the engine handed over an entry at or below one already applied
+        since the last restore.  Applying it again would apply a transaction twice (a silent
+        divergence), so it is skipped, counted (``/status`` ``replayed_entries``) and logged
+        loudly: it means a bug below this layer."""
+        self.replayed_entries += 1
+        log.error("REFUSED entry %d: entries up to %d were already applied since the last "
+                  "restore (replayed_entries=%d)", index, self._entry_floor, self.replayed_entries)
 
     def _apply_entry(self, index: int, data: bytes, ctx_cls: Any) -> None:
         self.applied_entries += 1
@@ -155,5 +170,12 @@ class ApplierMixin:
         self.store.load_snapshot(io.BytesIO(data))  # empty bytes: the empty store
         self.last_store_snapshot = index
         self.restores += 1
-        log.info("restored store snapshot at %d (%d bytes) in %.3f s", index, len(data),
-                 time.monotonic() - t0)
+        try:  # where libraft stands: ties this restore to the Raft snapshot and log on disk
+            st = self.engine.status(1.0)
+            where = (f"raft snapshot {st.get('snapshot_index')}, log up to "
+                     f"{st.get('last_log_index')}, commit {st.get('commit_index')}, "
+                     f"tail {st.get('tail_entries')}")
+        except Exception as exc:  # diagnostics only
+            where = f"status unavailable: {exc}"
+        log.info("restored store snapshot at %d (%d bytes) in %.3f s (%s)", index, len(data),
+                 time.monotonic() - t0, where)

@@ -41,7 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="chaos-report.json")
     p.add_argument("--workdir", help="keep node data and histories here (default: a temp dir)")
     p.add_argument("--election-ms", type=int, default=500)
+    p.add_argument("--progress", type=int, default=25, help="print a line every N faults")
+    p.add_argument("--kinds", help="comma-separated fault kinds (default: all that apply)")
+    p.add_argument("--loopback", action="store_true",
+                   help="nodes on 127.0.0.1 instead of namespaces (no partitions, no disk full)")
+    p.add_argument("--snapshot-threshold", type=int, default=2000)
+    p.add_argument("--snapshot-trailing", type=int, default=500)
+    p.add_argument("--check-each", action="store_true",
+                   help="after every fault pause the load, compare digests, stop at a divergence")
+    p.add_argument("--keep-down-copies", type=int, default=0,
+                   help="keep copies of the data dirs taken while the cluster was down")
     args = p.parse_args(argv)
+    kinds = args.kinds.split(",") if args.kinds else None
     # A background job starts with SIGINT ignored and SIGTERM would skip the finally below:
     # both become KeyboardInterrupt so processes, namespaces and the tmpfs are always removed.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,21 +64,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chaos: seed {args.seed}, {args.nodes} nodes, {args.minutes} min, workdir {workdir}",
           flush=True)
     procs = Processes()
-    net = Network(names)
-    disk = SmallDisk(workdir / f"{names[-1]}-disk", size_mb=256)
+    net = None if args.loopback else Network(names)
+    disk = None if args.loopback else SmallDisk(workdir / f"{names[-1]}-disk", size_mb=256)
     report: dict = {"seed": args.seed, "error": None}
     t0 = time.monotonic()
     try:
-        net.setup()
-        disk.mount()
+        if net is not None and disk is not None:
+            net.setup()
+            disk.mount()
         cluster = ChaosCluster(workdir / "cluster", procs, args.nodes, net=net,
                                election_timeout_ms=args.election_ms, heartbeat_ms=args.election_ms // 10,
-                               snapshot_threshold=2000, snapshot_trailing=500,
-                               data_dirs={names[-1]: disk.path})
+                               snapshot_threshold=args.snapshot_threshold,
+                               snapshot_trailing=args.snapshot_trailing,
+                               data_dirs={names[-1]: disk.path} if disk else None)
         started(cluster)
         report = chaos_run(cluster, seconds=args.minutes * 60, max_faults=args.faults, seed=args.seed,
-                           workdir=workdir, hold=(0.8, 1.8), quiet=(0.1, 0.5),
-                           disks={names[-1]: disk}, pace=0.01, progress=25)
+                           kinds=kinds, workdir=workdir, hold=(0.8, 1.8), quiet=(0.1, 0.5),
+                           disks={names[-1]: disk} if disk else None, pace=0.01, progress=args.progress,
+                           check_each=args.check_each, keep_down_copies=args.keep_down_copies)
     except NetworkUnavailable as exc:
         report["error"] = f"kernel/tool feature missing: {exc}"
     except BaseException as exc:  # the report must say what broke, then the run fails
@@ -75,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         procs.stop_all()
-        disk.umount()
-        net.teardown()
+        if disk is not None:
+            disk.umount()
+        if net is not None:
+            net.teardown()
         report["wall_s"] = round(time.monotonic() - t0, 1)
         report["workdir"] = str(workdir)
         problems = verdict_problems(report) if "lost" in report else [report.get("error") or "no result"]

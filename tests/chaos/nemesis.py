@@ -1,8 +1,10 @@
 """The nemesis: injects one fault at a time into a ChaosCluster, holds it, heals it, and logs
 each as an event (kind, target, start/end times, whether the cluster recovered).
 
-Faults: kill -9 of the leader or a random node; SIGSTOP of the leader for longer than the
-election timeout; network partitions (leader isolated, majority/minority, ring — these need the
+Faults: kill -9 of the leader or a random node; a node killed, restarted and, while it catches
+up (0.2-0.8 s later), the whole cluster crashed and restarted (``restart_then_crash``, the
+pattern of a silent double apply found by the 22-minute run); SIGSTOP of the leader for longer
+than the election timeout; network partitions (leader isolated, majority/minority, ring — these need the
 cluster's nodes in namespaces); full-cluster crash and restart; disk full (when nodes have a
 ``SmallDisk`` under their data directory, mounted before the cluster was initialised).
 """
@@ -13,6 +15,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from tests.chaos.client import call
@@ -21,7 +24,7 @@ from tests.chaos.diskfull import SmallDisk
 from tests.chaos.history import OK
 from tests.support import wait_until
 
-KINDS_LOCAL = ("kill_leader", "kill_random", "pause_leader", "full_restart")
+KINDS_LOCAL = ("kill_leader", "kill_random", "pause_leader", "full_restart", "restart_then_crash")
 KINDS_NET = ("isolate_leader", "majority_minority", "ring")
 DISK_PAD_BYTES = 30_000_000    # more than libraft's three preallocated 8 MB segments
 
@@ -50,6 +53,12 @@ class Nemesis:
         self.hold = hold
         self.recovery_timeout = recovery_timeout
         self.events: list[FaultEvent] = []
+        # Called with the event after every fault has healed; returning False stops the run
+        # (runner.chaos_run(check_each=True) compares digests there).
+        self.after_each: Callable[[FaultEvent], bool] | None = None
+        # Called while the whole cluster is down, before it restarts (e.g. to keep a copy of
+        # the data directories for a post-mortem).
+        self.while_down: Callable[[FaultEvent], None] | None = None
         self.election_s = cluster.election_timeout_ms / 1000.0
 
     # --- bookkeeping --------------------------------------------------------------------------
@@ -109,6 +118,11 @@ class Nemesis:
         except (AssertionError, OSError):
             return False
 
+    def _restart_all(self, ev: FaultEvent) -> None:
+        if self.while_down is not None:
+            self.while_down(ev)
+        self.cluster.start_all()
+
     def _recover(self, ev: FaultEvent) -> None:
         """After healing: every node running, a leader elected."""
         t0 = time.monotonic()
@@ -144,7 +158,18 @@ class Nemesis:
             elif kind == "full_restart":
                 c.kill_all()
                 self._sleep(self.rng.uniform(0.2, 1.0))
-                c.start_all()
+                self._restart_all(ev)
+            elif kind == "restart_then_crash":
+                target = self.rng.choice(list(c.nodes))
+                ev.target = target
+                c.kill(target)
+                self._sleep(self._hold())
+                c.start(target)
+                ev.extra["crash_after_s"] = round(self.rng.uniform(0.2, 0.8), 3)
+                self._sleep(ev.extra["crash_after_s"])
+                c.kill_all()
+                self._sleep(self.rng.uniform(0.2, 1.0))
+                self._restart_all(ev)
             elif kind == "isolate_leader":
                 self.net.isolate(target)
                 self._sleep(self._hold())
@@ -213,6 +238,8 @@ class Nemesis:
                 bag = list(kinds)
                 self.rng.shuffle(bag)
             ev = self.inject(bag.pop())
+            if self.after_each is not None and not self.after_each(ev):
+                break
             if self.progress and len(self.events) % self.progress == 0:
                 print(f"nemesis: {len(self.events)} faults, last {ev.kind} on {ev.target} "
                       f"(recovered={ev.recovered} in {ev.recovery_s}s)", flush=True)

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tests.chaos.checkers import check_append, check_bank
+from tests.chaos.checkers import check_append, check_bank, mislabeled_snapshots
 from tests.chaos.cluster import ChaosCluster
 from tests.chaos.history import FAIL, OK, UNKNOWN, History
 from tests.chaos.linearizability import check_register
-from tests.chaos.nemesis import Nemesis
+from tests.chaos.nemesis import FaultEvent, Nemesis
 from tests.chaos.workloads import AppendWorkload, BankWorkload, Limits, RegisterWorkload, Workload
 
 MUTATIONS = {"write", "cas", "transfer", "append"}
@@ -96,24 +97,90 @@ def op_counts(workloads: dict[str, Workload]) -> dict:
     return {**tot, "per_workload": per}
 
 
+def divergence_check(cluster: ChaosCluster, workloads: dict[str, Workload], ev: FaultEvent,
+                     timeout: float = 60.0) -> bool:
+    """With the load paused: converge every node and compare digests at one applied index.
+    Records the result in ``ev.extra``; False when the replicas differ (or do not converge)."""
+    for wl in workloads.values():
+        wl.pause()
+    try:
+        sts = cluster.converge(timeout, list(cluster.nodes))
+        digests = {n: (st["applied_index"], st["digest"]) for n, st in sts.items()}
+        replayed = {n: st.get("replayed_entries", 0) for n, st in sts.items()}
+        ev.extra["replayed_entries"] = replayed
+        ev.extra["commit_clamps"] = {n: st.get("commit_clamps", 0) for n, st in sts.items()}
+        ev.extra["mislabeled_snapshots"] = {n: st.get("mislabeled_snapshots", 0) for n, st in sts.items()}
+        files = {n: mislabeled_snapshots(nd.data_dir / "raft") for n, nd in cluster.nodes.items()}
+        files = {n: bad for n, bad in files.items() if bad}
+        if files:
+            ev.extra["mislabeled_files"] = files
+        ev.extra["digests_match"] = (len(set(digests.values())) == 1 and not any(replayed.values())
+                                     and not files)
+        if not ev.extra["digests_match"]:
+            ev.extra["digests"] = {n: list(d) for n, d in digests.items()}
+    except AssertionError as exc:
+        ev.extra["digests_match"] = False
+        ev.extra["converge_error"] = str(exc)
+    finally:
+        for wl in workloads.values():
+            wl.resume()
+    return ev.extra["digests_match"]
+
+
+def keep_data_dirs(cluster: ChaosCluster, dest: Path, keep: int) -> Callable[[FaultEvent], None]:
+    """A ``Nemesis.while_down`` hook: copy every node's data directory (the cluster is down)
+    to ``dest/down-<fault number>``, keeping the last ``keep`` copies, for a post-mortem of
+    the disk state a divergent restart started from."""
+    def copy(ev: FaultEvent) -> None:
+        copies = sorted(dest.glob("down-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in copies[:max(0, len(copies) - keep + 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        target = dest / f"down-{ev.extra.get('number', 0)}"
+        for name, nd in cluster.nodes.items():
+            shutil.copytree(nd.data_dir, target / name, symlinks=True, dirs_exist_ok=True)
+    return copy
+
+
 def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: int,
               kinds: list[str] | None = None, workdir: Path | None = None,
               hold: tuple[float, float] = (1.0, 3.0), quiet: tuple[float, float] = (0.5, 1.5),
-              disks: dict | None = None, pace: float = 0.002, progress: int = 0) -> dict:
-    """Workloads + nemesis for ``seconds`` (or ``max_faults``), then heal and check."""
+              disks: dict | None = None, pace: float = 0.002, progress: int = 0,
+              check_each: bool = False, keep_down_copies: int = 0) -> dict:
+    """Workloads + nemesis for ``seconds`` (or ``max_faults``), then heal and check.
+
+    ``check_each``: after every fault pause the load, converge, compare digests, and stop at the
+    first divergence (``report["diverged_after"]`` names the fault).  ``keep_down_copies``: keep
+    copies of the data directories taken while the whole cluster was down (needs ``workdir``)."""
     rng = random.Random(seed)
     workloads = make_workloads(cluster, seconds, seed, pace=pace)
     cluster.wait_leader(30)
     for wl in workloads.values():
         wl.setup()
     nemesis = Nemesis(cluster, rng, hold=hold, disks=disks, progress=progress)
+    diverged: list[dict] = []
+    if check_each:
+        def after_each(ev: FaultEvent) -> bool:
+            if divergence_check(cluster, workloads, ev):
+                return True
+            diverged.append({"number": len(nemesis.events), "kind": ev.kind, "target": ev.target,
+                             **ev.extra})
+            return False
+        nemesis.after_each = after_each
+    if keep_down_copies and workdir is not None:
+        copy = keep_data_dirs(cluster, Path(workdir), keep_down_copies)
+
+        def while_down(ev: FaultEvent) -> None:
+            ev.extra["number"] = len(nemesis.events)
+            copy(ev)
+        nemesis.while_down = while_down
     t0 = time.monotonic()
     for wl in workloads.values():
         wl.start()
     try:
         nemesis.run(seconds, max_faults, kinds=kinds, quiet=quiet)
         # the load runs for the whole time even when the fault budget is spent early
-        threading.Event().wait(max(0.0, seconds - (time.monotonic() - t0)))
+        if not diverged:
+            threading.Event().wait(max(0.0, seconds - (time.monotonic() - t0)))
     finally:
         for wl in workloads.values():
             wl.stop()
@@ -142,6 +209,8 @@ def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: i
         "disk_full_restart_needed": sum(1 for e in nemesis.events if e.kind == "disk_full"
                                         and e.extra.get("restart_needed")),
     }
+    if check_each:
+        report["diverged_after"] = diverged[0] if diverged else None
     return report
 
 
@@ -154,6 +223,8 @@ def verdict_problems(report: dict) -> list[str]:
         out.append("register history not linearizable")
     if report.get("linearizable") is None and "register" in report["checks"]:
         out.append("linearizability undecided (search budget)")
+    if report.get("diverged_after"):
+        out.append(f"replicas diverged after fault {report['diverged_after']}")
     if not report["digests_match"]:
         out.append(f"digests differ: {report['digests']}")
     for name, c in report["checks"].items():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from tests.chaos.client import Outcome, call
 from tests.chaos.history import FAIL, OK, UNKNOWN, History
+from tests.support import wait_until
 
 
 class Router:
@@ -64,6 +65,12 @@ class Workload:
         self.seed = seed
         self.router = Router(urls, random.Random(seed))
         self.stop_event = threading.Event()
+        # pause()/resume(): clients wait at the gate between operations (divergence checks
+        # compare digests with no load running); ``_busy`` counts operations in flight.
+        self._gate = threading.Event()
+        self._gate.set()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.errors: list[str] = []
 
@@ -86,7 +93,13 @@ class Workload:
             for _ in range(self.limits.max_ops):
                 if self.stop_event.is_set() or time.monotonic() >= deadline:
                     return
-                self.op(client, rng)
+                if not self._enter():
+                    continue
+                try:
+                    self.op(client, rng)
+                finally:
+                    with self._busy_lock:
+                        self._busy -= 1
                 self.stop_event.wait(self.limits.pace)
         except Exception as exc:  # a workload bug must surface in the report, not vanish
             self.errors.append(f"client {client}: {exc!r}")
@@ -97,6 +110,26 @@ class Workload:
             t = threading.Thread(target=self._client, args=(c,), name=f"{self.name}-{c}", daemon=True)
             t.start()
             self.threads.append(t)
+
+    def _enter(self) -> bool:
+        """Count an operation in flight, unless paused (then wait a moment and say no).
+        Counting before looking at the gate closes the race with pause()."""
+        with self._busy_lock:
+            self._busy += 1
+        if self._gate.is_set():
+            return True
+        with self._busy_lock:
+            self._busy -= 1
+        self._gate.wait(0.1)
+        return False
+
+    def pause(self, timeout: float = 30.0) -> None:
+        """Hold every client at the gate and wait until no operation is in flight."""
+        self._gate.clear()
+        wait_until(lambda: self._busy == 0, timeout, f"{self.name} clients to go idle")
+
+    def resume(self) -> None:
+        self._gate.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stop_event.set()
