@@ -428,12 +428,10 @@ PYBIND11_MODULE(_raft, m) {
         }, py::arg("type"), py::arg("node_id") = 0, py::arg("address") = "", py::arg("role") = "")
         .def("next_committed", [](Node& n, size_t max_items, double timeout) -> py::object {
             std::vector<Item> items;
-            // Items waiting already: take them without dropping the GIL. (With many Python
-            // threads runnable, a GIL release here costs the applier a wait for its turn.)
-            bool open = n.queue().pop(max_items, 0.0, items);
-            if (!open) return py::none();
-            if (!items.empty()) return committed_list(items);
+            // Always pops with the GIL released, even when items are waiting: measured with 256
+            // caller threads, keeping the GIL here starved the woken callers (slower overall).
             auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout);
+            bool open = true;
             for (;;) {
                 double left = std::chrono::duration<double>(end - std::chrono::steady_clock::now()).count();
                 open = nogil([&] { return n.queue().pop(max_items, std::min(std::max(left, 0.0), kSlice), items); });
