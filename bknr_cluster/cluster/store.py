@@ -305,8 +305,11 @@ class ClusterStore(ApplierMixin, AdminMixin):
             raise UsageError("execute() inside a transaction: call the transaction function directly")
         record = self.store.encode_transaction(tx, *args, **kwargs)
         deadline = time.monotonic() + timeout
+        left = timeout
         while True:
-            w = self.submit_record(record, max(0.0, deadline - time.monotonic()))
+            w = self.submit_record(record, left)
+            if w.error is None:  # the common case, before the full outcome rule
+                return w.result, w.index
             err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
@@ -317,6 +320,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
             if deadline - time.monotonic() <= pause:
                 raise err
             threading.Event().wait(pause)
+            left = max(0.0, deadline - time.monotonic())
 
     @staticmethod
     def _settle(w: Any, *, forward: bool, raise_tx: bool) -> NotLeader | None:
