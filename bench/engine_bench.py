@@ -133,7 +133,7 @@ def node_main(node_id: int, data_dir: str, addresses: str, windows: list[int], c
     def applier() -> None:
         while True:
             try:
-                items = node.next_committed(1024, 0.1)
+                items = node.next_committed(256, 0.1)  # as the cluster applier (apply.py)
             except Shutdown:
                 return
             for kind, index, _, _data in items:
