@@ -6,7 +6,9 @@ bytes) is packed with :mod:`batch` into one entry and submitted to the engine, k
 are free and more than one entry's worth is queued, the entries go to the engine in one
 ``submit_many`` call (one crossing, one future). A watcher thread waits on the engine futures in
 submission order: a failed submission fails the waiters of its entries that are still pending;
-a completed one frees its window slots and wakes the submitter if records are waiting. (Letting
+a completed one frees its window slots and wakes the submitter if records are waiting. A record
+that arrives while the window has room and the submitter sleeps is submitted by the caller's own
+thread (one thread hop less for a lone caller: +7 % tx/s, p50 0.47 -> 0.44 ms at one caller). (Letting
 the watcher submit them itself was measured: batches got ~40% smaller under 256 callers, so
 followers paid more per transaction, for no gain on the leader.) Success is *not* reported
 from here: the applier resolves each waiter after the local apply, with the transaction's result
@@ -138,10 +140,12 @@ class GroupCommitter:
         self._cond = threading.Condition(self._lock)
         self._submit_lock = threading.Lock()  # take + submit as one step: log order = take order
         self._inflight = 0
+        self._life = 0
         self._max_record = self.max_bytes - BATCH_OVERHEAD - ITEM_OVERHEAD
         # Deferred wake-ups (module docstring): only for waiters taken on this thread.
         self.applier_ident: int | None = None
         self._deferred: list[Any] = []
+        self.inline_submit = True  # False: always hand over to the submitter thread
         self._submitter_idle = False
         self._watch: queue.SimpleQueue = queue.SimpleQueue()
         self._running = False
@@ -166,11 +170,16 @@ class GroupCommitter:
             seq = w.seq = next(self._seq)
             self._pending[seq] = w
             self._queue.append((seq, record))
-            # Wake the submitter only when it sleeps and the window has room: while the window
-            # is full, the watcher wakes it on the next completion (a wake-up per record would
+            # The window has room and the submitter sleeps: submit from this thread, which
+            # saves a thread hop on the path of a lone caller. While the window is full, the
+            # watcher wakes the submitter on the next completion (a wake-up per record would
             # cost a thread switch per record).
-            if self._submitter_idle and self._inflight < self.window:
+            inline = self._submitter_idle and self._inflight < self.window
+            if inline and not self.inline_submit:
                 self._cond.notify()
+                inline = False
+        if inline:
+            self._pump()
         return w
 
     def register(self) -> Waiter:
@@ -216,8 +225,15 @@ class GroupCommitter:
     def start(self) -> None:
         with self._cond:
             self._running = True
-        for name, target in (("bknr-submit", self._submit_loop), ("bknr-watch", self._watch_loop)):
-            t = threading.Thread(target=target, name=name, daemon=True)
+            # A fresh watch queue and count per life: a watcher of a previous life that still
+            # waits on an engine future (see stop) never sees this life's jobs or slots.
+            self._life += 1
+            self._inflight = 0
+            self._watch = queue.SimpleQueue()
+        threads = (threading.Thread(target=self._submit_loop, name="bknr-submit", daemon=True),
+                   threading.Thread(target=self._watch_loop, args=(self._life, self._watch),
+                                    name="bknr-watch", daemon=True))
+        for t in threads:
             t.start()
             self._threads.append(t)
 
@@ -227,8 +243,11 @@ class GroupCommitter:
             self._running = False
             self._cond.notify_all()
         self._watch.put(None)
+        busy = self._inflight > 0
         for t in self._threads:
-            t.join(timeout=5)
+            # A watcher waiting on an in-flight entry finishes only once the engine stops
+            # (which comes after this): do not wait for it; it exits on its own later.
+            t.join(timeout=0.1 if busy and t.name == "bknr-watch" else 5)
         self._threads.clear()
         self._queue.clear()
         self.applier_ident = None  # from here on, wake-ups are immediate
@@ -286,9 +305,9 @@ class GroupCommitter:
                 self.items += len(seqs)
                 self._watch.put((fut, seqs, n))
 
-    def _watch_loop(self) -> None:
+    def _watch_loop(self, life: int, jobs: queue.SimpleQueue) -> None:
         while True:
-            job = self._watch.get()
+            job = jobs.get()
             if job is None:
                 return
             fut, seqs, n = job
@@ -300,14 +319,15 @@ class GroupCommitter:
                 log.exception("engine future failed unexpectedly")
                 self._fail(seqs, EngineError(f"engine failure: {exc!r}"))
             finally:
-                self._done(n)
-            if self._queue:  # records waited for a free slot: the submitter takes them now
+                self._done(n, life)
+            if self._queue and life == self._life:  # records waited for a free slot
                 with self._cond:
                     self._cond.notify()
 
-    def _done(self, n: int) -> None:
+    def _done(self, n: int, life: int | None = None) -> None:
         with self._lock:
-            self._inflight -= n
+            if life is None or life == self._life:
+                self._inflight -= n
 
     def _fail(self, seqs: list[int], error: BaseException) -> None:
         for s in seqs:
