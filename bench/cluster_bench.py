@@ -250,6 +250,8 @@ def main() -> int:
     ap.add_argument("--switch-interval", type=float, default=SWITCH_INTERVAL,
                     help="GIL switch interval for this process and the node processes")
     ap.add_argument("--window", type=int, default=4, help="group-commit entries in flight")
+    ap.add_argument("--raft-secret", action="store_true",
+                    help="authenticated raft transport (raft_secret_file), as production configs use")
     ap.add_argument("--pysyncobj-node", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pysyncobj_node:
@@ -274,7 +276,8 @@ def main() -> int:
     try:
         c = LocalCluster(root, procs, 3, store="cluster_bench:definition",
                          election_timeout_ms=1000, heartbeat_ms=100,
-                         snapshot_threshold=200_000, snapshot_trailing=20_000)
+                         snapshot_threshold=200_000, snapshot_trailing=20_000,
+                         raft_secret=args.raft_secret)
         c.init()
         for name in ("n2", "n3"):
             c.start(name, "--switch-interval", str(args.switch_interval), wait=False)

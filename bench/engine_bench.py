@@ -133,7 +133,7 @@ def node_main(node_id: int, data_dir: str, addresses: str, windows: list[int], c
     def applier() -> None:
         while True:
             try:
-                items = node.next_committed(1024, 0.1)
+                items = node.next_committed(256, 0.1)  # as the cluster applier (apply.py)
             except Shutdown:
                 return
             for kind, index, _, _data in items:
@@ -153,27 +153,38 @@ def node_main(node_id: int, data_dir: str, addresses: str, windows: list[int], c
     payload = b"x" * SIZE
     for window, n in zip(windows, counts, strict=True):
         lat: list[float] = []
-        pending: deque = deque()
+        pending: deque = deque()  # (submit time, entries, future), oldest first
         failed = 0
+        outstanding = submitted = 0
         cpu_start = time.process_time()  # all threads: loop, submitter, applier
         t_start = time.perf_counter()
-        def settle_oldest(pending: deque = pending, lat: list = lat) -> int:
-            """Wait for the oldest submit; record its latency; 1 if it failed."""
-            t0, f = pending.popleft()
-            try:
-                f.result(30)
-                bad = 0
-            except Exception:
-                bad = 1
-            lat.append(time.perf_counter() - t0)
-            return bad
 
-        for _ in range(n):
-            pending.append((time.perf_counter(), node.submit(payload)))
-            if len(pending) >= window:
-                failed += settle_oldest()
+        def settle(pending: deque = pending, lat: list = lat) -> tuple[int, int]:
+            """Wait for the oldest batch, then take every batch already done behind it (the
+            C harness refills from each apply callback, and callbacks arrive in bursts).
+            Returns (entries completed, entries failed); one latency sample per entry."""
+            done = bad = 0
+            while pending and (done == 0 or pending[0][2].done()):
+                t0, k, f = pending.popleft()
+                try:
+                    f.result(30)
+                except Exception:
+                    bad += k
+                lat.extend([time.perf_counter() - t0] * k)
+                done += k
+            return done, bad
+
+        while submitted < n:
+            # Keep exactly `window` entries outstanding: refill what completed, in one call.
+            k = min(window - outstanding, n - submitted)
+            pending.append((time.perf_counter(), k, node.submit_many([payload] * k)))
+            outstanding += k
+            submitted += k
+            done, bad = settle()
+            outstanding -= done
+            failed += bad
         while pending:
-            failed += settle_oldest()
+            failed += settle()[1]
         secs = time.perf_counter() - t_start
         cpu_us = (time.process_time() - cpu_start) * 1e6 / n
         lat.sort()

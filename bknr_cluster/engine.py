@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from bknr_cluster import _raft, raft_repair
 from bknr_cluster.datadir_lock import DataDirLock
@@ -187,6 +187,20 @@ class RaftNode:
     def submit(self, data: bytes) -> Future:
         """Future -> log index, once committed and handed to the apply queue."""
         return self._node.submit(data)
+
+    def submit_many(self, datas: Sequence[bytes]) -> Future:
+        """Future -> log index of ``datas[0]``, once *every* payload is committed and queued.
+
+        Each payload becomes its own log entry, exactly as with one ``submit`` per payload, at
+        consecutive indexes (``datas[k]`` at ``first + k``); the batch crosses to the engine
+        once (one lock, one loop wake-up) and completes through one future. Errors: a refusal
+        before anything was appended (``NotLeader``, ``TooBig`` for any payload, ``Shutdown``)
+        means no entry of the batch is in the log; any later failure is ``LeadershipLost``
+        (outcome unknown for the whole batch: some entries may commit).
+        """
+        if not datas:
+            raise UsageError("submit_many needs at least one entry")
+        return self._node.submit_many(datas)
 
     def barrier(self) -> Future:
         return self._node.request(_raft.R_BARRIER)

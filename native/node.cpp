@@ -62,6 +62,47 @@ int fsm_finalize_cb(struct raft_fsm* f, struct raft_buffer* bufs[], unsigned* n)
 int fsm_restore_cb(struct raft_fsm* f, struct raft_buffer* buf) {
     return static_cast<Node*>(f->data)->fsm_restore(buf);
 }
+// libraft's stock TCP transport (raft_uv_tcp, used without a raft secret) leaves Nagle's
+// algorithm on. Raft messages are small and latency-bound (an AppendEntries result held back
+// behind an un-acknowledged segment costs a delayed-ACK round, up to 40 ms), so every raft
+// connection gets TCP_NODELAY, as the authenticated transport sets it. The stock listen and
+// connect calls are wrapped to set it on each stream before libraft sees it. libraft 0.22.1
+// makes each call from one place with one callback (uv_recv.c, uv_send.c), so the original
+// callbacks are kept process-wide; the connect callback carries no transport pointer.
+std::atomic<raft_uv_accept_cb> g_tcp_accept_cb{nullptr};
+std::atomic<raft_uv_connect_cb> g_tcp_connect_cb{nullptr};
+using ListenFn = int (*)(struct raft_uv_transport*, raft_uv_accept_cb);
+using ConnectFn = int (*)(struct raft_uv_transport*, struct raft_uv_connect*, raft_id, const char*,
+                          raft_uv_connect_cb);
+std::atomic<ListenFn> g_tcp_listen{nullptr};
+std::atomic<ConnectFn> g_tcp_connect{nullptr};
+
+void set_nodelay(struct uv_stream_s* s) {
+    if (s && s->type == UV_TCP) uv_tcp_nodelay(reinterpret_cast<uv_tcp_t*>(s), 1);
+}
+void nodelay_accepted(struct raft_uv_transport* t, raft_id id, const char* address, struct uv_stream_s* s) {
+    set_nodelay(s);
+    g_tcp_accept_cb.load()(t, id, address, s);
+}
+int nodelay_listen(struct raft_uv_transport* t, raft_uv_accept_cb cb) {
+    g_tcp_accept_cb.store(cb);
+    return g_tcp_listen.load()(t, nodelay_accepted);
+}
+void nodelay_connected(struct raft_uv_connect* req, struct uv_stream_s* s, int status) {
+    if (status == 0) set_nodelay(s);
+    g_tcp_connect_cb.load()(req, s, status);
+}
+int nodelay_connect(struct raft_uv_transport* t, struct raft_uv_connect* req, raft_id id, const char* address,
+                    raft_uv_connect_cb cb) {
+    g_tcp_connect_cb.store(cb);
+    return g_tcp_connect.load()(t, req, id, address, nodelay_connected);
+}
+void wrap_stock_transport(struct raft_uv_transport* t) {
+    g_tcp_listen.store(t->listen);  // the same UvTcpListen/UvTcpConnect for every stock transport
+    g_tcp_connect.store(t->connect);
+    t->listen = nodelay_listen;
+    t->connect = nodelay_connect;
+}
 }  // namespace
 
 // ---------------------------------------------------------------- life cycle
@@ -85,6 +126,7 @@ int Node::setup_loop(std::string& err) {
     transport_.data = this;
     if (opts_.secret.empty()) {
         rv = raft_uv_tcp_init(&transport_, &loop_);
+        if (rv == 0) wrap_stock_transport(&transport_);
     } else {
         rv = bknr_auth_transport_init(&transport_, &loop_,
                                       reinterpret_cast<const unsigned char*>(opts_.secret.data()),
@@ -277,7 +319,7 @@ FuturePtr Node::post(Request&& r) {
     {
         std::lock_guard<std::mutex> g(req_mu_);
         if (!accepting_) {
-            if (r.buf) raft_free(r.buf);
+            r.free_payloads();
             f->fail(E_SHUTDOWN, started_ ? "engine is stopped" : "engine is not started");
             return f;
         }

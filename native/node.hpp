@@ -145,12 +145,17 @@ struct Options {
 int code_of_sync(int rv);
 std::string errtext(struct raft* r, int rv);
 
-enum ReqType { R_APPLY, R_BARRIER, R_ADD, R_ASSIGN, R_REMOVE, R_TRANSFER, R_SNAPSHOT, R_STATUS, R_STOP };
+// R_APPLY_MANY comes last so that the values of the others stay as _raft exports them.
+enum ReqType { R_APPLY, R_BARRIER, R_ADD, R_ASSIGN, R_REMOVE, R_TRANSFER, R_SNAPSHOT, R_STATUS, R_STOP,
+               R_APPLY_MANY };
 struct Request {
     ReqType type;
     FuturePtr fut;
     void* buf = nullptr;  // R_APPLY: raft_malloc'ed payload, owned until raft_apply accepts it
     size_t len = 0;
+    // R_APPLY_MANY: raft_malloc'ed payloads, one log entry (one raft_apply) each, in order.
+    std::vector<struct raft_buffer> bufs;
+    void free_payloads();  // releases whatever payloads libraft has not taken (requests.cpp)
     uint64_t id = 0;
     std::string address;
     int role = 0;
@@ -240,6 +245,7 @@ private:
     void stop_health_timer();
     void run_thread(std::shared_ptr<struct StartSync> sync);
     void handle(Request& r);
+    void apply_many(Request& r);  // R_APPLY_MANY (requests.cpp)
     void begin_close();
 
     uint64_t id_;

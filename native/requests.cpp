@@ -54,6 +54,19 @@ struct ApplyReq {
     struct raft_apply req;
     FuturePtr fut;
 };
+// One submit_many() call: n raft_apply requests sharing one future, resolved (to the first
+// entry's index) when the last of them completes. Loop thread only, so no locking.
+struct ManyState {
+    FuturePtr fut;
+    uint64_t first = 0;
+    size_t remaining = 0;
+    int code = OK;
+    std::string message;
+};
+struct ManyReq {
+    struct raft_apply req;
+    std::shared_ptr<ManyState> batch;
+};
 struct BarrierReq {
     struct raft_barrier req;
     FuturePtr fut;  // null for internal barriers (snapshot_now)
@@ -73,6 +86,20 @@ void apply_cb(struct raft_apply* req, int status, void*) {
         a->fut->resolve(req->index);
     } else {
         a->fut->fail(code_of_cb(status), std::string("outcome unknown: ") + raft_strerror(status));
+    }
+    delete a;
+}
+
+void many_cb(struct raft_apply* req, int status, void*) {
+    auto* a = reinterpret_cast<ManyReq*>(req);
+    ManyState& b = *a->batch;
+    if (status != 0 && b.code == OK) {
+        b.code = code_of_cb(status);
+        b.message = std::string("outcome unknown: ") + raft_strerror(status);
+    }
+    if (--b.remaining == 0) {
+        if (b.code == OK) b.fut->resolve(b.first);
+        else b.fut->fail(b.code, b.message);
     }
     delete a;
 }
@@ -133,9 +160,55 @@ static bool is_voter_conf(const struct raft_configuration& c, uint64_t id, int* 
     return found;
 }
 
+void Request::free_payloads() {
+    if (buf) raft_free(buf);
+    buf = nullptr;
+    for (auto& b : bufs)
+        if (b.base) raft_free(b.base);
+    bufs.clear();
+}
+
+// submit_many(): each payload becomes its own log entry through its own raft_apply, exactly as
+// n submit() calls would, but the batch crossed from Python once (one lock, one wake-up) and
+// completes through one future. Called back-to-back on the loop thread, the entries get
+// consecutive indexes (raft_apply appends at last index + 1 synchronously).
+void Node::apply_many(Request& r) {
+    auto batch = std::make_shared<ManyState>();
+    batch->fut = r.fut;
+    batch->remaining = r.bufs.size();
+    for (size_t i = 0; i < r.bufs.size(); i++) {
+        auto* a = new ManyReq();
+        a->batch = batch;
+        int rv = raft_apply(&raft_, &a->req, &r.bufs[i], 1, many_cb);
+        if (rv == 0) {
+            if (i == 0) batch->first = a->req.index;
+            r.bufs[i].base = nullptr;  // libraft owns it now
+            continue;
+        }
+        delete a;
+        // As for R_APPLY: only a RAFT_NOTLEADER refusal leaves the payload with us.
+        if (rv == RAFT_NOTLEADER) raft_free(r.bufs[i].base);
+        r.bufs[i].base = nullptr;
+        if (code_of_sync(rv) == E_IO) note_io_error("append failed: " + errtext(&raft_, rv));
+        for (size_t j = i + 1; j < r.bufs.size(); j++) raft_free(r.bufs[j].base);
+        r.bufs.clear();
+        if (i == 0) {  // nothing entered the log: a certain, synchronous refusal
+            fail_not_leader(r.fut, rv);
+            return;
+        }
+        // Entries 0..i-1 are in the log and may commit: the batch's outcome is unknown.
+        batch->code = E_LEADERSHIP_LOST;
+        batch->message = "outcome unknown: " + std::to_string(i) + " of " +
+                         std::to_string(batch->remaining) + " entries appended, then " + errtext(&raft_, rv);
+        batch->remaining = i;  // the callbacks of the appended ones complete the future
+        return;
+    }
+    r.bufs.clear();
+}
+
 void Node::handle(Request& r) {
     if (closing_) {
-        if (r.buf) raft_free(r.buf);
+        r.free_payloads();
         if (r.type != R_STOP) r.fut->fail(E_SHUTDOWN, "engine is stopping");
         return;
     }
@@ -162,6 +235,9 @@ void Node::handle(Request& r) {
             delete a;
             return;
         }
+        case R_APPLY_MANY:
+            apply_many(r);
+            return;
         case R_BARRIER: {
             auto* b = new BarrierReq();
             b->fut = r.fut;

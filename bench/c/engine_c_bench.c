@@ -2,7 +2,7 @@
  * driven directly from C, with the same shape as the Python engine bench: 3 nodes on
  * loopback, 64-byte entries, a window of W outstanding raft_apply() calls on the leader,
  * one entry per raft_apply, the FSM copying each committed entry (as the engine's apply
- * queue does).
+ * queue does), TCP_NODELAY on the raft connections (as the engine sets it).
  *
  * usage: engine_c_bench ID DIR ADDR1,ADDR2,ADDR3 WINDOWS COUNTS SIZE
  *   e.g. engine_c_bench 1 /tmp/d1 127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003 1,64,512 300,5000,20000 64
@@ -72,6 +72,35 @@ static int fsm_restore(struct raft_fsm *f, struct raft_buffer *buf) {
     memcpy(&applied, buf->base, 8);
     raft_free(buf->base);
     return 0;
+}
+
+/* TCP_NODELAY on every raft connection, as the engine sets it on libraft's stock TCP
+ * transport (native/node.cpp): the listen/connect calls are wrapped the same way. */
+static raft_uv_accept_cb orig_accept_cb;
+static raft_uv_connect_cb orig_connect_cb;
+static int (*orig_listen)(struct raft_uv_transport *, raft_uv_accept_cb);
+static int (*orig_connect)(struct raft_uv_transport *, struct raft_uv_connect *, raft_id, const char *,
+                           raft_uv_connect_cb);
+
+static void set_nodelay(struct uv_stream_s *s) {
+    if (s && s->type == UV_TCP) uv_tcp_nodelay((uv_tcp_t *)s, 1);
+}
+static void nodelay_accepted(struct raft_uv_transport *t, raft_id id, const char *address, struct uv_stream_s *s) {
+    set_nodelay(s);
+    orig_accept_cb(t, id, address, s);
+}
+static int nodelay_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb) {
+    orig_accept_cb = cb;
+    return orig_listen(t, nodelay_accepted);
+}
+static void nodelay_connected(struct raft_uv_connect *req, struct uv_stream_s *s, int status) {
+    if (status == 0) set_nodelay(s);
+    orig_connect_cb(req, s, status);
+}
+static int nodelay_connect(struct raft_uv_transport *t, struct raft_uv_connect *req, raft_id id,
+                           const char *address, raft_uv_connect_cb cb) {
+    orig_connect_cb = cb;
+    return orig_connect(t, req, id, address, nodelay_connected);
 }
 
 static uint64_t now_ns(void) { return uv_hrtime(); }
@@ -186,6 +215,10 @@ int main(int argc, char **argv) {
     uv_loop_init(&loop);
     transport.version = 1; /* must be set by the user (0.22) */
     raft_uv_tcp_init(&transport, &loop);
+    orig_listen = transport.listen;
+    orig_connect = transport.connect;
+    transport.listen = nodelay_listen;
+    transport.connect = nodelay_connect;
     if (raft_uv_init(&io, &loop, dir, &transport) != 0) {
         fprintf(stderr, "raft_uv_init: %s\n", io.errmsg);
         return 1;

@@ -44,13 +44,20 @@ def decode_batch(data: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
         raise CorruptData("batch entry node_id/session must be non-negative integers")
     if not isinstance(items, list):
         raise CorruptData("batch entry items must be a list")
+    # Runs for every record on every replica: exact type checks inline (msgpack only makes
+    # list, int and bytes here; ``type(x) is int`` also refuses bool), no call per item.
     out: list[tuple[int, bytes]] = []
-    for i, item in enumerate(items):
-        if not (isinstance(item, list) and len(item) == 2 and _is_uint(item[0])
-                and isinstance(item[1], bytes)):
-            raise CorruptData(f"batch item {i} must be [seq, record bytes]")
-        out.append((item[0], item[1]))
-    return node_id, session, out
+    append = out.append
+    for item in items:
+        if type(item) is not list or len(item) != 2:
+            break
+        seq, record = item
+        if type(seq) is not int or seq < 0 or type(record) is not bytes:
+            break
+        append((seq, record))
+    else:
+        return node_id, session, out
+    raise CorruptData(f"batch item {len(out)} must be [seq, record bytes]")
 
 
 def _unpack(data: object, magic: bytes, what: str) -> object:

@@ -24,7 +24,7 @@ from typing import Any
 from bknr_cluster.cluster.admin import AdminMixin
 from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
-from bknr_cluster.cluster.commit import GroupCommitter, LoopDelivery, Waiter
+from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, LoopDelivery, Waiter
 from bknr_cluster.errors import (
     BknrError,
     NoLeader,
@@ -161,11 +161,14 @@ class ClusterStore(ApplierMixin, AdminMixin):
         self.election_timeout_ms = election_timeout_ms
         self.committer = GroupCommitter(self.engine.submit, self.node_id, max_count=batch_max_count,
                                         max_bytes=batch_max_bytes, window=batch_window,
-                                        map_error=self._map_error)
+                                        map_error=self._map_error,
+                                        submit_many=getattr(self.engine, "submit_many", None))
         # The apply lock makes (store state, applied_index) one consistent pair for readers of
         # the whole state (digest, backup); transactions themselves lock inside the store.
         self._apply_lock = threading.RLock()
-        self._applied_cond = threading.Condition()
+        # Signalled by the applier after each batch; that is also when the callers the batch
+        # resolved are woken (commit.py: deferred wake-ups).
+        self._applied_cond = AppliedSignal(self.committer.release_deferred)
         self.applied_index = 0
         self.applied_term = 0
         self.last_store_snapshot = 0
@@ -240,6 +243,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
         self.committer.start()
         self._applier = threading.Thread(target=self._apply_loop, name="bknr-applier", daemon=True)
         self._applier.start()
+        self.committer.applier_ident = self._applier.ident
 
     def stop(self) -> None:
         """Stop the engine and the threads; idempotent. Pending callers get ``Shutdown``."""
@@ -303,8 +307,11 @@ class ClusterStore(ApplierMixin, AdminMixin):
             raise UsageError("execute() inside a transaction: call the transaction function directly")
         record = self.store.encode_transaction(tx, *args, **kwargs)
         deadline = time.monotonic() + timeout
+        left = timeout
         while True:
-            w = self.submit_record(record, max(0.0, deadline - time.monotonic()))
+            w = self.submit_record(record, left)
+            if w.error is None:  # the common case, before the full outcome rule
+                return w.result, w.index
             err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
@@ -315,6 +322,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
             if deadline - time.monotonic() <= pause:
                 raise err
             threading.Event().wait(pause)
+            left = max(0.0, deadline - time.monotonic())
 
     @staticmethod
     def _settle(w: Any, *, forward: bool, raise_tx: bool) -> NotLeader | None:
