@@ -136,7 +136,6 @@ class GroupCommitter:
         self._queue: deque[tuple[int, bytes]] = deque()
         self._lock = threading.Lock()  # a plain lock: ``with`` costs no Python frame
         self._cond = threading.Condition(self._lock)
-        self._submit_lock = threading.Lock()  # take + submit as one step: log order = take order
         self._inflight = 0
         self._life = 0
         self._max_record = self.max_bytes - BATCH_OVERHEAD - ITEM_OVERHEAD
@@ -239,8 +238,8 @@ class GroupCommitter:
         self._watch.put(None)
         busy = self._inflight > 0
         for t in self._threads:
-            # A watcher waiting on an in-flight entry finishes only once the engine stops
-            # (which comes after this): do not wait for it; it exits on its own later.
+            # A watcher waiting on an in-flight entry that cannot commit finishes only once the
+            # engine stops (which comes after this): do not wait for it; it exits by itself.
             t.join(timeout=0.1 if busy and t.name == "bknr-watch" else 5)
         self._threads.clear()
         self._queue.clear()
@@ -272,32 +271,31 @@ class GroupCommitter:
             self._pump()
 
     def _pump(self) -> None:
-        """Submit what is queued, as entries, into the free window slots."""
-        with self._submit_lock:
-            with self._lock:
-                if not self._running:
-                    return
-                batches = []
-                while self._queue and self._inflight < self.window:
-                    batches.append(self._take_batch())
-                    self._inflight += 1
-            if not batches:
+        """Submit what is queued, as entries, into the free window slots (submitter thread)."""
+        with self._lock:
+            if not self._running:
                 return
-            entries = [encode_batch(self.node_id, self.session, items) for items in batches]
-            if self._submit_many is not None and len(entries) > 1:
-                groups = [(entries, [s for items in batches for s, _ in items], len(entries))]
-            else:
-                groups = [([e], [s for s, _ in items], 1) for e, items in zip(entries, batches, strict=True)]
-            for datas, seqs, n in groups:
-                try:
-                    fut = self._submit(datas[0]) if n == 1 else self._submit_many(datas)  # type: ignore[misc]
-                except BaseException as exc:  # noqa: BLE001 - reported to the callers
-                    self._done(n)
-                    self._fail(seqs, self._map_error(exc))
-                    continue
-                self.batches += n
-                self.items += len(seqs)
-                self._watch.put((fut, seqs, n))
+            batches = []
+            while self._queue and self._inflight < self.window:
+                batches.append(self._take_batch())
+                self._inflight += 1
+        if not batches:
+            return
+        entries = [encode_batch(self.node_id, self.session, items) for items in batches]
+        if self._submit_many is not None and len(entries) > 1:
+            groups = [(entries, [s for items in batches for s, _ in items], len(entries))]
+        else:
+            groups = [([e], [s for s, _ in items], 1) for e, items in zip(entries, batches, strict=True)]
+        for datas, seqs, n in groups:
+            try:
+                fut = self._submit(datas[0]) if n == 1 else self._submit_many(datas)  # type: ignore[misc]
+            except BaseException as exc:  # noqa: BLE001 - reported to the callers
+                self._done(n)
+                self._fail(seqs, self._map_error(exc))
+                continue
+            self.batches += n
+            self.items += len(seqs)
+            self._watch.put((fut, seqs, n))
 
     def _watch_loop(self, life: int, jobs: queue.SimpleQueue) -> None:
         while True:
