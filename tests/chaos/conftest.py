@@ -5,10 +5,17 @@ Everything is torn down by name / PID in ``finally`` blocks, whatever the test d
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from tests.chaos.cluster import ChaosCluster
+from tests.chaos.diskfull import SmallDisk
 from tests.chaos.netns import Network
+from tests.support import Processes
 
 
 @pytest.fixture
@@ -26,6 +33,28 @@ def started(cluster: ChaosCluster) -> ChaosCluster:
     cluster.wait_up(60)
     cluster.wait_leader(60)
     return cluster
+
+
+@contextlib.contextmanager
+def small_disk_cluster(tmp_path: Path, procs: Processes,
+                       **options: Any) -> Iterator[tuple[ChaosCluster, SmallDisk]]:
+    """3 nodes on loopback, n3's data directory on a 64 MB tmpfs; n3 is not the leader.
+    A missing tmpfs/mount capability fails the test (SmallDisk.mount raises), never skips."""
+    disk = SmallDisk(tmp_path / "n3disk", size_mb=64)
+    disk.mount()
+    try:
+        c = ChaosCluster(tmp_path / "cluster", procs, 3, data_dirs={"n3": disk.path}, **options)
+        try:
+            started(c)
+            if c.wait_leader() == "n3":
+                c.restart("n3")
+                c.wait_leader(30, among=["n1", "n2"])
+                c.wait_up(30)
+            yield c, disk
+        finally:
+            c.stop_all()
+    finally:
+        disk.umount()
 
 
 @pytest.fixture

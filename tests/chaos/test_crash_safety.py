@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.cluster import ChaosCluster
-from tests.chaos.conftest import started
+from tests.chaos.conftest import small_disk_cluster, started
 from tests.chaos.diskfull import SmallDisk
 from tests.chaos.history import OK
 from tests.chaos.nemesis import DISK_PAD_BYTES, Nemesis
@@ -120,22 +120,8 @@ def test_damaged_raft_file_is_detected_or_repaired(cluster_lo, kind, how):
 
 @pytest.fixture
 def disk_cluster(tmp_path, procs):
-    """3 nodes on loopback, n3's data directory on a 64 MB tmpfs; n3 is not the leader."""
-    disk = SmallDisk(tmp_path / "n3disk", size_mb=64)
-    disk.mount()
-    try:
-        c = ChaosCluster(tmp_path / "cluster", procs, 3, data_dirs={"n3": disk.path})
-        try:
-            started(c)
-            if c.wait_leader() == "n3":
-                c.restart("n3")
-                c.wait_leader(30, among=["n1", "n2"])
-                c.wait_up(30)
-            yield c, disk
-        finally:
-            c.stop_all()
-    finally:
-        disk.umount()
+    with small_disk_cluster(tmp_path, procs) as cd:
+        yield cd
 
 
 def fill_and_load(c: ChaosCluster, disk: SmallDisk) -> tuple[dict, list[int]]:

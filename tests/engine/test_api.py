@@ -128,24 +128,11 @@ def test_lifecycle_errors(tmp_path):
         node.next_committed(100, 0.1)
 
 
-def test_follower_refuses_with_leader_hint(tmp_path):
-    ports = free_ports(2)
-    conf = [(i + 1, f"127.0.0.1:{p}", "voter") for i, p in enumerate(ports)]
-    nodes = [RaftNode(i, a, str(tmp_path / f"n{i}"), election_timeout_ms=300, heartbeat_ms=30)
-             for i, a, _ in conf]
-    try:
-        for n in nodes:
-            n.bootstrap(conf)
-            n.start()
-        leader = wait_until(lambda: [n for n in nodes if n.status()["state"] == "leader"], 10, "leader")[0]
-        follower = next(n for n in nodes if n is not leader)
-        wait_until(lambda: follower.status()["leader_id"] == leader.node_id, 10, "leader known")
-        with pytest.raises(NotLeader) as e:
-            follower.submit(b"x").result(5)
-        assert (e.value.leader_id, e.value.leader_address) == (leader.node_id, leader.address)
-    finally:
-        for n in nodes:
-            n.stop()
+def test_follower_refuses_with_leader_hint(leader_and_follower):
+    leader, follower = leader_and_follower
+    with pytest.raises(NotLeader) as e:
+        follower.submit(b"x").result(5)
+    assert (e.value.leader_id, e.value.leader_address) == (leader.node_id, leader.address)
 
 
 EXIT_WHILE_WAITING = """

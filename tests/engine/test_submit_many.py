@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bknr_cluster.engine import RaftNode
 from bknr_cluster.errors import NotLeader, Shutdown, TooBig, UsageError
 from tests.engine.test_api import drain, single  # noqa: F401  (fixture)
-from tests.support import free_ports, wait_until
 
 
 def test_entries_are_consecutive_and_in_order(single):  # noqa: F811
@@ -37,23 +35,10 @@ def test_refusals_log_nothing(single):  # noqa: F811
         single.submit_many([b"x"]).result(1)
 
 
-def test_follower_refuses_the_batch_with_leader_hint(tmp_path):
-    ports = free_ports(2)
-    conf = [(i + 1, f"127.0.0.1:{p}", "voter") for i, p in enumerate(ports)]
-    nodes = [RaftNode(i, a, str(tmp_path / f"n{i}"), election_timeout_ms=300, heartbeat_ms=30)
-             for i, a, _ in conf]
-    try:
-        for n in nodes:
-            n.bootstrap(conf)
-            n.start()
-        leader = wait_until(lambda: [n for n in nodes if n.status()["state"] == "leader"], 10, "leader")[0]
-        follower = next(n for n in nodes if n is not leader)
-        wait_until(lambda: follower.status()["leader_id"] == leader.node_id, 10, "leader known")
-        last = follower.status()["last_log_index"]
-        with pytest.raises(NotLeader) as e:
-            follower.submit_many([b"x", b"y"]).result(5)
-        assert e.value.leader_id == leader.node_id
-        assert follower.status()["last_log_index"] == last
-    finally:
-        for n in nodes:
-            n.stop()
+def test_follower_refuses_the_batch_with_leader_hint(leader_and_follower):
+    leader, follower = leader_and_follower
+    last = follower.status()["last_log_index"]
+    with pytest.raises(NotLeader) as e:
+        follower.submit_many([b"x", b"y"]).result(5)
+    assert e.value.leader_id == leader.node_id
+    assert follower.status()["last_log_index"] == last
