@@ -64,15 +64,15 @@ class ApplierMixin:
                 for kind, index, term, data in items:
                     try:
                         if kind == "entry":
-                            if index <= self._entry_floor:
+                            # applied_index is the last entry (or restore) applied: items
+                            # arrive in log order, so anything at or below it is a replay.
+                            if index <= self.applied_index:
                                 self._refuse_replay(index)
                                 continue
-                            self._entry_floor = index
                             self._apply_entry(index, data, TxContext)
                         elif kind == "snapshot_request":
                             self._store_snapshot(index)
                         elif kind == "restore":
-                            self._entry_floor = index
                             self._restore(index, data)
                         else:
                             log.error("unknown committed item kind %r at %d", kind, index)
@@ -94,7 +94,7 @@ class ApplierMixin:
         loudly: it means a bug below this layer."""
         self.replayed_entries += 1
         log.error("REFUSED entry %d: entries up to %d were already applied since the last "
-                  "restore (replayed_entries=%d)", index, self._entry_floor, self.replayed_entries)
+                  "restore (replayed_entries=%d)", index, self.applied_index, self.replayed_entries)
 
     def _apply_entry(self, index: int, data: bytes, ctx_cls: Any) -> None:
         self.applied_entries += 1

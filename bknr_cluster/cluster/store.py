@@ -178,7 +178,6 @@ class ClusterStore(ApplierMixin, AdminMixin):
         self.corrupt_entries = 0
         self.restores = 0
         self.replayed_entries = 0  # entries refused because they were already applied (apply.py)
-        self._entry_floor = 0      # index of the last entry applied since the last restore
         self.started_at = time.time()
         self._digest_cache: tuple[int, str] | None = None
         self._running = False

@@ -187,3 +187,23 @@ def test_execute_async_results_failures_and_timeout(cs):
             raise Timeout("never")
     never_commits = Never()
     asyncio.run(main())
+
+
+def test_an_entry_replayed_by_the_engine_is_refused_and_counted(cs):
+    cs.execute(open_account, "ann", 10)
+    cs.execute(open_account, "bob", 20)
+    before = cs.status()
+    entry = cs.engine.log[-1]
+    # The engine hands the last entry over again at its old index: a replay (a transaction
+    # run twice on this replica only). It must not reach the store.
+    cs.engine.inject("entry", entry, index=cs.engine.index)
+    wait_until(lambda: cs.status()["replayed_entries"] == 1, 5, "replay refused")
+    after = cs.status()
+    assert (after["applied_entries"], after["applied_records"], after["digest"]) == \
+        (before["applied_entries"], before["applied_records"], before["digest"])
+    # A restore resets the floor: the entry after the restored index is applied again.
+    r = cs.engine.inject("restore", b"", index=cs.engine.index)
+    cs.engine.inject("entry", entry, index=r + 1)
+    wait_until(lambda: cs.status()["applied_index"] == r + 1, 5, "entry after restore applied")
+    assert cs.status()["replayed_entries"] == 1
+    assert cs.status()["applied_records"] == before["applied_records"] + 1
