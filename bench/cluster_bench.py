@@ -60,6 +60,13 @@ SWITCH_INTERVAL = 0.005
 # --- helpers ------------------------------------------------------------------------------------
 
 
+def export_bench_path() -> None:
+    """Node processes import this module as ``cluster_bench:definition``."""
+    path = os.environ.get("PYTHONPATH", "")
+    if str(BENCH_DIR) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), path])
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -267,7 +274,7 @@ def main() -> int:
     seconds = args.seconds or (2.5 if args.quick else 8.0)
     t_start = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="bknr-cluster-bench-"))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])
+    export_bench_path()
     procs = Processes()
     cs = server = None
     rows: list[tuple[str, dict]] = []
@@ -404,19 +411,22 @@ def main() -> int:
 def catchup(objects: int = 1_000_000) -> dict[str, Any]:
     """A fresh 3-node cluster loads ``objects`` accounts; a 4th node then catches up.
 
-    The snapshot policy is small (threshold 40 entries, a store snapshot every 20) so that the
-    leader's Raft snapshot holds the *store serialised at an index near the end* and only a short
-    raw tail: the newcomer receives the 1M objects by install-snapshot and loads them, rather than
-    replaying the bulk-load transactions. Returns the catch-up seconds and what was installed.
+    The cluster keeps the default snapshot policy (``LocalCluster``'s threshold and trailing, a
+    store snapshot every threshold / 2 entries), which the bulk load (100 entries) never reaches.
+    ``POST /snapshot`` then has the engine take a store snapshot at the commit index and a Raft
+    snapshot on top of it, compacting the log down to what the current members still need: the
+    newcomer receives the 1M objects by install-snapshot and loads them, rather than replaying
+    the bulk-load transactions. Returns the catch-up seconds and what was installed.
     """
     from tests.cluster.harness import LocalCluster
     from tests.support import Processes, wait_until
 
+    export_bench_path()  # catchup() also runs on its own
     procs = Processes()
     try:
         c = LocalCluster(Path(tempfile.mkdtemp(prefix="bknr-catchup-")), procs, 3,
                          store="cluster_bench:definition", election_timeout_ms=2000,
-                         heartbeat_ms=100, snapshot_threshold=40, snapshot_trailing=4)
+                         heartbeat_ms=100)
         c.init()
         c.start_all()
         leader = c.wait_leader(timeout=30)
@@ -425,7 +435,7 @@ def catchup(objects: int = 1_000_000) -> dict[str, Any]:
         for start in range(0, objects, chunk):
             cl.call("POST", "/tx/bulk_open", {"args": ["bulk", start, chunk]}, timeout=300)
         c.wait_converged(timeout=300)
-        # the Raft snapshot now covers everything, on top of a store snapshot near the end
+        # "snapshot now": a Raft snapshot on top of a store snapshot at the commit index
         cl.call("POST", "/snapshot", {}, timeout=300)
         st = c.status(leader, digest=False)
         target = st["applied_index"]
@@ -444,7 +454,8 @@ def catchup(objects: int = 1_000_000) -> dict[str, Any]:
         assert len({s["digest"] for s in conv.values()}) == 1, "new node diverged"
         return {"catchup_s_1m": round(took, 2), "catchup_store_snapshot_index":
                 new["store_snapshot_index"], "catchup_target_index": target,
-                "catchup_restores": new["restores"]}
+                "catchup_restores": new["restores"],
+                "catchup_replayed_entries": new["applied_entries"]}
     finally:
         procs.stop_all()
 

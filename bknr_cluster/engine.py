@@ -223,9 +223,21 @@ class RaftNode:
             _check_id(node_id)
         return self._node.request(_raft.R_TRANSFER, node_id)
 
-    def snapshot_now(self) -> Future:
-        """Future -> index of a Raft snapshot covering everything committed so far."""
-        return self._node.request(_raft.R_SNAPSHOT)
+    def snapshot_now(self, store_wait: float | None = 10.0) -> Future:
+        """Future -> index of a Raft snapshot covering everything committed so far.
+
+        The snapshot is built on a *fresh* store snapshot: the engine first queues a
+        ``("snapshot_request", C)`` item at the commit index C for the applier, and only once
+        ``store_snapshot_done(C, ...)`` came back has libraft take its snapshot, [store at C] +
+        the entries committed meanwhile. On the leader it also compacts the log down to what
+        the other members still need, so a node that joins later receives it by install.
+        ``store_wait`` bounds the wait for the applier (seconds; None: no limit); after it the
+        snapshot is built on the latest store snapshot the engine holds, as periodic ones are.
+        Resolves at once when nothing was committed since the last snapshot.
+        """
+        if store_wait is not None and not store_wait >= 0:
+            raise UsageError(f"store_wait must be >= 0 or None, not {store_wait!r}")
+        return self._node.snapshot_now(-1.0 if store_wait is None else float(store_wait))
 
     def status(self, timeout: float = 5.0) -> dict:
         if self._node.running():
@@ -239,6 +251,7 @@ class RaftNode:
                 "leader_id": 0, "leader_address": "", "commit_index": 0, "last_applied": 0,
                 "last_log_index": 0, "snapshot_index": 0, "snapshot_term": 0,
                 "configuration": [], "followers": [], "store_snapshot_index": 0, "tail_entries": 0,
+                "snapshot_store_index": 0, "fresh_store_snapshots": 0,
                 "apply_queue": 0, "leader_contact_ms": 0, "off_loop_callbacks": 0, "last_error": ""}
 
     # -- applier side -----------------------------------------------------------------------

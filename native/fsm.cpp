@@ -3,6 +3,7 @@
 // libraft calls fsm->apply/snapshot/restore synchronously on the loop thread, so none of
 // these may wait for Python: apply copies the entry into the apply queue, snapshot returns
 // bytes Python already produced (store snapshot at M) plus the raw entries M+1..N.
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -105,6 +106,7 @@ struct SnapshotHold {
     std::unique_ptr<char[]> header, tail;
     ChunkPtr store;
     uint64_t index;
+    uint64_t base;  // M: the store snapshot inside it
 };
 }  // namespace
 
@@ -137,13 +139,21 @@ int Node::fsm_apply(const struct raft_buffer* buf) {
 }
 
 bool Node::store_snapshot_done(uint64_t index, ChunkPtr data) {
-    std::lock_guard<std::mutex> g(snap_mu_);
-    // A restore (or an older request) may have superseded this one: then ignore it.
-    if (pending_request_ == 0 || index != pending_request_) return false;
-    pending_request_ = 0;
-    base_index_ = index;
-    base_data_ = Slice{data, 0, data ? data->len : 0};
-    while (!tail_.empty() && tail_.front().index <= index) tail_.pop_front();
+    {
+        std::lock_guard<std::mutex> g(snap_mu_);
+        // A restore (or an older request) may have superseded this one: then ignore it.
+        if (pending_request_ == 0 || index != pending_request_) return false;
+        pending_request_ = 0;
+        base_index_ = index;
+        base_data_ = Slice{data, 0, data ? data->len : 0};
+        while (!tail_.empty() && tail_.front().index <= index) tail_.pop_front();
+    }
+    // A snapshot_now() waits for this: wake the loop now rather than at its next tick. Under
+    // req_mu_ with accepting_, as post() does, so no send reaches a closed handle.
+    if (wake_on_store_.load()) {
+        std::lock_guard<std::mutex> g(req_mu_);
+        if (accepting_) uv_async_send(&async_);
+    }
     return true;
 }
 
@@ -165,6 +175,7 @@ int Node::fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs) {
             return RAFT_BUSY;
         }
         h->store = base_data_.chunk;
+        h->base = base_index_;
         for (const auto& e : tail_) {
             if (e.index > label) break;
             tail_len += 24 + e.data.len;
@@ -197,6 +208,16 @@ int Node::fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs) {
     }
     h->index = label;
     snapshot_taking_index_ = h->index;
+    // A snapshot taken for snapshot_now() on the leader also compacts the log down to what the
+    // other members still need (libraft reads the trailing count when it writes the snapshot
+    // and again once it is written; on_check restores the configured one afterwards).
+    if (forced_ && raft_state(&raft_) == RAFT_LEADER) {
+        unsigned t = forced_trailing(label);
+        if (t != opts_.snapshot_trailing) {
+            compat::set_snapshot_trailing(&raft_, t);
+            trailing_lowered_ = true;
+        }
+    }
     // libraft hands this array back to snapshot_finalize; we find the hold through it.
     auto* arr = static_cast<struct raft_buffer*>(raft_malloc(sizeof(struct raft_buffer) * h->bufs.size()));
     if (!arr) { delete h; return RAFT_NOMEM; }
@@ -212,29 +233,150 @@ int Node::fsm_snapshot_finalize(struct raft_buffer* bufs[], unsigned* n_bufs) {
     for (size_t i = 0; i < holds_.size(); i++) {
         if (holds_[i].first != *bufs) continue;
         auto* h = static_cast<SnapshotHold*>(holds_[i].second);
-        uint64_t index = h->index;
+        uint64_t index = h->index, base = h->base;
         delete h;
         raft_free(holds_[i].first);
         holds_.erase(holds_.begin() + static_cast<long>(i));
         *bufs = nullptr;
         *n_bufs = 0;
         snapshot_taking_index_ = 0;
-        if (!closing_ && index > last_snapshot_index_) last_snapshot_index_ = index;
-        snapshot_taken(index);
+        if (!closing_ && index > last_snapshot_index_) {
+            last_snapshot_index_ = index;
+            last_snapshot_store_ = base;
+        }
+        snapshot_taken(index, base);
         return 0;
     }
     return 0;
 }
 
-void Node::snapshot_taken(uint64_t index) {
-    std::vector<std::pair<uint64_t, FuturePtr>> keep;
+// ---------------------------------------------------------------- snapshot_now
+//
+// libraft has no "snapshot now" call. A request first gets the applier to serialise the store
+// at the commit index (a snapshot_request item, as the periodic ones), then lowers libraft's
+// threshold to 1 so that its next step takes a Raft snapshot on top of it: [store snapshot C]
+// + the few entries C+1..N committed meanwhile. See DESIGN.md §2.
+
+void Node::snapshot_now(Request& r) {
+    const uint64_t commit = raft_.commit_index;
+    const uint64_t have = std::max<uint64_t>(last_snapshot_index_, compat::snapshot_index(&raft_));
+    // Nothing committed since the last snapshot: libraft could not take another one anyway.
+    if (have >= commit && snapshot_taking_index_ == 0) {
+        r.fut->resolve(have);
+        return;
+    }
+    const uint64_t now = uv_now(&loop_);
+    const uint64_t deadline = r.wait_ms > UINT64_MAX - now ? UINT64_MAX : now + r.wait_ms;
+    // One already being written at or past the commit index serves it, like a finished one.
+    const bool fresh = snapshot_taking_index_ < commit;
+    snap_waiters_.push_back({commit, r.fut, deadline, fresh});
+    advance_snapshots(true);
+}
+
+// Loop thread; runs on every request, snapshot and loop iteration while someone waits, so it
+// must be idempotent. `top_level`: not inside a libraft callback, so raft_barrier may be called.
+void Node::advance_snapshots(bool top_level) {
+    if (closing_) return;
+    if (snap_waiters_.empty()) {
+        wake_on_store_ = false;
+        if (forced_) compat::set_snapshot_threshold(&raft_, opts_.snapshot_threshold);
+        forced_ = false;
+        return;
+    }
+    wake_on_store_ = true;
+    const uint64_t now = uv_now(&loop_);
+    const bool taking = snapshot_taking_index_ != 0 || compat::snapshot_taking(&raft_);
+    const uint64_t have = std::max<uint64_t>(last_snapshot_index_, compat::snapshot_index(&raft_));
+    uint64_t base = 0, pending = 0;
+    {
+        std::lock_guard<std::mutex> g(snap_mu_);
+        base = base_index_;
+        pending = pending_request_;
+    }
+    bool ready = false;  // the next Raft snapshot serves a waiter
+    uint64_t need = 0;   // highest target still waiting for its store snapshot
+    std::vector<SnapWaiter> keep;
     for (auto& w : snap_waiters_) {
-        if (closing_) w.second->fail(E_SHUTDOWN, "engine stopped");
-        else if (w.first <= index) w.second->resolve(index);
-        else keep.push_back(w);
+        const bool late = now >= w.deadline_ms;
+        // Past the deadline, any snapshot covering the target will do (the applier is slow or
+        // gone); this also ends a wait no new snapshot could serve (nothing committed since).
+        if (late && !taking && have >= w.target) {
+            w.fut->resolve(have);
+            continue;
+        }
+        if (!w.fresh) {
+            // served by the snapshot being written (snapshot_taken)
+        } else if (late || base >= w.target) {
+            ready = true;
+        } else {
+            need = std::max(need, w.target);
+        }
+        keep.push_back(std::move(w));
     }
     snap_waiters_.swap(keep);
-    if (snap_waiters_.empty() && !closing_) compat::set_snapshot_threshold(&raft_, opts_.snapshot_threshold);
+    // One store snapshot outstanding at a time: a periodic one already asked for is awaited,
+    // and the next advance asks again if it ended below the target. The item goes after every
+    // entry up to last_applied (fsm_apply queues them synchronously), so the applier serialises
+    // exactly the state after it.
+    const uint64_t at = raft_.last_applied;
+    if (need && pending == 0 && at >= need) {
+        bool queue = false;
+        {
+            std::lock_guard<std::mutex> g(snap_mu_);
+            if (pending_request_ == 0 && base_index_ < at) {
+                pending_request_ = at;
+                since_request_ = 0;
+                queue = true;
+            }
+        }
+        if (queue) {
+            applyq_.push(Item{ITEM_SNAPSHOT_REQUEST, at, 0, {}});
+            fresh_requests_++;
+        }
+    }
+    if (ready != forced_) {
+        forced_ = ready;
+        compat::set_snapshot_threshold(&raft_, ready ? 1 : opts_.snapshot_threshold);
+    }
+    // libraft snapshots at its next step once commit_index > its last snapshot. A barrier makes
+    // that step come now rather than at the next tick on the leader, and gives it an index
+    // to snapshot at when nothing was committed since the last one.
+    if (ready && top_level && !barrier_inflight_ && raft_state(&raft_) == RAFT_LEADER &&
+        (!taking || raft_.commit_index <= have)) {
+        barrier_inflight_ = push_barrier();
+    }
+}
+
+void Node::snapshot_taken(uint64_t index, uint64_t store_index) {
+    const uint64_t now = closing_ ? 0 : uv_now(&loop_);
+    std::vector<SnapWaiter> keep;
+    for (auto& w : snap_waiters_) {
+        if (closing_) w.fut->fail(E_SHUTDOWN, "engine stopped");
+        else if (index >= w.target && (!w.fresh || store_index >= w.target || now >= w.deadline_ms))
+            w.fut->resolve(index);
+        else keep.push_back(std::move(w));
+    }
+    snap_waiters_.swap(keep);
+    // Inside libraft's snapshot callback: no barrier here (on_check advances again). The
+    // threshold must be right before libraft's next step, or it snapshots again at once.
+    advance_snapshots(false);
+}
+
+// Trailing entries to keep behind a forced snapshot at `label`: what the furthest-behind other
+// member still needs (from its match index on, plus the entry before it for the consistency
+// check), at least 1 (0 would mean "installing" to raft_uv) and at most the configured count.
+unsigned Node::forced_trailing(uint64_t label) {
+    const unsigned configured = opts_.snapshot_trailing;
+    if (configured <= 1) return configured;
+    uint64_t keep = 1;
+    for (unsigned i = 0; i < raft_.configuration.n; i++) {
+        raft_id sid = raft_.configuration.servers[i].id;
+        if (sid == id_) continue;
+        raft_index m = 0;
+        if (raft_match_index(&raft_, sid, &m) != 0) return configured;
+        if (m < label) keep = std::max<uint64_t>(keep, label - m + 1);
+    }
+    return static_cast<unsigned>(std::min<uint64_t>(keep, configured));
 }
 
 int Node::fsm_restore(struct raft_buffer* buf) {
@@ -288,6 +430,7 @@ int Node::fsm_restore(struct raft_buffer* buf) {
     applyq_.push(Item{ITEM_RESTORE, m, 0, Slice{c, kHeader, store_len}});
     for (auto& e : entries) applyq_.push(std::move(e));
     if (last > last_snapshot_index_) last_snapshot_index_ = last;
+    if (last >= last_snapshot_index_) last_snapshot_store_ = m;
     return 0;
 }
 

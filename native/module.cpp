@@ -134,6 +134,8 @@ py::dict status_dict(const StatusData& s) {
     d["snapshot_index"] = s.snapshot_index;
     d["snapshot_term"] = s.snapshot_term;
     d["store_snapshot_index"] = s.store_snapshot_index;
+    d["snapshot_store_index"] = s.snapshot_store_index;
+    d["fresh_store_snapshots"] = s.fresh_store_snapshots;
     d["tail_entries"] = s.tail_entries;
     d["apply_queue"] = s.apply_queue;
     d["off_loop_callbacks"] = s.off_loop_callbacks;
@@ -430,6 +432,13 @@ PYBIND11_MODULE(_raft, m) {
             if (r.type == R_ASSIGN) r.role = role_code(role);
             return n.post(std::move(r));
         }, py::arg("type"), py::arg("node_id") = 0, py::arg("address") = "", py::arg("role") = "")
+        .def("snapshot_now", [](Node& n, double store_wait) {
+            // store_wait < 0: wait for the applier's store snapshot without limit.
+            Request r;
+            r.type = R_SNAPSHOT;
+            r.wait_ms = store_wait < 0 ? UINT64_MAX : static_cast<uint64_t>(store_wait * 1000.0);
+            return n.post(std::move(r));
+        }, py::arg("store_wait"))
         .def("next_committed", [](Node& n, size_t max_items, double timeout) -> py::object {
             std::vector<Item> items;
             // Always pops with the GIL released, even when items are waiting: measured with 256

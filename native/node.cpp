@@ -334,6 +334,13 @@ FuturePtr Node::post(Request&& r) {
 // ---------------------------------------------------------------- loop thread
 
 void Node::on_check() {
+    // snapshot_now (fsm.cpp): deadlines, store snapshots that came in, restores, barriers.
+    if (!snap_waiters_.empty() || forced_) advance_snapshots(true);
+    // libraft has written the forced snapshot and trimmed its log with the lowered trailing.
+    if (trailing_lowered_ && !compat::snapshot_taking(&raft_)) {
+        compat::set_snapshot_trailing(&raft_, opts_.snapshot_trailing);
+        trailing_lowered_ = false;
+    }
     applyq_.flush();
     deliver_deferred();
 }
@@ -356,7 +363,7 @@ void Node::begin_close() {
     uv_check_stop(&flush_check_);
     uv_close(reinterpret_cast<uv_handle_t*>(&flush_check_), nullptr);
     raft_close(&raft_, close_cb);  // fails in-flight client requests via their callbacks
-    for (auto& w : snap_waiters_) w.second->fail(E_SHUTDOWN, "engine stopped");
+    for (auto& w : snap_waiters_) w.fut->fail(E_SHUTDOWN, "engine stopped");
     snap_waiters_.clear();
 }
 

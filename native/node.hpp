@@ -92,6 +92,8 @@ struct StatusData {
     uint64_t commit_index = 0, last_applied = 0, last_log_index = 0;
     uint64_t snapshot_index = 0, snapshot_term = 0;
     uint64_t store_snapshot_index = 0;  // M of the store snapshot the engine holds
+    uint64_t snapshot_store_index = 0;  // M inside the latest Raft snapshot taken or restored
+    uint64_t fresh_store_snapshots = 0; // store snapshots snapshot_now() asked the applier for
     size_t tail_entries = 0, apply_queue = 0;
     uint64_t off_loop_callbacks = 0;
     uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from
@@ -159,6 +161,9 @@ struct Request {
     uint64_t id = 0;
     std::string address;
     int role = 0;
+    // R_SNAPSHOT: how long to wait for the applier's fresh store snapshot before falling back
+    // to the latest one the engine holds (UINT64_MAX: no limit, 0: do not ask for one).
+    uint64_t wait_ms = UINT64_MAX;
 };
 
 // Committed items for the Python applier, in log order.
@@ -236,6 +241,8 @@ public:
     void transfer_done();
     void fill_status(StatusData& s);
     void fail_not_leader(const FuturePtr& f, int rv);
+    bool push_barrier();  // an internal barrier (requests.cpp); false if libraft refused it
+    void barrier_done() { barrier_inflight_ = false; }
 
 private:
     int setup_loop(std::string& err);  // loop + transport + io + raft_init, on the loop thread
@@ -287,12 +294,29 @@ private:
     FuturePtr change_fut_;
     FuturePtr transfer_fut_;
     uint64_t transfer_target_ = 0;
-    // snapshot_now(): futures waiting for a snapshot at >= target index.
-    std::vector<std::pair<uint64_t, FuturePtr>> snap_waiters_;
+    // snapshot_now() (fsm.cpp, DESIGN.md §2): futures waiting for a Raft snapshot at >= target
+    // whose store part is at >= target too ("fresh"), or any snapshot >= target once the
+    // deadline (uv_now ms) passed or when one was already being written at request time.
+    struct SnapWaiter {
+        uint64_t target;
+        FuturePtr fut;
+        uint64_t deadline_ms;
+        bool fresh;
+    };
+    std::vector<SnapWaiter> snap_waiters_;
+    bool forced_ = false;            // snapshot threshold lowered to 1 for ready waiters
+    bool trailing_lowered_ = false;  // trailing lowered for a forced snapshot, restored in on_check
+    std::atomic<bool> wake_on_store_{false};  // store_snapshot_done() must wake the loop
     uint64_t last_snapshot_index_ = 0;
+    uint64_t last_snapshot_store_ = 0;  // M of the latest Raft snapshot (status)
     uint64_t snapshot_taking_index_ = 0;
     std::vector<std::pair<struct raft_buffer*, void*>> holds_;  // snapshots awaiting finalize
-    void snapshot_taken(uint64_t index);
+    bool barrier_inflight_ = false;  // our own barrier (push_barrier) not completed yet
+    uint64_t fresh_requests_ = 0;    // store snapshots asked for by snapshot_now (status)
+    void snapshot_now(Request& r);   // R_SNAPSHOT (fsm.cpp)
+    void advance_snapshots(bool top_level);  // drives the waiters; loop thread, idempotent
+    void snapshot_taken(uint64_t index, uint64_t store_index);
+    unsigned forced_trailing(uint64_t label);
 
     // Snapshot-at-index state (fsm.cpp). Guarded by snap_mu_: the loop thread appends and
     // reads it, Python's store_snapshot_done() trims it.

@@ -69,7 +69,8 @@ struct ManyReq {
 };
 struct BarrierReq {
     struct raft_barrier req;
-    FuturePtr fut;  // null for internal barriers (snapshot_now)
+    FuturePtr fut;         // null for internal barriers (snapshot_now)
+    Node* node = nullptr;  // set for internal barriers
 };
 struct ChangeReq {
     struct raft_change req;
@@ -106,6 +107,7 @@ void many_cb(struct raft_apply* req, int status, void*) {
 
 void barrier_cb(struct raft_barrier* req, int status) {
     auto* b = reinterpret_cast<BarrierReq*>(req);
+    if (b->node) b->node->barrier_done();
     if (b->fut) {
         if (status == 0) b->fut->resolve(req->index);
         else b->fut->fail(code_of_cb(status), std::string("outcome unknown: ") + raft_strerror(status));
@@ -206,6 +208,14 @@ void Node::apply_many(Request& r) {
     r.bufs.clear();
 }
 
+bool Node::push_barrier() {
+    auto* b = new BarrierReq();
+    b->node = this;
+    if (raft_barrier(&raft_, &b->req, barrier_cb) == 0) return true;
+    delete b;
+    return false;
+}
+
 void Node::handle(Request& r) {
     if (closing_) {
         r.free_payloads();
@@ -291,20 +301,9 @@ void Node::handle(Request& r) {
             else r.fut->fail(E_MEMBERSHIP, errtext(&raft_, rv));
             return;
         }
-        case R_SNAPSHOT: {
-            uint64_t commit = raft_.commit_index;
-            uint64_t have = std::max<uint64_t>(last_snapshot_index_, compat::snapshot_index(&raft_));
-            if (have >= commit && snapshot_taking_index_ == 0) { r.fut->resolve(have); return; }
-            snap_waiters_.emplace_back(commit, r.fut);
-            // libraft has no "snapshot now" call: a threshold of 1 makes the next event take
-            // one; the threshold is restored once every waiter is served (fsm.cpp).
-            compat::set_snapshot_threshold(&raft_, 1);
-            if (raft_state(&raft_) == RAFT_LEADER) {
-                auto* b = new BarrierReq();
-                if (raft_barrier(&raft_, &b->req, barrier_cb) != 0) delete b;
-            }
+        case R_SNAPSHOT:
+            snapshot_now(r);  // fsm.cpp: fresh store snapshot first, then libraft's snapshot
             return;
-        }
         case R_STATUS: {
             auto s = std::make_shared<StatusData>();
             fill_status(*s);

@@ -84,6 +84,8 @@ void Node::fill_status(StatusData& s) {
     s.last_log_index = raft_last_index(&raft_);
     s.snapshot_index = std::max<uint64_t>(last_snapshot_index_, compat::snapshot_index(&raft_));
     s.snapshot_term = compat::snapshot_term(&raft_);
+    s.snapshot_store_index = last_snapshot_store_;
+    s.fresh_store_snapshots = fresh_requests_;
     {
         std::lock_guard<std::mutex> g(snap_mu_);
         s.store_snapshot_index = base_index_;

@@ -70,7 +70,13 @@ class AdminMixin:
         return w.index
 
     def snapshot_now(self, timeout: float = 30.0) -> int:
-        return int(self.engine.snapshot_now().result(timeout) or 0)
+        """A Raft snapshot of the current state (``POST /snapshot``); returns its index.
+
+        The engine has the applier serialise the store at the commit index first; half the
+        timeout is left for that, after which the engine falls back to the latest store snapshot
+        it holds (plus the raw entries since), so the call still completes within ``timeout``
+        when the applier is slow (a long backlog, a huge store)."""
+        return int(self.engine.snapshot_now(store_wait=timeout / 2).result(timeout) or 0)
 
     # --- membership -----------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ class FakeEngine:
     def store_snapshot_done(self, index, data):
         self.store_snapshots.append((index, data))
 
-    def snapshot_now(self):
+    def snapshot_now(self, store_wait=None):
         return FakeFuture(self.inject("snapshot_request", index=self.index))
 
     def status(self):

@@ -91,12 +91,20 @@ def test_add_spare_then_remove(single):
 
 
 def test_snapshot_now_and_store_snapshot_hand_back(single):
-    for i in range(3):
-        single.submit(b"e%d" % i).result(5)
-    n = single.snapshot_now().result(10)
+    last = [single.submit(b"e%d" % i).result(5) for i in range(3)][-1]
+    fut = single.snapshot_now()
+    # snapshot_now first asks the applier for the store at the commit index...
+    items = drain(single, 4)
+    assert [k for k, *_ in items] == ["entry"] * 3 + ["snapshot_request"]
+    assert items[-1][1] == last
+    assert not fut.done()
+    single.store_snapshot_done(last, b"store at %d" % last)  # ...then libraft snapshots on it
+    n = fut.result(10)
     st = single.status()
     assert st["snapshot_index"] == n >= st["commit_index"] - 1
-    assert single.snapshot_now().result(10) >= n  # nothing new: answered at once
+    assert st["snapshot_store_index"] == last
+    # nothing new (a barrier at most): answered without asking the applier again
+    assert single.snapshot_now(store_wait=0).result(10) >= n
 
 
 def test_lifecycle_errors(tmp_path):
