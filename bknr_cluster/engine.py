@@ -251,7 +251,7 @@ class RaftNode:
                 "leader_id": 0, "leader_address": "", "commit_index": 0, "last_applied": 0,
                 "last_log_index": 0, "snapshot_index": 0, "snapshot_term": 0,
                 "configuration": [], "followers": [], "store_snapshot_index": 0, "tail_entries": 0,
-                "snapshot_store_index": 0, "fresh_store_snapshots": 0,
+                "snapshot_store_index": 0, "fresh_store_snapshots": 0, "snapshot_trailing": 0,
                 "apply_queue": 0, "leader_contact_ms": 0, "off_loop_callbacks": 0, "last_error": ""}
 
     # -- applier side -----------------------------------------------------------------------

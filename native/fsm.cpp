@@ -106,7 +106,8 @@ struct SnapshotHold {
     std::unique_ptr<char[]> header, tail;
     ChunkPtr store;
     uint64_t index;
-    uint64_t base;  // M: the store snapshot inside it
+    uint64_t base;      // M: the store snapshot inside it
+    unsigned trailing;  // log entries libraft keeps behind it
 };
 }  // namespace
 
@@ -211,10 +212,11 @@ int Node::fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs) {
     // A snapshot taken for snapshot_now() on the leader also compacts the log down to what the
     // other members still need (libraft reads the trailing count when it writes the snapshot
     // and again once it is written; on_check restores the configured one afterwards).
+    h->trailing = opts_.snapshot_trailing;
     if (forced_ && raft_state(&raft_) == RAFT_LEADER) {
-        unsigned t = forced_trailing(label);
-        if (t != opts_.snapshot_trailing) {
-            compat::set_snapshot_trailing(&raft_, t);
+        h->trailing = forced_trailing(label);
+        if (h->trailing != opts_.snapshot_trailing) {
+            compat::set_snapshot_trailing(&raft_, h->trailing);
             trailing_lowered_ = true;
         }
     }
@@ -234,6 +236,7 @@ int Node::fsm_snapshot_finalize(struct raft_buffer* bufs[], unsigned* n_bufs) {
         if (holds_[i].first != *bufs) continue;
         auto* h = static_cast<SnapshotHold*>(holds_[i].second);
         uint64_t index = h->index, base = h->base;
+        unsigned trailing = h->trailing;
         delete h;
         raft_free(holds_[i].first);
         holds_.erase(holds_.begin() + static_cast<long>(i));
@@ -243,6 +246,7 @@ int Node::fsm_snapshot_finalize(struct raft_buffer* bufs[], unsigned* n_bufs) {
         if (!closing_ && index > last_snapshot_index_) {
             last_snapshot_index_ = index;
             last_snapshot_store_ = base;
+            last_snapshot_trailing_ = trailing;
         }
         snapshot_taken(index, base);
         return 0;

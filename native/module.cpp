@@ -136,6 +136,7 @@ py::dict status_dict(const StatusData& s) {
     d["store_snapshot_index"] = s.store_snapshot_index;
     d["snapshot_store_index"] = s.snapshot_store_index;
     d["fresh_store_snapshots"] = s.fresh_store_snapshots;
+    d["snapshot_trailing"] = s.snapshot_trailing;
     d["tail_entries"] = s.tail_entries;
     d["apply_queue"] = s.apply_queue;
     d["off_loop_callbacks"] = s.off_loop_callbacks;

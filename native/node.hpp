@@ -94,6 +94,7 @@ struct StatusData {
     uint64_t store_snapshot_index = 0;  // M of the store snapshot the engine holds
     uint64_t snapshot_store_index = 0;  // M inside the latest Raft snapshot taken or restored
     uint64_t fresh_store_snapshots = 0; // store snapshots snapshot_now() asked the applier for
+    uint64_t snapshot_trailing = 0;     // log entries kept behind the latest snapshot taken
     size_t tail_entries = 0, apply_queue = 0;
     uint64_t off_loop_callbacks = 0;
     uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from
@@ -309,6 +310,7 @@ private:
     std::atomic<bool> wake_on_store_{false};  // store_snapshot_done() must wake the loop
     uint64_t last_snapshot_index_ = 0;
     uint64_t last_snapshot_store_ = 0;  // M of the latest Raft snapshot (status)
+    uint64_t last_snapshot_trailing_ = 0;  // trailing entries kept behind it (status)
     uint64_t snapshot_taking_index_ = 0;
     std::vector<std::pair<struct raft_buffer*, void*>> holds_;  // snapshots awaiting finalize
     bool barrier_inflight_ = false;  // our own barrier (push_barrier) not completed yet

@@ -86,6 +86,7 @@ void Node::fill_status(StatusData& s) {
     s.snapshot_term = compat::snapshot_term(&raft_);
     s.snapshot_store_index = last_snapshot_store_;
     s.fresh_store_snapshots = fresh_requests_;
+    s.snapshot_trailing = last_snapshot_trailing_;
     {
         std::lock_guard<std::mutex> g(snap_mu_);
         s.store_snapshot_index = base_index_;

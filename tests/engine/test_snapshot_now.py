@@ -107,6 +107,7 @@ def test_snapshot_now_is_built_on_a_store_snapshot_at_the_commit_index(tmp_path)
         assert st["fresh_store_snapshots"] == 1
         assert st["snapshot_store_index"] == st["store_snapshot_index"] == commit
         assert st["tail_entries"] == 0
+        assert st["snapshot_trailing"] == 1  # no other member: the log is trimmed to the label
         assert st["off_loop_callbacks"] == 0
     finally:
         node.stop()
@@ -192,5 +193,48 @@ def test_snapshot_now_on_a_follower_uses_its_own_store_snapshot(leader_and_follo
         assert apps[leader.node_id].kinds("snapshot_request") == []  # the leader is not involved
         assert leader.status()["snapshot_index"] == 0
     finally:
+        for a in apps.values():
+            a.close()
+
+
+def test_the_leader_keeps_the_entries_a_lagging_member_still_needs(tmp_path):
+    # snapshot_now on the leader trims its log to what the members need: a member that was
+    # down keeps catching up from the log, not by an install of the new snapshot.
+    ports = free_ports(3)
+    conf = [(i + 1, f"127.0.0.1:{p}", "voter") for i, p in enumerate(ports)]
+
+    def node(i: int) -> RaftNode:
+        return RaftNode(i, conf[i - 1][1], str(tmp_path / f"n{i}"), election_timeout_ms=300,
+                        heartbeat_ms=30, snapshot_trailing=1000)
+    nodes = {i: node(i) for i in (1, 2, 3)}
+    apps: dict[int, Applier] = {}
+    try:
+        for i, n in nodes.items():
+            n.bootstrap(conf)
+            n.start()
+            apps[i] = Applier(n)
+        leader = wait_until(lambda: [n for n in nodes.values() if n.status()["state"] == "leader"],
+                            10, "leader")[0]
+        lagging = next(i for i in nodes if i != leader.node_id)
+        first = [leader.submit(b"a%d" % i).result(5) for i in range(10)]
+        wait_until(lambda: apps[lagging].applied[-1:] == [first[-1]], 10, "member applied")
+        nodes[lagging].stop()
+        apps.pop(lagging).close()
+        later = [leader.submit(b"b%d" % i).result(5) for i in range(50)]
+        n = leader.snapshot_now(store_wait=None).result(10)
+        st = leader.status()
+        assert st["snapshot_index"] == n and st["snapshot_store_index"] >= later[-1]
+        # the log keeps the member's last entry (for the consistency check) and everything after
+        assert st["snapshot_trailing"] == n - first[-1] + 1 < 1000
+
+        nodes[lagging] = node(lagging)
+        nodes[lagging].start()
+        apps[lagging] = Applier(nodes[lagging])
+        wait_until(lambda: apps[lagging].applied[-1:] == [later[-1]], 20, "lagging member caught up")
+        assert apps[lagging].kinds("restore") == []  # from the log, no install
+        assert apps[lagging].kinds("entry") == first + later  # its own log again, then the rest
+    finally:
+        for n in nodes.values():
+            n.stop()
         for a in apps.values():
             a.close()
