@@ -297,14 +297,18 @@ void Node::advance_snapshots(bool top_level) {
         base = base_index_;
         pending = pending_request_;
     }
+    // No new Raft snapshot is possible until something commits past the last one; a leader
+    // makes that happen with a barrier (below), a follower can only wait for the leader.
+    const bool stuck = !taking && raft_.commit_index <= have && raft_state(&raft_) != RAFT_LEADER;
     bool ready = false;  // the next Raft snapshot serves a waiter
     uint64_t need = 0;   // highest target still waiting for its store snapshot
     std::vector<SnapWaiter> keep;
     for (auto& w : snap_waiters_) {
         const bool late = now >= w.deadline_ms;
         // Past the deadline, any snapshot covering the target will do (the applier is slow or
-        // gone); this also ends a wait no new snapshot could serve (nothing committed since).
-        if (late && !taking && have >= w.target) {
+        // gone); so does the latest one when no newer one can be taken (e.g. a follower that
+        // was just installed with a snapshot past the target, and nothing commits).
+        if (!taking && have >= w.target && (late || (stuck && base >= w.target))) {
             w.fut->resolve(have);
             continue;
         }
