@@ -52,7 +52,7 @@ class GroupCommitter:
                  max_bytes: int = 1 << 20, window: int = 4,
                  map_error: Callable[[BaseException], BaseException] = lambda e: e,
                  submit_many: Callable[[list[bytes]], Any] | None = None,
-                 wake_batons: int = 16, pace_hold_s: float = 0.001) -> None:
+                 wake_batons: int = 16, pace_hold_s: float = 0.002) -> None:
         self._submit = submit
         # engine.submit_many (one future for several entries), when the engine has it
         self._submit_many = submit_many
