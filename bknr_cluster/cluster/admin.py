@@ -63,7 +63,7 @@ class AdminMixin:
         except Exception as exc:
             self.committer.abandon(w)
             raise self._map_error(exc) from None
-        if not w.wait(timeout) and self.committer.abandon(w):
+        if not self.committer.wait(w, timeout):
             raise Timeout(f"restore entry not applied within {timeout} s")
         if w.error is not None:
             raise w.error

@@ -288,7 +288,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
     def submit_record(self, record: bytes, timeout: float = 30.0) -> Waiter:
         """Replicate one encoded record; the returned waiter is resolved (or Timeout raised)."""
         w = self.committer.enqueue(record)
-        if not w.wait(timeout) and self.committer.abandon(w):
+        if not self.committer.wait(w, timeout):
             raise Timeout(f"no outcome within {timeout} s; the transaction may or may not commit")
         return w
 

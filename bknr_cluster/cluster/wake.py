@@ -1,0 +1,153 @@
+"""Waking callers whose transactions were applied: waiters, the wake chain, asyncio delivery.
+
+A thread caller blocks on its :class:`Waiter` (a pre-acquired lock). The applier resolves waiters
+while it holds the GIL, so waking each caller at once would only make it wait for the GIL again.
+Worse, waking a whole batch at the end of the applier's slice wakes dozens of threads at once
+(a herd): all but one go back to sleep on the GIL, and the wake-ups preempt whatever else runs
+(the applier, the engine, the followers on a shared machine) — measured with 256 caller threads
+on one leader: 2.6-3.0 voluntary and ~1.1 involuntary context switches per transaction.
+
+:class:`WakeChain` instead wakes at most ``batons`` callers of a batch; each woken caller, once it
+runs again, wakes the next one (``pass_baton``). Callers then wake roughly when the GIL is about
+to be free, one after the other, like a relay; ``batons`` > 1 keeps the relay going when one
+runner is slow to get the GIL. Measured (same cluster, alternating rounds): 1.4-1.6 voluntary and
+~0.35 involuntary switches per transaction, leader CPU per transaction down by about a fifth.
+
+Liveness: every caller released by the chain passes exactly one baton as soon as it runs (even
+if it never calls the store again), and ``stop`` releases everything at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("bknr.cluster.commit")
+
+
+class Waiter:
+    """One caller's pending record; a pre-acquired lock is the cheapest one-shot event."""
+
+    __slots__ = ("_lock", "result", "error", "tx_error", "index", "callback", "seq", "defer",
+                 "relay")
+
+    def __init__(self, callback: Callable[[Waiter], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.tx_error = False        # True: ``error`` was raised by the transaction itself
+        self.index = 0
+        self.callback = callback
+        self.seq = 0
+        # Set on the applier thread (GroupCommitter.take): where to park the wake-up, and the
+        # WakeChain's pass_baton, which ``wait`` calls once the chain has woken this caller.
+        self.defer: Callable[[Any], None] | None = None
+        self.relay: Callable[[], None] | None = None
+
+    def resolve(self, index: int, result: Any = None, error: BaseException | None = None,
+                tx_error: bool = False) -> None:
+        self.index, self.result, self.error, self.tx_error = index, result, error, tx_error
+        if self.defer is not None:  # the outcome is visible now; the wake-up comes later
+            self.defer(self._lock)
+            return
+        self._lock.release()
+        if self.callback is not None:
+            try:
+                self.callback(self)
+            except Exception:  # a broken callback must not kill the applier
+                log.exception("waiter callback failed")
+
+    def wait(self, timeout: float | None) -> bool:
+        """True once resolved and woken. A caller woken by the chain wakes the next one here,
+        first thing, whatever it does afterwards (the relay must never stop at one caller)."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        if self.relay is not None:
+            self.relay()
+        return True
+
+
+class WakeChain:
+    """Releases deferred wake-ups a few at a time, as a relay (see the module docstring)."""
+
+    def __init__(self, batons: int = 16, on_idle: Callable[[], None] | None = None) -> None:
+        self.batons = max(1, batons)
+        self._on_idle = on_idle           # called when the last baton comes back
+        self._queue: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self.running = 0                  # batons out; > 0 means callers are still being woken
+
+    def release(self, locks: list[Any]) -> None:
+        """Queue these wake-ups; start relays while fewer than ``batons`` are running."""
+        start = []
+        with self._lock:
+            self._queue.extend(locks)
+            while self._queue and self.running < self.batons:
+                self.running += 1
+                start.append(self._queue.popleft())
+        for lock in start:
+            lock.release()
+
+    def pass_baton(self) -> None:
+        """Called by a caller the chain woke, as soon as it runs: wake the next one."""
+        with self._lock:
+            nxt = self._queue.popleft() if self._queue else None
+            if nxt is None and self.running > 0:
+                self.running -= 1
+            idle = nxt is None and self.running == 0
+        if nxt is not None:
+            nxt.release()
+        elif idle and self._on_idle is not None:
+            self._on_idle()
+
+    def release_all(self) -> None:
+        """Stop: wake everyone still queued at once."""
+        with self._lock:
+            locks, self._queue = list(self._queue), deque()
+        for lock in locks:
+            lock.release()
+
+
+class LoopDelivery:
+    """Hands resolved waiters to one asyncio loop with one wake-up per burst, not per waiter
+    (each ``call_soon_threadsafe`` writes to the loop's self-pipe: a syscall)."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._ready: list[tuple[Any, Waiter]] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+    def deliver(self, fut: Any, w: Waiter) -> None:
+        """Any thread: complete ``fut`` with ``w`` on the loop."""
+        with self._lock:
+            self._ready.append((fut, w))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._scheduled = False
+        for fut, w in ready:
+            if not fut.done():
+                fut.set_result(w)
+
+
+class AppliedSignal(threading.Condition):
+    """The applier's end-of-batch condition (``ClusterStore._applied_cond``): ``notify_all``
+    first wakes the callers whose waiters the batch resolved (``release_deferred``)."""
+
+    def __init__(self, on_batch: Callable[[], None]) -> None:
+        super().__init__(threading.Lock())
+        self._on_batch = on_batch
+
+    def notify_all(self) -> None:
+        self._on_batch()
+        super().notify_all()
