@@ -66,7 +66,7 @@ class AttrSpec:
     """One declared attribute of a class (inherited specs are shared with subclasses)."""
 
     __slots__ = ("name", "default", "transient", "indexed", "unique", "check", "allow_none",
-                 "owner", "getter", "setter")
+                 "accept", "owner", "getter", "setter")
 
     def __init__(self, name: str, default: Any, annotation: Any, *, transient: bool = False,
                  indexed: bool = False, unique: bool = False):
@@ -76,6 +76,10 @@ class AttrSpec:
         self.indexed = indexed
         self.unique = unique
         self.check, self.allow_none = _type_check(annotation, default)
+        # ``isinstance(value, accept)`` is the whole check in one C call (None: no check), so the
+        # hot paths call ``validate`` only to raise its error
+        self.accept: tuple[type, ...] | None = (
+            None if self.check is None else self.check + ((type(None),) if self.allow_none else ()))
         self.owner: type | None = None
         self.getter: Any = None
         self.setter: Any = None
@@ -130,6 +134,13 @@ class ClassMeta:
         self.transients = tuple(s for s in specs if s.transient)
         self.indexed = tuple(s for s in specs if s.indexed)
         self.renames = renames
+        # What ``Store._create`` does per attribute, precomputed: (name, slot setter, default,
+        # copy the default?, accepted types or None, spec). Transients are not type-checked.
+        self.plan = tuple((s.name, s.setter, s.default, type(s.default) in _COPIED_DEFAULTS,
+                           None if s.transient else s.accept, s) for s in specs)
+
+
+_COPIED_DEFAULTS = (list, dict, set, bytearray)
 
 
 def _is_classvar(annotation: Any) -> bool:
@@ -172,18 +183,36 @@ class StoreClass(type):
             slot = cls.__dict__[spec.name]
             spec.getter, spec.setter = slot.__get__, slot.__set__
             if spec.indexed and f"by_{spec.name}" not in ns:
-                setattr(cls, f"by_{spec.name}", _make_lookup(spec.name, spec.unique))
+                setattr(cls, f"by_{spec.name}", _make_lookup(spec))
         renames = dict(base_meta.renames) if base_meta else {}
         renames.update(ns.get("__renames__", {}))
-        cls._meta = ClassMeta(cls, inherited + own, renames)
+        meta = cls._meta = ClassMeta(cls, inherited + own, renames)
+        cls._persistent_specs = {s.name: s for s in meta.persistent}
         return cls
 
 
-def _make_lookup(attr: str, unique: bool) -> classmethod:
-    def lookup(cls: type[StoreObject], key: Any) -> Any:
-        return cls._current_store().lookup(cls, attr, key)
+def _make_lookup(spec: AttrSpec) -> classmethod:
+    """``by_<attr>`` with the spec bound in: one call instead of accessor -> store -> lookup.
+
+    Same rules as ``Store.lookup``: the index covers the declaring class and its subclasses, so a
+    lookup through a subclass filters out instances of sibling classes.
+    """
+    attr, owner, local = spec.name, spec.owner, LOCAL
+    if spec.unique:
+        def lookup(cls: type[StoreObject], key: Any) -> Any:
+            store = local.store
+            if store is None or cls not in store._extent:
+                store = cls._current_store()
+            obj = store._index[spec].get(key)       # None keys are never indexed
+            if obj is None or cls is owner or isinstance(obj, cls):
+                return obj
+            return None
+    else:
+        def lookup(cls: type[StoreObject], key: Any) -> Any:
+            return cls._current_store().lookup(cls, attr, key)
     lookup.__name__ = f"by_{attr}"
-    lookup.__doc__ = (f"The {attr}={{key}} instance or None (unique index)." if unique
+    lookup.__qualname__ = f"{owner.__name__}.by_{attr}"
+    lookup.__doc__ = (f"The {attr}={{key}} instance or None (unique index)." if spec.unique
                       else f"Instances with {attr}={{key}}, by id (hash index).")
     return classmethod(lookup)
 
@@ -197,6 +226,7 @@ class StoreObject(metaclass=StoreClass):
     __slots__ = ("id",)
     _meta: ClassVar[ClassMeta]
     _bound: ClassVar[Store | None] = None
+    _persistent_specs: ClassVar[dict[str, AttrSpec]]
 
     def __init__(self, *args: Any, **values: Any):
         tx = LOCAL.tx
@@ -205,10 +235,10 @@ class StoreObject(metaclass=StoreClass):
         tx.store._create(self, args, values, tx)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        spec = self._meta.by_name.get(name)
-        if spec is None:
-            raise AttributeError(f"{type(self).__name__} has no declared attribute {name!r}")
-        if spec.transient:
+        spec = self._persistent_specs.get(name)
+        if spec is None:                    # transient or undeclared: the rare case
+            if self._meta.by_name.get(name) is None:
+                raise AttributeError(f"{type(self).__name__} has no declared attribute {name!r}")
             _set_slot(self, name, value)
             return
         tx = LOCAL.tx

@@ -51,6 +51,8 @@ class ObjectState:
     # --- mutations (only reachable from inside a transaction) -----------------------------------
 
     def _create(self, obj: Any, args: tuple, values: dict, tx: TxContext) -> None:
+        # The hot path of every creation: loops over the class's precomputed plan, the type check
+        # is one isinstance() and index maintenance is inlined (see _index_add).
         cls = type(obj)
         extent = self._extent.get(cls)
         meta = cls._meta
@@ -63,15 +65,16 @@ class ObjectState:
                 if name in values:
                     raise TypeError(f"{meta.name}() got two values for {name!r}")
                 values[name] = v
-        for spec in meta.specs:
-            v = values.pop(spec.name, REQUIRED)
+        pop = values.pop
+        for name, setter, default, copy, accept, spec in meta.plan:
+            v = pop(name, REQUIRED)
             if v is REQUIRED:
-                v = spec.make_default()
-                if v is REQUIRED:
-                    raise TypeError(f"{meta.name}() missing required attribute {spec.name!r}")
-            elif spec.check is not None and not spec.transient:
-                spec.validate(meta.name, v)
-            spec.setter(obj, v)
+                if default is REQUIRED:
+                    raise TypeError(f"{meta.name}() missing required attribute {name!r}")
+                v = default.copy() if copy else default
+            elif accept is not None and not isinstance(v, accept):
+                spec.validate(meta.name, v)         # raises the TypeError
+            setter(obj, v)
         if values:
             raise TypeError(f"{meta.name}() got unknown attributes: {', '.join(sorted(values))}")
         index = self._index
@@ -79,15 +82,28 @@ class ObjectState:
             key = spec.getter(obj)
             if key is None:
                 continue
-            _hashable(meta.name, spec, key)
-            if spec.unique and key in index[spec]:
-                raise IntegrityError(f"{meta.name}.{spec.name} must be unique: {key!r} is already "
-                                     f"used by {index[spec][key]!r}")
+            if spec.unique:
+                try:
+                    other = index[spec].get(key)
+                except TypeError:
+                    _hashable(meta.name, spec, key)     # unhashable key: the clear message
+                    raise
+                if other is not None:
+                    raise IntegrityError(f"{meta.name}.{spec.name} must be unique: {key!r} is "
+                                         f"already used by {other!r}")
+            else:
+                _hashable(meta.name, spec, key)
         oid = self._next_id
         self._next_id = oid + 1
         _set_id(obj, oid)
         for spec in meta.indexed:
-            self._index_add(spec, obj, spec.getter(obj))
+            key = spec.getter(obj)
+            if key is None:
+                continue
+            if spec.unique:
+                index[spec][key] = obj
+            else:
+                self._index_add(spec, obj, key)
         extent[oid] = obj
         tx.undo.append((_CREATE, obj))
 
@@ -100,21 +116,25 @@ class ObjectState:
         extent = self._extent.get(type(obj))
         if extent is None or extent.get(obj.id) is not obj:
             self._check_live(obj, f"set {spec.name} of")
-        if spec.check is not None:
-            spec.validate(obj._meta.name, value)
+        accept = spec.accept
+        if accept is not None and not isinstance(value, accept):
+            spec.validate(obj._meta.name, value)        # raises the TypeError
         old = spec.getter(obj)
         if spec.indexed and old is not value:
-            if value is not None:
-                _hashable(obj._meta.name, spec, value)
-                if spec.unique:
-                    other = self._index[spec].get(value)
-                    if other is not None and other is not obj:
-                        raise IntegrityError(f"{obj._meta.name}.{spec.name} must be unique: {value!r} "
-                                             f"is already used by {other!r}")
-            self._index_remove(spec, obj, old)
-            self._index_add(spec, obj, value)
+            self._reindex(obj, spec, old, value)
         spec.setter(obj, value)
         tx.undo.append((_SET, obj, spec, old))
+
+    def _reindex(self, obj: Any, spec: AttrSpec, old: Any, value: Any) -> None:
+        if value is not None:
+            _hashable(obj._meta.name, spec, value)
+            if spec.unique:
+                other = self._index[spec].get(value)
+                if other is not None and other is not obj:
+                    raise IntegrityError(f"{obj._meta.name}.{spec.name} must be unique: {value!r} "
+                                         f"is already used by {other!r}")
+        self._index_remove(spec, obj, old)
+        self._index_add(spec, obj, value)
 
     def _delete(self, obj: Any, tx: TxContext) -> None:
         self._check_live(obj, "delete")
