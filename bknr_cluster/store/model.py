@@ -188,7 +188,58 @@ class StoreClass(type):
         renames.update(ns.get("__renames__", {}))
         meta = cls._meta = ClassMeta(cls, inherited + own, renames)
         cls._persistent_specs = {s.name: s for s in meta.persistent}
+        if "__init__" not in ns:
+            cls.__init__ = _make_init(cls, meta)
         return cls
+
+
+def _make_init(cls: type, meta: ClassMeta) -> Any:
+    """Generate ``cls.__init__``: the creation path of ``Store._create`` unrolled for this class.
+
+    Keyword arguments bind to parameters in C, and each attribute costs a few bytecodes (default,
+    one ``isinstance``, slot store) instead of a loop over the plan. Everything unusual (positional
+    values, unknown names, a class outside the running store, a subclass calling this through
+    ``super().__init__``) goes to the generic ``Store._create``, which raises the errors. The
+    checks run in the same order with the same messages; ``Store._register`` does the store side.
+    Attribute names never start with ``_`` (those are not attributes), so the generated locals
+    and globals (all ``_``-prefixed) cannot clash with them.
+    """
+    g: dict[str, Any] = {"_R": REQUIRED, "_local": LOCAL, "_cls": cls, "_NotInTx": NotInTransaction,
+                         "_name": meta.name}
+    params, fallback, body = [], [], []
+    for i, (name, setter, default, copy, accept, spec) in enumerate(meta.plan):
+        g[f"_set{i}"], g[f"_d{i}"], g[f"_a{i}"], g[f"_s{i}"] = setter, default, accept, spec
+        params.append(f"{name}=_R")
+        fallback.append(f"        if {name} is not _R:\n            _values[{name!r}] = {name}")
+        if default is REQUIRED:
+            g[f"_m{i}"] = f"{meta.name}() missing required attribute {name!r}"
+            body.append(f"    if {name} is _R:\n        raise TypeError(_m{i})")
+        else:
+            body.append(f"    if {name} is _R:\n        {name} = _d{i}{'.copy()' if copy else ''}")
+        if accept is not None:
+            body.append(f"    elif not isinstance({name}, _a{i}):\n        _s{i}.validate(_name, {name})")
+        body.append(f"    _set{i}(_self, {name})")
+    src = "\n".join([
+        f"def __init__(_self, *_args, {', '.join(params + ['**_extra'])}):",
+        "    _tx = _local.tx",
+        "    if _tx is None:",
+        "        raise _NotInTx(f'cannot create a {type(_self).__name__} outside a transaction')",
+        "    _store = _tx.store",
+        "    _extent = _store._extent.get(_cls)",
+        "    if _args or _extra or _extent is None or type(_self) is not _cls:",
+        "        _values = dict(_extra)",
+        *fallback,
+        "        _store._create(_self, _args, _values, _tx)",
+        "        return",
+        *body,
+        "    _store._register(_self, _extent, _tx)",
+    ])
+    exec(compile(src, f"<generated {meta.name}.__init__>", "exec"), g)
+    init = g["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__doc__ = f"Create a {meta.name} (inside a transaction); attributes by keyword."
+    return init
 
 
 def _make_lookup(spec: AttrSpec) -> classmethod:

@@ -51,8 +51,8 @@ class ObjectState:
     # --- mutations (only reachable from inside a transaction) -----------------------------------
 
     def _create(self, obj: Any, args: tuple, values: dict, tx: TxContext) -> None:
-        # The hot path of every creation: loops over the class's precomputed plan, the type check
-        # is one isinstance() and index maintenance is inlined (see _index_add).
+        """Generic creation (the generated ``__init__`` handles the common shapes itself and
+        calls ``_register``): positional values, unknown names, every error message."""
         cls = type(obj)
         extent = self._extent.get(cls)
         meta = cls._meta
@@ -77,6 +77,12 @@ class ObjectState:
             setter(obj, v)
         if values:
             raise TypeError(f"{meta.name}() got unknown attributes: {', '.join(sorted(values))}")
+        self._register(obj, extent, tx)
+
+    def _register(self, obj: Any, extent: dict[int, Any], tx: TxContext) -> None:
+        """Give a filled-in new object its id and add it to the indices and its extent.
+        Unique-index and hashability checks run before anything changes."""
+        meta = obj._meta
         index = self._index
         for spec in meta.indexed:       # check everything before changing anything
             key = spec.getter(obj)
