@@ -43,9 +43,9 @@ _Ext = msgpack.ExtType
 _Packer = msgpack.Packer
 _packb = msgpack.packb
 _POOL_MAX_OUTPUT = 1 << 16      # a packer that produced more keeps a big buffer: drop it
-_unpackb = msgpack.unpackb
-_UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-                  OverflowError, UnicodeDecodeError)
+_unpackb = unpackb = msgpack.unpackb
+_UNPACK_ERRORS = UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+                                  msgpack.StackError, OverflowError, UnicodeDecodeError)
 
 
 def _short(value: Any) -> str:
@@ -157,7 +157,8 @@ class Codec:
     # --- decoding -----------------------------------------------------------------------------
 
     def unpack(self, data: bytes) -> Any:
-        """Decode; malformed bytes raise CodecError, a dangling reference raises CodecError."""
+        """Decode; malformed bytes raise CodecError, a dangling reference raises CodecError.
+        (``Store._decode_record`` inlines this call: keep the two in step.)"""
         try:
             return _unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
         except CodecError:

@@ -36,6 +36,9 @@ class _Local(threading.local):
 
 
 LOCAL = _Local()
+# Undo-log entry kinds (``state.py`` replays them): (_SET, obj, spec, old), (_CREATE, obj),
+# (_DELETE, obj). Defined here because attribute writes append their entry in ``__setattr__``.
+UNDO_SET, UNDO_CREATE, UNDO_DELETE = 0, 1, 2
 REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "<required>"})()
 
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
@@ -295,7 +298,20 @@ class StoreObject(metaclass=StoreClass):
         tx = LOCAL.tx
         if tx is None:
             raise NotInTransaction(f"cannot set {type(self).__name__}.{name} outside a transaction")
-        tx.store._write(self, spec, value, tx)
+        # The store's write, inlined (this runs for every attribute write): liveness, type check,
+        # index maintenance (``_reindex`` checks before it changes anything), undo entry.
+        store = tx.store
+        extent = store._extent.get(type(self))
+        if extent is None or extent.get(self.id) is not self:
+            store._check_live(self, f"set {name} of")
+        accept = spec.accept
+        if accept is not None and not isinstance(value, accept):
+            spec.validate(self._meta.name, value)       # raises the TypeError
+        old = getattr(self, name)       # the builtin is cheaper than calling the slot's __get__
+        if spec.indexed and old is not value:
+            store._reindex(self, spec, old, value)
+        spec.setter(self, value)
+        tx.undo.append((UNDO_SET, self, spec, old))
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"cannot delete attribute {name!r}; set it to None inside a transaction")

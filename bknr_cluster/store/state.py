@@ -18,10 +18,10 @@ from operator import attrgetter
 from typing import Any
 
 from bknr_cluster.errors import IntegrityError, StoreError, UsageError
-from bknr_cluster.store.model import REQUIRED, AttrSpec, StoreObject
+from bknr_cluster.store.model import REQUIRED, UNDO_CREATE, UNDO_DELETE, UNDO_SET, AttrSpec, StoreObject
 from bknr_cluster.store.tx import TxContext
 
-_SET, _CREATE, _DELETE = 0, 1, 2
+_SET, _CREATE, _DELETE = UNDO_SET, UNDO_CREATE, UNDO_DELETE
 _by_id = attrgetter("id")
 _set_id = StoreObject.__dict__["id"].__set__
 
@@ -85,7 +85,7 @@ class ObjectState:
         meta = obj._meta
         index = self._index
         for spec in meta.indexed:       # check everything before changing anything
-            key = spec.getter(obj)
+            key = getattr(obj, spec.name)      # cheaper than calling the slot's __get__
             if key is None:
                 continue
             if spec.unique:
@@ -103,7 +103,7 @@ class ObjectState:
         self._next_id = oid + 1
         _set_id(obj, oid)
         for spec in meta.indexed:
-            key = spec.getter(obj)
+            key = getattr(obj, spec.name)      # cheaper than calling the slot's __get__
             if key is None:
                 continue
             if spec.unique:
@@ -118,20 +118,11 @@ class ObjectState:
         if extent is None or extent.get(obj.id) is not obj:
             raise StoreError(f"cannot {action} {obj!r}: it is deleted or belongs to another store")
 
-    def _write(self, obj: Any, spec: AttrSpec, value: Any, tx: TxContext) -> None:
-        extent = self._extent.get(type(obj))
-        if extent is None or extent.get(obj.id) is not obj:
-            self._check_live(obj, f"set {spec.name} of")
-        accept = spec.accept
-        if accept is not None and not isinstance(value, accept):
-            spec.validate(obj._meta.name, value)        # raises the TypeError
-        old = spec.getter(obj)
-        if spec.indexed and old is not value:
-            self._reindex(obj, spec, old, value)
-        spec.setter(obj, value)
-        tx.undo.append((_SET, obj, spec, old))
+    # Attribute writes are done by StoreObject.__setattr__ itself (one call less per write); it
+    # calls _check_live and, for indexed attributes, _reindex.
 
     def _reindex(self, obj: Any, spec: AttrSpec, old: Any, value: Any) -> None:
+        """Move ``obj`` from ``old`` to ``value`` in the spec's index, after the checks."""
         if value is not None:
             _hashable(obj._meta.name, spec, value)
             if spec.unique:
