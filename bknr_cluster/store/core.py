@@ -230,9 +230,12 @@ class Store(ObjectState):
             ctx.store = self
             ctx.timestamp_ns = ts
             ctx.record = record
-            local = LOCAL
-            prev_store, prev_tx = local.store, local.tx
-            local.store, local.tx = self, ctx
+            # this thread's dict of LOCAL: one thread-local access instead of six (absent keys
+            # are LOCAL's class-level defaults, None)
+            local = LOCAL.__dict__
+            prev_store, prev_tx = local.get("store"), local.get("tx")
+            local["store"] = self
+            local["tx"] = ctx
             next_id = self._next_id
             try:
                 result = t.fn(*args) if kwargs is None else t.fn(*args, **kwargs)
@@ -240,7 +243,8 @@ class Store(ObjectState):
                 self._rollback(ctx, next_id)
                 raise
             finally:
-                local.store, local.tx = prev_store, prev_tx
+                local["store"] = prev_store
+                local["tx"] = prev_tx
             ctx.undo.clear()
             self._last_ts = ts
             self._version += 1

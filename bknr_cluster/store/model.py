@@ -185,8 +185,13 @@ class StoreClass(type):
             spec.owner = cls
             slot = cls.__dict__[spec.name]
             spec.getter, spec.setter = slot.__get__, slot.__set__
-            if spec.indexed and f"by_{spec.name}" not in ns:
-                setattr(cls, f"by_{spec.name}", _make_lookup(spec))
+        # by_<attr> for every index, own or inherited, unless this class or a base defines it
+        # itself: each class gets its own so the class is bound in (no classmethod binding)
+        for spec in inherited + own:
+            name = f"by_{spec.name}"
+            current = getattr(cls, name, None)
+            if spec.indexed and name not in ns and (current is None or hasattr(current, "_generated")):
+                setattr(cls, name, staticmethod(_make_lookup(cls, spec)))
         renames = dict(base_meta.renames) if base_meta else {}
         renames.update(ns.get("__renames__", {}))
         meta = cls._meta = ClassMeta(cls, inherited + own, renames)
@@ -245,30 +250,30 @@ def _make_init(cls: type, meta: ClassMeta) -> Any:
     return init
 
 
-def _make_lookup(spec: AttrSpec) -> classmethod:
-    """``by_<attr>`` with the spec bound in: one call instead of accessor -> store -> lookup.
-
-    Same rules as ``Store.lookup``: the index covers the declaring class and its subclasses, so a
-    lookup through a subclass filters out instances of sibling classes.
+def _make_lookup(cls: Any, spec: AttrSpec) -> Any:
+    """``cls.by_<attr>`` with class and spec bound in: one call instead of accessor -> store ->
+    lookup. Same rules as ``Store.lookup``: the index covers the declaring class and its
+    subclasses, so a lookup through a subclass filters out instances of sibling classes.
     """
-    attr, owner, local = spec.name, spec.owner, LOCAL
+    attr, exact, local = spec.name, cls is spec.owner, LOCAL
     if spec.unique:
-        def lookup(cls: type[StoreObject], key: Any) -> Any:
+        def lookup(key: Any) -> Any:
             store = local.store
             if store is None or cls not in store._extent:
                 store = cls._current_store()
             obj = store._index[spec].get(key)       # None keys are never indexed
-            if obj is None or cls is owner or isinstance(obj, cls):
+            if obj is None or exact or isinstance(obj, cls):
                 return obj
             return None
     else:
-        def lookup(cls: type[StoreObject], key: Any) -> Any:
+        def lookup(key: Any) -> Any:
             return cls._current_store().lookup(cls, attr, key)
     lookup.__name__ = f"by_{attr}"
-    lookup.__qualname__ = f"{owner.__name__}.by_{attr}"
+    lookup.__qualname__ = f"{cls.__qualname__}.by_{attr}"
     lookup.__doc__ = (f"The {attr}={{key}} instance or None (unique index)." if spec.unique
                       else f"Instances with {attr}={{key}}, by id (hash index).")
-    return classmethod(lookup)
+    lookup._generated = True            # type: ignore[attr-defined]
+    return lookup
 
 
 _set_slot = object.__setattr__
