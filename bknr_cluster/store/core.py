@@ -130,6 +130,7 @@ class Store(ObjectState):
         self._lock = threading.RLock()
         self._init_state(definition.classes)
         self._codec = Codec(definition.enums, self.find, self._is_live)
+        self._tx_full = definition.transactions      # full name -> Transaction (apply fast path)
         self._last_ts = 0
         self.last_index = 0            # index of the last record applied (TxContext.index)
         self._version = 0              # bumped on every successful change; digest cache key
@@ -221,10 +222,22 @@ class Store(ObjectState):
         own exception propagates (UnknownTransaction/CodecError/CorruptData for bad records)."""
         if ctx is None:
             ctx = TxContext()
-        with self._lock:        # re-entrant: execute_record and replay call this holding it
+        lock = self._lock       # re-entrant: execute_record and replay call this holding it
+        lock.acquire()          # (acquire/release: cheaper than a with statement)
+        try:
             if ctx.index:
                 self.last_index = ctx.index
-            t, ts, args, kwargs = self._decode_record(record)
+            # _decode_record's common case inlined; anything unusual (kwargs, a short name, any
+            # malformation) is decoded again by _decode_record, which raises the precise error
+            try:
+                version, name, ts, args, kwargs = fields = unpackb(
+                    record, ext_hook=self._codec._ext_hook, strict_map_key=False, raw=False)
+                t = self._tx_full[name]
+            except Exception:
+                fields = None
+            if (fields is None or type(fields) is not list or version != RECORD_VERSION
+                    or type(ts) is not int or type(args) is not list or kwargs is not None):
+                t, ts, args, kwargs = self._decode_record(record)
             if ts < self._last_ts:
                 ts = self._last_ts          # time never runs backwards, even across leader changes
             ctx.store = self
@@ -249,6 +262,8 @@ class Store(ObjectState):
             self._last_ts = ts
             self._version += 1
             return result
+        finally:
+            lock.release()
 
     _apply = apply_record       # the name durable.py's replay uses
 

@@ -294,10 +294,12 @@ class StoreObject(metaclass=StoreClass):
         tx.store._create(self, args, values, tx)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        spec = self._persistent_specs.get(name)
-        if spec is None:                    # transient or undeclared: the rare case
+        # Subscripts in try blocks instead of dict.get calls: the misses are the rare cases.
+        try:
+            spec = self._persistent_specs[name]
+        except KeyError:                    # transient or undeclared
             if self._meta.by_name.get(name) is None:
-                raise AttributeError(f"{type(self).__name__} has no declared attribute {name!r}")
+                raise AttributeError(f"{type(self).__name__} has no declared attribute {name!r}") from None
             _set_slot(self, name, value)
             return
         tx = LOCAL.tx
@@ -306,8 +308,11 @@ class StoreObject(metaclass=StoreClass):
         # The store's write, inlined (this runs for every attribute write): liveness, type check,
         # index maintenance (``_reindex`` checks before it changes anything), undo entry.
         store = tx.store
-        extent = store._extent.get(type(self))
-        if extent is None or extent.get(self.id) is not self:
+        try:
+            live = store._extent[type(self)][self.id] is self
+        except KeyError:
+            live = False
+        if not live:
             store._check_live(self, f"set {name} of")
         accept = spec.accept
         if accept is not None and not isinstance(value, accept):
