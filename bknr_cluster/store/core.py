@@ -131,6 +131,7 @@ class Store(ObjectState):
         self._init_state(definition.classes)
         self._codec = Codec(definition.enums, self.find, self._is_live)
         self._tx_full = definition.transactions      # full name -> Transaction (apply fast path)
+        self._ext_hook = self._codec._ext_hook          # bound once, not per record
         self._last_ts = 0
         self.last_index = 0            # index of the last record applied (TxContext.index)
         self._version = 0              # bumped on every successful change; digest cache key
@@ -193,7 +194,7 @@ class Store(ObjectState):
         """(transaction, timestamp, args, kwargs or None); bad records raise CorruptData,
         UnknownTransaction, or CodecError (a reference to an object that does not exist)."""
         try:        # Codec.unpack inlined (one call less per record)
-            fields = unpackb(record, ext_hook=self._codec._ext_hook, strict_map_key=False, raw=False)
+            fields = unpackb(record, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
         except CodecError as exc:
             if "cannot decode" in str(exc):
                 raise CorruptData(f"malformed transaction record: {exc}") from None
@@ -231,7 +232,7 @@ class Store(ObjectState):
             # malformation) is decoded again by _decode_record, which raises the precise error
             try:
                 version, name, ts, args, kwargs = fields = unpackb(
-                    record, ext_hook=self._codec._ext_hook, strict_map_key=False, raw=False)
+                    record, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
                 t = self._tx_full[name]
             except Exception:
                 fields = None

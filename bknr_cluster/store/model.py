@@ -208,7 +208,12 @@ def _make_init(cls: type, meta: ClassMeta) -> Any:
     one ``isinstance``, slot store) instead of a loop over the plan. Everything unusual (positional
     values, unknown names, a class outside the running store, a subclass calling this through
     ``super().__init__``) goes to the generic ``Store._create``, which raises the errors. The
-    checks run in the same order with the same messages; ``Store._register`` does the store side.
+    checks run in the same order with the same messages.
+
+    The store side (``ObjectState._register``: id, unique indices, extent, undo entry) is inlined
+    too when every index of the class is unique: a taken or unhashable key hands over to
+    ``_register``, which raises the error, so only the success path is duplicated here. Keep the
+    two in step. Hash indices always go through ``_register``.
     Attribute names never start with ``_`` (those are not attributes), so the generated locals
     and globals (all ``_``-prefixed) cannot clash with them.
     """
@@ -227,6 +232,29 @@ def _make_init(cls: type, meta: ClassMeta) -> Any:
         if accept is not None:
             body.append(f"    elif not isinstance({name}, _a{i}):\n        _s{i}.validate(_name, {name})")
         body.append(f"    _set{i}(_self, {name})")
+    if all(s.unique for s in meta.indexed):
+        g["_set_id"], g["_UNDO_CREATE"] = StoreObject.__dict__["id"].__set__, UNDO_CREATE
+        register = ["    _index = _store._index"]
+        for j, spec in enumerate(meta.indexed):      # check every key before changing anything
+            g[f"_x{j}"] = spec
+            register.append(f"""\
+    if {spec.name} is not None:
+        _ix{j} = _index[_x{j}]
+        try:
+            _taken = _ix{j}.get({spec.name}) is not None
+        except TypeError:
+            _taken = True
+        if _taken:
+            return _store._register(_self, _extent, _tx)""")
+        register.append("""\
+    _oid = _store._next_id
+    _store._next_id = _oid + 1
+    _set_id(_self, _oid)""")
+        for j, spec in enumerate(meta.indexed):
+            register.append(f"    if {spec.name} is not None:\n        _ix{j}[{spec.name}] = _self")
+        register.append("    _extent[_oid] = _self\n    _tx.undo.append((_UNDO_CREATE, _self))")
+    else:
+        register = ["    _store._register(_self, _extent, _tx)"]
     src = "\n".join([
         f"def __init__(_self, *_args, {', '.join(params + ['**_extra'])}):",
         "    _tx = _local.tx",
@@ -240,7 +268,7 @@ def _make_init(cls: type, meta: ClassMeta) -> Any:
         "        _store._create(_self, _args, _values, _tx)",
         "        return",
         *body,
-        "    _store._register(_self, _extent, _tx)",
+        *register,
     ])
     exec(compile(src, f"<generated {meta.name}.__init__>", "exec"), g)
     init = g["__init__"]

@@ -114,6 +114,9 @@ PARTS = [Gadget, Widget, Sprocket]
     (lambda: Widget("acme", size="big", code="w"), TypeError, "Widget.size must be int, got str"),
     (lambda: Sprocket(code="s", teeth=1.5), TypeError, "Sprocket.teeth must be int, got float"),
     (lambda: Sprocket(code="s", id=3), TypeError, "unknown attributes: id"),
+    (lambda: Gadget(code="first"), IntegrityError, "Gadget.code must be unique: 'first' is already used"),
+    (lambda: Sprocket(code="first"), IntegrityError, "Sprocket.code must be unique: 'first'"),
+    (lambda: Widget("w", code="first"), IntegrityError, "Widget.code must be unique: 'first'"),
 ])
 def test_create_errors_keep_their_messages_and_change_nothing(make, error, message):
     seen = []
