@@ -266,8 +266,6 @@ class Store(ObjectState):
         finally:
             lock.release()
 
-    _apply = apply_record       # the name durable.py's replay uses
-
     def execute(self, tx: Transaction | str, *args: Any, **kwargs: Any) -> Any:
         """Encode, apply and (standalone) durably log a transaction; returns its result."""
         if LOCAL.tx is not None:
