@@ -10,7 +10,9 @@ Attributes are declared with class annotations::
 
 Every declared attribute becomes a ``__slots__`` slot, so reads are plain C-level slot reads and
 an object costs a few machine words. Writes go through ``__setattr__`` which refuses to run
-outside a transaction and hands the write to the store (undo log, index maintenance).
+outside a transaction and does the write against the running store (liveness, type check, undo
+log; index maintenance via the store). ``__init__`` and ``by_<index>`` are generated per class
+for speed: see "Hot paths" in DESIGN.md for what they must keep in step with ``state.py``.
 Objects do not point at their store: the store that is running the current transaction (a
 thread-local) is the one that owns the write; class-level accessors go to that store, or, outside
 a transaction, to the store the class was last bound to.
