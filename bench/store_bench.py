@@ -1,5 +1,6 @@
 """Store benchmark: snapshot write/load of N small objects, resident bytes per object,
-standalone fsync'd transactions at 1 and 16 callers, and the in-memory encode+apply path.
+standalone fsync'd transactions at 1 and 16 callers, the in-memory encode+apply path, and a
+micro-benchmark of apply and encode alone for one bank transfer (what every replica pays).
 
     python bench/store_bench.py            # 1M objects
     python bench/store_bench.py --quick    # 100k objects, well under 60 s
@@ -125,6 +126,38 @@ def bench_apply(count: int) -> tuple[float, float]:
     return count / elapsed, elapsed / count * 1e6
 
 
+def bench_transfer_micro(count: int) -> tuple[float, float]:
+    """µs per ``apply_record`` of a pre-encoded bank transfer, and per ``encode_transaction``.
+
+    512 accounts in 256 pairs; transfers alternate direction within a pair so none fails, and
+    every transfer id is new (the Transfer unique-index lookup misses, as in production).
+    """
+    store = Store(None, definition=app.definition, bind=False)
+    for k in range(512):
+        store.apply_record(store.encode_transaction("open_account", f"a{k}", 1), TxContext(index=k + 1))
+    records = []
+    for i in range(count):
+        k = i % 256
+        a, b = f"a{2 * k}", f"a{2 * k + 1}"
+        if (i // 256) % 2:
+            a, b = b, a
+        records.append(store.encode_transaction(app.transfer, a, b, 1, f"t{i}"))
+    ids = [f"t{i}" for i in range(count)]
+    encode, transfer = store.encode_transaction, app.transfer
+    t0 = time.perf_counter()
+    for tid in ids:
+        encode(transfer, "a0", "a1", 1, tid)
+    encode_s = time.perf_counter() - t0
+    index = 1000
+    t0 = time.perf_counter()
+    for rec in records:
+        index += 1
+        store.apply_record(rec, TxContext(index=index))
+    apply_s = time.perf_counter() - t0
+    assert store.count(app.Transfer) == count, "a benchmark transfer failed"
+    return apply_s / count * 1e6, encode_s / count * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100k objects, short tx runs")
@@ -136,6 +169,7 @@ def main() -> None:
         snap = bench_snapshot(n, workdir)
         gc.collect()
         apply_tps, apply_us = bench_apply(20_000 if args.quick else 100_000)
+        micro_apply_us, micro_encode_us = bench_transfer_micro(20_000 if args.quick else 100_000)
         tps1 = bench_tx(workdir, 1, 5_000, tx_s)
         tps16 = bench_tx(workdir, 16, 40_000, tx_s)
     rows = [
@@ -150,6 +184,8 @@ def main() -> None:
         ("  store overhead", f"{snap['overhead_bytes_per_obj']:.0f} B/obj", f"<= {TARGETS['bytes_per_obj']}"),
         ("digest", f"{snap['digest_s']:.2f} s", ""),
         ("encode+apply (memory)", f"{apply_tps:,.0f} tx/s  {apply_us:.1f} us/tx", ""),
+        ("  apply alone (transfer)", f"{micro_apply_us:.2f} us/tx", ""),
+        ("  encode alone (transfer)", f"{micro_encode_us:.2f} us/tx", ""),
         ("fsync'd tx, 1 caller", f"{tps1:,.0f} tx/s", ""),
         ("fsync'd tx, 16 callers", f"{tps16:,.0f} tx/s", ""),
     ]
@@ -166,6 +202,7 @@ def main() -> None:
         "snapshot_bytes_per_obj": round(snap["snapshot_bytes_per_obj"], 1),
         "tx_per_s_1": round(tps1), "tx_per_s_16": round(tps16),
         "apply_tx_per_s": round(apply_tps), "digest_s": round(snap["digest_s"], 3),
+        "apply_us_transfer": round(micro_apply_us, 2), "encode_us_transfer": round(micro_encode_us, 2),
         "targets_met": {
             "load": snap["load_objs_per_s"] >= TARGETS["load_objs_per_s"],
             "write": snap["write_objs_per_s"] >= TARGETS["write_objs_per_s"],

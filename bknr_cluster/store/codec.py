@@ -40,10 +40,12 @@ EXT_TIMEDELTA = 12
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _Ext = msgpack.ExtType
+_Packer = msgpack.Packer
 _packb = msgpack.packb
-_unpackb = msgpack.unpackb
-_UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-                  OverflowError, UnicodeDecodeError)
+_POOL_MAX_OUTPUT = 1 << 16      # a packer that produced more keeps a big buffer: drop it
+_unpackb = unpackb = msgpack.unpackb
+_UNPACK_ERRORS = UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+                                  msgpack.StackError, OverflowError, UnicodeDecodeError)
 
 
 def _short(value: Any) -> str:
@@ -74,16 +76,30 @@ class Codec:
         self.is_live = is_live
         self.lenient = lenient
         self.on_blob = on_blob
+        # Idle msgpack Packers. ``packb`` builds (and frees) a Packer with a 256 KiB buffer per
+        # call, which is a third of the cost of encoding a small record. A packer is popped for
+        # one pack and pushed back after, so concurrent threads and the nested packs that
+        # ``_default`` makes each hold their own (list.pop/append are atomic under the GIL).
+        self._idle: list[Any] = []
 
     # --- encoding -----------------------------------------------------------------------------
 
     def pack(self, value: Any) -> bytes:
+        idle = self._idle
         try:
-            return _packb(value, default=self._default, strict_types=True, use_bin_type=True)
+            packer = idle.pop()
+        except IndexError:
+            packer = _Packer(default=self._default, strict_types=True, use_bin_type=True,
+                             buf_size=4096)
+        try:
+            data = packer.pack(value)
         except CodecError:
-            raise
+            raise                       # the failed packer is not reused
         except (TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"cannot encode value: {exc}") from exc
+        if len(data) <= _POOL_MAX_OUTPUT:
+            idle.append(packer)
+        return data
 
     def _default(self, o: Any) -> Any:
         t = type(o)
@@ -141,7 +157,8 @@ class Codec:
     # --- decoding -----------------------------------------------------------------------------
 
     def unpack(self, data: bytes) -> Any:
-        """Decode; malformed bytes raise CodecError, a dangling reference raises CodecError."""
+        """Decode; malformed bytes raise CodecError, a dangling reference raises CodecError.
+        (``Store._decode_record`` inlines this call: keep the two in step.)"""
         try:
             return _unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
         except CodecError:

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from bknr_cluster.errors import CodecError, CorruptData, StoreError, UnknownTransaction, UsageError
 from bknr_cluster.store.blobs import BlobStore
-from bknr_cluster.store.codec import Codec
+from bknr_cluster.store.codec import UNPACK_ERRORS, Codec, unpackb
 from bknr_cluster.store.model import LOCAL, StoreObject
 from bknr_cluster.store.state import ObjectState
 from bknr_cluster.store.tx import Query, Transaction, TxContext
@@ -63,6 +63,10 @@ class StoreDefinition:
             if other is not c:
                 raise UsageError(f"two classes are stored as {c._meta.name!r}")
         self.transactions, self._tx_short = _names("transaction", transactions, Transaction)
+        # the hot paths' one-dict lookup: full name, unambiguous short name or the Transaction
+        # itself -> Transaction (anything else goes through ``transaction()`` for its error)
+        self._tx_any: dict[Any, Transaction] = {**self._tx_short, **self.transactions}
+        self._tx_any.update((t, t) for t in self.transactions.values())
         self.queries, self._q_short = _names("query", queries, Query)
         self.enums = tuple(enums)
         for e in self.enums:
@@ -126,6 +130,8 @@ class Store(ObjectState):
         self._lock = threading.RLock()
         self._init_state(definition.classes)
         self._codec = Codec(definition.enums, self.find, self._is_live)
+        self._tx_full = definition.transactions      # full name -> Transaction (apply fast path)
+        self._ext_hook = self._codec._ext_hook          # bound once, not per record
         self._last_ts = 0
         self.last_index = 0            # index of the last record applied (TxContext.index)
         self._version = 0              # bumped on every successful change; digest cache key
@@ -160,7 +166,14 @@ class Store(ObjectState):
 
     def encode_transaction(self, tx: Transaction | str, *args: Any, **kwargs: Any) -> bytes:
         """The record for ``tx(*args, **kwargs)`` stamped with this machine's clock."""
-        return self.encode_call(tx, args, kwargs)
+        # encode_call inlined: this runs for every transaction on the leader
+        try:
+            t = self.definition._tx_any[tx]
+        except (KeyError, TypeError):
+            t = self.definition.transaction(tx)     # raises the right error
+        if kwargs or not t._min_pos <= len(args) <= t._max_pos:
+            t.check_args(args, kwargs)
+        return self._codec.pack([RECORD_VERSION, t.name, time.time_ns(), list(args), kwargs or None])
 
     def encode_transaction_at(self, timestamp_ns: int, tx: Transaction | str, *args: Any,
                               **kwargs: Any) -> bytes:
@@ -177,58 +190,81 @@ class Store(ObjectState):
         ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
         return self._codec.pack([RECORD_VERSION, t.name, ts, list(args), kwargs or None])
 
-    def _decode_record(self, record: bytes) -> tuple[Transaction, int, list, dict]:
-        try:
-            fields = self._codec.unpack(record)
+    def _decode_record(self, record: bytes) -> tuple[Transaction, int, list, dict | None]:
+        """(transaction, timestamp, args, kwargs or None); bad records raise CorruptData,
+        UnknownTransaction, or CodecError (a reference to an object that does not exist)."""
+        try:        # Codec.unpack inlined (one call less per record)
+            fields = unpackb(record, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
         except CodecError as exc:
             if "cannot decode" in str(exc):
                 raise CorruptData(f"malformed transaction record: {exc}") from None
             raise
+        except UNPACK_ERRORS as exc:
+            raise CorruptData(f"malformed transaction record: cannot decode value: {exc}") from None
         if type(fields) is not list or len(fields) != 5 or fields[0] != RECORD_VERSION:
             raise CorruptData(f"not a version-{RECORD_VERSION} transaction record")
         _, name, ts, args, kwargs = fields
         if (type(name) is not str or type(ts) is not int or type(args) is not list
                 or not (kwargs is None or (type(kwargs) is dict and all(type(k) is str for k in kwargs)))):
             raise CorruptData("malformed transaction record: bad field types")
-        return self.definition.transaction(name), ts, args, kwargs or {}
+        t = self.definition._tx_any.get(name)
+        if t is None:
+            t = self.definition.transaction(name)       # raises UnknownTransaction
+        return t, ts, args, kwargs or None
 
     def describe_record(self, record: bytes) -> dict[str, Any]:
         """Decoded fields of a record (for tools and error messages)."""
         with self._lock:
             t, ts, args, kwargs = self._decode_record(record)
-        return {"name": t.name, "timestamp_ns": ts, "args": args, "kwargs": kwargs}
+        return {"name": t.name, "timestamp_ns": ts, "args": args, "kwargs": kwargs or {}}
 
     def apply_record(self, record: bytes, ctx: TxContext | None = None) -> Any:
         """Run the record's transaction. On failure the store is unchanged and the transaction's
         own exception propagates (UnknownTransaction/CodecError/CorruptData for bad records)."""
         if ctx is None:
             ctx = TxContext()
-        with self._lock:
-            return self._apply(record, ctx)
-
-    def _apply(self, record: bytes, ctx: TxContext) -> Any:
-        if ctx.index:
-            self.last_index = ctx.index
-        t, ts, args, kwargs = self._decode_record(record)
-        if ts < self._last_ts:
-            ts = self._last_ts          # time never runs backwards, even across leader changes
-        ctx.store = self
-        ctx.timestamp_ns = ts
-        ctx.record = record
-        prev_store, prev_tx = LOCAL.store, LOCAL.tx
-        LOCAL.store, LOCAL.tx = self, ctx
-        next_id = self._next_id
+        lock = self._lock       # re-entrant: execute_record and replay call this holding it
+        lock.acquire()          # (acquire/release: cheaper than a with statement)
         try:
-            result = t.fn(*args, **kwargs)
-        except BaseException:
-            self._rollback(ctx, next_id)
-            raise
+            if ctx.index:
+                self.last_index = ctx.index
+            # _decode_record's common case inlined; anything unusual (kwargs, a short name, any
+            # malformation) is decoded again by _decode_record, which raises the precise error
+            try:
+                version, name, ts, args, kwargs = fields = unpackb(
+                    record, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
+                t = self._tx_full[name]
+            except Exception:
+                fields = None
+            if (fields is None or type(fields) is not list or version != RECORD_VERSION
+                    or type(ts) is not int or type(args) is not list or kwargs is not None):
+                t, ts, args, kwargs = self._decode_record(record)
+            if ts < self._last_ts:
+                ts = self._last_ts          # time never runs backwards, even across leader changes
+            ctx.store = self
+            ctx.timestamp_ns = ts
+            ctx.record = record
+            # this thread's dict of LOCAL: one thread-local access instead of six (absent keys
+            # are LOCAL's class-level defaults, None)
+            local = LOCAL.__dict__
+            prev_store, prev_tx = local.get("store"), local.get("tx")
+            local["store"] = self
+            local["tx"] = ctx
+            next_id = self._next_id
+            try:
+                result = t.fn(*args) if kwargs is None else t.fn(*args, **kwargs)
+            except BaseException:
+                self._rollback(ctx, next_id)
+                raise
+            finally:
+                local["store"] = prev_store
+                local["tx"] = prev_tx
+            ctx.undo.clear()
+            self._last_ts = ts
+            self._version += 1
+            return result
         finally:
-            LOCAL.store, LOCAL.tx = prev_store, prev_tx
-        ctx.undo = []
-        self._last_ts = ts
-        self._version += 1
-        return result
+            lock.release()
 
     def execute(self, tx: Transaction | str, *args: Any, **kwargs: Any) -> Any:
         """Encode, apply and (standalone) durably log a transaction; returns its result."""
@@ -240,10 +276,10 @@ class Store(ObjectState):
         durable = self._durable
         if durable is None:
             with self._lock:
-                return self._apply(record, TxContext(self.last_index + 1))
+                return self.apply_record(record, TxContext(self.last_index + 1))
         with self._lock:
             durable.check_writable()
-            result = self._apply(record, TxContext(durable.next_seq))
+            result = self.apply_record(record, TxContext(durable.next_seq))
             ticket = durable.append(record)
         durable.wait_durable(ticket)      # group commit: outside the lock, shared fsync
         return result

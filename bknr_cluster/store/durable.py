@@ -104,7 +104,7 @@ class Durable:
                     raise CorruptData(f"{path}: record {rseq} at offset {offset} follows record "
                                       f"{seq}: records are missing")
                 try:
-                    store._apply(record, TxContext(rseq))
+                    store.apply_record(record, TxContext(rseq))
                 except Exception as exc:
                     raise NonDeterminism(f"{path}: record {rseq} at offset {offset} succeeded when "
                                          f"logged but fails on replay: {exc!r}") from exc

@@ -10,7 +10,9 @@ Attributes are declared with class annotations::
 
 Every declared attribute becomes a ``__slots__`` slot, so reads are plain C-level slot reads and
 an object costs a few machine words. Writes go through ``__setattr__`` which refuses to run
-outside a transaction and hands the write to the store (undo log, index maintenance).
+outside a transaction and does the write against the running store (liveness, type check, undo
+log; index maintenance via the store). ``__init__`` and ``by_<index>`` are generated per class
+for speed: see "Hot paths" in DESIGN.md for what they must keep in step with ``state.py``.
 Objects do not point at their store: the store that is running the current transaction (a
 thread-local) is the one that owns the write; class-level accessors go to that store, or, outside
 a transaction, to the store the class was last bound to.
@@ -36,6 +38,9 @@ class _Local(threading.local):
 
 
 LOCAL = _Local()
+# Undo-log entry kinds (``state.py`` replays them): (_SET, obj, spec, old), (_CREATE, obj),
+# (_DELETE, obj). Defined here because attribute writes append their entry in ``__setattr__``.
+UNDO_SET, UNDO_CREATE, UNDO_DELETE = 0, 1, 2
 REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "<required>"})()
 
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
@@ -66,7 +71,7 @@ class AttrSpec:
     """One declared attribute of a class (inherited specs are shared with subclasses)."""
 
     __slots__ = ("name", "default", "transient", "indexed", "unique", "check", "allow_none",
-                 "owner", "getter", "setter")
+                 "accept", "owner", "getter", "setter")
 
     def __init__(self, name: str, default: Any, annotation: Any, *, transient: bool = False,
                  indexed: bool = False, unique: bool = False):
@@ -76,6 +81,10 @@ class AttrSpec:
         self.indexed = indexed
         self.unique = unique
         self.check, self.allow_none = _type_check(annotation, default)
+        # ``isinstance(value, accept)`` is the whole check in one C call (None: no check), so the
+        # hot paths call ``validate`` only to raise its error
+        self.accept: tuple[type, ...] | None = (
+            None if self.check is None else self.check + ((type(None),) if self.allow_none else ()))
         self.owner: type | None = None
         self.getter: Any = None
         self.setter: Any = None
@@ -130,6 +139,13 @@ class ClassMeta:
         self.transients = tuple(s for s in specs if s.transient)
         self.indexed = tuple(s for s in specs if s.indexed)
         self.renames = renames
+        # What ``Store._create`` does per attribute, precomputed: (name, slot setter, default,
+        # copy the default?, accepted types or None, spec). Transients are not type-checked.
+        self.plan = tuple((s.name, s.setter, s.default, type(s.default) in _COPIED_DEFAULTS,
+                           None if s.transient else s.accept, s) for s in specs)
+
+
+_COPIED_DEFAULTS = (list, dict, set, bytearray)
 
 
 def _is_classvar(annotation: Any) -> bool:
@@ -171,21 +187,123 @@ class StoreClass(type):
             spec.owner = cls
             slot = cls.__dict__[spec.name]
             spec.getter, spec.setter = slot.__get__, slot.__set__
-            if spec.indexed and f"by_{spec.name}" not in ns:
-                setattr(cls, f"by_{spec.name}", _make_lookup(spec.name, spec.unique))
+        # by_<attr> for every index, own or inherited, unless this class or a base defines it
+        # itself: each class gets its own so the class is bound in (no classmethod binding)
+        for spec in inherited + own:
+            name = f"by_{spec.name}"
+            current = getattr(cls, name, None)
+            if spec.indexed and name not in ns and (current is None or hasattr(current, "_generated")):
+                setattr(cls, name, staticmethod(_make_lookup(cls, spec)))
         renames = dict(base_meta.renames) if base_meta else {}
         renames.update(ns.get("__renames__", {}))
-        cls._meta = ClassMeta(cls, inherited + own, renames)
+        meta = cls._meta = ClassMeta(cls, inherited + own, renames)
+        cls._persistent_specs = {s.name: s for s in meta.persistent}
+        if "__init__" not in ns:
+            cls.__init__ = _make_init(cls, meta)
         return cls
 
 
-def _make_lookup(attr: str, unique: bool) -> classmethod:
-    def lookup(cls: type[StoreObject], key: Any) -> Any:
-        return cls._current_store().lookup(cls, attr, key)
+def _make_init(cls: type, meta: ClassMeta) -> Any:
+    """Generate ``cls.__init__``: the creation path of ``Store._create`` unrolled for this class.
+
+    Keyword arguments bind to parameters in C, and each attribute costs a few bytecodes (default,
+    one ``isinstance``, slot store) instead of a loop over the plan. Everything unusual (positional
+    values, unknown names, a class outside the running store, a subclass calling this through
+    ``super().__init__``) goes to the generic ``Store._create``, which raises the errors. The
+    checks run in the same order with the same messages.
+
+    The store side (``ObjectState._register``: id, unique indices, extent, undo entry) is inlined
+    too when every index of the class is unique: a taken or unhashable key hands over to
+    ``_register``, which raises the error, so only the success path is duplicated here. Keep the
+    two in step. Hash indices always go through ``_register``.
+    Attribute names never start with ``_`` (those are not attributes), so the generated locals
+    and globals (all ``_``-prefixed) cannot clash with them.
+    """
+    g: dict[str, Any] = {"_R": REQUIRED, "_local": LOCAL, "_cls": cls, "_NotInTx": NotInTransaction,
+                         "_name": meta.name}
+    params, fallback, body = [], [], []
+    for i, (name, setter, default, copy, accept, spec) in enumerate(meta.plan):
+        g[f"_set{i}"], g[f"_d{i}"], g[f"_a{i}"], g[f"_s{i}"] = setter, default, accept, spec
+        params.append(f"{name}=_R")
+        fallback.append(f"        if {name} is not _R:\n            _values[{name!r}] = {name}")
+        if default is REQUIRED:
+            g[f"_m{i}"] = f"{meta.name}() missing required attribute {name!r}"
+            body.append(f"    if {name} is _R:\n        raise TypeError(_m{i})")
+        else:
+            body.append(f"    if {name} is _R:\n        {name} = _d{i}{'.copy()' if copy else ''}")
+        if accept is not None:
+            body.append(f"    elif not isinstance({name}, _a{i}):\n        _s{i}.validate(_name, {name})")
+        body.append(f"    _set{i}(_self, {name})")
+    if all(s.unique for s in meta.indexed):
+        g["_set_id"], g["_UNDO_CREATE"] = StoreObject.__dict__["id"].__set__, UNDO_CREATE
+        register = ["    _index = _store._index"]
+        for j, spec in enumerate(meta.indexed):      # check every key before changing anything
+            g[f"_x{j}"] = spec
+            register.append(f"""\
+    if {spec.name} is not None:
+        _ix{j} = _index[_x{j}]
+        try:
+            _taken = _ix{j}.get({spec.name}) is not None
+        except TypeError:
+            _taken = True
+        if _taken:
+            return _store._register(_self, _extent, _tx)""")
+        register.append("""\
+    _oid = _store._next_id
+    _store._next_id = _oid + 1
+    _set_id(_self, _oid)""")
+        for j, spec in enumerate(meta.indexed):
+            register.append(f"    if {spec.name} is not None:\n        _ix{j}[{spec.name}] = _self")
+        register.append("    _extent[_oid] = _self\n    _tx.undo.append((_UNDO_CREATE, _self))")
+    else:
+        register = ["    _store._register(_self, _extent, _tx)"]
+    src = "\n".join([
+        f"def __init__(_self, *_args, {', '.join(params + ['**_extra'])}):",
+        "    _tx = _local.tx",
+        "    if _tx is None:",
+        "        raise _NotInTx(f'cannot create a {type(_self).__name__} outside a transaction')",
+        "    _store = _tx.store",
+        "    _extent = _store._extent.get(_cls)",
+        "    if _args or _extra or _extent is None or type(_self) is not _cls:",
+        "        _values = dict(_extra)",
+        *fallback,
+        "        _store._create(_self, _args, _values, _tx)",
+        "        return",
+        *body,
+        *register,
+    ])
+    exec(compile(src, f"<generated {meta.name}.__init__>", "exec"), g)
+    init = g["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__doc__ = f"Create a {meta.name} (inside a transaction); attributes by keyword."
+    return init
+
+
+def _make_lookup(cls: Any, spec: AttrSpec) -> Any:
+    """``cls.by_<attr>`` with class and spec bound in: one call instead of accessor -> store ->
+    lookup. Same rules as ``Store.lookup``: the index covers the declaring class and its
+    subclasses, so a lookup through a subclass filters out instances of sibling classes.
+    """
+    attr, exact, local = spec.name, cls is spec.owner, LOCAL
+    if spec.unique:
+        def lookup(key: Any) -> Any:
+            store = local.store
+            if store is None or cls not in store._extent:
+                store = cls._current_store()
+            obj = store._index[spec].get(key)       # None keys are never indexed
+            if obj is None or exact or isinstance(obj, cls):
+                return obj
+            return None
+    else:
+        def lookup(key: Any) -> Any:
+            return cls._current_store().lookup(cls, attr, key)
     lookup.__name__ = f"by_{attr}"
-    lookup.__doc__ = (f"The {attr}={{key}} instance or None (unique index)." if unique
+    lookup.__qualname__ = f"{cls.__qualname__}.by_{attr}"
+    lookup.__doc__ = (f"The {attr}={{key}} instance or None (unique index)." if spec.unique
                       else f"Instances with {attr}={{key}}, by id (hash index).")
-    return classmethod(lookup)
+    lookup._generated = True            # type: ignore[attr-defined]
+    return lookup
 
 
 _set_slot = object.__setattr__
@@ -197,6 +315,7 @@ class StoreObject(metaclass=StoreClass):
     __slots__ = ("id",)
     _meta: ClassVar[ClassMeta]
     _bound: ClassVar[Store | None] = None
+    _persistent_specs: ClassVar[dict[str, AttrSpec]]
 
     def __init__(self, *args: Any, **values: Any):
         tx = LOCAL.tx
@@ -205,16 +324,34 @@ class StoreObject(metaclass=StoreClass):
         tx.store._create(self, args, values, tx)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        spec = self._meta.by_name.get(name)
-        if spec is None:
-            raise AttributeError(f"{type(self).__name__} has no declared attribute {name!r}")
-        if spec.transient:
+        # Subscripts in try blocks instead of dict.get calls: the misses are the rare cases.
+        try:
+            spec = self._persistent_specs[name]
+        except KeyError:                    # transient or undeclared
+            if self._meta.by_name.get(name) is None:
+                raise AttributeError(f"{type(self).__name__} has no declared attribute {name!r}") from None
             _set_slot(self, name, value)
             return
         tx = LOCAL.tx
         if tx is None:
             raise NotInTransaction(f"cannot set {type(self).__name__}.{name} outside a transaction")
-        tx.store._write(self, spec, value, tx)
+        # The store's write, inlined (this runs for every attribute write): liveness, type check,
+        # index maintenance (``_reindex`` checks before it changes anything), undo entry.
+        store = tx.store
+        try:
+            live = store._extent[type(self)][self.id] is self
+        except KeyError:
+            live = False
+        if not live:
+            store._check_live(self, f"set {name} of")
+        accept = spec.accept
+        if accept is not None and not isinstance(value, accept):
+            spec.validate(self._meta.name, value)       # raises the TypeError
+        old = getattr(self, name)       # the builtin is cheaper than calling the slot's __get__
+        if spec.indexed and old is not value:
+            store._reindex(self, spec, old, value)
+        spec.setter(self, value)
+        tx.undo.append((UNDO_SET, self, spec, old))
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"cannot delete attribute {name!r}; set it to None inside a transaction")

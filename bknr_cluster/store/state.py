@@ -18,10 +18,10 @@ from operator import attrgetter
 from typing import Any
 
 from bknr_cluster.errors import IntegrityError, StoreError, UsageError
-from bknr_cluster.store.model import REQUIRED, AttrSpec, StoreObject
+from bknr_cluster.store.model import REQUIRED, UNDO_CREATE, UNDO_DELETE, UNDO_SET, AttrSpec, StoreObject
 from bknr_cluster.store.tx import TxContext
 
-_SET, _CREATE, _DELETE = 0, 1, 2
+_SET, _CREATE, _DELETE = UNDO_SET, UNDO_CREATE, UNDO_DELETE
 _by_id = attrgetter("id")
 _set_id = StoreObject.__dict__["id"].__set__
 
@@ -51,6 +51,8 @@ class ObjectState:
     # --- mutations (only reachable from inside a transaction) -----------------------------------
 
     def _create(self, obj: Any, args: tuple, values: dict, tx: TxContext) -> None:
+        """Generic creation (the generated ``__init__`` handles the common shapes itself and
+        calls ``_register``): positional values, unknown names, every error message."""
         cls = type(obj)
         extent = self._extent.get(cls)
         meta = cls._meta
@@ -63,31 +65,51 @@ class ObjectState:
                 if name in values:
                     raise TypeError(f"{meta.name}() got two values for {name!r}")
                 values[name] = v
-        for spec in meta.specs:
-            v = values.pop(spec.name, REQUIRED)
+        pop = values.pop
+        for name, setter, default, copy, accept, spec in meta.plan:
+            v = pop(name, REQUIRED)
             if v is REQUIRED:
-                v = spec.make_default()
-                if v is REQUIRED:
-                    raise TypeError(f"{meta.name}() missing required attribute {spec.name!r}")
-            elif spec.check is not None and not spec.transient:
-                spec.validate(meta.name, v)
-            spec.setter(obj, v)
+                if default is REQUIRED:
+                    raise TypeError(f"{meta.name}() missing required attribute {name!r}")
+                v = default.copy() if copy else default
+            elif accept is not None and not isinstance(v, accept):
+                spec.validate(meta.name, v)         # raises the TypeError
+            setter(obj, v)
         if values:
             raise TypeError(f"{meta.name}() got unknown attributes: {', '.join(sorted(values))}")
+        self._register(obj, extent, tx)
+
+    def _register(self, obj: Any, extent: dict[int, Any], tx: TxContext) -> None:
+        """Give a filled-in new object its id and add it to the indices and its extent.
+        Unique-index and hashability checks run before anything changes."""
+        meta = obj._meta
         index = self._index
         for spec in meta.indexed:       # check everything before changing anything
-            key = spec.getter(obj)
+            key = getattr(obj, spec.name)      # cheaper than calling the slot's __get__
             if key is None:
                 continue
-            _hashable(meta.name, spec, key)
-            if spec.unique and key in index[spec]:
-                raise IntegrityError(f"{meta.name}.{spec.name} must be unique: {key!r} is already "
-                                     f"used by {index[spec][key]!r}")
+            if spec.unique:
+                try:
+                    other = index[spec].get(key)
+                except TypeError:
+                    _hashable(meta.name, spec, key)     # unhashable key: the clear message
+                    raise
+                if other is not None:
+                    raise IntegrityError(f"{meta.name}.{spec.name} must be unique: {key!r} is "
+                                         f"already used by {other!r}")
+            else:
+                _hashable(meta.name, spec, key)
         oid = self._next_id
         self._next_id = oid + 1
         _set_id(obj, oid)
         for spec in meta.indexed:
-            self._index_add(spec, obj, spec.getter(obj))
+            key = getattr(obj, spec.name)      # cheaper than calling the slot's __get__
+            if key is None:
+                continue
+            if spec.unique:
+                index[spec][key] = obj
+            else:
+                self._index_add(spec, obj, key)
         extent[oid] = obj
         tx.undo.append((_CREATE, obj))
 
@@ -96,25 +118,20 @@ class ObjectState:
         if extent is None or extent.get(obj.id) is not obj:
             raise StoreError(f"cannot {action} {obj!r}: it is deleted or belongs to another store")
 
-    def _write(self, obj: Any, spec: AttrSpec, value: Any, tx: TxContext) -> None:
-        extent = self._extent.get(type(obj))
-        if extent is None or extent.get(obj.id) is not obj:
-            self._check_live(obj, f"set {spec.name} of")
-        if spec.check is not None:
-            spec.validate(obj._meta.name, value)
-        old = spec.getter(obj)
-        if spec.indexed and old is not value:
-            if value is not None:
-                _hashable(obj._meta.name, spec, value)
-                if spec.unique:
-                    other = self._index[spec].get(value)
-                    if other is not None and other is not obj:
-                        raise IntegrityError(f"{obj._meta.name}.{spec.name} must be unique: {value!r} "
-                                             f"is already used by {other!r}")
-            self._index_remove(spec, obj, old)
-            self._index_add(spec, obj, value)
-        spec.setter(obj, value)
-        tx.undo.append((_SET, obj, spec, old))
+    # Attribute writes are done by StoreObject.__setattr__ itself (one call less per write); it
+    # calls _check_live and, for indexed attributes, _reindex.
+
+    def _reindex(self, obj: Any, spec: AttrSpec, old: Any, value: Any) -> None:
+        """Move ``obj`` from ``old`` to ``value`` in the spec's index, after the checks."""
+        if value is not None:
+            _hashable(obj._meta.name, spec, value)
+            if spec.unique:
+                other = self._index[spec].get(value)
+                if other is not None and other is not obj:
+                    raise IntegrityError(f"{obj._meta.name}.{spec.name} must be unique: {value!r} "
+                                         f"is already used by {other!r}")
+        self._index_remove(spec, obj, old)
+        self._index_add(spec, obj, value)
 
     def _delete(self, obj: Any, tx: TxContext) -> None:
         self._check_live(obj, "delete")
