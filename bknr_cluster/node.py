@@ -178,7 +178,7 @@ def _main(args: argparse.Namespace) -> int:
         from bknr_cluster.cluster.store import ClusterStore
 
         cs = ClusterStore.from_config(cfg.path, me.name, start=False,
-                                      switch_interval=args.switch_interval)
+                                      switch_interval=args.switch_interval, freeze_gc=True)
         if args.bootstrap:
             try:
                 cs.engine.bootstrap(cfg.initial_configuration())

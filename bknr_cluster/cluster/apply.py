@@ -36,6 +36,7 @@ class ApplierMixin:
     restores: int
     replayed_entries: int
     last_store_snapshot: int
+    freeze_gc: bool
     _running: bool
     _apply_lock: Any
     _applied_cond: threading.Condition
@@ -118,7 +119,7 @@ class ApplierMixin:
                 continue
             self.applied_records += 1
             try:
-                result = apply(record, ctx_cls(index=index))
+                result = apply(record, ctx_cls(index))
             except Exception as exc:  # the transaction's own exception; the store is unchanged
                 self.failed_records += 1
                 if w is not None:
@@ -164,6 +165,14 @@ class ApplierMixin:
         self.last_store_snapshot = index
         log.info("store snapshot at %d: %d bytes in %.3f s", index, buf.tell(),
                  time.monotonic() - t0)
+        self._maybe_freeze_gc()
+
+    def _maybe_freeze_gc(self) -> None:
+        if self.freeze_gc:
+            from bknr_cluster.store import gc_tuning
+            t0 = time.monotonic()
+            frozen = gc_tuning()
+            log.info("gc: %d objects frozen in %.3f s", frozen, time.monotonic() - t0)
 
     def _restore(self, index: int, data: bytes) -> None:
         t0 = time.monotonic()
@@ -179,3 +188,4 @@ class ApplierMixin:
             where = f"status unavailable: {exc}"
         log.info("restored store snapshot at %d (%d bytes) in %.3f s (%s)", index, len(data),
                  time.monotonic() - t0, where)
+        self._maybe_freeze_gc()

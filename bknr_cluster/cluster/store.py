@@ -97,7 +97,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
                  node_names: Mapping[int, str] | Callable[[int], str] | None = None,
                  token: str | None = None, name: str | None = None,
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
-                 switch_interval: float | None = None, secret: bytes | None = None) -> None:
+                 switch_interval: float | None = None, secret: bytes | None = None,
+                 freeze_gc: bool = False) -> None:
         from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
 
         # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
@@ -127,6 +128,10 @@ class ClusterStore(ApplierMixin, AdminMixin):
             # refill the queue in bulk, instead of handing the GIL around every 5 ms. The engine
             # loop never takes the GIL, so heartbeats do not depend on it.
             sys.setswitchinterval(switch_interval)
+        # Also process-wide, so only when asked (bknr-node asks): after loading or writing a
+        # store snapshot, move every live object out of the cyclic GC's reach (store/gctune.py),
+        # so full collections stop walking the whole store with the applier holding the GIL.
+        self.freeze_gc = freeze_gc
 
         self.definition = definition
         self.node_id = int(node_id)

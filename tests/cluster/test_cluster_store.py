@@ -207,3 +207,24 @@ def test_an_entry_replayed_by_the_engine_is_refused_and_counted(cs):
     wait_until(lambda: cs.status()["applied_index"] == r + 1, 5, "entry after restore applied")
     assert cs.status()["replayed_entries"] == 1
     assert cs.status()["applied_records"] == before["applied_records"] + 1
+
+
+def test_freeze_gc_moves_the_store_out_of_the_collectors_reach_after_snapshots(tmp_path):
+    import gc
+    gc.unfreeze()
+    store = ClusterStore(definition, 1, "127.0.0.1:7001:1", tmp_path, engine_factory=FakeEngine,
+                         freeze_gc=True)
+    try:
+        store.execute(open_account, "ann", 10)
+        assert gc.get_freeze_count() == 0       # nothing happens before a snapshot
+        store.engine.inject("snapshot_request", index=store.engine.index)
+        wait_until(lambda: store.engine.store_snapshots, 5, "store snapshot handed back")
+        wait_until(lambda: gc.get_freeze_count() > 0, 5, "objects frozen after the snapshot")
+        gc.unfreeze()
+        data = store.engine.store_snapshots[0][1]
+        store.engine.inject("restore", data, index=store.engine.index + 1)
+        wait_until(lambda: store.status()["restores"] == 1, 5, "restore applied")
+        wait_until(lambda: gc.get_freeze_count() > 0, 5, "objects frozen after the restore")
+    finally:
+        store.stop()
+        gc.unfreeze()
