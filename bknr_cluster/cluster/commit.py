@@ -17,11 +17,11 @@ A waiter is resolved exactly once: whoever pops its sequence number from ``_pend
 
 Wake-ups of blocked callers resolved on the applier thread are deferred to the end of the
 applier's batch (``release_deferred``, run by the applier's end-of-batch signal) and then handed
-to a :class:`~bknr_cluster.cluster.wake.WakeChain`, which wakes them a few at a time as a relay
-(see ``wake.py``). While such a relay runs and an entry is in flight, the submitter holds back
-(at most ``pace_hold_s``): the callers being woken are about to queue their next records, and
-they should share one entry rather than trickle out as many small ones (without the hold,
-entries shrank from ~60 to ~17 records at 256 callers and the followers paid for it).
+to a :class:`~bknr_cluster.cluster.wake.WakeChain` (see ``wake.py``). While callers are still
+being woken and an entry is in flight, the submitter holds back (at most ``pace_hold_s``): the
+callers being woken are about to queue their next records, and they should share one entry
+rather than trickle out as several small ones (256 callers: ~115 instead of ~68 records per
+entry, +5-10 % throughput in alternating rounds).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class GroupCommitter:
                  max_bytes: int = 1 << 20, window: int = 4,
                  map_error: Callable[[BaseException], BaseException] = lambda e: e,
                  submit_many: Callable[[list[bytes]], Any] | None = None,
-                 wake_batons: int = 16, pace_hold_s: float = 0.002) -> None:
+                 wake_batons: int | None = None, pace_hold_s: float = 0.002) -> None:
         self._submit = submit
         # engine.submit_many (one future for several entries), when the engine has it
         self._submit_many = submit_many

@@ -1,20 +1,23 @@
 """Waking callers whose transactions were applied: waiters, the wake chain, asyncio delivery.
 
 A thread caller blocks on its :class:`Waiter` (a pre-acquired lock). The applier resolves waiters
-while it holds the GIL, so waking each caller at once would only make it wait for the GIL again.
-Worse, waking a whole batch at the end of the applier's slice wakes dozens of threads at once
-(a herd): all but one go back to sleep on the GIL, and the wake-ups preempt whatever else runs
-(the applier, the engine, the followers on a shared machine) — measured with 256 caller threads
-on one leader: 2.6-3.0 voluntary and ~1.1 involuntary context switches per transaction.
+while it holds the GIL, so their wake-ups are deferred to the end of the applier's slice and
+handed to a :class:`WakeChain`, which counts the callers that were woken but have not run yet
+(``running``). While that count is non-zero and an entry is in flight, the group committer's
+submitter holds back (bounded, see commit.py): the callers being woken are about to queue their
+next records, and one entry carries them all.
 
-:class:`WakeChain` instead wakes at most ``batons`` callers of a batch; each woken caller, once it
-runs again, wakes the next one (``pass_baton``). Callers then wake roughly when the GIL is about
-to be free, one after the other, like a relay; ``batons`` > 1 keeps the relay going when one
-runner is slow to get the GIL. Measured (same cluster, alternating rounds): 1.4-1.6 voluntary and
-~0.35 involuntary switches per transaction, leader CPU per transaction down by about a fifth.
+The chain can also wake callers as relays: at most ``batons`` at once, each woken caller waking
+the next as soon as it runs (``pass_baton``, from ``Waiter.wait``). That avoids a herd of threads
+waking together and queueing for the GIL, but it makes the wake-ups serial. Measured with 256
+caller threads on this 2-core VM (alternating rounds in one cluster): when the host was fast,
+16 relays gave +15-20 % over the herd (1.6 instead of 2.6-3.0 voluntary context switches per
+transaction); when the host was slow (every wake-up slower), they were 10 % worse and entries
+shrank. The herd plus the submitter's hold was never worse than the herd alone and 5-10 %
+better, so it is the default (``batons=None``: everyone at once).
 
-Liveness: every caller released by the chain passes exactly one baton as soon as it runs (even
-if it never calls the store again), and ``stop`` releases everything at once.
+Liveness: every caller woken through the chain calls ``pass_baton`` exactly once, as soon as it
+runs (even if it never calls the store again), and ``stop`` wakes everyone still queued.
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ class Waiter:
 class WakeChain:
     """Releases deferred wake-ups a few at a time, as a relay (see the module docstring)."""
 
-    def __init__(self, batons: int = 16, on_idle: Callable[[], None] | None = None) -> None:
-        self.batons = max(1, batons)
+    def __init__(self, batons: int | None = None,
+                 on_idle: Callable[[], None] | None = None) -> None:
+        self.batons = max(1, batons) if batons else 1 << 62  # None: everyone at once
         self._on_idle = on_idle           # called when the last baton comes back
         self._queue: deque[Any] = deque()
         self._lock = threading.Lock()

@@ -37,6 +37,19 @@ def test_the_chain_wakes_batons_at_a_time_and_each_woken_caller_wakes_the_next()
     assert chain.running == 0 and idle == [True]
 
 
+def test_by_default_everyone_is_woken_at_once_and_counted_until_they_run():
+    idle = []
+    chain = WakeChain(on_idle=lambda: idle.append(True))
+    locks = held_locks(5)
+    chain.release(locks)
+    assert all(released(locks)) and chain.running == 5
+    for _ in range(4):
+        chain.pass_baton()
+    assert chain.running == 1 and not idle
+    chain.pass_baton()
+    assert chain.running == 0 and idle == [True]
+
+
 def test_a_later_batch_joins_the_running_relay():
     chain = WakeChain(batons=1)
     first, second = held_locks(2), held_locks(2)
