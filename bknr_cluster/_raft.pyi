@@ -26,6 +26,16 @@ R_STATUS: int
 def _hold_gil(seconds: float) -> None:
     """Test helper: keep the GIL for ``seconds`` without releasing it."""
 
+class Signal:
+    """One-shot binary semaphore: ``post`` wakes one ``wait`` (which releases the GIL)."""
+    def __init__(self) -> None: ...
+    def post(self) -> None:
+        """Wake a waiter, or let the next ``wait`` return at once (posts do not add up)."""
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once posted (consumes the post); False after ``timeout`` s (None: no limit, 0: poll)."""
+    def posted(self) -> bool:
+        """True while a post waits to be consumed."""
+
 class Future:
     def result(self, timeout: float | None = None) -> int:
         """The value once done; raises the bknr_cluster.errors exception of a failure."""
@@ -47,5 +57,7 @@ class Node:
     def submit(self, data: bytes | bytearray | memoryview) -> Future: ...
     def submit_many(self, datas: Sequence[bytes | bytearray | memoryview]) -> Future: ...
     def request(self, type: int, node_id: int = 0, address: str = "", role: str = "") -> Future: ...
-    def next_committed(self, max_items: int, timeout: float) -> list[tuple[str, int, int, bytes]] | None: ...
+    def next_committed(self, max_items: int, timeout: float, wake: Sequence[Signal] | None = None
+                       ) -> list[tuple[str, int, int, bytes]] | None:
+        """Posts every Signal in ``wake`` once the GIL is released, then waits for items."""
     def store_snapshot_done(self, index: int, data: bytes | bytearray | memoryview) -> bool: ...

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 from bknr_cluster import _raft, raft_repair
+from bknr_cluster._raft import Signal
 from bknr_cluster.datadir_lock import DataDirLock
 from bknr_cluster.errors import (
     AlreadyBootstrapped,
@@ -256,12 +257,16 @@ class RaftNode:
 
     # -- applier side -----------------------------------------------------------------------
 
-    def next_committed(self, max_items: int = 256, timeout: float = 0.1) -> list[tuple[str, int, int, bytes]]:
+    def next_committed(self, max_items: int = 256, timeout: float = 0.1,
+                       wake: list[Signal] | None = None) -> list[tuple[str, int, int, bytes]]:
         """Up to max_items ``(kind, index, term, data)`` in log order; [] on timeout.
 
-        Raises Shutdown once the engine stopped and every item was drained.
+        ``wake``: Signals posted first, once the GIL is released (the applier wakes the callers
+        it resolved without holding the GIL; cluster/DESIGN.md). They are posted even when this
+        raises. Raises Shutdown once the engine stopped and every item was drained.
         """
-        items = self._node.next_committed(max(1, int(max_items)), max(0.0, float(timeout)))
+        items = self._node.next_committed(max(1, int(max_items)), max(0.0, float(timeout)),
+                                          wake or None)
         if items is None:
             raise Shutdown("engine stopped; apply queue drained")
         return items

@@ -11,9 +11,14 @@
 #include <type_traits>
 
 #include "node.hpp"
+#include "signal.hpp"
 
 namespace py = pybind11;
 using namespace bknr;
+
+namespace bknr {
+void register_signal(py::module_& m);  // signal.cpp
+}
 
 namespace {
 
@@ -302,6 +307,8 @@ PYBIND11_MODULE(_raft, m) {
         while (std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }, py::arg("seconds"));
 
+    register_signal(m);
+
     py::class_<FutureState, FuturePtr>(m, "Future")
         .def("result", &future_result, py::arg("timeout") = py::none(),
              "The value once done (waits with the GIL released); raises the errors.py exception.")
@@ -440,7 +447,17 @@ PYBIND11_MODULE(_raft, m) {
             r.wait_ms = store_wait < 0 ? UINT64_MAX : static_cast<uint64_t>(store_wait * 1000.0);
             return n.post(std::move(r));
         }, py::arg("store_wait"))
-        .def("next_committed", [](Node& n, size_t max_items, double timeout) -> py::object {
+        .def("next_committed", [](Node& n, size_t max_items, double timeout, const py::object& wake) -> py::object {
+            // `wake`: Signals to post once the GIL is released (cluster/DESIGN.md, apply path).
+            std::vector<py::object> keep;  // alive until we are back, whatever the caller does
+            std::vector<Signal*> posts;
+            if (!wake.is_none()) {
+                for (py::handle h : wake) {
+                    if (h.is_none()) throw py::type_error("wake: a list of Signal");
+                    posts.push_back(h.cast<Signal*>());
+                    keep.push_back(py::reinterpret_borrow<py::object>(h));
+                }
+            }
             std::vector<Item> items;
             // Always pops with the GIL released, even when items are waiting: measured with 256
             // caller threads, keeping the GIL here starved the woken callers (slower overall).
@@ -448,13 +465,17 @@ PYBIND11_MODULE(_raft, m) {
             bool open = true;
             for (;;) {
                 double left = std::chrono::duration<double>(end - std::chrono::steady_clock::now()).count();
-                open = nogil([&] { return n.queue().pop(max_items, std::min(std::max(left, 0.0), kSlice), items); });
+                open = nogil([&] {
+                    for (Signal* sig : posts) sig->post();  // the woken find the GIL free
+                    posts.clear();
+                    return n.queue().pop(max_items, std::min(std::max(left, 0.0), kSlice), items);
+                });
                 if (!items.empty() || !open || left <= kSlice) break;
                 if (PyErr_CheckSignals() != 0) throw py::error_already_set();
             }
             if (!open) return py::none();
             return committed_list(items);
-        }, py::arg("max_items"), py::arg("timeout"))
+        }, py::arg("max_items"), py::arg("timeout"), py::arg("wake") = py::none())
         .def("store_snapshot_done", [](Node& n, uint64_t index, const py::object& data) {
             size_t len = 0;
             char* buf = copy_bytes(data, &len, [](size_t k) { return new char[k]; });

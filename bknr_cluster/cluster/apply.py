@@ -9,6 +9,7 @@ worse than a logged error, and a divergence shows as different digests at one ap
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import logging
 import threading
@@ -48,12 +49,26 @@ class ApplierMixin:
         from bknr_cluster.store import TxContext
 
         eng = self.engine
+        # The wake-ups of the callers resolved in one slice are posted by the engine in the next
+        # next_committed call, after it released the GIL (commit.py wake_in_engine); engine
+        # stand-ins without ``wake`` get them posted at the end of the slice instead.
+        committer = self.committer
+        hand_off = committer.engine_wake = _takes_wake(eng)
+        try:
+            self._apply_slices(eng, committer, hand_off, TxContext)
+        finally:
+            _post(committer.take_handoff())  # stopping: nobody may be left asleep
+
+    def _apply_slices(self, eng: Any, committer: Any, hand_off: bool, ctx_cls: Any) -> None:
         while self._running:
+            wake = committer.take_handoff() if hand_off else None
             try:
-                items = eng.next_committed(256, 0.1)
+                items = eng.next_committed(256, 0.1, wake) if wake else eng.next_committed(256, 0.1)
             except Shutdown:
+                _post(wake)
                 break
             except Exception:
+                _post(wake)  # in case the engine failed before posting them (twice is harmless)
                 if not self._running:
                     break
                 log.exception("next_committed failed")
@@ -70,7 +85,7 @@ class ApplierMixin:
                             if index <= self.applied_index:
                                 self._refuse_replay(index)
                                 continue
-                            self._apply_entry(index, data, TxContext)
+                            self._apply_entry(index, data, ctx_cls)
                         elif kind == "snapshot_request":
                             self._store_snapshot(index)
                         elif kind == "restore":
@@ -189,3 +204,16 @@ class ApplierMixin:
         log.info("restored store snapshot at %d (%d bytes) in %.3f s (%s)", index, len(data),
                  time.monotonic() - t0, where)
         self._maybe_freeze_gc()
+
+
+def _takes_wake(engine: Any) -> bool:
+    """Whether ``engine.next_committed`` accepts the ``wake`` list (test stand-ins may not)."""
+    try:
+        return "wake" in inspect.signature(engine.next_committed).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _post(signals: list[Any] | None) -> None:
+    for sig in signals or ():
+        sig.post()

@@ -17,7 +17,9 @@ A waiter is resolved exactly once: whoever pops its sequence number from ``_pend
 
 Wake-ups of blocked callers resolved on the applier thread are deferred to the end of the
 applier's batch (``release_deferred``, run by the applier's end-of-batch signal) and then handed
-to a :class:`~bknr_cluster.cluster.wake.WakeChain` (see ``wake.py``). While callers are still
+to a :class:`~bknr_cluster.cluster.wake.WakeChain` (see ``wake.py``); the chain's first wake-ups
+are posted by the engine inside the applier's next ``next_committed`` call, after it released
+the GIL (``wake_in_engine``; see wake.py for the figures). While callers are still
 being woken and an entry is in flight, the submitter holds back (at most ``pace_hold_s``): the
 callers being woken are about to queue their next records, and they should share one entry
 rather than trickle out as several small ones (256 callers: ~115 instead of ~68 records per
@@ -36,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from bknr_cluster._raft import Signal
 from bknr_cluster.cluster.batch import BATCH_OVERHEAD, ITEM_OVERHEAD, encode_batch
 from bknr_cluster.cluster.wake import AppliedSignal, LoopDelivery, Waiter, WakeChain
 from bknr_cluster.errors import BknrError, EngineError, Shutdown, TooBig
@@ -73,8 +76,15 @@ class GroupCommitter:
         self._max_record = self.max_bytes - BATCH_OVERHEAD - ITEM_OVERHEAD
         # Deferred wake-ups (module docstring): only for waiters taken on this thread.
         self.applier_ident: int | None = None
-        self._deferred: list[Any] = []
+        self._deferred: list[Signal] = []
         self.chain = WakeChain(wake_batons, on_idle=self._chain_idle)
+        # Wake-ups to post from inside the applier's next engine.next_committed(wake=...), once
+        # the GIL is released there, instead of with the GIL at the end of its slice. Needs an
+        # engine that takes ``wake`` (the applier sets ``engine_wake``); the switch stays for
+        # A/B measurement (module docstring).
+        self.wake_in_engine = True
+        self.engine_wake = False
+        self._handoff: list[Signal] = []
         self.pace_hold_s = max(0.0, pace_hold_s)
         self._submitter_idle = False
         self._submitter_holding = False  # waiting (with a deadline) for a relay to finish
@@ -146,21 +156,33 @@ class GroupCommitter:
             return False
         return w.wait(None)
 
-    def _defer(self, lock: Any) -> None:
+    def _defer(self, sig: Signal) -> None:
         d = self._deferred
-        d.append(lock)
+        d.append(sig)
         if len(d) >= 1024:  # a long backlog batch: do not hold early callers until its end
-            self.release_deferred()
+            self.release_deferred(now=True)
 
-    def release_deferred(self) -> None:
-        """Wake the callers resolved since the last call (the applier, at the end of a batch)."""
+    def release_deferred(self, now: bool = False) -> None:
+        """Wake the callers resolved since the last call (the applier, at the end of a batch):
+        through the chain, posted here or (``wake_in_engine``) handed to the applier's next
+        ``next_committed`` (``take_handoff``); ``now``: post them here in any case."""
         if self._deferred:
-            locks, self._deferred = self._deferred, []
+            signals, self._deferred = self._deferred, []
             if self.applier_ident is None:  # stopping: everyone at once
-                for lock in locks:
-                    lock.release()
+                for sig in signals:
+                    sig.post()
+            elif self.wake_in_engine and self.engine_wake and not now:
+                self._handoff.extend(self.chain.start(signals))
             else:
-                self.chain.release(locks)
+                self.chain.release(signals)
+
+    def take_handoff(self) -> list[Signal]:
+        """The applier, before each ``next_committed``: the wake-ups it is to pass as ``wake``
+        (it must post them, even if it does not call the engine again)."""
+        h = self._handoff
+        if h:
+            self._handoff = []
+        return h
 
     def _chain_idle(self) -> None:
         # The relay is over: a submitter holding records back for it can go now.
@@ -205,6 +227,8 @@ class GroupCommitter:
         self.applier_ident = None  # from here on, wake-ups are immediate
         self.release_deferred()
         self.chain.release_all()
+        for sig in self.take_handoff():  # the applier did not get to pass them on
+            sig.post()
         self._fail(list(self._pending), error or Shutdown("the cluster store stopped"))
 
     def _take_batch(self) -> list[tuple[int, bytes]]:

@@ -28,18 +28,20 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from bknr_cluster._raft import Signal
+
 log = logging.getLogger("bknr.cluster.commit")
 
 
 class Waiter:
-    """One caller's pending record; a pre-acquired lock is the cheapest one-shot event."""
+    """One caller's pending record; the caller blocks on a native :class:`Signal` (its wait
+    releases the GIL, and the applier can post it from inside ``next_committed``)."""
 
-    __slots__ = ("_lock", "result", "error", "tx_error", "index", "callback", "seq", "defer",
+    __slots__ = ("_signal", "result", "error", "tx_error", "index", "callback", "seq", "defer",
                  "relay")
 
     def __init__(self, callback: Callable[[Waiter], None] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
+        self._signal = Signal()
         self.result: Any = None
         self.error: BaseException | None = None
         self.tx_error = False        # True: ``error`` was raised by the transaction itself
@@ -48,26 +50,30 @@ class Waiter:
         self.seq = 0
         # Set on the applier thread (GroupCommitter.take): where to park the wake-up, and the
         # WakeChain's pass_baton, which ``wait`` calls once the chain has woken this caller.
-        self.defer: Callable[[Any], None] | None = None
+        self.defer: Callable[[Signal], None] | None = None
         self.relay: Callable[[], None] | None = None
 
     def resolve(self, index: int, result: Any = None, error: BaseException | None = None,
                 tx_error: bool = False) -> None:
         self.index, self.result, self.error, self.tx_error = index, result, error, tx_error
         if self.defer is not None:  # the outcome is visible now; the wake-up comes later
-            self.defer(self._lock)
+            self.defer(self._signal)
             return
-        self._lock.release()
+        self._signal.post()
         if self.callback is not None:
             try:
                 self.callback(self)
             except Exception:  # a broken callback must not kill the applier
                 log.exception("waiter callback failed")
 
+    def woken(self) -> bool:
+        """True once the wake-up was posted and not yet consumed by ``wait`` (tests)."""
+        return self._signal.posted()
+
     def wait(self, timeout: float | None) -> bool:
         """True once resolved and woken. A caller woken by the chain wakes the next one here,
         first thing, whatever it does afterwards (the relay must never stop at one caller)."""
-        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+        if not self._signal.wait(None if timeout is None else max(0.0, timeout)):
             return False
         if self.relay is not None:
             self.relay()
@@ -81,20 +87,26 @@ class WakeChain:
                  on_idle: Callable[[], None] | None = None) -> None:
         self.batons = max(1, batons) if batons else 1 << 62  # None: everyone at once
         self._on_idle = on_idle           # called when the last baton comes back
-        self._queue: deque[Any] = deque()
+        self._queue: deque[Signal] = deque()
         self._lock = threading.Lock()
         self.running = 0                  # batons out; > 0 means callers are still being woken
 
-    def release(self, locks: list[Any]) -> None:
-        """Queue these wake-ups; start relays while fewer than ``batons`` are running."""
+    def start(self, signals: list[Signal]) -> list[Signal]:
+        """Queue these wake-ups; returns the ones to post now (counted as running batons):
+        fewer than ``batons`` run at once. The caller posts them (``release``), or hands them
+        to the engine, which posts them without the GIL (``GroupCommitter.wake_in_engine``)."""
         start = []
         with self._lock:
-            self._queue.extend(locks)
+            self._queue.extend(signals)
             while self._queue and self.running < self.batons:
                 self.running += 1
                 start.append(self._queue.popleft())
-        for lock in start:
-            lock.release()
+        return start
+
+    def release(self, signals: list[Signal]) -> None:
+        """``start`` these wake-ups and post the first ones here (with the GIL)."""
+        for sig in self.start(signals):
+            sig.post()
 
     def pass_baton(self) -> None:
         """Called by a caller the chain woke, as soon as it runs: wake the next one."""
@@ -104,16 +116,16 @@ class WakeChain:
                 self.running -= 1
             idle = nxt is None and self.running == 0
         if nxt is not None:
-            nxt.release()
+            nxt.post()
         elif idle and self._on_idle is not None:
             self._on_idle()
 
     def release_all(self) -> None:
         """Stop: wake everyone still queued at once."""
         with self._lock:
-            locks, self._queue = list(self._queue), deque()
-        for lock in locks:
-            lock.release()
+            signals, self._queue = list(self._queue), deque()
+        for sig in signals:
+            sig.post()
 
 
 class LoopDelivery:

@@ -38,6 +38,7 @@ class FakeEngine:
         self.log: list[bytes] = []
         self.store_snapshots: list[tuple[int, bytes]] = []
         self.submit_error: Exception | None = None
+        self.wake_calls = 0  # next_committed calls that posted wake-ups
 
     def bootstrap(self, configuration):
         self.configuration = configuration
@@ -72,7 +73,10 @@ class FakeEngine:
     def inject(self, kind, data=b"", index=None):
         return self._queue(kind, data, index)
 
-    def next_committed(self, max_items=256, timeout=0.1):
+    def next_committed(self, max_items=256, timeout=0.1, wake=None):
+        self.wake_calls += bool(wake)
+        for sig in wake or ():  # as the native engine: posted first, even if this raises
+            sig.post()
         with self.cond:
             if not self.items and self.running:
                 self.cond.wait(timeout)

@@ -2,6 +2,7 @@
 
 import threading
 
+from bknr_cluster._raft import Signal
 from bknr_cluster.cluster.commit import GroupCommitter
 from bknr_cluster.cluster.wake import WakeChain
 from tests.cluster.test_commit import FakeLog
@@ -9,14 +10,11 @@ from tests.support import wait_until
 
 
 def held_locks(n):
-    locks = [threading.Lock() for _ in range(n)]
-    for lock in locks:
-        lock.acquire()
-    return locks
+    return [Signal() for _ in range(n)]
 
 
-def released(locks):
-    return [not lock.locked() for lock in locks]
+def released(signals):
+    return [sig.posted() for sig in signals]
 
 
 def test_the_chain_wakes_batons_at_a_time_and_each_woken_caller_wakes_the_next():
@@ -138,7 +136,7 @@ def test_a_caller_whose_time_ran_out_as_it_was_resolved_still_gets_its_result_an
             assert gc.take(1, gc.session, seq) is w
             w.resolve(7, w.seq)
         # resolved, but the wake-ups are still parked: a zero timeout cannot withdraw them
-        assert not a._lock.acquire(blocking=False)
+        assert not a.woken()
         outcome = {}
         t = threading.Thread(target=lambda: outcome.setdefault("a", gc.wait(a, 0.0)))
         t.start()
@@ -161,9 +159,9 @@ def test_stop_wakes_callers_still_waiting_in_the_relay():
     for w in ws:
         gc.take(1, gc.session, w.seq).resolve(1, "ok")
     gc.release_deferred()               # only the first is woken; nobody passes the baton
-    assert [w._lock.locked() for w in ws] == [False, True, True]
+    assert [w.woken() for w in ws] == [True, False, False]
     gc.stop()
-    assert not any(w._lock.locked() for w in ws)
+    assert all(w.woken() for w in ws)
 
 
 def test_the_submitter_holds_back_during_a_relay_but_not_longer_than_pace_hold():
