@@ -10,6 +10,7 @@
 #include <thread>
 #include <type_traits>
 
+#include "gil.hpp"
 #include "node.hpp"
 #include "signal.hpp"
 
@@ -24,28 +25,6 @@ namespace {
 
 // Waits are cut into slices so that Python signal handlers (Ctrl-C) run between them.
 constexpr double kSlice = 0.05;
-
-unsigned long g_main_thread = 0;  // ident of the thread that imported us (the main thread)
-
-bool interpreter_finalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing();
-#else
-    return _Py_IsFinalizing();
-#endif
-}
-
-// Re-takes the GIL after a wait. During interpreter finalization CPython ends any other thread
-// that asks for the GIL with pthread_exit; its forced unwind would run through our C++ frames
-// (pybind11 argument casters dropping references without the GIL; with a scoped-release guard
-// even std::terminate, i.e. SIGABRT at every process exit with a daemon thread waiting in the
-// engine). Such a thread is parked instead: the process is about to exit anyway. The main
-// thread (which runs the finalization) always gets the GIL back.
-void retake_gil(PyThreadState* ts) {
-    while (interpreter_finalizing() && PyThread_get_thread_ident() != g_main_thread)
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    PyEval_RestoreThread(ts);
-}
 
 // Runs f() with the GIL released, re-taking it through retake_gil() (never in a destructor).
 template <typename F>
@@ -287,7 +266,7 @@ PYBIND11_MODULE(_raft, m) {
     // A dying peer socket must not kill a healthy node (DESIGN.md rule 6).
     std::signal(SIGPIPE, SIG_IGN);
     for (int i = 0; i < 3; i++) kind_str[i] = PyUnicode_InternFromString(kinds[i]);  // kept for life
-    g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+    main_thread_ident() = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
     m.attr("LIBRAFT_VERSION") = BKNR_RAFT_VERSION_STRING;
     m.attr("OK") = static_cast<int>(OK);

@@ -4,6 +4,8 @@
 // GIL held by the thread that woke them (cluster/DESIGN.md, apply path step 3).
 #include "signal.hpp"
 
+#include "gil.hpp"
+
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -61,24 +63,6 @@ Signal::Wait Signal::wait(const struct timespec* deadline) noexcept {
 
 namespace {
 
-unsigned long g_main_ident = 0;
-
-bool finalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing();
-#else
-    return _Py_IsFinalizing();
-#endif
-}
-
-// As module.cpp's retake_gil: a daemon thread must not ask for the GIL while the interpreter
-// finalizes (CPython would pthread_exit it through our frames); it is parked instead.
-void retake(PyThreadState* ts) {
-    while (finalizing() && PyThread_get_thread_ident() != g_main_ident)
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    PyEval_RestoreThread(ts);
-}
-
 // timeout None: forever; 0: poll (the GIL is kept); > 0: seconds.
 bool wait_py(Signal& s, std::optional<double> timeout) {
     if (s.try_take()) return true;  // already posted: no GIL hand-off at all
@@ -100,7 +84,7 @@ bool wait_py(Signal& s, std::optional<double> timeout) {
     for (;;) {
         PyThreadState* ts = PyEval_SaveThread();
         Signal::Wait r = s.wait(dl);
-        retake(ts);
+        retake_gil(ts);
         if (r != Signal::INTERRUPTED) return r == Signal::TAKEN;
         // A signal hit this thread: run Python's handlers (Ctrl-C), then wait again.
         if (PyErr_CheckSignals() != 0) throw py::error_already_set();
@@ -110,7 +94,6 @@ bool wait_py(Signal& s, std::optional<double> timeout) {
 }  // namespace
 
 void register_signal(py::module_& m) {
-    g_main_ident = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
     py::class_<Signal>(m, "Signal",
                        "One-shot binary semaphore: post() wakes one wait() (the GIL is released "
                        "while waiting).")
