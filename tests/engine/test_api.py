@@ -14,6 +14,7 @@ from bknr_cluster.errors import (
     TooBig,
     UsageError,
 )
+from tests.engine.conftest import two_voters
 from tests.support import free_ports, wait_until
 
 
@@ -218,17 +219,9 @@ def test_pending_future_times_out_wakes_for_signals_then_loses_leadership(tmp_pa
 
     from bknr_cluster.errors import LeadershipLost, Timeout
 
-    ports = free_ports(2)
-    conf = [(i + 1, f"127.0.0.1:{p}", "voter") for i, p in enumerate(ports)]
-    nodes = [RaftNode(i, a, str(tmp_path / f"n{i}"), election_timeout_ms=3000, heartbeat_ms=300)
-             for i, a, _ in conf]
-    try:
-        for n in nodes:
-            n.bootstrap(conf)
-            n.start()
-        leader = wait_until(lambda: [n for n in nodes if n.status()["state"] == "leader"], 20, "leader")[0]
+    with two_voters(tmp_path, election_timeout_ms=3000, heartbeat_ms=300) as (leader, follower):
         leader.submit(b"warm-up").result(10)
-        next(n for n in nodes if n is not leader).stop()   # no quorum any more
+        follower.stop()   # no quorum any more
         fut = leader.submit(b"x")
         with pytest.raises(Timeout):
             fut.result(0.2)
@@ -246,9 +239,6 @@ def test_pending_future_times_out_wakes_for_signals_then_loses_leadership(tmp_pa
             signal.signal(signal.SIGALRM, old)
         with pytest.raises(LeadershipLost):
             fut.result(30)    # the leader steps down: the entry's outcome is unknown
-    finally:
-        for n in nodes:
-            n.stop()
 
 
 STOP_FROM_SIGNAL = """
