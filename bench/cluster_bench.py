@@ -5,7 +5,9 @@
 Measures, in one run:
   * tx/s with 1, 16 and 256 concurrent callers *in-process on the leader* (this process hosts
     node n1 as a ClusterStore and holds the leadership; n2 and n3 are ``bknr-node`` processes);
-    p50/p99 latency per caller count;
+    p50/p99 latency per caller count; the leader's Python threads are pinned to one CPU
+    (``--python-cpu auto``, ClusterStore ``python_cpu``), and the 256-caller phase runs once more
+    unpinned (``tx_per_s_256_unpinned``);
   * tx/s over HTTP with 16 callers against a leader running as its own ``bknr-node`` process;
   * PySyncObj (3 processes on loopback, a ``@replicated`` counter, 256 commands in flight, no
     journal) in the same run, and the ratio bknr(256) / PySyncObj;
@@ -257,6 +259,11 @@ def main() -> int:
     ap.add_argument("--switch-interval", type=float, default=SWITCH_INTERVAL,
                     help="GIL switch interval for this process and the node processes")
     ap.add_argument("--window", type=int, default=4, help="group-commit entries in flight")
+    ap.add_argument("--python-cpu", default="auto", metavar="auto|none|N",
+                    help="pin the in-process leader's Python threads to one CPU (ClusterStore "
+                         "python_cpu); with a pin, the 256-caller phase also runs unpinned")
+    ap.add_argument("--node-python-cpu", default="none", metavar="auto|none|N",
+                    help="--python-cpu of the node processes n2 and n3 (the HTTP phase's leader)")
     ap.add_argument("--raft-secret", action="store_true",
                     help="authenticated raft transport (raft_secret_file), as production configs use")
     ap.add_argument("--pysyncobj-node", nargs=5, help=argparse.SUPPRESS)
@@ -280,6 +287,8 @@ def main() -> int:
     rows: list[tuple[str, dict]] = []
     out: dict[str, Any] = {"bench": "cluster", "quick": args.quick,
                            "switch_interval_s": args.switch_interval, "window": args.window}
+    python_cpu = None if args.python_cpu == "none" else \
+        int(args.python_cpu) if args.python_cpu.isdigit() else args.python_cpu
     try:
         c = LocalCluster(root, procs, 3, store="cluster_bench:definition",
                          election_timeout_ms=1000, heartbeat_ms=100,
@@ -287,10 +296,11 @@ def main() -> int:
                          raft_secret=args.raft_secret)
         c.init()
         for name in ("n2", "n3"):
-            c.start(name, "--switch-interval", str(args.switch_interval), wait=False)
+            c.start(name, "--switch-interval", str(args.switch_interval),
+                    "--python-cpu", args.node_python_cpu, wait=False)
         cs = ClusterStore.from_config(c.config_path, "n1", definition=definition,
                                       switch_interval=args.switch_interval,
-                                      batch_window=args.window)
+                                      batch_window=args.window, python_cpu=python_cpu)
         server = ApiServer(cs, "127.0.0.1", c.node("n1")["api_port"], c.token)
         server.start_in_thread()
         for name in ("n2", "n3"):
@@ -320,7 +330,13 @@ def main() -> int:
             flip[k] ^= 1
 
         pids = {"n1": None, "n2": c.running["n2"].pid, "n3": c.running["n3"].pid}
-        for n in (1, 16, 256):
+        out["python_cpu"] = cs.python_cpu
+        phases: list[tuple[int, str]] = [(1, ""), (16, ""), (256, "")]
+        if cs.python_cpu is not None:  # the same callers without the pin, for comparison
+            phases.append((256, "_unpinned"))
+        for n, variant in phases:
+            if variant:
+                cs.set_python_cpu(None)
             cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
             b0, i0 = cs.committer.batches, cs.committer.items
             r = run_callers(n, seconds, 400_000, inproc)
@@ -328,11 +344,14 @@ def main() -> int:
             r["cpu_us_per_tx"] = {k: round((cpu_seconds(p) - cpu0[k]) / max(1, r["ops"]) * 1e6, 1)
                                   for k, p in pids.items()}
             r["records_per_entry"] = round((cs.committer.items - i0) / max(1, cs.committer.batches - b0), 1)
-            rows.append((f"in-process, {n} callers", r))
-            out[f"tx_per_s_{n}"] = round(r["tx_per_s"], 1)
-            out[f"p50_ms_{n}"] = round(r["p50_ms"], 3)
-            out[f"p99_ms_{n}"] = round(r["p99_ms"], 3)
-            out[f"cpu_us_per_tx_{n}"] = r["cpu_us_per_tx"]
+            rows.append((f"in-process, {n} callers" + (", unpinned" if variant else ""), r))
+            key = f"{n}{variant}"
+            out[f"tx_per_s_{key}"] = round(r["tx_per_s"], 1)
+            out[f"p50_ms_{key}"] = round(r["p50_ms"], 3)
+            out[f"p99_ms_{key}"] = round(r["p99_ms"], 3)
+            out[f"cpu_us_per_tx_{key}"] = r["cpu_us_per_tx"]
+            if variant:
+                cs.set_python_cpu(python_cpu)
         # The same 256 callers as asyncio tasks (ClusterStore.execute_async): no thread per
         # caller, so no GIL hand-off per transaction.
         async def aop(k: int, i: int) -> None:
@@ -351,7 +370,9 @@ def main() -> int:
         st = cs.status()
         out["records_per_entry"] = round(st["batched_records"] / max(1, st["batches"]), 2)
 
-        # HTTP: the leader is a node process of its own; the callers are threads here.
+        # HTTP: the leader is a node process of its own; the callers are threads here, as
+        # many clients are: not pinned (they are load, not the node being measured).
+        cs.set_python_cpu(None)
         c.client("n1").call("POST", "/transfer", {"to": 2})
         wait_until(lambda: c.status("n2")["role"] == "leader", 15, "n2 leadership")
         clients = [c.client("n2") for _ in range(16)]

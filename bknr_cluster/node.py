@@ -59,6 +59,15 @@ def _parse_configuration(text: str) -> list[tuple[int, str, str]]:
     return out
 
 
+def _python_cpu(text: str) -> int | str | None:
+    """``--python-cpu``: auto, none or a CPU number."""
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    if text.isdigit():
+        return int(text)
+    raise UsageError(f"--python-cpu: expected auto, none or a CPU number, not {text!r}")
+
+
 def _engine(cfg: Any, me: Any) -> Any:
     from bknr_cluster.cluster.store import raft_secret
     from bknr_cluster.engine import RaftNode
@@ -131,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--bootstrap", action="store_true", help="bootstrap if fresh, then run")
     p.add_argument("--log-file", help="also log to this file (default: <data_dir>/node.log)")
     p.add_argument("--log-level", default=os.environ.get("BKNR_LOG_LEVEL", "INFO"))
+    p.add_argument("--python-cpu", default=None, metavar="auto|none|N",
+                   help="pin this node's Python threads to one CPU (overrides the YAML's "
+                        "python_cpu; 'none' turns it off)")
     p.add_argument("--switch-interval", type=float, default=None,
                    help="Python GIL switch interval in seconds (default: CPython's, 0.005)")
     p.add_argument("--transfer-timeout", type=float, default=None,
@@ -177,8 +189,9 @@ def _main(args: argparse.Namespace) -> int:
     try:
         from bknr_cluster.cluster.store import ClusterStore
 
+        pin = {} if args.python_cpu is None else {"python_cpu": _python_cpu(args.python_cpu)}
         cs = ClusterStore.from_config(cfg.path, me.name, start=False,
-                                      switch_interval=args.switch_interval, freeze_gc=True)
+                                      switch_interval=args.switch_interval, freeze_gc=True, **pin)
         if args.bootstrap:
             try:
                 cs.engine.bootstrap(cfg.initial_configuration())

@@ -144,4 +144,6 @@ class AdminMixin:
             # elections sped up by the thesis vote rule (native/vote_rule.cpp)
             "relaxed_votes": st.get("relaxed_votes", 0),
             "early_campaigns": st.get("early_campaigns", 0),
+            # the CPU this node's Python threads are pinned to (python_cpu), None when not
+            "python_cpu": self.python_cpu,
         }

@@ -50,6 +50,8 @@ class NodeConfig:
     data_dir: Path
     role: str = "voter"
     ssh: SshConfig | None = None
+    # pin this node's Python threads to one CPU: None (off), "auto" or a CPU number (affinity.py)
+    python_cpu: int | str | None = None
 
     @property
     def raft_address(self) -> str:
@@ -136,7 +138,7 @@ class ClusterConfig:
             snapshot_keep=int(snap["keep"]),
             batch_max_count=int(batch["max_count"]),
             batch_max_bytes=int(batch["max_bytes"]),
-            nodes=tuple(_node(n, base_dir) for n in data["nodes"]),
+            nodes=tuple(_node(n, base_dir, data.get("python_cpu")) for n in data["nodes"]),
             raw=data,
             raft_secret_file=_resolve(base_dir, data["raft_secret_file"])
             if data.get("raft_secret_file") else None,
@@ -205,7 +207,7 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _node(n: dict, base_dir: Path) -> NodeConfig:
+def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None) -> NodeConfig:
     ssh = n.get("ssh")
     ssh_cfg = None
     if ssh is not None:
@@ -219,7 +221,8 @@ def _node(n: dict, base_dir: Path) -> NodeConfig:
         else _resolve(base_dir, n["data_dir"])
     return NodeConfig(id=int(n["id"]), name=n["name"], host=n["host"], raft_port=int(n["raft_port"]),
                       api_port=int(n["api_port"]), api_host=n.get("api_host") or n["host"],
-                      data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg)
+                      data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg,
+                      python_cpu=n.get("python_cpu", python_cpu))
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -247,7 +250,8 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if not isinstance(data, dict):
         return [("", "the configuration must be a mapping with 'group', 'store' and 'nodes'")]
-    known = {"group", "store", "token_file", "raft_secret_file", "timing", "snapshot", "batch", "nodes"}
+    known = {"group", "store", "token_file", "raft_secret_file", "timing", "snapshot", "batch", "nodes",
+             "python_cpu"}
     for key in sorted(set(data) - known):
         out.append((str(key), "unknown key"))
 
@@ -268,6 +272,8 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
         if value is not None and (not isinstance(value, str) or not value):
             out.append((key, "must be a file path"))
 
+    if (msg := _check_python_cpu(data.get("python_cpu"))):
+        out.append(("python_cpu", msg))
     out += _validate_section(data.get("timing"), "timing", {
         "election_timeout_ms": (20, 600_000), "heartbeat_ms": (1, 60_000)})
     timing = {**DEFAULT_TIMING, **(data.get("timing") or {})} if isinstance(data.get("timing"), dict | None) \
@@ -291,6 +297,12 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _check_python_cpu(value: Any) -> str | None:
+    if value is None or value == "auto" or _int_in(value, 0, 65535):
+        return None
+    return "must be 'auto', a CPU number or null"
+
+
 def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]]) -> list:
     if section is None:
         return []
@@ -305,7 +317,8 @@ def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]
     return out
 
 
-NODE_KEYS = {"id", "name", "host", "raft_port", "api_port", "api_host", "data_dir", "role", "ssh"}
+NODE_KEYS = {"id", "name", "host", "raft_port", "api_port", "api_host", "data_dir", "role", "ssh",
+             "python_cpu"}
 SSH_KEYS = {"user", "port", "key_file", "known_hosts", "strict_host_key_checking", "workdir",
             "python", "config_path"}
 
@@ -360,6 +373,8 @@ def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
             else:
                 unique("data_dir", (host, n["data_dir"]), f"{p}.data_dir",
                        f"data_dir {n['data_dir']!r} on {host}")
+        if (msg := _check_python_cpu(n.get("python_cpu"))):
+            out.append((f"{p}.python_cpu", msg))
         role = n.get("role", "voter")
         if role not in ROLES:
             out.append((f"{p}.role", f"must be one of {', '.join(ROLES)}"))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.admin import AdminMixin
+from bknr_cluster.cluster.affinity import PythonThreadPin, allowed_cpus, check_spec, choose_cpu
 from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, LoopDelivery, Waiter
@@ -98,7 +99,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
                  token: str | None = None, name: str | None = None,
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
                  switch_interval: float | None = None, secret: bytes | None = None,
-                 freeze_gc: bool = False) -> None:
+                 freeze_gc: bool = False, python_cpu: int | str | None = None) -> None:
         from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
 
         # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
@@ -132,6 +133,11 @@ class ClusterStore(ApplierMixin, AdminMixin):
         # store snapshot, move every live object out of the cyclic GC's reach (store/gctune.py),
         # so full collections stop walking the whole store with the applier holding the GIL.
         self.freeze_gc = freeze_gc
+        # Opt-in too: pin the process's Python threads to one CPU while running (affinity.py).
+        check_spec(python_cpu)
+        self._python_cpu_spec = python_cpu
+        self._cpus = allowed_cpus()
+        self._pin: PythonThreadPin | None = None
 
         self.definition = definition
         self.node_id = int(node_id)
@@ -227,7 +233,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
             batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, node_names=node_name,
             token=cfg.token(), secret=raft_secret(cfg),
-            name=me.name)
+            name=me.name, python_cpu=me.python_cpu)
         kw.update(overrides)
         peers = {n.id: n.raft_address for n in cfg.nodes}
         return cls(definition, me.id, peers, me.data_dir, **kw)
@@ -248,6 +254,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
         self._applier = threading.Thread(target=self._apply_loop, name="bknr-applier", daemon=True)
         self._applier.start()
         self.committer.applier_ident = self._applier.ident
+        # After engine.start: its loop thread, started from this thread, must keep every CPU.
+        self.set_python_cpu(self._python_cpu_spec)
 
     def stop(self) -> None:
         """Stop the engine and the threads; idempotent. Pending callers get ``Shutdown``."""
@@ -262,8 +270,32 @@ class ClusterStore(ApplierMixin, AdminMixin):
                 self._applier.join(timeout=10)
             for c in self._clients.values():
                 c.close()
+            self._unpin()
 
     close = stop
+
+    def set_python_cpu(self, spec: int | str | None) -> int | None:
+        """Pin the process's Python threads to one CPU (``"auto"``: chosen by node id), or
+        unpin them (None); returns the CPU. See affinity.py for why and the caveats."""
+        cpu = choose_cpu(spec, self.node_id, self._cpus)
+        self._python_cpu_spec = spec
+        if self._pin is not None and self._pin.cpu != cpu:
+            self._unpin()
+        if cpu is not None and self._pin is None and self._running:
+            pin = PythonThreadPin(cpu, self._cpus)
+            if pin.apply():
+                self._pin = pin
+        return self.python_cpu
+
+    def _unpin(self) -> None:
+        if self._pin is not None:
+            self._pin.undo()
+            self._pin = None
+
+    @property
+    def python_cpu(self) -> int | None:
+        """The CPU the Python threads are pinned to, None when not pinned."""
+        return self._pin.cpu if self._pin is not None else None
 
     def __enter__(self) -> ClusterStore:
         return self

@@ -92,3 +92,16 @@ def test_ssh_node_keeps_remote_absolute_data_dir(tmp_path):
     n1 = cfg.node("n1")
     assert not n1.is_local and n1.ssh.port == 2222 and n1.data_dir == Path("/srv/bknr/n1")
     assert n1.ssh.strict_host_key_checking is True
+
+
+def test_python_cpu_cluster_default_node_override_and_bad_values(tmp_path):
+    data = {**GOOD, "python_cpu": "auto",
+            "nodes": [{**n, "python_cpu": 1} if n["id"] == 2 else n for n in GOOD["nodes"]]}
+    cfg = ClusterConfig.load(write(tmp_path, data))
+    assert [n.python_cpu for n in cfg.nodes] == ["auto", 1, "auto"]
+    assert ClusterConfig.load(write(tmp_path, GOOD)).node("n1").python_cpu is None
+    bad = {**GOOD, "python_cpu": "fast",
+           "nodes": [{**n, "python_cpu": -1} if n["id"] == 3 else n for n in GOOD["nodes"]]}
+    with pytest.raises(ConfigError) as err:
+        ClusterConfig.load(write(tmp_path, bad))
+    assert {p for p, _ in err.value.problems} == {"python_cpu", "nodes[2].python_cpu"}
