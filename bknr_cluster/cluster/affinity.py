@@ -51,12 +51,12 @@ def choose_cpu(spec: int | str | None, node_id: int, cpus: list[int] | None = No
     if spec is None:
         return None
     cpus = allowed_cpus() if cpus is None else cpus
+    if spec != AUTO and cpus and spec not in cpus:
+        raise UsageError(f"python_cpu {spec} is not among this process's CPUs {cpus}")
     if len(cpus) < 2:
         return None
     if spec == AUTO:
         return cpus[(max(1, node_id) - 1) % len(cpus)]
-    if spec not in cpus:
-        raise UsageError(f"python_cpu {spec} is not among this process's CPUs {cpus}")
     return int(spec)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.admin import AdminMixin
-from bknr_cluster.cluster.affinity import PythonThreadPin, allowed_cpus, check_spec, choose_cpu
+from bknr_cluster.cluster.affinity import PythonThreadPin, allowed_cpus, choose_cpu
 from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, LoopDelivery, Waiter
@@ -134,9 +134,9 @@ class ClusterStore(ApplierMixin, AdminMixin):
         # so full collections stop walking the whole store with the applier holding the GIL.
         self.freeze_gc = freeze_gc
         # Opt-in too: pin the process's Python threads to one CPU while running (affinity.py).
-        check_spec(python_cpu)
-        self._python_cpu_spec = python_cpu
         self._cpus = allowed_cpus()
+        choose_cpu(python_cpu, int(node_id), self._cpus)  # a bad value fails here, not in start()
+        self._python_cpu_spec = python_cpu
         self._pin: PythonThreadPin | None = None
 
         self.definition = definition

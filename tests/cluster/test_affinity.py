@@ -125,3 +125,14 @@ def test_cluster_store_pins_python_threads_but_not_the_engine(tmp_path: Path, re
         cs.stop()
     assert cs.python_cpu is None
     assert _cpus_of(threading.current_thread()) == set(CPUS)
+
+
+def test_a_bad_python_cpu_fails_at_construction(tmp_path: Path):
+    from bknr_cluster.cluster.store import ClusterStore
+    from examples.bank.app import definition
+    from tests.cluster.fake_engine import FakeEngine
+
+    for bad in ("fast", max(CPUS or [0]) + 1000):
+        with pytest.raises(UsageError, match="python_cpu"):
+            ClusterStore(definition, 1, "127.0.0.1:7001:1", tmp_path, engine_factory=FakeEngine,
+                         python_cpu=bad)
