@@ -1,5 +1,6 @@
 // Work-arounds for two libraft 0.22.1 bugs, both applied where messages and the on-disk state
-// enter libraft (we wrap raft_io.start and raft_io.load). Loop thread only.
+// enter libraft (we wrap raft_io.start and raft_io.load). Loop thread only. The same hooks carry
+// the vote rule and the pre-vote retry (vote_rule.cpp), on every message and every tick.
 //
 // 1. A crash (legacy.c, takeSnapshotCb):
 //
@@ -43,11 +44,13 @@ Node* node_of(struct raft_io* io) {
 }
 
 void recv_hook(struct raft_io* io, struct raft_message* msg) { node_of(io)->on_recv(msg); }
+void tick_hook(struct raft_io* io) { node_of(io)->on_tick(); }
 
 int start_hook(struct raft_io* io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv) {
     Node* n = node_of(io);
     n->legacy_recv_ = recv;
-    return n->orig_start_(io, msecs, tick, recv_hook);
+    n->legacy_tick_ = tick;
+    return n->orig_start_(io, msecs, tick_hook, recv_hook);
 }
 
 int load_hook(struct raft_io* io, raft_term* term, raft_id* voted_for, struct raft_snapshot** snapshot,
@@ -68,6 +71,11 @@ void Node::install_recv_hook() {
     io_.start = start_hook;
     orig_load_ = io_.load;
     io_.load = load_hook;
+}
+
+void Node::on_tick() {
+    retry_pre_vote();
+    legacy_tick_(&io_);
 }
 
 void Node::on_recv(struct raft_message* msg) {

@@ -129,6 +129,7 @@ py::dict status_dict(const StatusData& s) {
     d["deferred_installs"] = s.deferred_installs;
     d["relaxed_votes"] = s.relaxed_votes;
     d["early_campaigns"] = s.early_campaigns;
+    d["pre_vote_retries"] = s.pre_vote_retries;
     d["commit_clamps"] = s.commit_clamps;
     d["mislabeled_snapshots"] = s.mislabeled_snapshots;
     d["snapshot_taking"] = s.snapshot_taking;

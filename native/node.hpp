@@ -101,6 +101,7 @@ struct StatusData {
     uint64_t deferred_installs = 0;   // InstallSnapshots held back during a local snapshot
     uint64_t relaxed_votes = 0;       // vote requests let through by the thesis rule
     uint64_t early_campaigns = 0;     // early elections against a shorter-log candidate
+    uint64_t pre_vote_retries = 0;    // pre-vote rounds re-sent before the candidate timer
     uint64_t commit_clamps = 0;       // AppendEntries that would have lowered the commit index
     uint64_t mislabeled_snapshots = 0;  // snapshots whose contents ran past their Raft index
     bool snapshot_taking = false;     // a local snapshot is being written
@@ -224,6 +225,8 @@ public:
     void install_recv_hook();
     void on_recv(struct raft_message* msg);
     void apply_vote_rule(struct raft_message* msg);  // vote_rule.cpp
+    void on_tick();
+    void retry_pre_vote();                           // vote_rule.cpp
     void deliver_deferred();
     void drop_deferred();
     void on_check();
@@ -231,6 +234,7 @@ public:
     int (*orig_load_)(struct raft_io*, raft_term*, raft_id*, struct raft_snapshot**, raft_index*,
                       struct raft_entry**, size_t*) = nullptr;
     raft_io_recv_cb legacy_recv_ = nullptr;
+    raft_io_tick_cb legacy_tick_ = nullptr;
     uint64_t restore_label_ = 0;  // index of the snapshot raft_start is about to restore
     void note_io_error(const std::string& what);
     void on_raft_closed();
@@ -278,6 +282,8 @@ private:
     uint64_t deferred_installs_ = 0;
     uint64_t relaxed_votes_ = 0;  // vote requests let through by the thesis rule (vote_rule.cpp)
     uint64_t early_campaigns_ = 0;  // times we campaigned at once against a shorter-log candidate
+    uint64_t pre_vote_retries_ = 0; // pre-vote rounds re-sent early (vote_rule.cpp)
+    bool rival_pre_vote_ = false;   // as a pre-vote candidate, another one asked us (vote_rule.cpp)
     uint64_t commit_clamps_ = 0;         // install_guard.cpp (2)
     bool trace_commit_ = false;          // BKNR_TRACE_COMMIT: log each clamp on stderr
     uint64_t mislabeled_snapshots_ = 0;  // fsm.cpp: restores trimmed to their Raft index

@@ -98,6 +98,7 @@ void Node::fill_status(StatusData& s) {
     s.deferred_installs = deferred_installs_;
     s.relaxed_votes = relaxed_votes_;
     s.early_campaigns = early_campaigns_;
+    s.pre_vote_retries = pre_vote_retries_;
     s.commit_clamps = commit_clamps_;
     s.mislabeled_snapshots = mislabeled_snapshots_;
     s.snapshot_taking = compat::snapshot_taking(&raft_);

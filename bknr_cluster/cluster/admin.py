@@ -144,6 +144,8 @@ class AdminMixin:
             # elections sped up by the thesis vote rule (native/vote_rule.cpp)
             "relaxed_votes": st.get("relaxed_votes", 0),
             "early_campaigns": st.get("early_campaigns", 0),
+            # pre-vote rounds re-sent early after a lost message (native/vote_rule.cpp)
+            "pre_vote_retries": st.get("pre_vote_retries", 0),
             # the CPU this node's Python threads are pinned to (python_cpu), None when not
             "python_cpu": self.python_cpu,
         }
