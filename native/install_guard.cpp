@@ -74,6 +74,7 @@ void Node::install_recv_hook() {
 }
 
 void Node::on_tick() {
+    redraw_election_timer();
     retry_pre_vote();
     legacy_tick_(&io_);
 }

@@ -125,6 +125,7 @@ py::dict status_dict(const StatusData& s) {
     d["apply_queue"] = s.apply_queue;
     d["off_loop_callbacks"] = s.off_loop_callbacks;
     d["leader_contact_ms"] = s.leader_contact_ms;
+    d["election_timer_ms"] = s.election_timer_ms;
     d["last_error"] = s.last_error;
     d["deferred_installs"] = s.deferred_installs;
     d["relaxed_votes"] = s.relaxed_votes;

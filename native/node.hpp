@@ -9,6 +9,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -98,6 +99,7 @@ struct StatusData {
     size_t tail_entries = 0, apply_queue = 0;
     uint64_t off_loop_callbacks = 0;
     uint64_t leader_contact_ms = 0;   // follower: ms since the leader was last heard from
+    uint64_t election_timer_ms = 0;   // follower/candidate: the current randomised timeout
     uint64_t deferred_installs = 0;   // InstallSnapshots held back during a local snapshot
     uint64_t relaxed_votes = 0;       // vote requests let through by the thesis rule
     uint64_t early_campaigns = 0;     // early elections against a shorter-log candidate
@@ -227,6 +229,8 @@ public:
     void apply_vote_rule(struct raft_message* msg);  // vote_rule.cpp
     void on_tick();
     void retry_pre_vote();                           // vote_rule.cpp
+    bool candidate_behind(const struct raft_request_vote& v);
+    void redraw_election_timer();                    // vote_rule.cpp
     void deliver_deferred();
     void drop_deferred();
     void on_check();
@@ -284,6 +288,8 @@ private:
     uint64_t early_campaigns_ = 0;  // times we campaigned at once against a shorter-log candidate
     uint64_t pre_vote_retries_ = 0; // pre-vote rounds re-sent early (vote_rule.cpp)
     bool rival_pre_vote_ = false;   // as a pre-vote candidate, another one asked us (vote_rule.cpp)
+    raft_term timer_term_ = 0;      // the term our follower timer was last drawn for
+    std::minstd_rand timer_rng_{std::random_device{}()};
     uint64_t commit_clamps_ = 0;         // install_guard.cpp (2)
     bool trace_commit_ = false;          // BKNR_TRACE_COMMIT: log each clamp on stderr
     uint64_t mislabeled_snapshots_ = 0;  // fsm.cpp: restores trimmed to their Raft index

@@ -109,6 +109,8 @@ void Node::fill_status(StatusData& s) {
         uint64_t v[5] = {a.accepted, a.connected, a.refused_in, a.refused_out, a.timeouts};
         for (int i = 0; i < 5; i++) s.auth_stats[i] = v[i];
     }
+    if (s.state == RAFT_FOLLOWER) s.election_timer_ms = raft_.follower_state.randomized_election_timeout;
+    if (s.state == RAFT_CANDIDATE) s.election_timer_ms = raft_.candidate_state.randomized_election_timeout;
     if (s.state == RAFT_FOLLOWER && lid != 0) {
         // libraft restarts the election timer on every AppendEntries/InstallSnapshot from
         // the leader, so this is the current heartbeat gap as the follower sees it.

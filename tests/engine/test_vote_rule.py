@@ -10,6 +10,7 @@ each other no relaxation is needed. So the test kills leaders until a relaxed vo
 from __future__ import annotations
 
 from tests.engine.harness import Cluster, digest_of, payloads
+from tests.support import wait_until
 
 ROUNDS = 4
 
@@ -43,3 +44,28 @@ def test_survivor_grants_vote_once_leader_silent_for_election_timeout(procs, tmp
         raise AssertionError(f"no relaxed vote in {ROUNDS} leader failovers")
     # Safety unchanged: the survivors hold exactly what was acknowledged.
     c.wait_state(rest, digest_of(written), len(written))
+
+
+def test_a_follower_draws_a_new_election_timer_every_term(procs, tmp_path):
+    """libraft keeps a follower's randomised timeout across terms; vote_rule.cpp redraws it,
+    so a node that never campaigns is not stuck with one (possibly high) draw."""
+    c = Cluster(procs, tmp_path, 3)
+    c.start_all()
+    lid = c.leader()
+    watcher = next(i for i in (1, 2, 3) if i != lid)
+    other = next(i for i in (1, 2, 3) if i not in (lid, watcher))
+    draws = set()
+    t = c.options["election_timeout_ms"]
+    for _ in range(4):  # transfers between the two others: a new term each, watcher stays follower
+        st = c.call(watcher, "status")
+        assert st["state"] == "follower"
+        assert t <= st["election_timer_ms"] <= 2 * t
+        draws.add(st["election_timer_ms"])
+        r = c.call(lid, "request", what="transfer", node_id=other)
+        assert r["outcome"] == "ok", r
+        assert c.leader() == other
+        wait_until(lambda term=st["term"]: c.call(watcher, "status")["term"] > term, 10, "a new term")
+        lid, other = other, lid
+    # the redraw happens at the watcher's next tick after it sees the new term
+    wait_until(lambda: len(draws | {c.call(watcher, "status")["election_timer_ms"]}) > 1, 5,
+               f"another election timer than {sorted(draws)} after 4 new terms")
