@@ -146,6 +146,8 @@ class AdminMixin:
             "early_campaigns": st.get("early_campaigns", 0),
             # pre-vote rounds re-sent early after a lost message (native/vote_rule.cpp)
             "pre_vote_retries": st.get("pre_vote_retries", 0),
+            # the current randomised election timeout (follower/candidate), drawn every term
+            "election_timer_ms": st.get("election_timer_ms", 0),
             # the CPU this node's Python threads are pinned to (python_cpu), None when not
             "python_cpu": self.python_cpu,
         }
