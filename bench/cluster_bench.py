@@ -273,6 +273,7 @@ def main() -> int:
         pysyncobj_node(me, [p for p in partners.split(",") if p], float(secs), int(window), flag)
         return 0
 
+    from bknr_cluster.cluster.affinity import parse_spec
     from bknr_cluster.cluster.api import ApiServer
     from bknr_cluster.cluster.store import ClusterStore
     from tests.cluster.harness import LocalCluster
@@ -287,8 +288,7 @@ def main() -> int:
     rows: list[tuple[str, dict]] = []
     out: dict[str, Any] = {"bench": "cluster", "quick": args.quick,
                            "switch_interval_s": args.switch_interval, "window": args.window}
-    python_cpu = None if args.python_cpu == "none" else \
-        int(args.python_cpu) if args.python_cpu.isdigit() else args.python_cpu
+    python_cpu = parse_spec(args.python_cpu)
     try:
         c = LocalCluster(root, procs, 3, store="cluster_bench:definition",
                          election_timeout_ms=1000, heartbeat_ms=100,

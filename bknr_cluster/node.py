@@ -59,15 +59,6 @@ def _parse_configuration(text: str) -> list[tuple[int, str, str]]:
     return out
 
 
-def _python_cpu(text: str) -> int | str | None:
-    """``--python-cpu``: auto, none or a CPU number."""
-    if text in ("auto", "none"):
-        return None if text == "none" else "auto"
-    if text.isdigit():
-        return int(text)
-    raise UsageError(f"--python-cpu: expected auto, none or a CPU number, not {text!r}")
-
-
 def _engine(cfg: Any, me: Any) -> Any:
     from bknr_cluster.cluster.store import raft_secret
     from bknr_cluster.engine import RaftNode
@@ -159,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from bknr_cluster.cluster.affinity import parse_spec
     from bknr_cluster.cluster.config import ClusterConfig
 
     cfg = ClusterConfig.load(args.config)
@@ -189,7 +181,7 @@ def _main(args: argparse.Namespace) -> int:
     try:
         from bknr_cluster.cluster.store import ClusterStore
 
-        pin = {} if args.python_cpu is None else {"python_cpu": _python_cpu(args.python_cpu)}
+        pin = {} if args.python_cpu is None else {"python_cpu": parse_spec(args.python_cpu)}
         cs = ClusterStore.from_config(cfg.path, me.name, start=False,
                                       switch_interval=args.switch_interval, freeze_gc=True, **pin)
         if args.bootstrap:

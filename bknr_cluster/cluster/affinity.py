@@ -43,6 +43,15 @@ def check_spec(spec: int | str | None) -> None:
         raise UsageError(f"python_cpu must be 'auto', a CPU number or None, not {spec!r}")
 
 
+def parse_spec(text: str) -> int | str | None:
+    """A command-line spelling (``auto``, ``none`` or a CPU number) as a ``python_cpu`` value."""
+    if text in (AUTO, "none"):
+        return None if text == "none" else AUTO
+    if text.isdigit():
+        return int(text)
+    raise UsageError(f"python_cpu: expected auto, none or a CPU number, not {text!r}")
+
+
 def choose_cpu(spec: int | str | None, node_id: int, cpus: list[int] | None = None) -> int | None:
     """The CPU for ``spec``: None (no pinning), a CPU number, or ``"auto"``: one of the allowed
     CPUs picked by node id, so nodes sharing a machine (tests, demos) land on different CPUs.

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from bknr_cluster.errors import ConfigError, UnknownNode
+from bknr_cluster.cluster.affinity import check_spec
+from bknr_cluster.errors import ConfigError, UnknownNode, UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 STORE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -298,9 +299,11 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
 
 
 def _check_python_cpu(value: Any) -> str | None:
-    if value is None or value == "auto" or _int_in(value, 0, 65535):
-        return None
-    return "must be 'auto', a CPU number or null"
+    try:
+        check_spec(value)  # the one rule, shared with ClusterStore (affinity.py)
+    except UsageError:
+        return "must be 'auto', a CPU number or null"
+    return None
 
 
 def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]]) -> list:

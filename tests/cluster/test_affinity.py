@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bknr_cluster.cluster.affinity import PythonThreadPin, allowed_cpus, check_spec, choose_cpu
+from bknr_cluster.cluster.affinity import (
+    PythonThreadPin,
+    allowed_cpus,
+    check_spec,
+    choose_cpu,
+    parse_spec,
+)
 from bknr_cluster.errors import UsageError
-from bknr_cluster.node import _python_cpu
 from tests.support import free_ports, wait_until
 
 CPUS = allowed_cpus()
@@ -36,11 +41,11 @@ def test_spec_checking_and_choice():
 
 
 def test_node_flag_parsing():
-    assert _python_cpu("auto") == "auto"
-    assert _python_cpu("none") is None
-    assert _python_cpu("1") == 1
+    assert parse_spec("auto") == "auto"
+    assert parse_spec("none") is None
+    assert parse_spec("1") == 1
     with pytest.raises(UsageError):
-        _python_cpu("first")
+        parse_spec("first")
 
 
 @pytest.fixture
