@@ -91,6 +91,8 @@ class AdminMixin:
 
     def remove_peer(self, node_id: int, timeout: float = 30.0) -> None:
         self.engine.remove(int(node_id)).result(timeout)
+        # symmetric with add_peer: a removed member is no longer a peer of this replica
+        self.peers.pop(int(node_id), None)
 
     def transfer(self, node_id: int = 0, timeout: float = 10.0) -> int:
         """Hand leadership to ``node_id`` (0: best candidate); returns the new leader's id."""

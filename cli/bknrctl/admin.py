@@ -244,7 +244,11 @@ def snapshot(ctx: typer.Context, config: ConfigOpt = None,
     cluster = cluster_for(ctx, config)
     if all_:
         # voters and standbys: spares and YAML nodes not (yet) added are not expected to answer
-        roles = cluster.probe(timeout=1.0).member_roles()
+        state = cluster.probe(timeout=1.0)
+        if not any(s.reachable for s in state.nodes):
+            # the same answer as every other command on a stopped cluster (exit 3), not exit 1
+            raise NoLeader(message="no node of the cluster is reachable")
+        roles = state.member_roles()
         targets = [n for n in cluster.cfg.nodes if roles.get(n.id, "voter" if not roles else "") in
                    ("voter", "standby")]
     else:

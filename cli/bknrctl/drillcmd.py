@@ -83,14 +83,14 @@ def drill_ok(rep: dict) -> bool:
 
 def execute_drill(cluster: Cluster, opts: DrillOptions, plot: Path | None,
                   quiet: bool = False) -> tuple[dict, list[RoundResult]]:
+    if opts.target != "leader":
+        cluster.cfg.node(opts.target)  # an unknown name is a usage error, whatever the cluster does
     state = cluster.probe()
     if state.leader is None:
         raise NoLeader(message="the cluster has no leader; a drill needs a healthy cluster")
     down = [s.node.name for s in state.nodes if not s.reachable]
     if down:
         raise BknrError(f"unreachable node(s) {', '.join(down)}: a drill needs every node up")
-    if opts.target != "leader":
-        cluster.cfg.node(opts.target)
     with progress(f"drill: {opts.rounds} round(s), fault {opts.fault}", total=opts.rounds,
                   quiet=quiet) as bar:
         done = [0]

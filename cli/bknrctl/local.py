@@ -116,7 +116,8 @@ class LocalControl(NodeControl):
                 data = f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
-        return "\n".join(data.splitlines()[-lines:])
+        # [-0:] would be the whole file: -n 0 means no history
+        return "\n".join(data.splitlines()[-lines:]) if lines > 0 else ""
 
     def follow(self, lines: int = 20) -> Iterator[str]:
         """The last ``lines`` lines, then every new complete line (like ``tail -n N -f``)."""
