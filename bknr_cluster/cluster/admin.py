@@ -32,7 +32,8 @@ class AdminMixin:
         """A store snapshot of this replica with the index it is exactly at."""
         with self._apply_lock:
             buf = io.BytesIO()
-            self.store.write_snapshot(buf)
+            # the system namespace (drill records) is the cluster's, not the application's
+            self.store.write_snapshot(buf, include_system=False)
             return self.applied_index, buf.getvalue()
 
     def restore_backup(self, snapshot: bytes, sha256_hex: str | None = None,

@@ -266,10 +266,12 @@ def test_failover_requires_drill_and_a_healthy_cluster(runner, fake) -> None:
     assert r.exit_code == 2 and "--drill" in r.stderr
     r = run(runner, "-c", str(path), "failover", "--drill", "--fault", "explode")
     assert r.exit_code == 2
-    r = run(runner, "-c", str(path), "failover", "--drill")  # n4 in the YAML is not running
+    r = run(runner, "-c", str(path), "failover", "--drill")  # kill drill, no TTY, no --yes
+    assert r.exit_code == 2 and "pass --yes" in r.stderr
+    r = run(runner, "-c", str(path), "failover", "--drill", "--yes")  # n4 in the YAML is not running
     assert r.exit_code == 1 and "unreachable node(s) n4" in r.stderr
     cluster.leader = None
-    r = run(runner, "-c", str(path), "failover", "--drill")
+    r = run(runner, "-c", str(path), "failover", "--drill", "--yes")
     assert r.exit_code == 3
 
 
