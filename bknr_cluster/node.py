@@ -193,11 +193,16 @@ def _main(args: argparse.Namespace) -> int:
         cs.start()
         log.info("node %s (id %d) started: raft %s, api %s, pid %d", me.name, me.id,
                  me.raft_address, me.api_url, os.getpid())
+        from bknr_cluster.cluster.retention import SnapshotKeeper
+
+        # snapshot.keep: archive copies in data_dir/snapshots (retention.py; raft/ is libraft's)
+        keeper = SnapshotKeeper(cs.engine, me.data_dir, cfg.snapshot_keep).start()
         try:
             # Bounded: with the other nodes already gone the hand-over can never complete.
             transfer_timeout = args.transfer_timeout or max(1.0, 3 * cfg.election_timeout_ms / 1000)
             asyncio.run(_serve(cs, me, cfg.token(), transfer_timeout))
         finally:
+            keeper.stop()
             cs.stop()
         log.info("node %s stopped", me.name)
         return 0

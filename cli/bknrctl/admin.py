@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from bknr_cluster.cluster.config import NodeConfig
 from bknr_cluster.errors import (
     BknrError,
     CorruptData,
@@ -208,35 +209,20 @@ def leader_transfer(ctx: typer.Context, config: ConfigOpt = None,
 # --- snapshot -----------------------------------------------------------------------------------
 
 
-def prune_snapshots(raft_dir: Path, keep: int) -> int:
-    """Delete all but the ``keep`` newest engine snapshot files (``snapshot-T-I-TS`` + ``.meta``)."""
-    groups: dict[str, list[Path]] = {}
-    for p in raft_dir.glob("snapshot-*"):
-        base = p.name[:-5] if p.name.endswith(".meta") else p.name
-        groups.setdefault(base, []).append(p)
-
-    def order(base: str) -> tuple[int, ...]:
-        try:
-            return tuple(int(x) for x in base.split("-")[1:4])
-        except ValueError:
-            return (0,)
-    removed = 0
-    for base in sorted(groups, key=order)[:-keep] if keep > 0 else []:
-        for p in groups[base]:
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 @app.command()
 @guarded
 def snapshot(ctx: typer.Context, config: ConfigOpt = None,
              node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
              all_: Annotated[bool, typer.Option("--all", help="Every node.")] = False,
              quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Silent on success.")] = False,
-             keep: Annotated[int | None, typer.Option(help="Keep N snapshot files per local node.")] = None,
+             keep: Annotated[int | None, typer.Option(
+                 help="Then keep the N newest archived snapshots per node (local or SSH; the node "
+                      "itself keeps snapshot.keep).")] = None,
              output: OutputOpt = OutputFormat.table) -> None:
-    """Take an engine snapshot now (default: on the leader). For cron: ``-q``."""
+    """Take an engine snapshot now (default: on the leader). For cron: -q.
+
+    -q prints nothing on success; a failure is one line on stderr and a non-zero exit.
+    """
     if node and all_:
         raise UsageError("use either --node or --all")
     if keep is not None and keep < 1:
@@ -259,15 +245,24 @@ def snapshot(ctx: typer.Context, config: ConfigOpt = None,
         raise BknrError("; ".join(f"snapshot on {n.name} failed: {r}" for n, r in failed))
     removed = 0
     if keep is not None:
-        for n in targets:
-            if n.ssh is None:
-                removed += prune_snapshots(Path(n.data_dir) / "raft", keep)
+        for n, r in zip(targets, parallel(lambda n: _retain(cluster, n, keep), targets), strict=True):
+            if isinstance(r, BaseException):
+                raise BknrError(f"snapshot retention on {n.name} failed: {r}")
+            removed += int(r.get("removed", 0))
     report = {n.name: r.get("index") for n, r in zip(targets, results, strict=True)}
     if output is OutputFormat.json:
         emit_json({"snapshots": report, "removed_files": removed})
     elif not quiet:
         for name, idx in report.items():
             typer.echo(f"{name}: snapshot at index {idx}")
+
+
+def _retain(cluster: Cluster, n: NodeConfig, keep: int) -> dict[str, int]:
+    c = controller(cluster.cfg, n)
+    try:
+        return c.retain_snapshots(keep)
+    finally:
+        c.close()
 
 
 # --- backup / restore ---------------------------------------------------------------------------

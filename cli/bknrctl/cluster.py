@@ -94,15 +94,17 @@ class ClusterState:
     def problems(self, max_lag: int = DEFAULT_MAX_LAG) -> list[str]:
         """Why the cluster is degraded, one reason per member; empty when healthy.
 
-        A member is a problem when it is unreachable, lags the leader by more than ``max_lag``
+        A voter or standby is a problem when it is unreachable, lags the leader by more than ``max_lag``
         entries, has applied the leader's index with another digest, or has halted (a replica
         that stopped applying: its ``/status`` carries ``halted: {index, reason}``)."""
         if not self.leader:
             return []
         roles = self.member_roles()
         out = []
-        # nodes listed in the YAML but not (yet) members do not make a cluster degraded
-        for s in (s for s in self.nodes if not roles or s.node.id in roles):
+        # nodes listed in the YAML but not (yet) members do not make a cluster degraded, nor do
+        # spares: they neither vote nor receive the log, so losing one costs no redundancy
+        for s in (s for s in self.nodes if (not roles or s.node.id in roles)
+                  and roles.get(s.node.id) != "spare"):
             name = s.node.name
             if not s.reachable:
                 out.append(f"{name} unreachable")

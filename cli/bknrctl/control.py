@@ -80,6 +80,10 @@ class NodeControl(ABC):
     def follow(self, lines: int = 20) -> Iterator[str]:
         ...
 
+    @abstractmethod
+    def retain_snapshots(self, keep: int) -> dict[str, int]:
+        """Archive the engine's snapshots and keep the ``keep`` newest archived (retention.py)."""
+
     def close(self) -> None:  # noqa: B027 (optional hook: only SSH holds a connection)
         """Release connections (SSH)."""
 

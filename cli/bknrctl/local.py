@@ -103,6 +103,11 @@ class LocalControl(NodeControl):
     def wipe_raft_state(self) -> None:
         shutil.rmtree(self.raft_dir, ignore_errors=True)
 
+    def retain_snapshots(self, keep: int) -> dict[str, int]:
+        from bknr_cluster.cluster.retention import archive
+
+        return archive(Path(self.node.data_dir), keep)
+
     def tail_out(self, lines: int = 5) -> str:
         """The node's raw stdout/stderr: where a crash before logging starts is written."""
         return self.tail(lines, Path(self.out_file))

@@ -199,17 +199,34 @@ def test_snapshot_quiet_and_all(runner, fake) -> None:
     assert r.exit_code == 1 and "n3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_snapshot_keep_prunes_old_files(tmp_path: Path) -> None:
-    from bknrctl.admin import prune_snapshots
+def test_snapshot_retention_archives_and_never_touches_the_engine_dir(tmp_path: Path) -> None:
+    from bknr_cluster.cluster.retention import archive
 
-    for idx in (10, 20, 30, 40):
-        (tmp_path / f"snapshot-1-{idx}-{idx * 7}").write_bytes(b"x")
-        (tmp_path / f"snapshot-1-{idx}-{idx * 7}.meta").write_bytes(b"m")
-    (tmp_path / "open-1").write_bytes(b"log")
-    assert prune_snapshots(tmp_path, 2) == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "open-1", "snapshot-1-30-210", "snapshot-1-30-210.meta", "snapshot-1-40-280",
-        "snapshot-1-40-280.meta"]
+    raft = tmp_path / "raft"
+    raft.mkdir()
+
+    def engine_snapshot(idx: int) -> None:
+        (raft / f"snapshot-1-{idx}-{idx * 7}").write_bytes(b"x%d" % idx)
+        (raft / f"snapshot-1-{idx}-{idx * 7}.meta").write_bytes(b"m")
+
+    for idx in (10, 20):
+        engine_snapshot(idx)
+    (raft / "snapshot-1-25-175").write_bytes(b"half written: no .meta yet")
+    (raft / "open-1").write_bytes(b"log")
+    before = sorted(p.name for p in raft.iterdir())
+    assert archive(tmp_path, 2) == {"archived": 2, "removed": 0, "kept": 2}
+    for idx in (30, 40):             # libraft drops the older ones itself (keeps the last two)
+        engine_snapshot(idx)
+        assert archive(tmp_path, 3)["archived"] == 1
+    engine_snapshot(100)             # a higher index sorts after 40 although "100" < "40" as text
+    assert archive(tmp_path, 3) == {"archived": 1, "removed": 2, "kept": 3}
+    assert sorted((tmp_path / "snapshots").iterdir(), key=lambda p: p.name) and sorted(
+        p.name for p in (tmp_path / "snapshots").iterdir()) == [
+        "snapshot-1-100-700", "snapshot-1-100-700.meta", "snapshot-1-30-210",
+        "snapshot-1-30-210.meta", "snapshot-1-40-280", "snapshot-1-40-280.meta"]
+    # the engine's directory only ever grew: nothing there was deleted
+    assert set(before) <= {p.name for p in raft.iterdir()}
+    assert (tmp_path / "snapshots" / "snapshot-1-100-700").read_bytes() == b"x100"
 
 
 def test_backup_and_restore_refuses_live_cluster(runner, fake, tmp_path: Path) -> None:
