@@ -8,7 +8,8 @@ that appears in ``raft/`` is hard-linked (copied where the file system refuses l
 ``data_dir/snapshots``, and all but the ``keep`` newest pairs there are deleted. A pair is
 archived data file first, ``.meta`` last, so an archived pair with both files is complete.
 
-The node runs ``SnapshotKeeper`` (a thread polling ``snapshot_index``); ``bknrctl snapshot --keep N``
+The node runs ``SnapshotKeeper.check`` once a second (from the leader-history observer thread,
+history.py; ``start()`` gives it a thread of its own when embedded); ``bknrctl snapshot --keep N``
 runs ``archive`` right after its snapshot, locally or over SSH (``python -m
 bknr_cluster.cluster.retention DATA_DIR N``, which prints one JSON line).
 """

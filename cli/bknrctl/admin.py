@@ -184,8 +184,14 @@ def transfer_leadership(cluster: Cluster, to: int = 0, timeout: float = 15.0) ->
 @guarded
 def leader_transfer(ctx: typer.Context, config: ConfigOpt = None,
                     to: Annotated[str | None, typer.Option("--to", help="Target voter.")] = None,
+                    at: Annotated[str | None, typer.Option(
+                        "--at", help="Schedule it: +SECONDS, +Nm, +Nh, HH:MM or ISO 8601 time "
+                                     "(held by the leader; bknrctl leader cancel).")] = None,
                     output: OutputOpt = OutputFormat.table) -> None:
-    """Planned switchover to ``--to`` (or the best candidate); waits and reports the gap."""
+    """Planned switchover to --to (or the best candidate); waits and reports the gap."""
+    from .opscmd import parse_when, schedule_transfer
+
+    when = parse_when(at) if at is not None else None
     cluster = cluster_for(ctx, config)
     target = 0
     if to is not None:
@@ -196,6 +202,15 @@ def leader_transfer(ctx: typer.Context, config: ConfigOpt = None,
         if members[n.id] != "voter":
             raise MembershipError(f"cannot transfer to {n.name}: it is a {members[n.id]}, not a voter")
         target = n.id
+    if when is not None:
+        plan = schedule_transfer(cluster, target, when)
+        if output is OutputFormat.json:
+            emit_json(plan)
+        else:
+            at_text = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(plan["at"]))
+            typer.echo(f"scheduled on {plan['leader']}: transfer to {to or 'the best candidate'} "
+                       f"at {at_text} (cancel: bknrctl leader cancel)")
+        return
     result = transfer_leadership(cluster, target)
     if output is OutputFormat.json:
         emit_json(result)
@@ -295,10 +310,19 @@ def read_backup(path: Path) -> tuple[dict, bytes]:
 
 @app.command()
 @guarded
-def backup(ctx: typer.Context, out: Annotated[Path, typer.Option("--out", help="Backup file to write.")],
+def backup(ctx: typer.Context,
+           out: Annotated[Path | None, typer.Option("--out", help="Backup file to write.")] = None,
+           check: Annotated[Path | None, typer.Option(
+               "--check", help="Verify this backup file instead (checksum; loads it with the YAML's "
+                               "store when a YAML is found); contacts no node.")] = None,
            config: ConfigOpt = None, quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
            output: OutputOpt = OutputFormat.table) -> None:
     """Write a consistent store snapshot from the leader (index, checksum, cluster identity)."""
+    if (out is None) == (check is None):
+        raise UsageError("give exactly one of --out FILE (write a backup) or --check FILE (verify one)")
+    if check is not None:
+        _check_backup(ctx, config, check, quiet, output)
+        return
     cluster = cluster_for(ctx, config)
     leader = cluster.leader_node()
     r = cluster.clients[leader.name].backup()
@@ -315,6 +339,22 @@ def backup(ctx: typer.Context, out: Annotated[Path, typer.Option("--out", help="
     elif not quiet:
         typer.echo(f"backup of {header['group']} at index {header['index']} -> {out} "
                    f"({len(payload)} bytes, sha256 {sha[:16]})")
+
+
+def _check_backup(ctx: typer.Context, config: str | None, path: Path, quiet: bool,
+                  output: OutputFormat) -> None:
+    from .app import chosen_path
+    from .opscmd import check_backup
+
+    yaml_path = chosen_path(ctx, config)
+    result = check_backup(path, cluster_for(ctx, config) if yaml_path.exists() else None)
+    if output is OutputFormat.json:
+        emit_json(result)
+    elif not quiet:
+        loaded = (f", loads: {result['objects']} objects, digest {result['digest'][:16]}"
+                  if result.get("loadable") else " (no YAML: not loaded)")
+        typer.echo(f"{path}: ok: {result['group']} at index {result['index']}, {result['bytes']} bytes, "
+                   f"sha256 {result['sha256'][:16]}{loaded}")
 
 
 @app.command()
