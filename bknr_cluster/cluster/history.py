@@ -116,7 +116,6 @@ class LeaderHistory:
             os.fsync(f.fileno())
         if self.leader_changes % 1000 == 0:
             past = read_history(self.path)
-        self._end_torn_line()
             if len(past) > MAX_RECORDS:
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in past[-MAX_RECORDS:]))
