@@ -364,21 +364,28 @@ def restore(ctx: typer.Context, from_: Annotated[Path, typer.Option("--from", he
     """Seed a NEW cluster (the YAML's, not yet initialised) from a backup; refuses a live one."""
     cluster = cluster_for(ctx, config)
     header, payload = read_backup(from_)
+    if header.get("store") and header["store"] != cluster.cfg.store:
+        raise UsageError(f"backup is of store {header['store']}, the YAML runs {cluster.cfg.store}")
+    leader, index = seed_new_cluster(cluster, payload, f"{from_} (index {header['index']})", yes)
+    info(f"restored {header['group']}@{header['index']} into {cluster.cfg.group} (leader {leader})")
+
+
+def seed_new_cluster(cluster: Cluster, payload: bytes, source: str, yes: bool) -> tuple[str, int]:
+    """Init and start the YAML's new cluster and load ``payload`` (a store snapshot) through the
+    log (POST /restore); refuses a live cluster or one with Raft state. Returns (leader, index)."""
     live = [n.name for n, r in zip(cluster.cfg.nodes, parallel(
         lambda n: cluster.clients[n.name].health(timeout=1.0), list(cluster.cfg.nodes)), strict=True)
         if not isinstance(r, BaseException)]
     if live:
         raise UsageError(f"refusing to restore over a live cluster ({', '.join(live)} answering); "
-                         "restore seeds a new cluster")
+                         "this seeds a new cluster")
     ctls = [controller(cluster.cfg, n) for n in cluster.cfg.nodes]
     try:
         existing = [c.node.name for c in ctls if c.has_raft_state()]
         if existing:
-            raise UsageError(f"refusing to restore: {', '.join(existing)} already hold Raft state; "
-                             "restore seeds a new cluster (use a fresh YAML / data dirs)")
-        if header.get("store") and header["store"] != cluster.cfg.store:
-            raise UsageError(f"backup is of store {header['store']}, the YAML runs {cluster.cfg.store}")
-        confirm(f"Seed cluster {cluster.cfg.group} from {from_} (index {header['index']})?", yes)
+            raise UsageError(f"refusing: {', '.join(existing)} already hold Raft state; this seeds "
+                             "a new cluster (use a fresh YAML / data dirs)")
+        confirm(f"Seed cluster {cluster.cfg.group} from {source}?", yes)
         ensure_token(cluster.cfg)
         cluster = Cluster(cluster.cfg)  # re-read the token that may just have been created
         for c in ctls:
@@ -388,13 +395,14 @@ def restore(ctx: typer.Context, from_: Annotated[Path, typer.Option("--from", he
             c.close()
     start_nodes(cluster, list(cluster.cfg.nodes))
     leader = cluster.wait_for_leader(timeout=30.0)
-    r = cluster.clients[leader.name].request("POST", "/restore", None, timeout=120.0,
-                                             raw_body=payload, headers={"X-Bknr-Sha256": header["sha256"]})
+    r = cluster.clients[leader.name].request(
+        "POST", "/restore", None, timeout=300.0, raw_body=payload,
+        headers={"X-Bknr-Sha256": hashlib.sha256(payload).hexdigest()})
     if r.status != 200:
         from .client import error_from_body
 
         raise error_from_body(r.status, r.body, leader.name)
-    info(f"restored {header['group']}@{header['index']} into {cluster.cfg.group} (leader {leader.name})")
+    return leader.name, int(r.body.get("index") or 0)
 
 
 # --- recover ------------------------------------------------------------------------------------

@@ -16,9 +16,18 @@ def add_note(key: str, text: str) -> int:
     return Note(key=key, text=text).id
 
 
+@transaction("add_notes")
+def add_notes(prefix: str, n: int) -> int:
+    """``n`` notes in one transaction (tests build large stores with it)."""
+    for i in range(n):
+        Note(key=f"{prefix}-{i}", text=f"note {i} of {prefix}")
+    return n
+
+
 @query("notes")
 def notes() -> list[list]:
     return [[n.id, n.key, n.text] for n in Note.all()]
 
 
-definition = StoreDefinition("notes", classes=[Note], transactions=[add_note], queries=[notes])
+definition = StoreDefinition("notes", classes=[Note], transactions=[add_note, add_notes],
+                             queries=[notes])
