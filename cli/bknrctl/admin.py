@@ -416,7 +416,7 @@ def recover(ctx: typer.Context, node: Annotated[str, typer.Option("--node", help
     """Quorum loss: force a new configuration of the surviving nodes (longest log first).
 
     Refuses while a quorum is reachable. Every reachable node with a running process is a
-    survivor; the new configuration makes them the voters. ``--node`` must be a survivor and
+    survivor; the new configuration makes them the voters. --node must be a survivor and
     names the node that is started first (the one with the longest log is preferred).
     """
     if not force:

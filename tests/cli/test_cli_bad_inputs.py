@@ -242,3 +242,21 @@ def test_config_option_after_a_sub_group_name(runner, fake) -> None:
     assert cluster.added and cluster.added[0][0] == 4
     r = runner.invoke(app, ["leader", "-c", str(path), "transfer", "--to", "n2", "-o", "json"])
     assert cluster.transfers, r.output
+
+
+def test_help_texts_have_no_raw_rst_markup(runner) -> None:
+    """Every command's --help, as an operator reads it: no ``double backquotes``."""
+    import typer
+
+    root = typer.main.get_command(app)
+
+    def walk(cmd, path):
+        yield path
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+    paths = list(walk(root, []))
+    assert len(paths) > 20
+    for p in paths:
+        r = runner.invoke(app, [*p, "--help"])
+        assert r.exit_code == 0, (p, r.output)
+        assert "``" not in r.stdout, (p, [ln for ln in r.stdout.splitlines() if "``" in ln])
