@@ -9,7 +9,7 @@ that appears in ``raft/`` is hard-linked (copied where the file system refuses l
 archived data file first, ``.meta`` last, so an archived pair with both files is complete.
 
 The node runs ``SnapshotKeeper.check`` once a second (from the leader-history observer thread,
-history.py; ``start()`` gives it a thread of its own when embedded); ``bknrctl snapshot --keep N``
+history.py); ``bknrctl snapshot --keep N``
 runs ``archive`` right after its snapshot, locally or over SSH (``python -m
 bknr_cluster.cluster.retention DATA_DIR N``, which prints one JSON line).
 """
@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -95,21 +94,12 @@ def archive(data_dir: str | os.PathLike, keep: int) -> dict[str, int]:
 
 
 class SnapshotKeeper:
-    """Archives and prunes after every new engine snapshot (polling ``snapshot_index``)."""
+    """Archives and prunes after every new engine snapshot; ``check`` is called once a second
+    by the node's observer thread (history.py)."""
 
-    def __init__(self, engine: Any, data_dir: str | os.PathLike, keep: int, interval: float = 1.0):
-        self.engine, self.data_dir, self.keep, self.interval = engine, data_dir, keep, interval
+    def __init__(self, engine: Any, data_dir: str | os.PathLike, keep: int):
+        self.engine, self.data_dir, self.keep = engine, data_dir, keep
         self._seen: Any = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bknr-retention", daemon=True)
-
-    def start(self) -> SnapshotKeeper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
     def check(self) -> dict[str, int] | None:
         """One round: archive when the engine's snapshot index moved since the last round."""
@@ -122,13 +112,6 @@ class SnapshotKeeper:
             log.info("snapshot retention: archived %d, removed %d file(s), keeping %d of keep=%d",
                      result["archived"], result["removed"], result["kept"], self.keep)
         return result
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check()
-            except Exception:  # retention must never take the node down
-                log.exception("snapshot retention failed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,20 +48,21 @@ def store_not_importable(tmp: Path) -> list[str]:
     return ["-c", str(_yaml(tmp, store="no_such_app_module:definition")), "validate"]
 
 
-def localhost_alias(tmp: Path) -> list[str]:
+def _n2_raft_port_on(tmp: Path, host: str) -> Path:
+    """A YAML whose n2 listens on n1's raft port, under another spelling of the host."""
     path = _yaml(tmp)
     port = re.search(r"n1, host: 127.0.0.1, raft_port: (\d+)", path.read_text()).group(1)
-    text = re.sub(r"(n2, host: )127.0.0.1(, raft_port: )\d+", rf"\1localhost\g<2>{port}", path.read_text())
-    path.write_text(text)
-    return ["-c", str(path), "validate"]
+    path.write_text(re.sub(r"(n2, host: )127.0.0.1(, raft_port: )\d+", rf"\g<1>{host}\g<2>{port}",
+                           path.read_text()))
+    return path
+
+
+def localhost_alias(tmp: Path) -> list[str]:
+    return ["-c", str(_n2_raft_port_on(tmp, "localhost")), "validate"]
 
 
 def wildcard_alias(tmp: Path) -> list[str]:
-    path = _yaml(tmp)
-    port = re.search(r"n1, host: 127.0.0.1, raft_port: (\d+)", path.read_text()).group(1)
-    text = re.sub(r"(n2, host: )127.0.0.1(, raft_port: )\d+", rf"\g<1>0.0.0.0\g<2>{port}", path.read_text())
-    path.write_text(text)
-    return ["-c", str(path), "validate"]
+    return ["-c", str(_n2_raft_port_on(tmp, "0.0.0.0")), "validate"]
 
 
 def duplicate_key(tmp: Path) -> list[str]:
@@ -187,11 +188,7 @@ def test_a_good_three_node_config_has_no_warning(runner, tmp_path: Path) -> None
 
 
 def test_distinct_loopback_addresses_do_not_clash(runner, tmp_path: Path) -> None:
-    path = _yaml(tmp_path)
-    port = re.search(r"n1, host: 127.0.0.1, raft_port: (\d+)", path.read_text()).group(1)
-    path.write_text(re.sub(r"(n2, host: )127.0.0.1(, raft_port: )\d+", rf"\g<1>127.0.0.2\g<2>{port}",
-                           path.read_text()))
-    r = runner.invoke(app, ["-c", str(path), "validate"])
+    r = runner.invoke(app, ["-c", str(_n2_raft_port_on(tmp_path, "127.0.0.2")), "validate"])
     assert r.exit_code == 0, r.output
 
 
