@@ -45,22 +45,38 @@ def _collect(problems: list[Problem], fn: object) -> object:
 def preflight(cfg: ClusterConfig, import_store: bool = True) -> Preflight:
     """Every start-time problem of ``cfg`` (errors), and the warnings."""
     out = Preflight()
-    token = _collect(out.errors, cfg.token)
-    if cfg.token_file is not None and token == "":
-        out.errors.append(("token_file", f"{cfg.token_file} is empty; the API would accept no "
-                           "token (bknrctl init generates one)"))
-    if cfg.token_file is not None and token:
-        mode = cfg.token_file.stat().st_mode
-        if mode & 0o077:
-            out.warnings.append(("token_file", f"{cfg.token_file} has mode {stat.S_IMODE(mode):04o}; "
-                                 f"other users can read the API token (chmod 600 {cfg.token_file})"))
-    _collect(out.errors, cfg.raft_secret)
+    # Before init (no node on this machine holds Raft state) the token and secret files cannot
+    # exist yet and init creates them: a warning then, an error once the cluster is initialised.
+    fresh = _fresh(cfg)
+    missing = {key for key, f in (("token_file", cfg.token_file), ("raft_secret_file", cfg.raft_secret_file))
+               if f is not None and fresh and not f.exists()}
+    for key in sorted(missing):
+        out.warnings.append((key, f"{getattr(cfg, key)} does not exist yet; bknrctl init creates it"))
+    if cfg.token_file is not None and "token_file" not in missing:
+        token = _collect(out.errors, cfg.token)
+        if token == "":
+            out.errors.append(("token_file", f"{cfg.token_file} is empty; the API would accept no "
+                               "token (bknrctl init generates one)"))
+        elif token:
+            mode = cfg.token_file.stat().st_mode
+            if mode & 0o077:
+                out.warnings.append(("token_file", f"{cfg.token_file} has mode "
+                                     f"{stat.S_IMODE(mode):04o}; other users can read the API "
+                                     f"token (chmod 600 {cfg.token_file})"))
+    if "raft_secret_file" not in missing:
+        _collect(out.errors, cfg.raft_secret)
     if import_store:
         out.errors += _store_problems(cfg)
     voters = sum(1 for n in cfg.nodes if n.role == "voter")
     if (why := voter_warning(voters)) is not None:
         out.warnings.append(("nodes", why))
     return out
+
+
+def _fresh(cfg: ClusterConfig) -> bool:
+    """Not initialised yet: nodes on this machine, none of them holding Raft state."""
+    local = [n for n in cfg.nodes if n.is_local]
+    return bool(local) and not any(n.raft_dir.is_dir() and any(n.raft_dir.iterdir()) for n in local)
 
 
 def _store_problems(cfg: ClusterConfig) -> list[Problem]:

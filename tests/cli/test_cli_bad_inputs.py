@@ -34,7 +34,15 @@ def _edit(path: Path, old: str, new: str, count: int = 1) -> Path:
 def missing_token(tmp: Path) -> list[str]:
     path = _yaml(tmp)
     (tmp / "token").unlink()
+    (tmp / "data" / "n1" / "raft").mkdir(parents=True)       # initialised: the node needs it
+    (tmp / "data" / "n1" / "raft" / "metadata1").write_bytes(b"x")
     return ["-c", str(path), "validate"]
+
+
+def missing_token_before_init(tmp: Path) -> list[str]:
+    path = _yaml(tmp)
+    (tmp / "token").unlink()
+    return ["-c", str(path), "validate", "--strict"]
 
 
 def weak_secret(tmp: Path) -> list[str]:
@@ -122,6 +130,9 @@ def drill_unknown_node(tmp: Path) -> list[str]:
 # name -> (build the arguments, exit code, regular expression the first stderr line matches)
 CASES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
     "token file missing": (missing_token, 2, r"error: token_file: cannot read .*token"),
+    "token file missing before init, --strict": (missing_token_before_init, 2,
+                                                 r"warning: token_file: .*token does not exist yet; "
+                                                 r"bknrctl init creates it"),
     "3-byte raft secret, mode 0644": (weak_secret, 2, r"error: raft_secret_file: .* has mode 0644"),
     "store module not importable": (store_not_importable, 2,
                                     r"error: store: cannot import 'no_such_app_module'"),
