@@ -119,6 +119,8 @@ async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float) -
                 history.expect(f"{me.name} stopping (SIGTERM): leadership handed over")
             new = await loop.run_in_executor(None, cs.transfer, 0, transfer_timeout)
             log.info("leadership transferred to %s", new)
+            if history is not None:  # record it (with the cause) before the observer stops
+                history.observe(cs.engine.status())
     except Exception as exc:  # best effort: stopping must not fail because of it
         log.warning("leadership transfer before stop failed: %s", exc)
     await server.stop_async()
