@@ -61,7 +61,8 @@ class LeaderHistory:
         self._end_torn_line()
         self._last = (int(past[-1]["term"]), int(past[-1]["new_leader"])) if past else (0, 0)
         self._expected: tuple[str, float] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()       # the expected cause
+        self._observing = threading.Lock()  # one observation (compare, append) at a time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bknr-history", daemon=True)
 
@@ -91,7 +92,12 @@ class LeaderHistory:
         return read_history(self.path)
 
     def observe(self, st: dict) -> dict | None:
-        """Record a change if ``st`` (engine status) shows a new leader; returns the record."""
+        """Record a change if ``st`` (engine status) shows a new leader; returns the record.
+        Thread-safe: the observer thread and a stopping node may both call it."""
+        with self._observing:
+            return self._observe(st)
+
+    def _observe(self, st: dict) -> dict | None:
         leader, term = int(st.get("leader_id") or 0), int(st.get("term") or 0)
         self.has_leader = leader != 0
         if not leader or leader == self._last[1] or term < self._last[0]:
