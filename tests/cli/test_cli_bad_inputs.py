@@ -268,3 +268,13 @@ def test_help_texts_have_no_raw_rst_markup(runner) -> None:
         r = runner.invoke(app, [*p, "--help"])
         assert r.exit_code == 0, (p, r.output)
         assert "``" not in r.stdout, (p, [ln for ln in r.stdout.splitlines() if "``" in ln])
+
+
+def test_an_unreachable_spare_does_not_degrade(runner, fake) -> None:
+    path, cluster, _ = fake
+    cluster.members[4] = "spare"          # n4: a member that neither votes nor gets the log
+    r = runner.invoke(app, ["-c", str(path), "status"])
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    cluster.members[4] = "standby"        # a standby replicates: losing it costs redundancy
+    r = runner.invoke(app, ["-c", str(path), "status"])
+    assert r.exit_code == 4 and r.stderr.startswith("degraded: n4 unreachable"), r.output
