@@ -40,6 +40,9 @@ class _ScriptedInit(NodeControl):
     def wipe_raft_state(self):
         pass
 
+    def retain_snapshots(self, keep):
+        return {"archived": 0, "removed": 0, "kept": 0}
+
     def tail(self, lines=50):
         return ""
 
