@@ -32,7 +32,8 @@ class AdminMixin:
         """A store snapshot of this replica with the index it is exactly at."""
         with self._apply_lock:
             buf = io.BytesIO()
-            self.store.write_snapshot(buf)
+            # the system namespace (drill records) is the cluster's, not the application's
+            self.store.write_snapshot(buf, include_system=False)
             return self.applied_index, buf.getvalue()
 
     def restore_backup(self, snapshot: bytes, sha256_hex: str | None = None,
@@ -91,6 +92,8 @@ class AdminMixin:
 
     def remove_peer(self, node_id: int, timeout: float = 30.0) -> None:
         self.engine.remove(int(node_id)).result(timeout)
+        # symmetric with add_peer: a removed member is no longer a peer of this replica
+        self.peers.pop(int(node_id), None)
 
     def transfer(self, node_id: int = 0, timeout: float = 10.0) -> int:
         """Hand leadership to ``node_id`` (0: best candidate); returns the new leader's id."""

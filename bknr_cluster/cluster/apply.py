@@ -42,6 +42,7 @@ class ApplierMixin:
     _apply_lock: Any
     _applied_cond: threading.Condition
     _digest_cache: Any
+    on_store_snapshot: Any = None  # called with the seconds each store snapshot took
 
     # --- apply path -----------------------------------------------------------------------
 
@@ -178,8 +179,10 @@ class ApplierMixin:
         self.store.write_snapshot(buf)
         self.engine.store_snapshot_done(index, buf.getvalue())
         self.last_store_snapshot = index
-        log.info("store snapshot at %d: %d bytes in %.3f s", index, buf.tell(),
-                 time.monotonic() - t0)
+        seconds = time.monotonic() - t0
+        log.info("store snapshot at %d: %d bytes in %.3f s", index, buf.tell(), seconds)
+        if self.on_store_snapshot is not None:  # metrics (api.py): a duration histogram
+            self.on_store_snapshot(seconds)
         self._maybe_freeze_gc()
 
     def _maybe_freeze_gc(self) -> None:

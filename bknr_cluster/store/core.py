@@ -17,6 +17,7 @@ from enum import Enum
 from typing import IO, Any
 
 from bknr_cluster.errors import CodecError, CorruptData, StoreError, UnknownTransaction, UsageError
+from bknr_cluster.store import system
 from bknr_cluster.store.blobs import BlobStore
 from bknr_cluster.store.codec import UNPACK_ERRORS, Codec, unpackb
 from bknr_cluster.store.model import LOCAL, StoreObject
@@ -47,6 +48,14 @@ def _names(kind: str, items: Iterable[Any], cls: type) -> tuple[dict[str, Any], 
     return by_name, short
 
 
+def _add_system(registry: dict[str, Any], builtins: dict[str, Any], kind: str) -> None:
+    """The system namespace's built-ins (system.py), by full name only: no short-name clashes."""
+    for name in registry:
+        if name.startswith(system.PREFIX):
+            raise UsageError(f"{kind} name {name!r}: the prefix {system.PREFIX!r} is reserved")
+    registry.update(builtins)
+
+
 class StoreDefinition:
     """What a store holds: persistent classes, transactions, queries and codec enums."""
 
@@ -63,11 +72,13 @@ class StoreDefinition:
             if other is not c:
                 raise UsageError(f"two classes are stored as {c._meta.name!r}")
         self.transactions, self._tx_short = _names("transaction", transactions, Transaction)
+        _add_system(self.transactions, system.TRANSACTIONS, "transaction")
         # the hot paths' one-dict lookup: full name, unambiguous short name or the Transaction
         # itself -> Transaction (anything else goes through ``transaction()`` for its error)
         self._tx_any: dict[Any, Transaction] = {**self._tx_short, **self.transactions}
         self._tx_any.update((t, t) for t in self.transactions.values())
         self.queries, self._q_short = _names("query", queries, Query)
+        _add_system(self.queries, system.QUERIES, "query")
         self.enums = tuple(enums)
         for e in self.enums:
             if not (isinstance(e, type) and issubclass(e, Enum)):
@@ -133,6 +144,7 @@ class Store(ObjectState):
         self._tx_full = definition.transactions      # full name -> Transaction (apply fast path)
         self._ext_hook = self._codec._ext_hook          # bound once, not per record
         self._last_ts = 0
+        self.system: dict[str, Any] = {}   # the cluster layer's namespace (system.py)
         self.last_index = 0            # index of the last record applied (TxContext.index)
         self._version = 0              # bumped on every successful change; digest cache key
         self._digest_cache: tuple[int, str] | None = None
@@ -306,11 +318,15 @@ class Store(ObjectState):
 
     # --- snapshots, digest, blobs -------------------------------------------------------------
 
-    def write_snapshot(self, stream: IO[bytes], include_blobs: bool = True) -> int:
-        """Serialise the whole state to a binary stream; returns the number of objects."""
+    def write_snapshot(self, stream: IO[bytes], include_blobs: bool = True,
+                       include_system: bool = True) -> int:
+        """Serialise the whole state to a binary stream; returns the number of objects.
+
+        ``include_system=False`` leaves the system namespace out (backups: system.py)."""
         from bknr_cluster.store import snapshot
         with self._lock:
-            return snapshot.write(self, stream, include_blobs=include_blobs)
+            return snapshot.write(self, stream, include_blobs=include_blobs,
+                                  include_system=include_system)
 
     def load_snapshot(self, stream: IO[bytes]) -> int:
         """Replace the whole state with a snapshot (an empty stream means the empty store)."""

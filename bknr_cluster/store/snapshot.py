@@ -50,7 +50,8 @@ def _frame(stream: IO[bytes], payload: bytes) -> None:
     stream.write(_FRAME.pack(len(payload), zlib.crc32(payload)) + payload)
 
 
-def write(store: Store, stream: IO[bytes], include_blobs: bool = True) -> int:
+def write(store: Store, stream: IO[bytes], include_blobs: bool = True,
+          include_system: bool = True) -> int:
     blobs: set[Blob] = set()
     codec = Codec(store.definition.enums, store.find, store._is_live, lenient=True,
                   on_blob=blobs.add if include_blobs else None)
@@ -77,6 +78,10 @@ def write(store: Store, stream: IO[bytes], include_blobs: bool = True) -> int:
             frames += 1
     for blob in sorted(blobs, key=lambda b: b.sha256):
         _frame(stream, msgpack.packb(["blob", blob.sha256, store.blobs.get(blob)], use_bin_type=True))
+        frames += 1
+    if include_system and store.system:
+        # only when non-empty: a snapshot of a store that never used it is unchanged (system.py)
+        _frame(stream, msgpack.packb(["system", sorted(store.system.items())]))
         frames += 1
     _frame(stream, msgpack.packb(["end", total, frames]))
     return total
@@ -115,6 +120,7 @@ def load(store: Store, stream: IO[bytes]) -> int:
     magic = stream.read(len(MAGIC))
     if not magic:
         store._reset_state()
+        store.system = {}
         store._last_ts = 0
         store.last_index = 0
         store.schema_report = []
@@ -220,9 +226,10 @@ def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
     announced = 0
     columns_started = False
     end: Any = None
+    system: dict[str, Any] = {}
     for n, payload in frames:
         item = codec.unpack(payload)
-        if type(item) is not list or not item or item[0] not in ("ids", "cols", "blob", "end"):
+        if type(item) is not list or not item or item[0] not in ("ids", "cols", "blob", "system", "end"):
             raise _bad(f"frame {n} is not a snapshot frame")
         kind = item[0]
         if kind == "ids":
@@ -259,6 +266,12 @@ def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
             for setter, col in zip(row, cols, strict=True):
                 if setter is not None:
                     deque(map(setter, objs, col), 0)
+        elif kind == "system":
+            pairs = item[1] if len(item) == 2 and type(item[1]) is list else None
+            if pairs is None or any(type(p) is not list or len(p) != 2 or type(p[0]) is not str
+                                    for p in pairs):
+                raise _bad(f"frame {n}: malformed system frame")
+            system = dict(pairs)
         elif kind == "blob":
             _, sha, data = item
             if type(sha) is not str or type(data) is not bytes:
@@ -298,6 +311,7 @@ def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
         store._last_ts = header["last_ts"]
         store.last_index = header["last_index"]
         store.schema_report = report
+        store.system = system
         for line in report:
             log.warning("schema change while loading snapshot: %s", line)
     return loaded, install
@@ -363,6 +377,8 @@ def digest_into(store: Store, h: Any) -> None:
             if _CONTAINERS & set(map(type, col)):
                 col = [_canon(codec, v) for v in col]
             h.update(codec.pack([spec.name, col]))
+    if store.system:  # only when non-empty: digests of stores that never used it are unchanged
+        h.update(msgpack.packb(["system", sorted(store.system.items())]))
 
 
 def referenced_blobs(store: Store) -> set[str]:
