@@ -3,8 +3,8 @@
 Definition (scheme ``bknr-digest-2``)::
 
     digest = blake2s(pack([SCHEME, S, next_id, last_ts])).hexdigest()
-    S      = sum over live objects o of h(o)  mod 2**128
-    h(o)   = blake2s(pack([tag(class), o.id, v_1, ..., v_k]), 16 bytes) as an integer
+    S      = sum over live objects o of h(o)  mod 2**120
+    h(o)   = blake2s(pack([tag(class), o.id, v_1, ..., v_k]), 15 bytes) as an integer
 
 ``tag(class)`` is the packed ``[stored class name, [persistent attribute names, sorted]]`` and
 ``v_i`` are those attributes' values, canonicalised (dict items and set members sorted by their
@@ -24,9 +24,9 @@ hashed once. A failed transaction's undo log never reaches ``pending``: it chang
 
 Deleting an object changes the encoding of every object that references it (the reference
 becomes None) without touching them. So the fold marks every object a hash saw a live reference
-to (bit 128 of its ``_state_hash``, sticky), and when a marked object has been deleted it scans
-the classes that have held references for the objects pointing at it and rehashes those: one
-O(n) scan per fold that deletes a referenced object.
+to (sticky: its ``_state_hash`` holds ``~h``, a negative number, instead of h), and when a
+marked object has been deleted it scans the classes that have held references for the objects
+pointing at it and rehashes those: one O(n) scan per fold that deletes a referenced object.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from collections.abc import Callable
 from functools import partial
 from hashlib import blake2s
 from itertools import chain, compress, repeat
-from operator import and_, attrgetter, is_, itemgetter, methodcaller, or_
+from operator import attrgetter, is_, itemgetter, methodcaller, rshift, xor
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from bknr_cluster.store.codec import Codec
+from bknr_cluster.store.codec import EXT_REF, Codec
 from bknr_cluster.store.model import StoreObject
 
 if TYPE_CHECKING:
@@ -51,18 +51,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("bknr_cluster.store")
 
 SCHEME = "bknr-digest-2"
-FOLD_ENTRIES = 512                 # undo entries pending before a commit folds them
-_MASK = (1 << 128) - 1
-_REFERENCED = 1 << 128             # in ``_state_hash``: some hash saw a live reference to it
+FOLD_ENTRIES = 256                 # undo entries pending before a commit folds them
+_MASK = (1 << 120) - 1
+# ``_state_hash`` is h, or ~h (negative) once some hash saw a live reference to the object;
+# ``v ^ (v >> _SIGN)`` is h either way and ``x ^ (v >> _SIGN)`` gives x the same mark as v.
+# (120 bits: the int is 4 digits, 40 bytes, on every object.)
+_SIGN = 127
 _CONTAINERS = frozenset((dict, set, frozenset, list, tuple))
 _slot = StoreObject.__dict__["_state_hash"]
 _set_state_hash = _slot.__set__
 _get_state_hash = _slot.__get__
 _get_id = attrgetter("id")
 _undo_object = itemgetter(1)       # every undo entry is (kind, object, ...)
-_hash16 = partial(blake2s, digest_size=16)
+_hash15 = partial(blake2s, digest_size=15)
 _hash_bytes = methodcaller("digest")
 _int = int.from_bytes              # big-endian by default
+_Ext = msgpack.ExtType
 
 
 def _canon(pack: Callable[[Any], bytes], v: Any) -> Any:
@@ -81,12 +85,33 @@ def _canon(pack: Callable[[Any], bytes], v: Any) -> Any:
 
 
 class _Hasher:
-    """h(o) for many objects of one class at a time: C-level ``map`` pipelines per column."""
+    """h(o) for many objects of one class at a time: C-level ``map`` pipelines per column.
 
-    def __init__(self, store: Store, is_live: Callable[[Any], bool]):
-        self.codec = Codec(store.definition.enums, store.find, is_live, lenient=True)
-        self._pack = msgpack.Packer(default=self.codec._default, strict_types=True,
-                                    use_bin_type=True, autoreset=True).pack
+    With ``seen_refs``, every live object referenced by a hashed value is appended to it."""
+
+    def __init__(self, store: Store, seen_refs: list[Any] | None = None):
+        extents = store.__dict__        # ``_extent`` is replaced when a snapshot loads
+        note = seen_refs.append if seen_refs is not None else None
+
+        def is_live(obj: Any) -> bool:
+            extent = extents["_extent"].get(type(obj))
+            if extent is not None and extent.get(obj.id) is obj:
+                if note is not None:
+                    note(obj)
+                return True
+            return False
+
+        self.codec = codec = Codec(store.definition.enums, store.find, is_live, lenient=True)
+        codec_default, pack_id = codec._default, msgpack.Packer().pack
+
+        def default(o: Any) -> Any:
+            # references first: the usual non-native value (the codec's encoding, cheaper)
+            if isinstance(o, StoreObject):
+                return _Ext(EXT_REF, pack_id(o.id)) if is_live(o) else None
+            return codec_default(o)
+
+        self._pack = msgpack.Packer(default=default, strict_types=True, use_bin_type=True,
+                                    autoreset=True).pack
         self._plans: dict[type, tuple[bytes, list[Any]]] = {}
 
     def _plan(self, cls: type) -> tuple[bytes, list[Any]]:
@@ -105,17 +130,17 @@ class _Hasher:
             if _CONTAINERS.intersection(map(type, col)):
                 cols[i] = [_canon(pack, v) for v in col]
         rows = map(list, zip(repeat(tag), map(_get_id, objs), *cols))
-        return list(map(_int, map(_hash_bytes, map(_hash16, map(self._pack, rows)))))
+        return list(map(_int, map(_hash_bytes, map(_hash15, map(self._pack, rows)))))
 
 
 def finish(total: int, next_id: int, last_ts: int) -> str:
     """The digest string from the object sum and the store's counters."""
-    return blake2s(msgpack.packb([SCHEME, total.to_bytes(16, "big"), next_id, last_ts])).hexdigest()
+    return blake2s(msgpack.packb([SCHEME, total.to_bytes(15, "big"), next_id, last_ts])).hexdigest()
 
 
 def full_sum(store: Store) -> int:
     """S computed from scratch (changes nothing; what ``Store.digest_full`` walks)."""
-    hasher = _Hasher(store, store._is_live)
+    hasher = _Hasher(store)
     total = 0
     for cls in store._classes:
         objs = list(store._extent[cls].values())
@@ -138,15 +163,8 @@ class IncrementalDigest:
         self.pending: list[list[tuple]] = []
         self._seen_refs: list[Any] = []
         self._ref_classes: set[type] = set()
-        self._hasher = _Hasher(store, self._is_live_noting)
+        self._hasher = _Hasher(store, self._seen_refs)
         self._broken: Exception | None = None
-
-    def _is_live_noting(self, obj: Any) -> bool:
-        extent = self.store._extent.get(type(obj))
-        if extent is not None and extent.get(obj.id) is obj:
-            self._seen_refs.append(obj)
-            return True
-        return False
 
     def value(self) -> str:
         store = self.store
@@ -192,27 +210,20 @@ class IncrementalDigest:
         if not pending:
             return
         touched = set(map(_undo_object, chain.from_iterable(pending)))
-        by_class: dict[type, list[Any]] = {}
-        for obj in touched:
-            group = by_class.get(type(obj))
-            if group is None:
-                by_class[type(obj)] = [obj]
-            else:
-                group.append(obj)
         self._seen_refs.clear()
         # phase 1 computes everything that can fail; phase 2 only assigns
         gone = 0
         updates: list[tuple[list[Any], list[int], list[int]]] = []
         deleted_referenced: list[Any] = []
-        for cls, objs in by_class.items():
+        for cls, objs in _by_class(touched):
             olds = list(map(getattr, objs, repeat("_state_hash"), repeat(0)))
             extent = store._extent[cls]
             live = list(map(is_, map(extent.get, map(_get_id, objs)), objs))
             if not all(live):
                 for obj, old, alive in zip(objs, olds, live, strict=True):
                     if not alive:
-                        gone += old & _MASK
-                        if old & _REFERENCED:
+                        gone += old ^ (old >> _SIGN)
+                        if old < 0:
                             deleted_referenced.append(obj)
                 objs, olds = list(compress(objs, live)), list(compress(olds, live))
             if objs:
@@ -223,8 +234,9 @@ class IncrementalDigest:
                 updates.append((objs, olds, self._hashes(cls, objs)))
         total = self.total - gone
         for objs, olds, hashes in updates:
-            total += sum(hashes) - sum(map(and_, olds, repeat(_MASK)))
-            deque(map(_set_state_hash, objs, map(or_, hashes, map(and_, olds, repeat(_REFERENCED)))), 0)
+            marks = list(map(rshift, olds, repeat(_SIGN)))
+            total += sum(hashes) - sum(map(xor, olds, marks))
+            deque(map(_set_state_hash, objs, map(xor, hashes, marks)), 0)
         self._mark_referenced()
         self.total = total & _MASK
         pending.clear()
@@ -242,7 +254,9 @@ class IncrementalDigest:
 
     def _mark_referenced(self) -> None:
         for obj in self._seen_refs:      # live, and hashed by now
-            _set_state_hash(obj, _get_state_hash(obj) | _REFERENCED)
+            h = _get_state_hash(obj)
+            if h >= 0:
+                _set_state_hash(obj, ~h)
         self._seen_refs.clear()
 
     def _referrers(self, deleted: list[Any], skip: set[Any]) -> dict[type, list[Any]]:
@@ -266,6 +280,16 @@ class IncrementalDigest:
             if hits:
                 found[cls] = list(hits)
         return found
+
+
+def _by_class(objs: set[Any]) -> list[tuple[type, list[Any]]]:
+    """Group objects by class with C-level passes (few classes, many objects)."""
+    classes = set(map(type, objs))
+    if len(classes) == 1:
+        return [(classes.pop(), list(objs))]
+    every = list(objs)
+    kinds = list(map(type, every))
+    return [(c, list(compress(every, map(is_, kinds, repeat(c))))) for c in classes]
 
 
 def _refers(v: Any, dead: set[Any]) -> bool:
