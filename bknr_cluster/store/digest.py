@@ -6,7 +6,8 @@ Definition (scheme ``bknr-digest-2``)::
     S      = sum over live objects o of h(o)  mod 2**120
     h(o)   = blake2s(pack([tag(class), o.id, v_1, ..., v_k]), 15 bytes) as an integer
 
-``tag(class)`` is the packed ``[stored class name, [persistent attribute names, sorted]]`` and
+``tag(class)`` is the 8-byte blake2s of the packed ``[stored class name, [persistent attribute
+names, sorted]]`` (short, so a row of a few values fits one 64-byte hash block), and
 ``v_i`` are those attributes' values, canonicalised (dict items and set members sorted by their
 encoding) and encoded with the store codec; a reference to a deleted object encodes as None,
 exactly as snapshots write it, so a replica that restored a snapshot and one that replayed the
@@ -118,7 +119,7 @@ class _Hasher:
         plan = self._plans.get(cls)
         if plan is None:
             specs = sorted(cls._meta.persistent, key=attrgetter("name"))
-            tag = msgpack.packb([cls._meta.name, [s.name for s in specs]])
+            tag = blake2s(msgpack.packb([cls._meta.name, [s.name for s in specs]]), digest_size=8).digest()
             plan = self._plans[cls] = (tag, [s.getter for s in specs])
         return plan
 
