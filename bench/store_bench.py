@@ -147,13 +147,16 @@ def bench_apply(count: int) -> tuple[float, float]:
     return count / elapsed, elapsed / count * 1e6
 
 
-def bench_transfer_micro(count: int) -> tuple[float, float]:
+def bench_transfer_micro(count: int, digest: bool = True) -> tuple[float, float]:
     """µs per ``apply_record`` of a pre-encoded bank transfer, and per ``encode_transaction``.
 
     512 accounts in 256 pairs; transfers alternate direction within a pair so none fails, and
     every transfer id is new (the Transfer unique-index lookup misses, as in production).
+    ``digest=False``: with digest maintenance switched off (``switch_digest_off``).
     """
     store = Store(None, definition=app.definition, bind=False)
+    if not digest:
+        switch_digest_off(store)
     for k in range(512):
         store.apply_record(store.encode_transaction("open_account", f"a{k}", 1), TxContext(index=k + 1))
     records = []
@@ -255,6 +258,7 @@ def main() -> None:
         gc.collect()
         apply_tps, apply_us = bench_apply(20_000 if args.quick else 100_000)
         micro_apply_us, micro_encode_us = bench_transfer_micro(20_000 if args.quick else 100_000)
+        plain_apply_us, _ = bench_transfer_micro(20_000 if args.quick else 100_000, digest=False)
         tps1 = bench_tx(workdir, 1, 5_000, tx_s)
         tps16 = bench_tx(workdir, 16, 40_000, tx_s)
     rows = [
@@ -275,7 +279,7 @@ def main() -> None:
         ("checkpoint digest()", f"{dig['checkpoint_ms']:.3f} ms (max {dig['checkpoint_ms_max']:.3f})",
          "<= 1 ms"),
         ("encode+apply (memory)", f"{apply_tps:,.0f} tx/s  {apply_us:.1f} us/tx", ""),
-        ("  apply alone (transfer)", f"{micro_apply_us:.2f} us/tx", ""),
+        ("  apply alone (transfer)", f"{micro_apply_us:.2f} us/tx ({plain_apply_us:.2f} without digest)", ""),
         ("  encode alone (transfer)", f"{micro_encode_us:.2f} us/tx", ""),
         ("fsync'd tx, 1 caller", f"{tps1:,.0f} tx/s", ""),
         ("fsync'd tx, 16 callers", f"{tps16:,.0f} tx/s", ""),
@@ -294,6 +298,7 @@ def main() -> None:
         "tx_per_s_1": round(tps1), "tx_per_s_16": round(tps16),
         "apply_tx_per_s": round(apply_tps), "digest_s": round(snap["digest_s"], 3),
         "apply_us_transfer": round(micro_apply_us, 2), "encode_us_transfer": round(micro_encode_us, 2),
+        "apply_us_transfer_no_digest": round(plain_apply_us, 2),
         "write_us_no_digest": round(dig["write_us_no_digest"], 3),
         "write_us_digest": round(dig["write_us_digest"], 3),
         "digest_write_overhead_pct": round(dig["digest_write_overhead_pct"], 1),
