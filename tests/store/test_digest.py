@@ -7,14 +7,14 @@ import io
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import invariant, rule
 
 from bknr_cluster.errors import CodecError
 from bknr_cluster.store import Store, StoreDefinition, TxContext, transaction
 from bknr_cluster.store import digest as digest_mod
 from tests.store import models
 from tests.store.models import Person
-from tests.store.test_stateful import CITIES, NAMES, VALUES
+from tests.store.test_stateful import NAMES, PeopleRules
 
 SHAPES = ["one", "list", "tuple", "set", "dict_keys", "dict_values", "nested"]
 
@@ -92,7 +92,7 @@ def _round_trip(store: Store) -> Store:
     return other
 
 
-class DigestMachine(RuleBasedStateMachine):
+class DigestMachine(PeopleRules):
     """One store folding after every commit, one folding only when read, and (at checks) a
     store restored from a snapshot: same records, same digest, equal to the full walk."""
 
@@ -119,27 +119,6 @@ class DigestMachine(RuleBasedStateMachine):
         else:
             assert self.eager.digest() == before, f"failed {tx}{args} changed the digest"
 
-    @rule(name=NAMES, city=CITIES, age=st.integers(0, 99))
-    def add_person(self, name, city, age):
-        self._run("add_person", name, city, age)
-
-    @rule(name=NAMES, salary=st.integers(0, 10))
-    def add_employee(self, name, salary):
-        self._run("add_employee", name, salary)
-
-    @rule(name=NAMES, attr=st.sampled_from(["city", "age", "tags", "name"]),
-          value=st.one_of(VALUES, NAMES, CITIES))
-    def set_attr(self, name, attr, value):
-        self._run("set_attr", name, attr, value)
-
-    @rule(name=NAMES)
-    def delete_person(self, name):
-        self._run("delete_person", name)
-
-    @rule(a=NAMES, b=NAMES)
-    def befriend(self, a, b):
-        self._run("befriend", a, b)
-
     @rule(name=NAMES, others=st.lists(NAMES, max_size=3), shape=st.sampled_from(SHAPES))
     def link(self, name, others, shape):
         self._run("link", name, others, shape)
@@ -147,14 +126,6 @@ class DigestMachine(RuleBasedStateMachine):
     @rule(name=NAMES, times=st.integers(1, 3), fail=st.booleans())
     def churn(self, name, times, fail):
         self._run("churn", name, times, fail)
-
-    @rule(name=NAMES)
-    def mess_then_fail(self, name):
-        self._run("mess_then_fail", name)
-
-    @rule(name=NAMES)
-    def stamp(self, name):
-        self._run("stamp", name)
 
     @rule()
     def read_lazy(self):
