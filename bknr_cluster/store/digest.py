@@ -106,9 +106,15 @@ class _Hasher:
         codec_default, pack_id = codec._default, msgpack.Packer().pack
 
         def default(o: Any) -> Any:
-            # references first: the usual non-native value (the codec's encoding, cheaper)
+            # references first (the usual non-native value), ``is_live`` inlined: the codec's
+            # encoding, without its chain of type tests
             if isinstance(o, StoreObject):
-                return _Ext(EXT_REF, pack_id(o.id)) if is_live(o) else None
+                extent = extents["_extent"].get(type(o))
+                if extent is None or extent.get(o.id) is not o:
+                    return None
+                if note is not None:
+                    note(o)
+                return _Ext(EXT_REF, pack_id(o.id))
             return codec_default(o)
 
         self._pack = msgpack.Packer(default=default, strict_types=True, use_bin_type=True,
