@@ -67,7 +67,8 @@ _undo_object = itemgetter(1)       # every undo entry is (kind, object, ...)
 _hash15 = partial(blake2s, digest_size=15)
 _hash_bytes = methodcaller("digest")
 _int = int.from_bytes              # big-endian by default
-_Ext = msgpack.ExtType
+# ``ExtType(code, data)`` without its Python-level argument checks (ours are always valid)
+_ext = partial(tuple.__new__, msgpack.ExtType)
 
 
 def _canon(pack: Callable[[Any], bytes], v: Any) -> Any:
@@ -114,7 +115,7 @@ class _Hasher:
                     return None
                 if note is not None:
                     note(o)
-                return _Ext(EXT_REF, pack_id(o.id))
+                return _ext((EXT_REF, pack_id(o.id)))
             return codec_default(o)
 
         self._pack = msgpack.Packer(default=default, strict_types=True, use_bin_type=True,
