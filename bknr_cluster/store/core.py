@@ -343,6 +343,8 @@ class Store(ObjectState):
         """Canonical hex digest of the persistent state: equal states give equal digests.
         Kept up to date incrementally: costs at most one fold of recent writes, whatever the
         store's size (digest.py)."""
+        if LOCAL.tx is not None:    # it would fold values the transaction may still roll back
+            raise UsageError("digest() inside a transaction: read it before or after")
         with self._lock:
             cached = self._digest_cache
             if cached is not None and cached[0] == self._version:

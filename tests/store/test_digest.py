@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
 
-from bknr_cluster.errors import CodecError
-from bknr_cluster.store import Store, StoreDefinition, TxContext, transaction
+from bknr_cluster.errors import CodecError, UsageError
+from bknr_cluster.store import Store, StoreDefinition, TxContext, context, transaction
 from bknr_cluster.store import digest as digest_mod
 from tests.store import models
 from tests.store.models import Person
@@ -60,6 +60,11 @@ def mutate_in_place(name: str) -> None:
     Person.by_name(name).tags.append("sneaky")      # against the rules: bypasses the store
 
 
+@transaction("digest_inside")
+def digest_inside() -> str:
+    return context().store.digest()
+
+
 @transaction("keep_unencodable")
 def keep_unencodable(name: str, bad: bool) -> None:
     Person.by_name(name).tags = object() if bad else None
@@ -68,7 +73,7 @@ def keep_unencodable(name: str, bad: bool) -> None:
 definition = StoreDefinition(
     "people", classes=models.definition.classes,
     transactions=[*models.definition.transactions.values(), link, churn, mutate_in_place,
-                  keep_unencodable], enums=models.definition.enums)
+                  keep_unencodable, digest_inside], enums=models.definition.enums)
 
 
 def _store(fold_at: int | None = None) -> Store:
@@ -266,3 +271,12 @@ def test_loading_an_empty_snapshot_recomputes():
     empty = _store()
     s.load_snapshot(io.BytesIO(b""))
     assert s.digest() == empty.digest() == s.digest_full()
+
+
+def test_digest_is_refused_inside_a_transaction():
+    """It would fold values that the transaction may still roll back."""
+    s = _store()
+    _apply(s, 1, "add_person", "ann")
+    with pytest.raises(UsageError, match="inside a transaction"):
+        s.execute("digest_inside")
+    assert s.digest() == s.digest_full()
