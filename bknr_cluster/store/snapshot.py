@@ -1,4 +1,4 @@
-"""Snapshot format (version 1), snapshot loading with schema evolution, and the state digest.
+"""Snapshot format (version 1) and snapshot loading with schema evolution.
 
 Layout: ``b"BKNRSNAP"`` + u32 format version, then frames ``<u32 length><u32 crc32><msgpack>``:
 
@@ -43,7 +43,6 @@ FORMAT = 1
 CHUNK = 65536
 _FRAME = struct.Struct("<II")
 _set_id = StoreObject.__dict__["id"].__set__
-_CONTAINERS = {dict, set, frozenset, list, tuple}
 
 
 def _frame(stream: IO[bytes], payload: bytes) -> None:
@@ -347,38 +346,6 @@ def _build_indices(extent: dict[type, dict[int, Any]]) -> dict:
                     else:
                         bucket[o.id] = o
     return index
-
-
-def _canon(codec: Codec, v: Any) -> Any:
-    """A value whose encoding does not depend on dict/set insertion order."""
-    t = type(v)
-    if t is dict:
-        return ["$d", sorted(([codec.pack(_canon(codec, k)), _canon(codec, x)] for k, x in v.items()),
-                             key=lambda p: p[0])]
-    if t is set or t is frozenset:
-        return ["$s" if t is set else "$f", sorted(codec.pack(_canon(codec, x)) for x in v)]
-    if t is list:
-        return [_canon(codec, x) for x in v]
-    if t is tuple:
-        return tuple(_canon(codec, x) for x in v)
-    return v
-
-
-def digest_into(store: Store, h: Any) -> None:
-    codec = Codec(store.definition.enums, store.find, store._is_live, lenient=True)
-    h.update(b"bknr-digest-1")
-    h.update(msgpack.packb([store._next_id, store._last_ts]))
-    for cls in sorted(store._classes, key=lambda c: c._meta.name):
-        d = store._sorted_extent(cls)
-        objs = list(d.values())
-        h.update(codec.pack([cls._meta.name, list(d)]))
-        for spec in sorted(cls._meta.persistent, key=lambda s: s.name):
-            col = list(map(spec.getter, objs))
-            if _CONTAINERS & set(map(type, col)):
-                col = [_canon(codec, v) for v in col]
-            h.update(codec.pack([spec.name, col]))
-    if store.system:  # only when non-empty: digests of stores that never used it are unchanged
-        h.update(msgpack.packb(["system", sorted(store.system.items())]))
 
 
 def referenced_blobs(store: Store) -> set[str]:
