@@ -378,45 +378,62 @@ class ClusterStore(ApplierMixin, AdminMixin):
     async def execute_async(self, tx: Any, args: tuple | list, kwargs: dict, *,
                             forward: bool = False, timeout: float = 30.0,
                             raise_tx: bool = False) -> tuple[Any, int]:
-        """``execute_indexed`` for an asyncio caller (the HTTP API, asyncio applications).
+        """``execute_indexed`` for an asyncio caller (the HTTP API, hosted web applications).
 
-        The applier resolves an asyncio future through ``call_soon_threadsafe``, so a request
-        costs no worker-thread hand-off; only forwarding (blocking HTTP) uses a thread.
+        The applier resolves an asyncio future through the loop's ``LoopDelivery`` (one loop
+        wake-up per applier slice), so a request costs no worker-thread hand-off; only
+        forwarding (blocking HTTP) uses a thread.
         """
         import asyncio
 
+        if LOCAL.tx is not None:  # the applier would wait for itself
+            raise UsageError("execute() inside a transaction: call the transaction function directly")
         record = self.store.encode_transaction(tx, *args, **kwargs)
-        loop = asyncio.get_running_loop()
-        delivery = self._deliveries.get(loop)
-        if delivery is None:
-            delivery = self._deliveries[loop] = LoopDelivery(loop)
         deadline = time.monotonic() + timeout
         while True:
-            fut: asyncio.Future = loop.create_future()
-            w = self.committer.enqueue(record, callback=partial(delivery.deliver, fut))
-            # A plain timer instead of wait_for(): no extra task per request.
-            timer = loop.call_later(max(0.0, deadline - time.monotonic()),
-                                    lambda f=fut: f.done() or f.set_result(None))
-            try:
-                got = await fut
-            finally:
-                timer.cancel()
-            if got is None:
-                if self.committer.abandon(w):
-                    raise Timeout(f"no outcome within {timeout} s; the transaction may or may "
-                                  "not commit")
-                # resolved just now by the applier: its resolve() is about to return
-                await loop.run_in_executor(None, w.wait, 5.0)
+            w = await self._await_record(record, deadline, timeout)
             err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
             if err.leader_api:
-                return await loop.run_in_executor(
+                return await asyncio.get_running_loop().run_in_executor(
                     None, self._forward, tx_name(tx), args, kwargs, err, deadline)
             pause = min(0.05, self.election_timeout_ms / 4000)
             if deadline - time.monotonic() <= pause:
                 raise err
             await asyncio.sleep(pause)
+
+    async def barrier_async(self, timeout: float = 10.0) -> int:
+        """``barrier`` for an asyncio caller: a linearizable read point (NotLeader on a follower)."""
+        w = await self._await_record(b"", time.monotonic() + timeout, timeout)
+        if w.error is not None:
+            raise w.error
+        return w.index
+
+    async def _await_record(self, record: bytes, deadline: float, timeout: float) -> Waiter:
+        """Replicate one record and await its resolved waiter without blocking the loop."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        delivery = self._deliveries.get(loop)
+        if delivery is None:
+            delivery = self._deliveries[loop] = LoopDelivery(loop)
+        fut: asyncio.Future = loop.create_future()
+        w = self.committer.enqueue(record, callback=partial(delivery.deliver, fut))
+        # A plain timer instead of wait_for(): no extra task per request.
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()),
+                                lambda f=fut: f.done() or f.set_result(None))
+        try:
+            got = await fut
+        finally:
+            timer.cancel()
+        if got is None:
+            if self.committer.abandon(w):
+                raise Timeout(f"no outcome within {timeout} s; the transaction may or may "
+                              "not commit")
+            # resolved just now by the applier: its resolve() is about to return
+            await loop.run_in_executor(None, w.wait, 5.0)
+        return w
 
     def _client(self, url: str) -> ApiClient:
         c = self._clients.get(url)
