@@ -194,6 +194,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
         self._running = False
         self._applier: threading.Thread | None = None
         self._clients: dict[str, ApiClient] = {}
+        self._forwarders: Any = None   # _forward_pool()
         self._deliveries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         if start:
             self.start()
@@ -270,6 +271,9 @@ class ClusterStore(ApplierMixin, AdminMixin):
                 self._applier.join(timeout=10)
             for c in self._clients.values():
                 c.close()
+            if self._forwarders is not None:
+                self._forwarders.shutdown(wait=False, cancel_futures=True)
+                self._forwarders = None
             self._unpin()
 
     close = stop
@@ -354,7 +358,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
             if err.leader_api:
                 return self._forward(tx_name(tx), args, kwargs, err, deadline)
             # Election in progress: NotLeader means nothing was logged, so waiting is safe.
-            pause = min(0.05, self.election_timeout_ms / 4000)
+            pause = self._no_leader_pause()
             if deadline - time.monotonic() <= pause:
                 raise err
             threading.Event().wait(pause)
@@ -397,8 +401,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
                 return w.result, w.index
             if err.leader_api:
                 return await asyncio.get_running_loop().run_in_executor(
-                    None, self._forward, tx_name(tx), args, kwargs, err, deadline)
-            pause = min(0.05, self.election_timeout_ms / 4000)
+                    self._forward_pool(), self._forward, tx_name(tx), args, kwargs, err, deadline)
+            pause = self._no_leader_pause()
             if deadline - time.monotonic() <= pause:
                 raise err
             await asyncio.sleep(pause)
@@ -434,6 +438,22 @@ class ClusterStore(ApplierMixin, AdminMixin):
             # resolved just now by the applier: its resolve() is about to return
             await loop.run_in_executor(None, w.wait, 5.0)
         return w
+
+    def _no_leader_pause(self) -> float:
+        """How long a caller waits before trying again while no leader is known: a tenth of
+        the election timeout (at most 50 ms), so a write lands soon after the election."""
+        return min(0.05, self.election_timeout_ms / 10000)
+
+    def _forward_pool(self) -> Any:
+        """Threads for forwarded asyncio calls (blocking HTTP to the leader). Its own pool: the
+        loop's default executor has cpu+4 threads, and after a failover every request a
+        hosted application receives on a follower is forwarded at once."""
+        if self._forwarders is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._forwarders = ThreadPoolExecutor(max_workers=128,
+                                                  thread_name_prefix="bknr-forward")
+        return self._forwarders
 
     def _client(self, url: str) -> ApiClient:
         c = self._clients.get(url)

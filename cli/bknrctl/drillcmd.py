@@ -125,12 +125,24 @@ def failover(ctx: typer.Context, config: ConfigOpt = None,
              = False,
              via: Annotated[str | None, typer.Option("--via", help="Send the workload through this "
                                                      "load balancer URL.")] = None,
+             app_users: Annotated[bool, typer.Option("--app", help="End-user drill: HTTP clients "
+                                                     "against the hosted application through a "
+                                                     "load balancer (HAProxy, or --via).")] = False,
+             clients: Annotated[int, typer.Option(min=1, max=1024, help="--app: concurrent "
+                                                  "clients.")] = 64,
              output: OutputOpt = OutputFormat.table) -> None:
     """Inject faults on the leader under a bank workload; measure and verify (exit 1 on loss)."""
     if not drill:
         raise UsageError("only drills are supported: add --drill (planned switchover: bknrctl leader "
                          "transfer)")
     cluster = cluster_for(ctx, config)
+    if app_users:
+        from .appdrill import AppDrillOptions, failover_app
+
+        opts_app = AppDrillOptions(rounds=rounds, fault=fault.value, clients=clients, via=via)
+        if not failover_app(cluster, opts_app, plot, output is OutputFormat.json):
+            raise typer.Exit(1)
+        return
     opts = DrillOptions(rounds=rounds, fault=fault.value, target=node, writers=writers,
                         leave_down=leave_down, via=via)
     rep, _ = execute_drill(cluster, opts, plot, quiet=output is OutputFormat.json)
