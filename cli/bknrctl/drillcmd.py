@@ -206,18 +206,30 @@ def failback(ctx: typer.Context, config: ConfigOpt = None,
 
 @app.command()
 @guarded
-def demo(keep: Annotated[bool, typer.Option("--keep", help="Leave the cluster running.")] = False,
+def demo(keep: Annotated[bool, typer.Option("--keep", help="Leave the cluster and HAProxy running.")]
+         = False,
+         stop: Annotated[bool, typer.Option("--stop", help="Stop a demo left running with --keep.")]
+         = False,
          directory: Annotated[Path, typer.Option("--dir", help="Where the demo cluster lives.")]
          = Path("demo-cluster"),
          rounds: Annotated[int, typer.Option(min=1, max=20)] = 5,
-         base_port: Annotated[int, typer.Option(help="Raft ports base+1.., API ports base+1001..")] = 7100,
+         base_port: Annotated[int, typer.Option(
+             help="Raft ports base+1.., API ports base+1001.., application ports base+2001.., "
+                  "HAProxy base+980 (writes) and base+981 (reads)")] = 7100,
          output: OutputOpt = OutputFormat.table) -> None:
-    """A local 3-node bank cluster: init, start, load, drill, failback, status, stop."""
-    from .demo import run_demo
+    """A local 3-node bank cluster with its web app behind HAProxy: init, start, load, drills
+    (admin API and end users), failback, status, stop."""
+    from .demo import run_demo, stop_demo
 
+    if stop:
+        stop_demo(directory)
+        info(f"demo in {directory} stopped")
+        return
     rep = run_demo(directory, keep=keep, rounds=rounds, base_port=base_port,
                    quiet=output is OutputFormat.json)
     if output is OutputFormat.json:
         emit_json(rep)
-    if not drill_ok(rep):
+    from .appdemo import users_ok
+
+    if not drill_ok(rep) or not users_ok(rep["end_user"]):
         raise typer.Exit(1)

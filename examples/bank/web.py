@@ -186,7 +186,6 @@ PAGE = """<!doctype html>
 <h1>bknr bank</h1>
 <p id="served">served by <b id="node">{node}</b> (<span id="role">{role}</span>)</p>
 {message}
-<table id="accounts"><tr><th>account</th><th>balance</th></tr>{rows}</table>
 <h2>Transfer</h2>
 <form id="transfer" method="post" action="/transfer-form">
   <input type="hidden" name="key" value="{key}">
@@ -195,6 +194,8 @@ PAGE = """<!doctype html>
   amount <input name="amount" type="number" min="1" value="1">
   <button type="submit">transfer</button>
 </form>
+<h2>Accounts</h2>
+<table id="accounts"><tr><th>account</th><th>balance</th></tr>{rows}</table>
 </body></html>
 """
 
