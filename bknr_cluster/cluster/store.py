@@ -17,7 +17,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -393,14 +392,21 @@ class ClusterStore(ApplierMixin, AdminMixin):
         if LOCAL.tx is not None:  # the applier would wait for itself
             raise UsageError("execute() inside a transaction: call the transaction function directly")
         record = self.store.encode_transaction(tx, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        delivery = self._deliveries.get(loop) or self._loop_delivery(loop)
         deadline = time.monotonic() + timeout
         while True:
-            w = await self._await_record(record, deadline, timeout)
+            # Inline rather than through _await_record: one coroutine object less per request.
+            fut = loop.create_future()
+            w = self.committer.enqueue(record, delivery.callback, fut)
+            delivery.watch(w, loop.time() + max(0.0, deadline - time.monotonic()))
+            if await fut is None:
+                await self._timed_out(w, timeout)
             err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
             if err.leader_api:
-                return await asyncio.get_running_loop().run_in_executor(
+                return await loop.run_in_executor(
                     self._forward_pool(), self._forward, tx_name(tx), args, kwargs, err, deadline)
             pause = self._no_leader_pause()
             if deadline - time.monotonic() <= pause:
@@ -409,35 +415,31 @@ class ClusterStore(ApplierMixin, AdminMixin):
 
     async def barrier_async(self, timeout: float = 10.0) -> int:
         """``barrier`` for an asyncio caller: a linearizable read point (NotLeader on a follower)."""
-        w = await self._await_record(b"", time.monotonic() + timeout, timeout)
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        delivery = self._deliveries.get(loop) or self._loop_delivery(loop)
+        fut = loop.create_future()
+        w = self.committer.enqueue(b"", delivery.callback, fut)
+        delivery.watch(w, loop.time() + timeout)
+        if await fut is None:
+            await self._timed_out(w, timeout)
         if w.error is not None:
             raise w.error
         return w.index
 
-    async def _await_record(self, record: bytes, deadline: float, timeout: float) -> Waiter:
-        """Replicate one record and await its resolved waiter without blocking the loop."""
+    def _loop_delivery(self, loop: Any) -> LoopDelivery:
+        delivery = self._deliveries[loop] = LoopDelivery(loop, self.committer.defer_delivery)
+        return delivery
+
+    async def _timed_out(self, w: Waiter, timeout: float) -> None:
+        """The deadline passed: withdraw the waiter (outcome unknown), unless the applier
+        resolved it just now, in which case its wake-up is about to arrive."""
         import asyncio
 
-        loop = asyncio.get_running_loop()
-        delivery = self._deliveries.get(loop)
-        if delivery is None:
-            delivery = self._deliveries[loop] = LoopDelivery(loop)
-        fut: asyncio.Future = loop.create_future()
-        w = self.committer.enqueue(record, callback=partial(delivery.deliver, fut))
-        # A plain timer instead of wait_for(): no extra task per request.
-        timer = loop.call_later(max(0.0, deadline - time.monotonic()),
-                                lambda f=fut: f.done() or f.set_result(None))
-        try:
-            got = await fut
-        finally:
-            timer.cancel()
-        if got is None:
-            if self.committer.abandon(w):
-                raise Timeout(f"no outcome within {timeout} s; the transaction may or may "
-                              "not commit")
-            # resolved just now by the applier: its resolve() is about to return
-            await loop.run_in_executor(None, w.wait, 5.0)
-        return w
+        if self.committer.abandon(w):
+            raise Timeout(f"no outcome within {timeout} s; the transaction may or may not commit")
+        await asyncio.get_running_loop().run_in_executor(None, w.wait, 5.0)
 
     def _no_leader_pause(self) -> float:
         """How long a caller waits before trying again while no leader is known: a tenth of
