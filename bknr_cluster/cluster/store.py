@@ -22,9 +22,10 @@ from typing import Any
 
 from bknr_cluster.cluster.admin import AdminMixin
 from bknr_cluster.cluster.affinity import PythonThreadPin, allowed_cpus, choose_cpu
+from bknr_cluster.cluster.aio import AsyncCallerMixin
 from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
-from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, LoopDelivery, Waiter
+from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, Waiter
 from bknr_cluster.errors import (
     BknrError,
     NoLeader,
@@ -83,7 +84,7 @@ def _lookup(src: Mapping[int, str] | Callable[[int], str] | None, node_id: int) 
     return src.get(node_id, "")
 
 
-class ClusterStore(ApplierMixin, AdminMixin):
+class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
     """A replicated store on one node; see the module docstring and DESIGN.md."""
 
     def __init__(self, definition: Any, *positional: Any, node_id: int | None = None,
@@ -378,84 +379,10 @@ class ClusterStore(ApplierMixin, AdminMixin):
             raise err
         return err
 
-    async def execute_async(self, tx: Any, args: tuple | list, kwargs: dict, *,
-                            forward: bool = False, timeout: float = 30.0,
-                            raise_tx: bool = False) -> tuple[Any, int]:
-        """``execute_indexed`` for an asyncio caller (the HTTP API, hosted web applications).
-
-        The applier resolves an asyncio future through the loop's ``LoopDelivery`` (one loop
-        wake-up per applier slice), so a request costs no worker-thread hand-off; only
-        forwarding (blocking HTTP) uses a thread.
-        """
-        import asyncio
-
-        if LOCAL.tx is not None:  # the applier would wait for itself
-            raise UsageError("execute() inside a transaction: call the transaction function directly")
-        record = self.store.encode_transaction(tx, *args, **kwargs)
-        loop = asyncio.get_running_loop()
-        delivery = self._deliveries.get(loop) or self._loop_delivery(loop)
-        deadline = time.monotonic() + timeout
-        while True:
-            # Inline rather than through _await_record: one coroutine object less per request.
-            fut = loop.create_future()
-            w = self.committer.enqueue(record, delivery.callback, fut)
-            delivery.watch(w, loop.time() + max(0.0, deadline - time.monotonic()))
-            if await fut is None:
-                await self._timed_out(w, timeout)
-            err = self._settle(w, forward=forward, raise_tx=raise_tx)
-            if err is None:
-                return w.result, w.index
-            if err.leader_api:
-                return await loop.run_in_executor(
-                    self._forward_pool(), self._forward, tx_name(tx), args, kwargs, err, deadline)
-            pause = self._no_leader_pause()
-            if deadline - time.monotonic() <= pause:
-                raise err
-            await asyncio.sleep(pause)
-
-    async def barrier_async(self, timeout: float = 10.0) -> int:
-        """``barrier`` for an asyncio caller: a linearizable read point (NotLeader on a follower)."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        delivery = self._deliveries.get(loop) or self._loop_delivery(loop)
-        fut = loop.create_future()
-        w = self.committer.enqueue(b"", delivery.callback, fut)
-        delivery.watch(w, loop.time() + timeout)
-        if await fut is None:
-            await self._timed_out(w, timeout)
-        if w.error is not None:
-            raise w.error
-        return w.index
-
-    def _loop_delivery(self, loop: Any) -> LoopDelivery:
-        delivery = self._deliveries[loop] = LoopDelivery(loop, self.committer.defer_delivery)
-        return delivery
-
-    async def _timed_out(self, w: Waiter, timeout: float) -> None:
-        """The deadline passed: withdraw the waiter (outcome unknown), unless the applier
-        resolved it just now, in which case its wake-up is about to arrive."""
-        import asyncio
-
-        if self.committer.abandon(w):
-            raise Timeout(f"no outcome within {timeout} s; the transaction may or may not commit")
-        await asyncio.get_running_loop().run_in_executor(None, w.wait, 5.0)
-
     def _no_leader_pause(self) -> float:
         """How long a caller waits before trying again while no leader is known: a tenth of
         the election timeout (at most 50 ms), so a write lands soon after the election."""
         return min(0.05, self.election_timeout_ms / 10000)
-
-    def _forward_pool(self) -> Any:
-        """Threads for forwarded asyncio calls (blocking HTTP to the leader). Its own pool: the
-        loop's default executor has cpu+4 threads, and after a failover every request a
-        hosted application receives on a follower is forwarded at once."""
-        if self._forwarders is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._forwarders = ThreadPoolExecutor(max_workers=128,
-                                                  thread_name_prefix="bknr-forward")
-        return self._forwarders
 
     def _client(self, url: str) -> ApiClient:
         c = self._clients.get(url)

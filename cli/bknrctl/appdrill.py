@@ -22,6 +22,7 @@ import random
 import signal
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +73,11 @@ def longest_stall(samples: list[Sample], start: float, end: float) -> float:
 def figures(samples: list[Sample], start: float, end: float) -> dict[str, Any]:
     """What the customers saw in one window: requests, errors, latency, longest stall."""
     lat = [(s.end - s.start) * 1000.0 for s in samples]
+    kinds = Counter(s.error for s in samples if not s.ok)
     return {
         "requests": len(samples),
-        "user_errors": sum(1 for s in samples if not s.ok),
+        "user_errors": sum(kinds.values()),
+        "error_kinds": dict(kinds.most_common()),   # e.g. {"HTTP 503": 3, "ServerDisconnectedError": 1}
         "p50_ms": _r(percentile(lat, 0.50)),
         "p99_ms": _r(percentile(lat, 0.99)),
         "max_ms": _r(max(lat, default=None)),

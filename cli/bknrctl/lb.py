@@ -66,8 +66,9 @@ def _target(n: NodeConfig) -> tuple[str, int]:
 
 def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: int = 8080,
                    read_port: int | None = 8081, max_lag: int = 100, pid_file: str | None = None,
-                   source: str = "") -> str:
-    """The haproxy.cfg text for ``cfg`` (docs/load-balancing.md walks through it)."""
+                   source: str = "", log_errors: bool = False) -> str:
+    """The haproxy.cfg text for ``cfg`` (docs/load-balancing.md walks through it).
+    ``log_errors``: log failed or retried requests to stdout (a HAProxy in the foreground)."""
     t = CheckTiming.from_election(cfg.election_timeout_ms)
     # observe layer4 ... on-error mark-down: a connection refused by real traffic (a killed
     # node) takes the server out at once, before the next check; the retry then goes elsewhere.
@@ -81,9 +82,11 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
         "global",
         "    maxconn 4096",
         *([f"    pidfile {pid_file}"] if pid_file else []),
+        *(["    log stdout format raw local0"] if log_errors else []),
         "",
         "defaults",
         "    mode http",
+        *(["    log global", "    option httplog", "    option dontlog-normal"] if log_errors else []),
         "    option http-keep-alive",
         f"    timeout connect {max(100, cfg.election_timeout_ms // 2)}ms",
         "    timeout client 60s",
@@ -185,7 +188,8 @@ class HaproxyProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "haproxy.cfg"
         conf.write_text(haproxy_config(self.cfg, bind=self.bind, write_port=self.write_port,
-                                       read_port=self.read_port, source=str(self.cfg.path or "")))
+                                       read_port=self.read_port, source=str(self.cfg.path or ""),
+                                       log_errors=True))
         with open(self.dir / "haproxy.log", "ab") as out:
             self.proc = subprocess.Popen([exe, "-f", str(conf), "-db"], stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,

@@ -57,3 +57,9 @@ def test_end_user_drill_through_haproxy(runner, tmp_path: Path) -> None:
     finally:
         seen |= set(node_pids(path).values())
         kill_started(path, seen)
+
+
+def test_app_drill_needs_an_app_section(runner, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, free_ports(6), n=3)
+    r = invoke(runner, path, "failover", "--drill", "--app")
+    assert r.exit_code == 2 and "needs an 'app' section" in r.output
