@@ -66,9 +66,12 @@ def _target(n: NodeConfig) -> tuple[str, int]:
 
 def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: int = 8080,
                    read_port: int | None = 8081, max_lag: int = 100, pid_file: str | None = None,
-                   source: str = "", log_errors: bool = False) -> str:
+                   source: str = "", log_errors: bool = False,
+                   shutdown_sessions: bool = False) -> str:
     """The haproxy.cfg text for ``cfg`` (docs/load-balancing.md walks through it).
-    ``log_errors``: log failed or retried requests to stdout (a HAProxy in the foreground)."""
+    ``log_errors``: log failed or retried requests to stdout (a HAProxy in the foreground).
+    ``shutdown_sessions``: Patroni's ``on-marked-down shutdown-sessions`` on the write backend
+    (fast errors instead of requests hanging on a frozen leader; docs/load-balancing.md)."""
     t = CheckTiming.from_election(cfg.election_timeout_ms)
     # observe layer4 ... on-error mark-down: a connection refused by real traffic (a killed
     # node) takes the server out at once, before the next check; the retry then goes elsewhere.
@@ -106,7 +109,7 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
         "    option httpchk GET /leader",
         "    http-check expect status 200",
         "    option allbackups",
-        f"    default-server {check}",
+        f"    default-server {check}" + (" on-marked-down shutdown-sessions" if shutdown_sessions else ""),
     ]
     for n in cfg.nodes:
         host, port = _target(n)
@@ -259,12 +262,17 @@ def haproxy_cmd(ctx: typer.Context, config: ConfigOpt = None,
                                                        "frontend port; 0: none.")] = 8081,
                 max_lag: Annotated[int, typer.Option(min=0, help="Replicas at most this many "
                                                      "entries behind serve reads.")] = 100,
-                pid_file: Annotated[str | None, typer.Option(help="HAProxy's pidfile.")] = None) -> None:
+                pid_file: Annotated[str | None, typer.Option(help="HAProxy's pidfile.")] = None,
+                shutdown_sessions: Annotated[bool, typer.Option(
+                    help="Close the connections of a leader marked down (fast errors instead of "
+                         "requests hanging on a frozen leader; docs/load-balancing.md).")] = False,
+                ) -> None:
     """Write a haproxy.cfg: writes to the leader (GET /leader), reads to caught-up replicas."""
     cluster = cluster_for(ctx, config)
     _write(haproxy_config(cluster.cfg, bind=bind, write_port=write_port,
                           read_port=read_port or None, max_lag=max_lag, pid_file=pid_file,
-                          source=str(cluster.cfg.path or "")), output)
+                          source=str(cluster.cfg.path or ""), shutdown_sessions=shutdown_sessions),
+           output)
 
 
 @lb_app.command("nginx")

@@ -72,3 +72,22 @@ def test_haproxy_routes_writes_to_the_leader_and_reads_to_replicas(tmp_path: Pat
     st, body, _ = http(front + "/transfers", {"from": "ann", "to": "bob", "amount": 3},
                        {"Idempotency-Key": "lb-1"})
     assert st == 200 and body["duplicate"] is True   # the same key, through the new leader
+
+
+@pytest.mark.parametrize("shutdown_sessions", [False, True])
+def test_generated_config_passes_haproxy_check(tmp_path: Path, shutdown_sessions: bool) -> None:
+    import subprocess
+
+    from bknrctl.lb import haproxy_config
+
+    from bknr_cluster.cluster.config import ClusterConfig
+    from tests.support import ROOT
+
+    cfg = ClusterConfig.load(ROOT / "configs" / "local-3.yaml")
+    text = haproxy_config(cfg, write_port=18080, read_port=18081, shutdown_sessions=shutdown_sessions)
+    assert ("on-marked-down shutdown-sessions" in text) is shutdown_sessions
+    assert "server n2 127.0.0.1:8102 check addr 127.0.0.1 port 8102" in text   # no app: the API
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(text)
+    r = subprocess.run([HAPROXY, "-c", "-f", str(conf)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
