@@ -101,6 +101,12 @@ async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float,
     """The admin API and (``hosted``: an apphost.AppServer) the application, on this loop."""
     from bknr_cluster.cluster.api import ApiServer
 
+    # The loop owns SIGTERM/SIGINT from here on: a stop request while the servers start up
+    # is handled by the normal stop path below once they are up.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = ApiServer(cs, me.api_host, me.api_port, token)
     try:
         await server.start_async()
@@ -113,10 +119,6 @@ async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float,
         except BaseException:
             await server.stop_async()
             raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
     # Hand over leadership before going away, so clients see a short blip, not an election.

@@ -35,7 +35,7 @@ from bknr_cluster.errors import BknrError, UsageError
 from .cluster import Cluster
 from .control import controller
 from .drill import Drill as AdminDrill
-from .drill import DrillOptions, RoundResult, Watcher, transfer_with_retry, write_gap
+from .drill import DrillOptions, RoundResult, Watcher, inject_fault, write_gap
 from .workload import BankClient, NodeRef, Sample
 
 ACCOUNTS = 16
@@ -230,15 +230,7 @@ class AppDrill:
                     raise BknrError("the customers got no answer before the fault")
                 await asyncio.sleep(0.01)
             await asyncio.sleep(o.warmup_s)
-            fault_start = time.monotonic()
-            if o.fault == "kill":
-                await asyncio.to_thread(ctl.signal, signal.SIGKILL)
-            elif o.fault == "stop":
-                await asyncio.to_thread(ctl.signal, signal.SIGSTOP)
-            else:
-                await asyncio.to_thread(transfer_with_retry, self.cluster, victim, 0)
-            fault_done = time.monotonic()
-            fault_at = fault_start if o.fault == "transfer" else fault_done
+            fault_start, fault_done, fault_at = await inject_fault(self.cluster, ctl, victim, o.fault)
             while time.monotonic() < deadline and not any(
                     s.ok and s.start > fault_done for s in users.samples):
                 await asyncio.sleep(0.01)

@@ -64,6 +64,17 @@ def _target(n: NodeConfig) -> tuple[str, int]:
     return (n.app_host or n.api_host, n.app_port) if n.app_port else (n.api_host, n.api_port)
 
 
+def _servers(cfg: ClusterConfig) -> list[str]:
+    """Every node, checked on its admin port; then every node again as an unchecked backup,
+    used while no node passes the check (docs/load-balancing.md)."""
+    checked, backups = [], []
+    for n in cfg.nodes:
+        host, port = _target(n)
+        checked.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}")
+        backups.append(f"    server {n.name}-any {host}:{port} backup")
+    return checked + backups
+
+
 def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: int = 8080,
                    read_port: int | None = 8081, max_lag: int = 100, pid_file: str | None = None,
                    source: str = "", log_errors: bool = False,
@@ -111,12 +122,7 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
         "    option allbackups",
         f"    default-server {check}" + (" on-marked-down shutdown-sessions" if shutdown_sessions else ""),
     ]
-    for n in cfg.nodes:
-        host, port = _target(n)
-        lines.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}")
-    for n in cfg.nodes:
-        host, port = _target(n)
-        lines.append(f"    server {n.name}-any {host}:{port} backup")
+    lines += _servers(cfg)
     if read_port is not None:
         lines += [
             "",
@@ -131,13 +137,8 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
             f"    option httpchk GET /replica?lag={max_lag}",
             "    http-check expect status 200",
             f"    default-server {check}",
+            *_servers(cfg),
         ]
-        for n in cfg.nodes:
-            host, port = _target(n)
-            lines.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}")
-        for n in cfg.nodes:
-            host, port = _target(n)
-            lines.append(f"    server {n.name}-any {host}:{port} backup")
     return "\n".join(lines) + "\n"
 
 

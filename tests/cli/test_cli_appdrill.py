@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from tests.cli.conftest import write_yaml
-from tests.cli.realcluster import invoke, kill_started, node_pids
-from tests.support import free_ports, wait_until
+from tests.cli.realcluster import invoke, kill_started, node_pids, start_cluster
+from tests.support import free_ports
 
 pytestmark = pytest.mark.skipif(not Path(shutil.which("haproxy") or "/usr/sbin/haproxy").exists(),
                                 reason="needs haproxy (scripts/install-deps.sh installs it)")
@@ -33,10 +33,7 @@ def test_end_user_drill_through_haproxy(runner, tmp_path: Path) -> None:
     path = app_yaml(tmp_path)
     seen: set[int] = set()
     try:
-        assert invoke(runner, path, "init").exit_code == 0
-        assert invoke(runner, path, "start").exit_code == 0
-        seen |= set(node_pids(path).values())
-        wait_until(lambda: invoke(runner, path, "status").exit_code == 0, 20, "a leader")
+        seen |= start_cluster(runner, path)
         plot = tmp_path / "app.png"
         r = invoke(runner, path, "failover", "--drill", "--app", "--rounds", "2", "--clients", "16",
                    "--plot", str(plot), "-o", "json")

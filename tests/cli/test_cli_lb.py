@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import TOKEN, write_yaml
-from tests.cli.realcluster import invoke, kill_started, node_pids
+from tests.cli.realcluster import invoke, kill_started, node_pids, start_cluster
 from tests.support import free_ports, wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -57,10 +57,7 @@ def test_drill_through_nginx(runner, tmp_path: Path, procs) -> None:
                for n in cfg.nodes)
     seen: set[int] = set()
     try:
-        assert invoke(runner, path, "init").exit_code == 0
-        assert invoke(runner, path, "start").exit_code == 0
-        seen |= set(node_pids(path).values())
-        wait_until(lambda: invoke(runner, path, "status").exit_code == 0, 20, "a leader")
+        seen |= start_cluster(runner, path)
         lb = procs.start([NGINX, "-c", str(conf), "-p", str(d)], log=d / "nginx.out")
 
         def up() -> bool:
