@@ -1,7 +1,8 @@
 """The node process: ``bknr-node --config cluster.yaml --node n2`` (or ``python -m bknr_cluster.node``).
 
 Modes:
-  (default)        start the engine, the applier and the HTTP API; run until SIGTERM/SIGINT.
+  (default)        start the engine, the applier, the HTTP API and (YAML ``app``) the hosted web
+                   application (apphost.py); run until SIGTERM/SIGINT.
   --init           bootstrap this node's engine state with every YAML node as configured, then exit
                    (exit 2 with a message if it is already bootstrapped). Used by ``bknrctl init``.
   --recover JSON   forced reconfiguration after quorum loss (``bknrctl recover``), then exit.

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bknr_cluster.cluster.config import ClusterConfig
 from tests.cli.conftest import write_yaml
 from tests.cli.realcluster import invoke, kill_started, node_pids, start_cluster
 from tests.support import free_ports
@@ -51,6 +53,14 @@ def test_end_user_drill_through_haproxy(runner, tmp_path: Path) -> None:
         assert rep["p50_ms"] <= rep["p99_ms"] <= rep["max_ms"]
         assert plot.stat().st_size > 0
         assert not (tmp_path / "haproxy" / "haproxy.pid").exists()   # the drill stopped it
+        # a rolling restart brings every node's application back
+        r = invoke(runner, path, "restart")
+        seen |= set(node_pids(path).values())
+        assert r.exit_code == 0, r.output
+        cfg = ClusterConfig.load(path)
+        for n in cfg.nodes:
+            with urllib.request.urlopen(n.app_url + "/accounts", timeout=10) as answer:
+                assert answer.status == 200 and json.loads(answer.read())["node"] == n.name
     finally:
         seen |= set(node_pids(path).values())
         kill_started(path, seen)
