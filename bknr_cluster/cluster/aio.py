@@ -31,6 +31,7 @@ class AsyncCallerMixin:
     if TYPE_CHECKING:  # defined by ClusterStore
         def _settle(self, w: Any, *, forward: bool, raise_tx: bool) -> Any: ...
         def _no_leader_pause(self) -> float: ...
+        def _forwardable(self, err: Any) -> bool: ...
         def _forward(self, name: str, args: Any, kwargs: dict, exc: Any,
                      deadline: float) -> tuple[Any, int]: ...
 
@@ -59,7 +60,7 @@ class AsyncCallerMixin:
             err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
-            if err.leader_api:
+            if self._forwardable(err):
                 from bknr_cluster.cluster.store import tx_name  # the module that mixes us in
 
                 return await loop.run_in_executor(

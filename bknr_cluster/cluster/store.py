@@ -355,9 +355,10 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
             err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
-            if err.leader_api:
+            if self._forwardable(err):
                 return self._forward(tx_name(tx), args, kwargs, err, deadline)
-            # Election in progress: NotLeader means nothing was logged, so waiting is safe.
+            # Election or hand-over in progress: NotLeader means nothing was logged, so waiting
+            # is safe.
             pause = self._no_leader_pause()
             if deadline - time.monotonic() <= pause:
                 raise err
@@ -378,6 +379,12 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         if not (forward and isinstance(err, NotLeader)):
             raise err
         return err
+
+    def _forwardable(self, err: NotLeader) -> bool:
+        """A NotLeader naming another node's API. A leader handing over leadership refuses
+        writes naming *itself* (libraft refuses entries during a transfer): forwarding to our
+        own API would only bounce; the caller waits for the new leader instead."""
+        return bool(err.leader_api) and err.leader_id != self.node_id
 
     def _no_leader_pause(self) -> float:
         """How long a caller waits before trying again while no leader is known: a tenth of

@@ -28,7 +28,9 @@ async def slow_open(request: Request) -> JSONResponse:
 
 
 async def started(request: Request) -> JSONResponse:
-    return JSONResponse({"started": STARTED, "role": web.store(request).role})
+    # the same store through the ASGI lifespan state (Starlette: request.state)
+    return JSONResponse({"started": STARTED, "role": web.store(request).role,
+                         "state_is_store": request.state.bknr is web.store(request)})
 
 
 slow_app = Starlette(routes=[Route("/slow", slow_open, methods=["POST"]),

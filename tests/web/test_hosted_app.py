@@ -175,6 +175,7 @@ def test_sigterm_hands_over_then_drains_in_flight_requests(tmp_path: Path, procs
     for t in threads:
         t.start()
     wait_until(lambda: len(http(url + "/started")[1]["started"]) == 3, 10, "requests in flight")
+    assert http(url + "/started")[1]["state_is_store"] is True
     assert cluster.stop(leader, timeout=30) == 0
     for t in threads:
         t.join(30)
