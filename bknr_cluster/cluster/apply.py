@@ -38,6 +38,8 @@ class ApplierMixin:
     replayed_entries: int
     last_store_snapshot: int
     freeze_gc: bool
+    data_dir: Any
+    _snapshot_writer: Any = None  # StoreSnapshotWriter, made at the first snapshot_request
     _running: bool
     _apply_lock: Any
     _applied_cond: threading.Condition
@@ -58,6 +60,8 @@ class ApplierMixin:
             self._apply_slices(eng, committer, hand_off, TxContext)
         finally:
             _post(committer.take_handoff())  # stopping: nobody may be left asleep
+            if self._snapshot_writer is not None:
+                self._snapshot_writer.cancel()
 
     def _apply_slices(self, eng: Any, committer: Any, hand_off: bool, ctx_cls: Any) -> None:
         while self._running:
@@ -173,14 +177,18 @@ class ApplierMixin:
             w.resolve(index, error=error)
 
     def _store_snapshot(self, index: int) -> None:
-        buf = io.BytesIO()
-        t0 = time.monotonic()
-        self.store.write_snapshot(buf)
-        self.engine.store_snapshot_done(index, buf.getvalue())
-        self.last_store_snapshot = index
-        log.info("store snapshot at %d: %d bytes in %.3f s", index, buf.tell(),
-                 time.monotonic() - t0)
-        self._maybe_freeze_gc()
+        """Fork a writer of the state at ``index`` and go on applying (snapshot_writer.py)."""
+        writer = self._snapshot_writer
+        if writer is None:
+            from bknr_cluster.cluster.snapshot_writer import StoreSnapshotWriter
+
+            def done(at: int, _seconds: float) -> None:
+                self.last_store_snapshot = at  # before the engine may answer snapshot_now
+
+            writer = self._snapshot_writer = StoreSnapshotWriter(
+                self.engine, self.store, self.data_dir / "store-snapshot",
+                freeze_gc=self.freeze_gc, on_done=done)
+        writer.start(index)
 
     def _maybe_freeze_gc(self) -> None:
         if self.freeze_gc:
@@ -190,6 +198,8 @@ class ApplierMixin:
             log.info("gc: %d objects frozen in %.3f s", frozen, time.monotonic() - t0)
 
     def _restore(self, index: int, data: bytes) -> None:
+        if self._snapshot_writer is not None:
+            self._snapshot_writer.cancel()  # it writes a state this restore supersedes
         t0 = time.monotonic()
         self.store.load_snapshot(io.BytesIO(data))  # empty bytes: the empty store
         self.last_store_snapshot = index
