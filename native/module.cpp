@@ -14,6 +14,10 @@
 #include "node.hpp"
 #include "signal.hpp"
 
+namespace bknr {
+bool use_huge_page_arenas();  // huge_arenas.cpp
+}
+
 namespace py = pybind11;
 using namespace bknr;
 
@@ -287,6 +291,10 @@ PYBIND11_MODULE(_raft, m) {
         auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
         while (std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }, py::arg("seconds"));
+
+    m.def("use_huge_page_arenas", &use_huge_page_arenas,
+          "Process-wide, once: Python's object arenas from huge-page regions (huge_arenas.cpp); "
+          "False if already installed.");
 
     register_signal(m);
 

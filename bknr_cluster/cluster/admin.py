@@ -105,6 +105,12 @@ class AdminMixin:
 
     # --- status ---------------------------------------------------------------------------
 
+    def _snapshot_writer_status(self) -> dict[str, Any]:
+        w = getattr(self, "_snapshot_writer", None)
+        return {"store_snapshot_s": round(w.last_seconds, 3) if w else None,
+                "store_snapshot_fork_ms": round(w.last_fork_ms, 1) if w else None,
+                "store_snapshot_failures": w.failures if w else 0}
+
     def is_leader(self) -> bool:
         return self.engine.status().get("state") == "leader"
 
@@ -133,6 +139,8 @@ class AdminMixin:
             "applied_entries": self.applied_entries, "applied_records": self.applied_records,
             "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
             "restores": self.restores, "replayed_entries": self.replayed_entries,
+            # the forked store snapshot writer (snapshot_writer.py): last wall time, failures
+            **self._snapshot_writer_status(),
             # libraft 0.22.1 work-arounds at work (native/DESIGN.md §1)
             "commit_clamps": st.get("commit_clamps", 0),
             "mislabeled_snapshots": st.get("mislabeled_snapshots", 0),

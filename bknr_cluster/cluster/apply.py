@@ -56,6 +56,8 @@ class ApplierMixin:
         # stand-ins without ``wake`` get them posted at the end of the slice instead.
         committer = self.committer
         hand_off = committer.engine_wake = _takes_wake(eng)
+        if self.freeze_gc:
+            _use_huge_page_arenas()  # before any restore allocates the store's objects
         try:
             self._apply_slices(eng, committer, hand_off, TxContext)
         finally:
@@ -214,6 +216,18 @@ class ApplierMixin:
         log.info("restored store snapshot at %d (%d bytes) in %.3f s (%s)", index, len(data),
                  time.monotonic() - t0, where)
         self._maybe_freeze_gc()
+
+
+def _use_huge_page_arenas() -> None:
+    """Python's object arenas on transparent huge pages (native/huge_arenas.cpp): the fork of a
+    store snapshot then copies one page-table entry per 2 MiB instead of per 4 KiB, which is
+    what keeps the GIL held by fork() short on a large store (store/DESIGN.md)."""
+    try:
+        from bknr_cluster import _raft
+    except ImportError:  # pragma: no cover - the engine is not built: a test stand-in
+        return
+    if _raft.use_huge_page_arenas():
+        log.info("python object arenas now come from huge-page regions")
 
 
 def _takes_wake(engine: Any) -> bool:

@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ class StoreSnapshotWriter:
         self.on_done = on_done
         self.failures = 0
         self.last_seconds = 0.0
+        self.last_fork_ms = 0.0  # the pause: fork() holds the GIL while page tables are copied
         self._mu = threading.Lock()
         self._child: SnapshotChild | None = None
         self._reaper: threading.Thread | None = None
@@ -60,7 +62,9 @@ class StoreSnapshotWriter:
             # follows the snapshot (the old gc_tuning() re-walked the heap: 0.24 s per 1M).
             gc.freeze()
         path = str(self.directory / f"store-{index}.snap")
+        t0 = time.monotonic()
         child = fork_snapshot(self.store, path, include_blobs=True)
+        self.last_fork_ms = (time.monotonic() - t0) * 1000
         reaper = threading.Thread(target=self._reap, args=(index, child),
                                   name=f"bknr-snapshot-{index}", daemon=True)
         with self._mu:
@@ -93,8 +97,8 @@ class StoreSnapshotWriter:
                 self.on_done(index, result.seconds)
             taken = self.engine.store_snapshot_file(index, result.path)
             self.last_seconds = result.seconds
-            log.info("store snapshot at %d: %d bytes in %.3f s (forked writer %d%s)", index,
-                     result.size, result.seconds, child.pid,
+            log.info("store snapshot at %d: %d bytes in %.3f s (writer %d, fork %.1f ms%s)",
+                     index, result.size, result.seconds, child.pid, self.last_fork_ms,
                      "" if taken else "; superseded by a restore, dropped")
         except Exception:
             self.failures += 1

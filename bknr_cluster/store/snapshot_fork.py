@@ -174,7 +174,8 @@ def _child(store: Store, write: Any, path: str, include_blobs: bool, fsync: bool
 
 def _detach(parent: int) -> None:
     """Make the child a leaf: no cyclic GC (it would write to every object's header, copying
-    the whole heap), default signal dispositions, death with the thread that forked it."""
+    the whole heap), default signal dispositions, death with the thread that forked it, a
+    lower CPU priority than the node it serves."""
     gc.disable()
     for sig in signal.valid_signals():
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -184,6 +185,8 @@ def _detach(parent: int) -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died between fork() and prctl(): nobody waits
         os._exit(1)
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the node's own threads (applier, API, app) go first on a busy host
 
 
 def _write_all(fd: int, data: bytes) -> None:
