@@ -24,16 +24,20 @@ class AdminMixin:
     peers: dict[int, str]
     applied_index: int
     definition: Any
+    data_dir: Any
     node_id: int
     _apply_lock: Any
     _map_error: Any
 
     def backup(self) -> tuple[int, bytes]:
-        """A store snapshot of this replica with the index it is exactly at."""
+        """A store snapshot of this replica with the index it is exactly at. A forked child
+        writes it (snapshot_writer.py): applying pauses only for the fork."""
+        from bknr_cluster.cluster.snapshot_writer import fork_backup, read_backup
+
         with self._apply_lock:
-            buf = io.BytesIO()
-            self.store.write_snapshot(buf)
-            return self.applied_index, buf.getvalue()
+            index = self.applied_index
+            child = fork_backup(self.store, self.data_dir / "store-snapshot")
+        return index, read_backup(child)
 
     def restore_backup(self, snapshot: bytes, sha256_hex: str | None = None,
                        timeout: float = 120.0) -> int:

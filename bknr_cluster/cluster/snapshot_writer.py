@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 from bknr_cluster.store.snapshot_fork import SnapshotChild, fork_snapshot, verify_file
 
 log = logging.getLogger("bknr.cluster")
+_PROCESS_START = time.time()
 
 
 class StoreSnapshotWriter:
@@ -46,6 +48,10 @@ class StoreSnapshotWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob("store-*.snap"):  # a previous life's, never handed over
             stale.unlink(missing_ok=True)
+        for stale in self.directory.glob("backup-*.snap"):  # (one running now is younger)
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime < _PROCESS_START:
+                    stale.unlink()
 
     @property
     def running(self) -> bool:
@@ -114,3 +120,28 @@ class StoreSnapshotWriter:
         with self._mu:
             if self._child is child:
                 self._child = self._reaper = None
+
+
+def fork_backup(store: Any, directory: Path) -> SnapshotChild:
+    """Fork a writer of the store as it is now into a new ``backup-*.snap`` in ``directory``;
+    the caller holds the apply lock (so it knows the index the image is at)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="backup-", suffix=".snap", dir=directory)
+    os.close(fd)
+    try:
+        return fork_snapshot(store, path, include_blobs=True)
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+def read_backup(child: SnapshotChild) -> bytes:
+    """Wait for a ``fork_backup`` writer; its verified bytes (the file is removed)."""
+    try:
+        result = child.wait()
+        verify_file(result)
+        with open(result.path, "rb") as f:
+            return f.read()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(child.path)

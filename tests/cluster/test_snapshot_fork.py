@@ -7,6 +7,7 @@ test needs, deterministically.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from pathlib import Path
@@ -224,3 +225,23 @@ def test_a_node_installed_from_a_snapshot_taken_under_writes_matches_the_replica
     assert new["restores"] == 1 and new["store_snapshot_index"] >= st["store_snapshot_index"]
     assert all(s["replayed_entries"] == 0 for s in conv.values())
     assert c.client(n4).query("total_balance")["result"] == len(acked)
+
+
+def test_a_backup_is_written_by_a_child_while_applying_goes_on(node, monkeypatch):
+    cs = node()
+    cs.execute(bulk_open, "a", 300)
+    held = HeldChildren(monkeypatch, snapshot_writer)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(cs.backup()), daemon=True)
+    t.start()
+    child = held.wait_held()
+    at_fork = cs.applied_index
+    assert cs.execute(bank.deposit, "a0", 5) == 6  # applies while the backup is written
+    held.release(child)
+    t.join(60)
+    ((index, data),) = out
+    ((_, digest_at_fork),) = held.forks
+    copy = Store(None, definition=definition, bind=False)
+    copy.load_snapshot(io.BytesIO(data))
+    assert index == at_fork and copy.digest() == digest_at_fork
+    assert not list((cs.data_dir / "store-snapshot").glob("backup-*"))
