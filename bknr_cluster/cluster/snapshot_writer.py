@@ -33,12 +33,14 @@ class StoreSnapshotWriter:
     """One forked store snapshot at a time, handed to ``engine`` when it is written."""
 
     def __init__(self, engine: Any, store: Any, directory: Path, *, freeze_gc: bool,
-                 on_done: Callable[[int, float], None] | None = None) -> None:
+                 on_done: Callable[[int, float], None] | None = None,
+                 child_timeout: float = 3600.0) -> None:
         self.engine = engine
         self.store = store
         self.directory = Path(directory)
         self.freeze_gc = freeze_gc
         self.on_done = on_done
+        self.child_timeout = child_timeout
         self.failures = 0
         self.last_seconds = 0.0
         self.last_fork_ms = 0.0  # the pause: fork() holds the GIL while page tables are copied
@@ -89,6 +91,10 @@ class StoreSnapshotWriter:
 
     def _reap(self, index: int, child: SnapshotChild) -> None:
         try:
+            if not child.exited(self.child_timeout):  # wedged: give the engine a chance again
+                log.error("store snapshot writer %d for %d still running after %.0f s: killed",
+                          child.pid, index, self.child_timeout)
+                child.kill()
             result = child.wait()
             verify_file(result)
         except Exception as exc:

@@ -98,6 +98,13 @@ class SnapshotChild:
         except (AttributeError, OSError):  # pragma: no cover - kernels before 5.3
             self._pidfd = -1
 
+    def exited(self, timeout: float) -> bool:
+        """Whether the child has exited within ``timeout`` seconds (it is not reaped here)."""
+        fd = self._pidfd
+        if fd < 0:  # pragma: no cover - no pidfd: assume it will, wait() blocks
+            return True
+        return bool(select.select([fd], [], [], timeout)[0])
+
     def wait(self) -> SnapshotFile:
         """Block (GIL released) until the child exits; its file, or ``StoreError`` saying why
         not (it failed, or was killed: then the file is removed)."""

@@ -245,3 +245,19 @@ def test_a_backup_is_written_by_a_child_while_applying_goes_on(node, monkeypatch
     copy.load_snapshot(io.BytesIO(data))
     assert index == at_fork and copy.digest() == digest_at_fork
     assert not list((cs.data_dir / "store-snapshot").glob("backup-*"))
+
+
+def test_a_wedged_writer_is_killed_after_its_timeout_and_reported_failed(tmp_path, monkeypatch):
+    from tests.cluster.fake_engine import FakeEngine
+
+    engine = FakeEngine(1, "127.0.0.1:7001", str(tmp_path))
+    store = Store(None, definition=definition, bind=False)
+    writer = snapshot_writer.StoreSnapshotWriter(engine, store, tmp_path / "snaps",
+                                                 freeze_gc=False, child_timeout=0.2)
+    held = HeldChildren(monkeypatch, snapshot_writer)
+    writer.start(7)
+    held.wait_held()  # stopped for good: only the timeout can end it
+    wait_until(lambda: engine.failed_snapshots == [7], 30, "wedged writer given up")
+    wait_until(lambda: not writer.running, 30, "writer slot free again")
+    assert writer.failures == 1 and engine.store_snapshots == []
+    assert not list((tmp_path / "snaps").iterdir())
