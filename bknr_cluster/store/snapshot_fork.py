@@ -133,10 +133,11 @@ class SnapshotChild:
         with self._mu:
             if self._status is not None:
                 return
-            if self._pidfd >= 0:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            else:  # pragma: no cover
-                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped by wait()
+                if self._pidfd >= 0:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                else:  # pragma: no cover
+                    os.kill(self.pid, signal.SIGKILL)
 
 
 def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
