@@ -1,7 +1,7 @@
 """Answering the engine's ``snapshot_request`` items without pausing the applier.
 
 At ``("snapshot_request", M)`` the applier's store is exactly at M. ``StoreSnapshotWriter.start``
-forks a child that writes that state to ``<data_dir>/store-snapshot/store-<M>.snap``
+forks a child that writes that state to ``<data_dir>/store-snapshot/store-<M>-<n>.snap``
 (store/snapshot_fork.py) and returns at once: the applier goes on with M+1 while the child
 writes. A reaper thread waits for the child, checks the file against the SHA-256 the child
 reported, hands it to the engine (``store_snapshot_file``: mapped, not copied) and unlinks it
@@ -42,6 +42,7 @@ class StoreSnapshotWriter:
         self.on_done = on_done
         self.child_timeout = child_timeout
         self.failures = 0
+        self._forks = 0
         self.last_seconds = 0.0
         self.last_fork_ms = 0.0  # the pause: fork() holds the GIL while page tables are copied
         self._mu = threading.Lock()
@@ -69,7 +70,8 @@ class StoreSnapshotWriter:
             # header, i.e. copy every page the child still shares), and no collection pause
             # follows the snapshot (the old gc_tuning() re-walked the heap: 0.24 s per 1M).
             gc.freeze()
-        path = str(self.directory / f"store-{index}.snap")
+        self._forks += 1  # a retry at the same index must not share the failed one's file
+        path = str(self.directory / f"store-{index}-{self._forks}.snap")
         t0 = time.monotonic()
         child = fork_snapshot(self.store, path, include_blobs=True)
         self.last_fork_ms = (time.monotonic() - t0) * 1000
