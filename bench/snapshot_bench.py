@@ -11,15 +11,18 @@ accounts (``--quick``: 300k) for the ``_5m`` keys.
 
 Reported per size: the store snapshot's wall time (``store_snapshot_s`` in ``/status``: fork to
 file written and verified), the writer's max latency before and during the snapshot, the health
-poller's max during it, and the peak of (leader + its snapshot child) proportional set size over
-the leader's before (``rss_ratio_peak``; PSS counts a page shared by the two once, so this is
-the memory the snapshot really costs). Prints a table, then one JSON line (the last line).
+poller's max during it, and the peak of (the leader's resident set + the pages its snapshot child
+copied) over the leader's resident set before (``rss_ratio_peak``: shared pages count once, so
+this is the memory the snapshot really costs). The leader's own page tables are never walked
+(``smaps``) while it may fork: that holds its mmap lock and stalls the fork. Prints a table,
+then one JSON line (the last line).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -43,16 +46,28 @@ MAX_OPS = 200_000     # bound on each load loop
 HEALTH_EVERY_S = 0.005
 
 
-def pss_kib(pid: int) -> int:
-    """Proportional set size of a process in KiB (0 once it is gone)."""
+def rss_kib(pid: int) -> int:
+    """Resident set of a process in KiB, from counters (/proc/pid/statm: no page-table walk,
+    so reading it never holds the process's mmap lock, which fork() must take)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+
+
+def private_kib(pid: int) -> int:
+    """Memory only this process maps (pages it copied), in KiB. Walks *its* page tables: used
+    on the snapshot child only, never on the node (it would stall the node's fork)."""
+    total = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
-    return 0
+    return total
 
 
 def children(pid: int) -> list[int]:
@@ -102,7 +117,8 @@ class MemorySampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.wait(0.02):
-            self.peak = max(self.peak, pss_kib(self.pid) + sum(map(pss_kib, children(self.pid))))
+            # node + the pages its child copied = the memory both use (shared pages once)
+            self.peak = max(self.peak, rss_kib(self.pid) + sum(map(private_kib, children(self.pid))))
 
 
 def run_size(objects: int, nodes: int) -> dict[str, Any]:
@@ -133,7 +149,7 @@ def run_size(objects: int, nodes: int) -> dict[str, Any]:
         wait_until(lambda: len(writer.samples) > 10, 60, "writer running")
         t_base = time.monotonic()
         threading.Event().wait(BASELINE_S)  # a measurement period, not synchronisation
-        pss_before = pss_kib(pid)
+        rss_before = rss_kib(pid)
         mem = MemorySampler(pid)
         mem.start()
         t0 = time.monotonic()
@@ -152,7 +168,7 @@ def run_size(objects: int, nodes: int) -> dict[str, Any]:
                 "write_max_ms_before": writer.max_ms(t_base, t0),
                 "write_max_ms_during": writer.max_ms(t0, t1),
                 "health_max_ms_during": health.max_ms(t0, t1),
-                "rss_ratio_peak": round(max(mem.peak, pss_before) / pss_before, 2),
+                "rss_ratio_peak": round(max(mem.peak, rss_before) / rss_before, 2),
                 "writes_during": sum(1 for t, d in writer.samples if t0 <= t <= t1),
                 "write_errors": writer.errors + health.errors,
                 "post_snapshot_s": round(t1 - t0, 3),
