@@ -114,8 +114,13 @@ async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float) -
     # Hand over leadership before going away, so clients see a short blip, not an election.
     try:
         if cs.is_leader() and len(cs.engine.status().get("configuration") or []) > 1:
+            history = getattr(cs, "leader_history", None)
+            if history is not None:
+                history.expect(f"{me.name} stopping (SIGTERM): leadership handed over")
             new = await loop.run_in_executor(None, cs.transfer, 0, transfer_timeout)
             log.info("leadership transferred to %s", new)
+            if history is not None:  # record it (with the cause) before the observer stops
+                history.observe(cs.engine.status())
     except Exception as exc:  # best effort: stopping must not fail because of it
         log.warning("leadership transfer before stop failed: %s", exc)
     await server.stop_async()
@@ -193,11 +198,19 @@ def _main(args: argparse.Namespace) -> int:
         cs.start()
         log.info("node %s (id %d) started: raft %s, api %s, pid %d", me.name, me.id,
                  me.raft_address, me.api_url, os.getpid())
+        from bknr_cluster.cluster.history import LeaderHistory
+        from bknr_cluster.cluster.retention import SnapshotKeeper
+
+        # snapshot.keep: archive copies in data_dir/snapshots (retention.py; raft/ is libraft's);
+        # one observer thread records leader changes (history.py) and runs retention each second
+        keeper = SnapshotKeeper(cs.engine, me.data_dir, cfg.snapshot_keep)
+        cs.leader_history = LeaderHistory(cs.engine, me.data_dir, me.id, on_tick=keeper.check).start()
         try:
             # Bounded: with the other nodes already gone the hand-over can never complete.
             transfer_timeout = args.transfer_timeout or max(1.0, 3 * cfg.election_timeout_ms / 1000)
             asyncio.run(_serve(cs, me, cfg.token(), transfer_timeout))
         finally:
+            cs.leader_history.stop()
             cs.stop()
         log.info("node %s stopped", me.name)
         return 0

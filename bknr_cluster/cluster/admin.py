@@ -36,7 +36,8 @@ class AdminMixin:
 
         with self._apply_lock:
             index = self.applied_index
-            child = fork_backup(self.store, self.data_dir / "store-snapshot")
+            # the system namespace (drill records) is the cluster's, not the application's
+            child = fork_backup(self.store, self.data_dir / "store-snapshot", include_system=False)
         return index, read_backup(child)
 
     def restore_backup(self, snapshot: bytes, sha256_hex: str | None = None,
@@ -95,6 +96,8 @@ class AdminMixin:
 
     def remove_peer(self, node_id: int, timeout: float = 30.0) -> None:
         self.engine.remove(int(node_id)).result(timeout)
+        # symmetric with add_peer: a removed member is no longer a peer of this replica
+        self.peers.pop(int(node_id), None)
 
     def transfer(self, node_id: int = 0, timeout: float = 10.0) -> int:
         """Hand leadership to ``node_id`` (0: best candidate); returns the new leader's id."""

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,6 +48,12 @@ class Api:
         self.tx_timeout = tx_timeout
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bknr-api")
         self.requests: Counter[tuple[str, int]] = Counter()
+        from bknr_cluster.cluster.metrics import NodeMetrics
+
+        self.node_metrics = NodeMetrics(cs, self.requests)
+        from bknr_cluster.cluster.schedule import ScheduledTransfer
+
+        self.scheduled = ScheduledTransfer(cs)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 << 20)
@@ -55,6 +62,7 @@ class Api:
         r.add_get("/status", self.status)
         r.add_get("/leader", self.leader)
         r.add_get("/metrics", self.metrics)
+        r.add_get("/history", self.history)
         r.add_post("/tx/{name}", self.tx)
         r.add_post("/query/{name}", self.query)
         r.add_post("/snapshot", self.snapshot)
@@ -64,6 +72,7 @@ class Api:
         r.add_delete("/peers/{id}", self.remove_peer)
         r.add_post("/peers/{id}/role", self.assign)
         r.add_post("/transfer", self.transfer)
+        r.add_route("*", "/transfer/schedule", self.transfer_schedule)
         return app
 
     # --- plumbing -------------------------------------------------------------------------
@@ -152,36 +161,16 @@ class Api:
         return web.json_response(body, status=200 if body["leader"] else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        st = await self._run(lambda: self.cs.status(with_digest=False))
-        node = f'node="{self.cs.name}",group="{self.cs.group}"'
-        lines = []
+        from bknr_cluster.cluster.metrics import CONTENT_TYPE
 
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, Any]]) -> None:
-            lines.append(f"# HELP {name} {help_}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{{{node}{labels}}} {0 if value is None else value}")
+        body = await self._run(self.node_metrics.text)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
-        metric("bknr_up", "gauge", "1 while the node process serves its API", [("", 1)])
-        metric("bknr_is_leader", "gauge", "1 on the Raft leader", [("", int(st["role"] == "leader"))])
-        for key, help_ in (("term", "current Raft term"), ("commit_index", "commit index"),
-                           ("applied_index", "last index applied to the store"),
-                           ("last_log_index", "last log index"),
-                           ("snapshot_index", "index of the last Raft snapshot")):
-            metric(f"bknr_{key}", "gauge", help_, [("", st.get(key))])
-        for key, help_ in (("batches", "log entries submitted by this node"),
-                           ("batched_records", "records submitted by this node"),
-                           ("applied_records", "transaction records applied"),
-                           ("failed_records", "transactions that raised"),
-                           ("corrupt_entries", "malformed log entries skipped")):
-            metric(f"bknr_{key}_total", "counter", help_, [("", st.get(key))])
-        metric("bknr_follower_lag", "gauge", "leader: entries a follower is behind",
-               [(f',follower="{f["id"]}"', f["lag"]) for f in st["followers"]])
-        metric("bknr_http_requests_total", "counter", "HTTP requests by route and status",
-               [(f',route="{r}",code="{c}"', n) for (r, c), n in sorted(self.requests.items())])
-        return web.Response(text="\n".join(lines) + "\n",
-                            content_type="text/plain", charset="utf-8",
-                            headers={"X-Prometheus-Format": "0.0.4"})
+    async def history(self, request: web.Request) -> web.Response:
+        """Leader changes this node recorded (history.py); empty when it keeps none."""
+        keeper = getattr(self.cs, "leader_history", None)
+        records = await self._run(keeper.records) if keeper is not None else []
+        return web.json_response({"node_id": self.cs.node_id, "changes": records})
 
     async def backup(self, request: web.Request) -> web.Response:
         st = await self._run(self.cs.engine.status)
@@ -214,8 +203,10 @@ class Api:
         body = await self._body(request)
         args, kwargs = self._call_args(body)
         forward = bool(body.get("forward", False))
+        t0 = time.monotonic()
         result, index = await self.cs.execute_async(name, args, kwargs, forward=forward,
                                                     timeout=self.tx_timeout)
+        self.node_metrics.tx_seconds.observe(time.monotonic() - t0)
         return web.json_response({"result": to_json(result), "index": index})
 
     async def query(self, request: web.Request) -> web.Response:
@@ -270,7 +261,25 @@ class Api:
     async def transfer(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         to = self._int(body.get("to", 0), "'to'")
+        keeper = getattr(self.cs, "leader_history", None)
+        if keeper is not None:  # the change this causes is recorded with its cause
+            keeper.expect(str(body.get("cause") or f"transfer requested (to {to or 'best candidate'})"))
         return web.json_response({"leader_id": await self._run(self.cs.transfer, to)})
+
+    async def transfer_schedule(self, request: web.Request) -> web.Response:
+        """GET shows, POST ``{"to", "at"}`` (epoch seconds) sets, DELETE cancels (schedule.py)."""
+        if request.method == "POST":
+            body = await self._body(request)
+            at = body.get("at")
+            if not isinstance(at, int | float) or isinstance(at, bool):
+                raise BadRequest("'at' must be a time in seconds since the epoch")
+            return web.json_response({"scheduled": self.scheduled.set(
+                self._int(body.get("to", 0), "'to'"), float(at))})
+        if request.method == "DELETE":
+            return web.json_response({"cancelled": self.scheduled.cancel()})
+        if request.method == "GET":
+            return web.json_response(self.scheduled.show())
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST", "DELETE"])
 
 
 class ApiServer:

@@ -44,6 +44,7 @@ class ApplierMixin:
     _apply_lock: Any
     _applied_cond: threading.Condition
     _digest_cache: Any
+    on_store_snapshot: Any = None  # called with the seconds each store snapshot took
 
     # --- apply path -----------------------------------------------------------------------
 
@@ -184,8 +185,10 @@ class ApplierMixin:
         if writer is None:
             from bknr_cluster.cluster.snapshot_writer import StoreSnapshotWriter
 
-            def done(at: int, _seconds: float) -> None:
+            def done(at: int, seconds: float) -> None:
                 self.last_store_snapshot = at  # before the engine may answer snapshot_now
+                if self.on_store_snapshot is not None:  # metrics (api.py): a duration histogram
+                    self.on_store_snapshot(seconds)
 
             writer = self._snapshot_writer = StoreSnapshotWriter(
                 self.engine, self.store, self.data_dir / "store-snapshot",

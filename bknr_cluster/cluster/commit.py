@@ -93,6 +93,7 @@ class GroupCommitter:
         self._threads: list[threading.Thread] = []
         self.batches = 0          # entries submitted (metrics)
         self.items = 0            # records submitted (metrics)
+        self.failed = 0           # records whose submission failed (metrics)
 
     # --- caller side ----------------------------------------------------------------------
 
@@ -320,6 +321,7 @@ class GroupCommitter:
                 self._inflight -= n
 
     def _fail(self, seqs: list[int], error: BaseException) -> None:
+        self.failed += len(seqs)  # metrics: proposals the engine refused or lost
         for s in seqs:
             w = self._pending.pop(s, None)
             if w is not None:

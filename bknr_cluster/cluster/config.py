@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bknr_cluster.cluster.affinity import check_spec
+from bknr_cluster.cluster.yamlfile import load_yaml
 from bknr_cluster.errors import ConfigError, UnknownNode, UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
@@ -109,13 +108,7 @@ class ClusterConfig:
             raise ConfigError([("", f"configuration file {p} not found")]) from None
         except OSError as exc:
             raise ConfigError([("", f"cannot read {p}: {exc.strerror}")]) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError([("", f"{p} is not valid YAML ({where}): {problem}")]) from None
+        data = load_yaml(text, str(p))  # refuses a key written twice (yamlfile.py)
         return cls.from_dict(data, base_dir=p.resolve().parent, path=p.resolve())
 
     @classmethod
@@ -328,7 +321,7 @@ SSH_KEYS = {"user", "port", "key_file", "known_hosts", "strict_host_key_checking
 
 def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    seen: dict[str, dict[Any, str]] = {"id": {}, "name": {}, "raft": {}, "api": {}, "data_dir": {}}
+    seen: dict[str, dict[Any, str]] = {"id": {}, "name": {}, "data_dir": {}}
 
     def unique(kind: str, value: Any, path: str, label: str) -> None:
         if value in seen[kind]:
@@ -337,6 +330,7 @@ def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
             seen[kind][value] = path.rsplit(".", 1)[0]
 
     voters = 0
+    binds: list[tuple[str, str, str, int]] = []  # (path, machine, host, port) of every listener
     for i, n in enumerate(nodes):
         p = f"nodes[{i}]"
         if not isinstance(n, dict):
@@ -366,10 +360,8 @@ def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
                 if not _int_in(n[key], 1, 65535):
                     out.append((f"{p}.{key}", "must be a port number in [1, 65535]"))
                 else:
-                    api_host = n.get("api_host") or host
-                    addr = (host if kind == "raft" else api_host, n[key])
-                    # raft and API ports share one namespace per host
-                    unique("raft", addr, f"{p}.{key}", f"port {n[key]} on {addr[0]}")
+                    bind_host = host if kind == "raft" else (n.get("api_host") or host)
+                    binds.append((f"{p}.{key}", _machine(n, host), bind_host, n[key]))
         if "data_dir" in n:
             if not isinstance(n["data_dir"], str) or not n["data_dir"]:
                 out.append((f"{p}.data_dir", "must be a directory path"))
@@ -395,6 +387,50 @@ def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
                 for key in ("user", "key_file", "known_hosts", "workdir", "python", "config_path"):
                     if key in ssh and not isinstance(ssh[key], str):
                         out.append((f"{p}.ssh.{key}", "must be a string"))
+                if "strict_host_key_checking" in ssh and not isinstance(ssh["strict_host_key_checking"],
+                                                                        bool):
+                    # "no" (quoted) is a non-empty string, i.e. true: refuse instead of guessing
+                    out.append((f"{p}.ssh.strict_host_key_checking",
+                                f"must be true or false (unquoted), got {ssh['strict_host_key_checking']!r}"))
+    out += _port_clashes(binds)
     if nodes and voters == 0 and not any(p.endswith(".role") for p, _ in out):
         out.append(("nodes", "at least one node must be a voter"))
+    return out
+
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+WILDCARDS = {"0.0.0.0", "::", ""}
+
+
+def _machine(n: dict, host: Any) -> str:
+    """Which machine a node's listeners are on: its host when reached over SSH, else this one."""
+    return f"ssh:{host}" if n.get("ssh") is not None else "local"
+
+
+def _canonical_host(host: Any) -> str:
+    """One spelling per address: every loopback name is 'loopback', every wildcard '*'."""
+    h = str(host).strip().lower()
+    if h in WILDCARDS:
+        return "*"
+    if h in LOOPBACK_NAMES:
+        return "loopback"
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return h
+    # 127.0.0.1 and ::1 answer for "localhost"; other 127/8 addresses are distinct listeners
+    return "loopback" if str(ip) in ("127.0.0.1", "::1") else str(ip)
+
+
+def _port_clashes(binds: list[tuple[str, str, str, int]]) -> list[tuple[str, str]]:
+    """Two listeners on one machine and port clash when their hosts are the same address
+    (``localhost`` is ``127.0.0.1``) or either is a wildcard (``0.0.0.0`` takes every address)."""
+    out = []
+    for i, (path, machine, host, port) in enumerate(binds):
+        for opath, omachine, ohost, oport in binds[:i]:
+            a, b = _canonical_host(host), _canonical_host(ohost)
+            if machine == omachine and port == oport and (a == b or "*" in (a, b)):
+                same = "" if host == ohost else f" (as {ohost})"
+                out.append((path, f"port {port} on {host} already used by {opath.rsplit('.', 1)[0]}{same}"))
+                break
     return out

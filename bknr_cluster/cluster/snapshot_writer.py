@@ -130,14 +130,14 @@ class StoreSnapshotWriter:
                 self._child = self._reaper = None
 
 
-def fork_backup(store: Any, directory: Path) -> SnapshotChild:
+def fork_backup(store: Any, directory: Path, *, include_system: bool = True) -> SnapshotChild:
     """Fork a writer of the store as it is now into a new ``backup-*.snap`` in ``directory``;
     the caller holds the apply lock (so it knows the index the image is at)."""
     directory.mkdir(parents=True, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix="backup-", suffix=".snap", dir=directory)
     os.close(fd)
     try:
-        return fork_snapshot(store, path, include_blobs=True)
+        return fork_snapshot(store, path, include_blobs=True, include_system=include_system)
     except BaseException:
         os.unlink(path)
         raise

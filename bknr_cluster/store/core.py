@@ -8,7 +8,6 @@ the codec's extension types; it is produced by ``encode_transaction`` and consum
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -17,8 +16,10 @@ from enum import Enum
 from typing import IO, Any
 
 from bknr_cluster.errors import CodecError, CorruptData, StoreError, UnknownTransaction, UsageError
+from bknr_cluster.store import system
 from bknr_cluster.store.blobs import BlobStore
 from bknr_cluster.store.codec import UNPACK_ERRORS, Codec, unpackb
+from bknr_cluster.store.digest import FOLD_ENTRIES, IncrementalDigest, finish, full_sum
 from bknr_cluster.store.model import LOCAL, StoreObject
 from bknr_cluster.store.state import ObjectState
 from bknr_cluster.store.tx import Query, Transaction, TxContext
@@ -47,6 +48,14 @@ def _names(kind: str, items: Iterable[Any], cls: type) -> tuple[dict[str, Any], 
     return by_name, short
 
 
+def _add_system(registry: dict[str, Any], builtins: dict[str, Any], kind: str) -> None:
+    """The system namespace's built-ins (system.py), by full name only: no short-name clashes."""
+    for name in registry:
+        if name.startswith(system.PREFIX):
+            raise UsageError(f"{kind} name {name!r}: the prefix {system.PREFIX!r} is reserved")
+    registry.update(builtins)
+
+
 class StoreDefinition:
     """What a store holds: persistent classes, transactions, queries and codec enums."""
 
@@ -63,11 +72,13 @@ class StoreDefinition:
             if other is not c:
                 raise UsageError(f"two classes are stored as {c._meta.name!r}")
         self.transactions, self._tx_short = _names("transaction", transactions, Transaction)
+        _add_system(self.transactions, system.TRANSACTIONS, "transaction")
         # the hot paths' one-dict lookup: full name, unambiguous short name or the Transaction
         # itself -> Transaction (anything else goes through ``transaction()`` for its error)
         self._tx_any: dict[Any, Transaction] = {**self._tx_short, **self.transactions}
         self._tx_any.update((t, t) for t in self.transactions.values())
         self.queries, self._q_short = _names("query", queries, Query)
+        _add_system(self.queries, system.QUERIES, "query")
         self.enums = tuple(enums)
         for e in self.enums:
             if not (isinstance(e, type) and issubclass(e, Enum)):
@@ -133,9 +144,15 @@ class Store(ObjectState):
         self._tx_full = definition.transactions      # full name -> Transaction (apply fast path)
         self._ext_hook = self._codec._ext_hook          # bound once, not per record
         self._last_ts = 0
+        self.system: dict[str, Any] = {}   # the cluster layer's namespace (system.py)
         self.last_index = 0            # index of the last record applied (TxContext.index)
         self._version = 0              # bumped on every successful change; digest cache key
         self._digest_cache: tuple[int, str] | None = None
+        self._digests = IncrementalDigest(self)
+        # the commit path's view of it: undo logs not yet folded, their entry count, threshold
+        self._digest_pending = self._digests.pending
+        self._digest_backlog = 0
+        self._fold_at = FOLD_ENTRIES
         self.schema_report: list[str] = []
         if path is not None and blob_dir is None:
             blob_dir = os.path.join(os.fspath(path), "blobs")
@@ -259,7 +276,14 @@ class Store(ObjectState):
             finally:
                 local["store"] = prev_store
                 local["tx"] = prev_tx
-            ctx.undo.clear()
+            undo = ctx.undo
+            if undo:        # the digest folds it in later (digest.py); no copy, no clear
+                ctx.undo = []
+                self._digest_pending.append(undo)
+                backlog = self._digest_backlog + len(undo)
+                self._digest_backlog = backlog
+                if backlog >= self._fold_at:
+                    self._digests.fold_after_commit()
             self._last_ts = ts
             self._version += 1
             return result
@@ -306,17 +330,22 @@ class Store(ObjectState):
 
     # --- snapshots, digest, blobs -------------------------------------------------------------
 
-    def write_snapshot(self, stream: IO[bytes], include_blobs: bool = True) -> int:
-        """Serialise the whole state to a binary stream; returns the number of objects."""
+    def write_snapshot(self, stream: IO[bytes], include_blobs: bool = True,
+                       include_system: bool = True) -> int:
+        """Serialise the whole state to a binary stream; returns the number of objects.
+
+        ``include_system=False`` leaves the system namespace out (backups: system.py)."""
         from bknr_cluster.store import snapshot
         with self._lock:
-            return snapshot.write(self, stream, include_blobs=include_blobs)
+            return snapshot.write(self, stream, include_blobs=include_blobs,
+                                  include_system=include_system)
 
     def load_snapshot(self, stream: IO[bytes]) -> int:
         """Replace the whole state with a snapshot (an empty stream means the empty store)."""
         from bknr_cluster.store import snapshot
         with self._lock:
             n = snapshot.load(self, stream)
+            self._digests.reset()
             self._version += 1
             return n
 
@@ -327,17 +356,25 @@ class Store(ObjectState):
         return buf.getvalue()
 
     def digest(self) -> str:
-        """Canonical hex digest of the persistent state: equal states give equal digests."""
-        from bknr_cluster.store import snapshot
+        """Canonical hex digest of the persistent state: equal states give equal digests.
+        Kept up to date incrementally: costs at most one fold of recent writes, whatever the
+        store's size (digest.py)."""
+        if LOCAL.tx is not None:    # it would fold values the transaction may still roll back
+            raise UsageError("digest() inside a transaction: read it before or after")
         with self._lock:
             cached = self._digest_cache
             if cached is not None and cached[0] == self._version:
                 return cached[1]
-            h = hashlib.sha256()
-            snapshot.digest_into(self, h)
-            value = h.hexdigest()
+            value = self._digests.value()
             self._digest_cache = (self._version, value)
             return value
+
+    def digest_full(self) -> str:
+        """The same digest computed from scratch by walking every object (O(n), holds the store
+        lock throughout): for verification. Always equal to ``digest()``; a difference means
+        an attribute value was changed in place, outside the store's knowledge."""
+        with self._lock:
+            return finish(full_sum(self), self._next_id, self._last_ts, self.system)
 
     def collect_blobs(self) -> list[str]:
         """Delete blob contents no live object refers to; returns the removed hashes."""

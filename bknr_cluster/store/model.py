@@ -312,7 +312,8 @@ _set_slot = object.__setattr__
 class StoreObject(metaclass=StoreClass):
     """Base class of persistent objects. ``id`` is allocated by the store, deterministically."""
 
-    __slots__ = ("id",)
+    # ``_state_hash``: what the object last contributed to the store's digest (digest.py)
+    __slots__ = ("id", "_state_hash")
     _meta: ClassVar[ClassMeta]
     _bound: ClassVar[Store | None] = None
     _persistent_specs: ClassVar[dict[str, AttrSpec]]

@@ -1,4 +1,4 @@
-"""Snapshot format (version 1), snapshot loading with schema evolution, and the state digest.
+"""Snapshot format (version 1) and snapshot loading with schema evolution.
 
 Layout: ``b"BKNRSNAP"`` + u32 format version, then frames ``<u32 length><u32 crc32><msgpack>``:
 
@@ -43,14 +43,14 @@ FORMAT = 1
 CHUNK = 65536
 _FRAME = struct.Struct("<II")
 _set_id = StoreObject.__dict__["id"].__set__
-_CONTAINERS = {dict, set, frozenset, list, tuple}
 
 
 def _frame(stream: IO[bytes], payload: bytes) -> None:
     stream.write(_FRAME.pack(len(payload), zlib.crc32(payload)) + payload)
 
 
-def write(store: Store, stream: IO[bytes], include_blobs: bool = True) -> int:
+def write(store: Store, stream: IO[bytes], include_blobs: bool = True,
+          include_system: bool = True) -> int:
     blobs: set[Blob] = set()
     codec = Codec(store.definition.enums, store.find, store._is_live, lenient=True,
                   on_blob=blobs.add if include_blobs else None)
@@ -77,6 +77,10 @@ def write(store: Store, stream: IO[bytes], include_blobs: bool = True) -> int:
             frames += 1
     for blob in sorted(blobs, key=lambda b: b.sha256):
         _frame(stream, msgpack.packb(["blob", blob.sha256, store.blobs.get(blob)], use_bin_type=True))
+        frames += 1
+    if include_system and store.system:
+        # only when non-empty: a snapshot of a store that never used it is unchanged (system.py)
+        _frame(stream, msgpack.packb(["system", sorted(store.system.items())]))
         frames += 1
     _frame(stream, msgpack.packb(["end", total, frames]))
     return total
@@ -115,6 +119,7 @@ def load(store: Store, stream: IO[bytes]) -> int:
     magic = stream.read(len(MAGIC))
     if not magic:
         store._reset_state()
+        store.system = {}
         store._last_ts = 0
         store.last_index = 0
         store.schema_report = []
@@ -220,9 +225,10 @@ def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
     announced = 0
     columns_started = False
     end: Any = None
+    system: dict[str, Any] = {}
     for n, payload in frames:
         item = codec.unpack(payload)
-        if type(item) is not list or not item or item[0] not in ("ids", "cols", "blob", "end"):
+        if type(item) is not list or not item or item[0] not in ("ids", "cols", "blob", "system", "end"):
             raise _bad(f"frame {n} is not a snapshot frame")
         kind = item[0]
         if kind == "ids":
@@ -259,6 +265,12 @@ def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
             for setter, col in zip(row, cols, strict=True):
                 if setter is not None:
                     deque(map(setter, objs, col), 0)
+        elif kind == "system":
+            pairs = item[1] if len(item) == 2 and type(item[1]) is list else None
+            if pairs is None or any(type(p) is not list or len(p) != 2 or type(p[0]) is not str
+                                    for p in pairs):
+                raise _bad(f"frame {n}: malformed system frame")
+            system = dict(pairs)
         elif kind == "blob":
             _, sha, data = item
             if type(sha) is not str or type(data) is not bytes:
@@ -298,6 +310,7 @@ def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
         store._last_ts = header["last_ts"]
         store.last_index = header["last_index"]
         store.schema_report = report
+        store.system = system
         for line in report:
             log.warning("schema change while loading snapshot: %s", line)
     return loaded, install
@@ -333,36 +346,6 @@ def _build_indices(extent: dict[type, dict[int, Any]]) -> dict:
                     else:
                         bucket[o.id] = o
     return index
-
-
-def _canon(codec: Codec, v: Any) -> Any:
-    """A value whose encoding does not depend on dict/set insertion order."""
-    t = type(v)
-    if t is dict:
-        return ["$d", sorted(([codec.pack(_canon(codec, k)), _canon(codec, x)] for k, x in v.items()),
-                             key=lambda p: p[0])]
-    if t is set or t is frozenset:
-        return ["$s" if t is set else "$f", sorted(codec.pack(_canon(codec, x)) for x in v)]
-    if t is list:
-        return [_canon(codec, x) for x in v]
-    if t is tuple:
-        return tuple(_canon(codec, x) for x in v)
-    return v
-
-
-def digest_into(store: Store, h: Any) -> None:
-    codec = Codec(store.definition.enums, store.find, store._is_live, lenient=True)
-    h.update(b"bknr-digest-1")
-    h.update(msgpack.packb([store._next_id, store._last_ts]))
-    for cls in sorted(store._classes, key=lambda c: c._meta.name):
-        d = store._sorted_extent(cls)
-        objs = list(d.values())
-        h.update(codec.pack([cls._meta.name, list(d)]))
-        for spec in sorted(cls._meta.persistent, key=lambda s: s.name):
-            col = list(map(spec.getter, objs))
-            if _CONTAINERS & set(map(type, col)):
-                col = [_canon(codec, v) for v in col]
-            h.update(codec.pack([spec.name, col]))
 
 
 def referenced_blobs(store: Store) -> set[str]:

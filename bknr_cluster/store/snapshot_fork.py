@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import hashlib
 import os
@@ -141,7 +142,7 @@ class SnapshotChild:
 
 
 def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
-                  fsync: bool = False) -> SnapshotChild:
+                  include_system: bool = True, fsync: bool = False) -> SnapshotChild:
     """Fork a child that writes ``store``'s snapshot, as it is now, to ``path`` (created or
     truncated); returns at once. The caller must make sure no transaction is applying (the
     store lock is taken around the fork for that). ``fsync``: the child syncs the file before
@@ -154,19 +155,21 @@ def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            _child(store, snapshot.write, path, include_blobs, fsync, hasher, write_fd, parent)
+            write = functools.partial(snapshot.write, include_blobs=include_blobs,
+                                      include_system=include_system)
+            _child(store, write, path, fsync, hasher, write_fd, parent)
     os.close(write_fd)
     return SnapshotChild(pid, read_fd, path)
 
 
-def _child(store: Store, write: Any, path: str, include_blobs: bool, fsync: bool, hasher: Any,
-           report_fd: int, parent: int) -> None:
+def _child(store: Store, write: Any, path: str, fsync: bool, hasher: Any, report_fd: int,
+           parent: int) -> None:
     code = 1
     try:
         _detach(parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         out = _HashingWriter(fd, hasher)
-        write(store, out, include_blobs=include_blobs)
+        write(store, out)
         out.flush()
         if fsync:
             os.fsync(fd)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from bknr_cluster.cluster.config import NodeConfig
 from bknr_cluster.errors import (
     BknrError,
     CorruptData,
@@ -183,8 +184,14 @@ def transfer_leadership(cluster: Cluster, to: int = 0, timeout: float = 15.0) ->
 @guarded
 def leader_transfer(ctx: typer.Context, config: ConfigOpt = None,
                     to: Annotated[str | None, typer.Option("--to", help="Target voter.")] = None,
+                    at: Annotated[str | None, typer.Option(
+                        "--at", help="Schedule it: +SECONDS, +Nm, +Nh, HH:MM or ISO 8601 time "
+                                     "(held by the leader; bknrctl leader cancel).")] = None,
                     output: OutputOpt = OutputFormat.table) -> None:
-    """Planned switchover to ``--to`` (or the best candidate); waits and reports the gap."""
+    """Planned switchover to --to (or the best candidate); waits and reports the gap."""
+    from .opscmd import parse_when, schedule_transfer
+
+    when = parse_when(at) if at is not None else None
     cluster = cluster_for(ctx, config)
     target = 0
     if to is not None:
@@ -195,6 +202,15 @@ def leader_transfer(ctx: typer.Context, config: ConfigOpt = None,
         if members[n.id] != "voter":
             raise MembershipError(f"cannot transfer to {n.name}: it is a {members[n.id]}, not a voter")
         target = n.id
+    if when is not None:
+        plan = schedule_transfer(cluster, target, when)
+        if output is OutputFormat.json:
+            emit_json(plan)
+        else:
+            at_text = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(plan["at"]))
+            typer.echo(f"scheduled on {plan['leader']}: transfer to {to or 'the best candidate'} "
+                       f"at {at_text} (cancel: bknrctl leader cancel)")
+        return
     result = transfer_leadership(cluster, target)
     if output is OutputFormat.json:
         emit_json(result)
@@ -208,35 +224,20 @@ def leader_transfer(ctx: typer.Context, config: ConfigOpt = None,
 # --- snapshot -----------------------------------------------------------------------------------
 
 
-def prune_snapshots(raft_dir: Path, keep: int) -> int:
-    """Delete all but the ``keep`` newest engine snapshot files (``snapshot-T-I-TS`` + ``.meta``)."""
-    groups: dict[str, list[Path]] = {}
-    for p in raft_dir.glob("snapshot-*"):
-        base = p.name[:-5] if p.name.endswith(".meta") else p.name
-        groups.setdefault(base, []).append(p)
-
-    def order(base: str) -> tuple[int, ...]:
-        try:
-            return tuple(int(x) for x in base.split("-")[1:4])
-        except ValueError:
-            return (0,)
-    removed = 0
-    for base in sorted(groups, key=order)[:-keep] if keep > 0 else []:
-        for p in groups[base]:
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 @app.command()
 @guarded
 def snapshot(ctx: typer.Context, config: ConfigOpt = None,
              node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
              all_: Annotated[bool, typer.Option("--all", help="Every node.")] = False,
              quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Silent on success.")] = False,
-             keep: Annotated[int | None, typer.Option(help="Keep N snapshot files per local node.")] = None,
+             keep: Annotated[int | None, typer.Option(
+                 help="Then keep the N newest archived snapshots per node (local or SSH; the node "
+                      "itself keeps snapshot.keep).")] = None,
              output: OutputOpt = OutputFormat.table) -> None:
-    """Take an engine snapshot now (default: on the leader). For cron: ``-q``."""
+    """Take an engine snapshot now (default: on the leader). For cron: -q.
+
+    -q prints nothing on success; a failure is one line on stderr and a non-zero exit.
+    """
     if node and all_:
         raise UsageError("use either --node or --all")
     if keep is not None and keep < 1:
@@ -244,7 +245,11 @@ def snapshot(ctx: typer.Context, config: ConfigOpt = None,
     cluster = cluster_for(ctx, config)
     if all_:
         # voters and standbys: spares and YAML nodes not (yet) added are not expected to answer
-        roles = cluster.probe(timeout=1.0).member_roles()
+        state = cluster.probe(timeout=1.0)
+        if not any(s.reachable for s in state.nodes):
+            # the same answer as every other command on a stopped cluster (exit 3), not exit 1
+            raise NoLeader(message="no node of the cluster is reachable")
+        roles = state.member_roles()
         targets = [n for n in cluster.cfg.nodes if roles.get(n.id, "voter" if not roles else "") in
                    ("voter", "standby")]
     else:
@@ -255,15 +260,24 @@ def snapshot(ctx: typer.Context, config: ConfigOpt = None,
         raise BknrError("; ".join(f"snapshot on {n.name} failed: {r}" for n, r in failed))
     removed = 0
     if keep is not None:
-        for n in targets:
-            if n.ssh is None:
-                removed += prune_snapshots(Path(n.data_dir) / "raft", keep)
+        for n, r in zip(targets, parallel(lambda n: _retain(cluster, n, keep), targets), strict=True):
+            if isinstance(r, BaseException):
+                raise BknrError(f"snapshot retention on {n.name} failed: {r}")
+            removed += int(r.get("removed", 0))
     report = {n.name: r.get("index") for n, r in zip(targets, results, strict=True)}
     if output is OutputFormat.json:
         emit_json({"snapshots": report, "removed_files": removed})
     elif not quiet:
         for name, idx in report.items():
             typer.echo(f"{name}: snapshot at index {idx}")
+
+
+def _retain(cluster: Cluster, n: NodeConfig, keep: int) -> dict[str, int]:
+    c = controller(cluster.cfg, n)
+    try:
+        return c.retain_snapshots(keep)
+    finally:
+        c.close()
 
 
 # --- backup / restore ---------------------------------------------------------------------------
@@ -296,10 +310,19 @@ def read_backup(path: Path) -> tuple[dict, bytes]:
 
 @app.command()
 @guarded
-def backup(ctx: typer.Context, out: Annotated[Path, typer.Option("--out", help="Backup file to write.")],
+def backup(ctx: typer.Context,
+           out: Annotated[Path | None, typer.Option("--out", help="Backup file to write.")] = None,
+           check: Annotated[Path | None, typer.Option(
+               "--check", help="Verify this backup file instead (checksum; loads it with the YAML's "
+                               "store when a YAML is found); contacts no node.")] = None,
            config: ConfigOpt = None, quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
            output: OutputOpt = OutputFormat.table) -> None:
     """Write a consistent store snapshot from the leader (index, checksum, cluster identity)."""
+    if (out is None) == (check is None):
+        raise UsageError("give exactly one of --out FILE (write a backup) or --check FILE (verify one)")
+    if check is not None:
+        _check_backup(ctx, config, check, quiet, output)
+        return
     cluster = cluster_for(ctx, config)
     leader = cluster.leader_node()
     r = cluster.clients[leader.name].backup()
@@ -318,6 +341,22 @@ def backup(ctx: typer.Context, out: Annotated[Path, typer.Option("--out", help="
                    f"({len(payload)} bytes, sha256 {sha[:16]})")
 
 
+def _check_backup(ctx: typer.Context, config: str | None, path: Path, quiet: bool,
+                  output: OutputFormat) -> None:
+    from .app import chosen_path
+    from .opscmd import check_backup
+
+    yaml_path = chosen_path(ctx, config)
+    result = check_backup(path, cluster_for(ctx, config) if yaml_path.exists() else None)
+    if output is OutputFormat.json:
+        emit_json(result)
+    elif not quiet:
+        loaded = (f", loads: {result['objects']} objects, digest {result['digest'][:16]}"
+                  if result.get("loadable") else " (no YAML: not loaded)")
+        typer.echo(f"{path}: ok: {result['group']} at index {result['index']}, {result['bytes']} bytes, "
+                   f"sha256 {result['sha256'][:16]}{loaded}")
+
+
 @app.command()
 @guarded
 def restore(ctx: typer.Context, from_: Annotated[Path, typer.Option("--from", help="Backup file.")],
@@ -325,21 +364,28 @@ def restore(ctx: typer.Context, from_: Annotated[Path, typer.Option("--from", he
     """Seed a NEW cluster (the YAML's, not yet initialised) from a backup; refuses a live one."""
     cluster = cluster_for(ctx, config)
     header, payload = read_backup(from_)
+    if header.get("store") and header["store"] != cluster.cfg.store:
+        raise UsageError(f"backup is of store {header['store']}, the YAML runs {cluster.cfg.store}")
+    leader, index = seed_new_cluster(cluster, payload, f"{from_} (index {header['index']})", yes)
+    info(f"restored {header['group']}@{header['index']} into {cluster.cfg.group} (leader {leader})")
+
+
+def seed_new_cluster(cluster: Cluster, payload: bytes, source: str, yes: bool) -> tuple[str, int]:
+    """Init and start the YAML's new cluster and load ``payload`` (a store snapshot) through the
+    log (POST /restore); refuses a live cluster or one with Raft state. Returns (leader, index)."""
     live = [n.name for n, r in zip(cluster.cfg.nodes, parallel(
         lambda n: cluster.clients[n.name].health(timeout=1.0), list(cluster.cfg.nodes)), strict=True)
         if not isinstance(r, BaseException)]
     if live:
         raise UsageError(f"refusing to restore over a live cluster ({', '.join(live)} answering); "
-                         "restore seeds a new cluster")
+                         "this seeds a new cluster")
     ctls = [controller(cluster.cfg, n) for n in cluster.cfg.nodes]
     try:
         existing = [c.node.name for c in ctls if c.has_raft_state()]
         if existing:
-            raise UsageError(f"refusing to restore: {', '.join(existing)} already hold Raft state; "
-                             "restore seeds a new cluster (use a fresh YAML / data dirs)")
-        if header.get("store") and header["store"] != cluster.cfg.store:
-            raise UsageError(f"backup is of store {header['store']}, the YAML runs {cluster.cfg.store}")
-        confirm(f"Seed cluster {cluster.cfg.group} from {from_} (index {header['index']})?", yes)
+            raise UsageError(f"refusing: {', '.join(existing)} already hold Raft state; this seeds "
+                             "a new cluster (use a fresh YAML / data dirs)")
+        confirm(f"Seed cluster {cluster.cfg.group} from {source}?", yes)
         ensure_token(cluster.cfg)
         cluster = Cluster(cluster.cfg)  # re-read the token that may just have been created
         for c in ctls:
@@ -349,13 +395,14 @@ def restore(ctx: typer.Context, from_: Annotated[Path, typer.Option("--from", he
             c.close()
     start_nodes(cluster, list(cluster.cfg.nodes))
     leader = cluster.wait_for_leader(timeout=30.0)
-    r = cluster.clients[leader.name].request("POST", "/restore", None, timeout=120.0,
-                                             raw_body=payload, headers={"X-Bknr-Sha256": header["sha256"]})
+    r = cluster.clients[leader.name].request(
+        "POST", "/restore", None, timeout=300.0, raw_body=payload,
+        headers={"X-Bknr-Sha256": hashlib.sha256(payload).hexdigest()})
     if r.status != 200:
         from .client import error_from_body
 
         raise error_from_body(r.status, r.body, leader.name)
-    info(f"restored {header['group']}@{header['index']} into {cluster.cfg.group} (leader {leader.name})")
+    return leader.name, int(r.body.get("index") or 0)
 
 
 # --- recover ------------------------------------------------------------------------------------
@@ -369,7 +416,7 @@ def recover(ctx: typer.Context, node: Annotated[str, typer.Option("--node", help
     """Quorum loss: force a new configuration of the surviving nodes (longest log first).
 
     Refuses while a quorum is reachable. Every reachable node with a running process is a
-    survivor; the new configuration makes them the voters. ``--node`` must be a survivor and
+    survivor; the new configuration makes them the voters. --node must be a survivor and
     names the node that is started first (the one with the longest log is preferred).
     """
     if not force:

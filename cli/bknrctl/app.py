@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer.core import TyperGroup
+from typer.exceptions import Abort
 
 from .cluster import Cluster, config_path
 
+
+class OneLineErrors(TyperGroup):
+    """Usage errors as ONE stderr line (``error: ... (see: bknrctl X --help)``), exit 2.
+
+    Click prints a usage block, a hint and the error on four lines; every other bknrctl error is
+    one ``error:`` line, so a script greps one format. ``--help`` and a bare group still print help.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="bknrctl",
     help="Operate a bknr_cluster: YAML-described nodes, local or over SSH.",
     no_args_is_help=True,
@@ -40,10 +74,31 @@ OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="table o
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Confirm destructive actions.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            version = importlib.metadata.version("bknr_cluster")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        typer.echo(f"bknrctl {version}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(ctx: typer.Context, config: ConfigOpt = None) -> None:
-    """Global options; ``-c`` may come before or after the command."""
+def _root(ctx: typer.Context, config: ConfigOpt = None,
+          version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Global options; -c may come before or after the command."""
     ctx.obj = {"config": config}
+
+
+@peer_app.callback()
+@leader_app.callback()
+def _group(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """-c right after a sub-group name (bknrctl peer -c x add) counts like the global -c."""
+    if config is not None:
+        root = ctx.find_root()
+        root.obj = {**(root.obj or {}), "config": config}
 
 
 def cluster_for(ctx: typer.Context, config: str | None) -> Cluster:

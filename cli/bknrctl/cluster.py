@@ -14,6 +14,10 @@ from bknr_cluster.errors import BknrError, NoLeader, Unauthorized, Unreachable
 from .client import NodeClient, parallel
 
 DEFAULT_CONFIG = "cluster.yaml"
+# A follower further behind than this many entries makes the cluster "degraded" (status --max-lag).
+DEFAULT_MAX_LAG = 1000
+EXIT_NO_LEADER = 3
+EXIT_DEGRADED = 4
 
 
 def config_path(option: str | None) -> Path:
@@ -87,15 +91,46 @@ class ClusterState:
             return None
         return a.get("digest") == b.get("digest")
 
-    def summary(self) -> str:
+    def problems(self, max_lag: int = DEFAULT_MAX_LAG) -> list[str]:
+        """Why the cluster is degraded, one reason per member; empty when healthy.
+
+        A voter or standby is a problem when it is unreachable, lags the leader by more than ``max_lag``
+        entries, has applied the leader's index with another digest, or has halted (a replica
+        that stopped applying: its ``/status`` carries ``halted: {index, reason}``)."""
+        if not self.leader:
+            return []
+        roles = self.member_roles()
+        out = []
+        # nodes listed in the YAML but not (yet) members do not make a cluster degraded, nor do
+        # spares: they neither vote nor receive the log, so losing one costs no redundancy
+        for s in (s for s in self.nodes if (not roles or s.node.id in roles)
+                  and roles.get(s.node.id) != "spare"):
+            name = s.node.name
+            if not s.reachable:
+                out.append(f"{name} unreachable")
+                continue
+            halted = (s.status or {}).get("halted")
+            if halted:
+                why = halted.get("reason", "?") if isinstance(halted, dict) else halted
+                at = f" at index {halted.get('index')}" if isinstance(halted, dict) else ""
+                out.append(f"{name} halted{at}: {why}")
+            if self.digest_match(s) is False:
+                out.append(f"{name} digest differs from the leader's at the same applied index")
+            lag = self.lag(s)
+            if lag is not None and lag > max_lag:
+                out.append(f"{name} lags {lag} entries (more than {max_lag})")
+        return out
+
+    def summary(self, max_lag: int = DEFAULT_MAX_LAG) -> str:
         if not self.leader:
             return "no quorum" if not self.quorum else "no leader"
-        roles = self.member_roles()
-        # nodes listed in the YAML but not (yet) members do not make a cluster degraded
-        members = [s for s in self.nodes if not roles or s.node.id in roles]
-        if all(s.reachable and self.digest_match(s) is not False for s in members):
-            return "healthy"
-        return "degraded"
+        return "degraded" if self.problems(max_lag) else "healthy"
+
+    def exit_code(self, max_lag: int = DEFAULT_MAX_LAG) -> int:
+        """What ``bknrctl status`` exits with: 0 healthy, 3 no leader, 4 degraded."""
+        if not self.leader:
+            return EXIT_NO_LEADER
+        return EXIT_DEGRADED if self.problems(max_lag) else 0
 
 
 class Cluster:
@@ -147,6 +182,12 @@ class Cluster:
                 hinted = hinted or int(r[1].get("leader_id") or 0)
         if all(isinstance(r, Unreachable) for r in results):
             raise NoLeader(message="no node of the cluster is reachable")
+        if hinted:
+            # a follower still names a leader that does not answer: say which, it is the lead
+            known = self.cfg.node_by_id(hinted)
+            name = known.name if known else f"id {hinted}"
+            raise NoLeader(hinted, message=f"the cluster has no leader: followers still name {name}, "
+                           f"which does not answer as leader (down, partitioned or stepping down)")
         raise NoLeader(message="the cluster has no leader (no quorum or election in progress)")
 
     def leader_client(self) -> NodeClient:

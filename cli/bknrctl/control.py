@@ -16,6 +16,8 @@ from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
 from bknr_cluster.errors import BknrError, Timeout
 
 NODE_MODULE = "bknr_cluster.node"
+# The phrase ``bknr-node --init`` prints (with exit 2) on a data directory that holds Raft state.
+ALREADY_BOOTSTRAPPED = "is already bootstrapped"
 
 
 class NodeControl(ABC):
@@ -78,6 +80,10 @@ class NodeControl(ABC):
     def follow(self, lines: int = 20) -> Iterator[str]:
         ...
 
+    @abstractmethod
+    def retain_snapshots(self, keep: int) -> dict[str, int]:
+        """Archive the engine's snapshots and keep the ``keep`` newest archived (retention.py)."""
+
     def close(self) -> None:  # noqa: B027 (optional hook: only SSH holds a connection)
         """Release connections (SSH)."""
 
@@ -120,7 +126,9 @@ class NodeControl(ABC):
         if rc != 0:
             last = [ln for ln in out.strip().splitlines() if ln.strip()]
             msg = last[-1] if last else f"exit status {rc}"
-            if rc == 2 or "AlreadyBootstrapped" in out or "already" in msg.lower():
+            # Only the node's own "already bootstrapped" answer means that: every usage error of
+            # bknr-node also exits 2, and "already used by" (a port clash) contains "already".
+            if rc == 2 and ALREADY_BOOTSTRAPPED in msg:
                 from bknr_cluster.errors import AlreadyBootstrapped
 
                 raise AlreadyBootstrapped(f"{self.node.name}: {msg}")

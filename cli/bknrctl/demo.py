@@ -53,10 +53,11 @@ def _stop_previous(directory: Path) -> None:
 
 
 async def _load(cluster: Cluster, transfers: int) -> int:
-    from .workload import BankClient, NodeRef
+    from .workload import BANK, BankClient, NodeRef
 
     nodes = [NodeRef(n.id, n.name, n.api_url) for n in cluster.cfg.nodes]
-    async with BankClient(nodes, cluster.token, request_timeout=5.0, prefix="load") as c:
+    async with BankClient(nodes, cluster.token, request_timeout=5.0, prefix="load",
+                          workload=BANK) as c:
         await c.setup(time.monotonic() + 30.0)
         stop = asyncio.Event()
         per = max(1, transfers // 8)

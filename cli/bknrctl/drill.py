@@ -28,7 +28,7 @@ from bknr_cluster.errors import BknrError
 
 from .cluster import Cluster, engine_applied
 from .control import controller
-from .workload import BankClient, NodeRef, Sample
+from .workload import WORKLOADS, BankClient, NodeRef, Sample
 
 
 @dataclass
@@ -70,6 +70,7 @@ class DrillOptions:
     request_timeout_s: float | None = None
     leave_down: bool = False           # last round: do not restart the victim (for failback)
     via: str | None = None             # send the workload through this load balancer URL
+    workload: str = "system"           # "system" (any store, records removed after) or "bank"
     seed: int = 1
 
 
@@ -174,23 +175,30 @@ class Drill:
         self.progress = progress or (lambda msg: None)
         self.nodes = [NodeRef(n.id, n.name, n.api_url) for n in cluster.cfg.nodes]
         self.down: str | None = None
+        self.removed_records: int | None = None
 
     async def run(self) -> list[RoundResult]:
         et = self.cluster.cfg.election_timeout_ms
         timeout = self.opts.request_timeout_s or max(0.1, min(1.0, et / 1000 * 0.75))
         results = []
+        workload = WORKLOADS[self.opts.workload]
         async with BankClient(self.nodes, self.cluster.token, request_timeout=timeout,
-                              via=self.opts.via) as client:
-            await client.setup(time.monotonic() + 30.0)
-            leader = await client.discover(-1, time.monotonic() + 30.0)
-            assert leader is not None
-            total0 = await client.total(leader, consistent=True)
-            for r in range(1, self.opts.rounds + 1):
-                last = r == self.opts.rounds
-                res = await self._round(client, r, total0, leave_down=last and self.opts.leave_down)
-                results.append(res)
-                self.progress(f"round {r}: gap {res.write_gap_ms or 0:.0f} ms, "
-                              f"new leader {res.new_leader}, lost {res.lost}")
+                              via=self.opts.via, workload=workload) as client:
+            try:
+                await client.setup(time.monotonic() + 30.0)
+                leader = await client.discover(-1, time.monotonic() + 30.0)
+                assert leader is not None
+                total0 = await client.total(leader, consistent=True)
+                for r in range(1, self.opts.rounds + 1):
+                    last = r == self.opts.rounds
+                    res = await self._round(client, r, total0, leave_down=last and self.opts.leave_down)
+                    results.append(res)
+                    self.progress(f"round {r}: gap {res.write_gap_ms or 0:.0f} ms, "
+                                  f"new leader {res.new_leader}, lost {res.lost}")
+            finally:
+                # the system workload's records go, whatever happened (verification is done)
+                if workload.clear is not None:
+                    self.removed_records = await client.clear(time.monotonic() + 30.0)
         return results
 
     def _victim(self, leader_id: int) -> Any:
@@ -342,4 +350,7 @@ def run_drill(cluster: Cluster, opts: DrillOptions, progress: Callable[[str], No
               ) -> tuple[dict[str, Any], list[RoundResult], Drill]:
     d = Drill(cluster, opts, progress)
     results = asyncio.run(d.run())
-    return report(cluster, results), results, d
+    rep = report(cluster, results)
+    rep["workload"] = opts.workload
+    rep["drill_records_removed"] = d.removed_records
+    return rep, results, d

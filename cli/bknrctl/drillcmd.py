@@ -12,13 +12,18 @@ from rich.table import Table
 
 from bknr_cluster.errors import BknrError, NoLeader, UsageError
 
-from .app import ConfigOpt, OutputFormat, OutputOpt, app, cluster_for
+from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, cluster_for
 from .cluster import Cluster, engine_applied
 from .drill import DrillOptions, RoundResult, run_drill
 from .lifecycle import start_nodes
-from .output import emit_json, guarded, info, progress, stdout_console
+from .output import confirm, emit_json, guarded, info, progress, stdout_console
 
 STATE_FILE = ".bknrctl-state.json"
+
+
+class DrillWorkload(StrEnum):
+    system = "system"
+    bank = "bank"
 
 
 class Fault(StrEnum):
@@ -74,7 +79,7 @@ def drill_summary(rep: dict) -> str:
     return (f"median write gap {_fmt(rep['median_write_gap_ms'], ' ms')} (target "
             f"<= {rep['write_gap_target_ms']:.0f} ms: {met}); lost {rep['lost_total']} of "
             f"{rep['acked_total']} acknowledged; digests match: {_fmt(rep['digests_match'])}; "
-            f"bank total unchanged: {_fmt(rep['bank_total_ok'])}")
+            f"{rep.get('workload', 'bank')} total unchanged: {_fmt(rep['bank_total_ok'])}")
 
 
 def drill_ok(rep: dict) -> bool:
@@ -83,14 +88,14 @@ def drill_ok(rep: dict) -> bool:
 
 def execute_drill(cluster: Cluster, opts: DrillOptions, plot: Path | None,
                   quiet: bool = False) -> tuple[dict, list[RoundResult]]:
+    if opts.target != "leader":
+        cluster.cfg.node(opts.target)  # an unknown name is a usage error, whatever the cluster does
     state = cluster.probe()
     if state.leader is None:
         raise NoLeader(message="the cluster has no leader; a drill needs a healthy cluster")
     down = [s.node.name for s in state.nodes if not s.reachable]
     if down:
         raise BknrError(f"unreachable node(s) {', '.join(down)}: a drill needs every node up")
-    if opts.target != "leader":
-        cluster.cfg.node(opts.target)
     with progress(f"drill: {opts.rounds} round(s), fault {opts.fault}", total=opts.rounds,
                   quiet=quiet) as bar:
         done = [0]
@@ -125,14 +130,27 @@ def failover(ctx: typer.Context, config: ConfigOpt = None,
              = False,
              via: Annotated[str | None, typer.Option("--via", help="Send the workload through this "
                                                      "load balancer URL.")] = None,
+             workload: Annotated[DrillWorkload, typer.Option(
+                 help="system: the store's system namespace (any application, records removed "
+                      "after the drill); bank: the bank example's transactions.")] = DrillWorkload.system,
+             yes: YesOpt = False,
              output: OutputOpt = OutputFormat.table) -> None:
-    """Inject faults on the leader under a bank workload; measure and verify (exit 1 on loss)."""
+    """Inject faults on the leader under a write workload; measure and verify (exit 1 on loss).
+
+    The workload runs in the store's system namespace, so any application works and its own
+    objects are not touched. kill and stop faults are destructive: confirm, or pass --yes.
+    """
     if not drill:
         raise UsageError("only drills are supported: add --drill (planned switchover: bknrctl leader "
                          "transfer)")
     cluster = cluster_for(ctx, config)
     opts = DrillOptions(rounds=rounds, fault=fault.value, target=node, writers=writers,
-                        leave_down=leave_down, via=via)
+                        leave_down=leave_down, via=via, workload=workload.value)
+    if node != "leader":
+        cluster.cfg.node(node)  # an unknown node is a usage error before anything is asked
+    if fault is not Fault.transfer:
+        confirm(f"Drill: {fault.value} the {node if node != 'leader' else 'leader'} of "
+                f"{cluster.cfg.group} {rounds} time(s)?", yes)
     rep, _ = execute_drill(cluster, opts, plot, quiet=output is OutputFormat.json)
     if output is OutputFormat.json:
         emit_json(rep)

@@ -13,11 +13,12 @@ import typer
 from rich.table import Table
 
 from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
+from bknr_cluster.cluster.preflight import Preflight, preflight
 from bknr_cluster.errors import AlreadyBootstrapped, BknrError, ConfigError, UsageError
 
 from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, chosen_path, cluster_for
 from .client import parallel
-from .cluster import Cluster, ClusterState, status_rows
+from .cluster import DEFAULT_MAX_LAG, Cluster, ClusterState, status_rows
 from .control import NodeControl, controller
 from .output import confirm, emit_json, guarded, info, progress, stdout_console
 
@@ -60,22 +61,31 @@ def ensure_token(cfg: ClusterConfig) -> bool:
 
 @app.command()
 @guarded
-def validate(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = OutputFormat.table) -> None:
-    """Check the cluster YAML; print every problem with its path (exit 2 on any)."""
+def validate(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = OutputFormat.table,
+             strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors (exit 2).")]
+             = False) -> None:
+    """Run every check a node runs at start: the YAML, token and secret files, the store import.
+
+    Problems go to stderr as 'error: PATH: MESSAGE' (exit 2), warnings as 'warning: ...' (exit 0,
+    or 2 with --strict). With -o json the verdict is one object on stdout.
+    """
     path = chosen_path(ctx, config)
     try:
         cfg = ClusterConfig.load(path)
+        found = preflight(cfg)
     except ConfigError as exc:
-        if output is OutputFormat.json:
-            emit_json({"valid": False, "problems": [{"path": p, "message": m} for p, m in exc.problems]})
-        else:
-            for p, m in exc.problems:
-                typer.echo(f"{p}: {m}" if p else m)
-        info(f"{path}: {len(exc.problems)} problem(s)")
-        raise typer.Exit(2) from None
+        cfg, found = None, Preflight(errors=list(exc.problems))
+    failed = bool(found.errors) or (strict and bool(found.warnings))
     if output is OutputFormat.json:
-        emit_json({"valid": True, "problems": [], "group": cfg.group, "nodes": len(cfg.nodes)})
-    else:
+        emit_json({"valid": not failed, "problems": [{"path": p, "message": m} for p, m in found.errors],
+                   "warnings": [{"path": p, "message": m} for p, m in found.warnings],
+                   **({"group": cfg.group, "nodes": len(cfg.nodes)} if cfg else {})})
+    for kind, items in (("error", found.errors), ("warning", found.warnings)):
+        for p, m in items:
+            info(f"{kind}: {p}: {m}" if p else f"{kind}: {m}")
+    if failed:
+        raise typer.Exit(2)
+    if output is not OutputFormat.json:
         info(f"{path}: ok (group {cfg.group}, {len(cfg.nodes)} nodes)")
 
 
@@ -250,18 +260,20 @@ def status_table(state: ClusterState, cfg: ClusterConfig | None = None) -> Table
     return t
 
 
-def status_json(cluster: Cluster, state: ClusterState) -> dict:
+def status_json(cluster: Cluster, state: ClusterState, max_lag: int = DEFAULT_MAX_LAG) -> dict:
     return {
         "group": cluster.cfg.group,
-        "summary": state.summary(),
+        "summary": state.summary(max_lag),
+        "problems": state.problems(max_lag),
+        "exit_code": state.exit_code(max_lag),
         "leader": state.leader.node.name if state.leader else None,
         "quorum": state.quorum,
         "nodes": status_rows(state, cluster.cfg),
     }
 
 
-def summary_line(state: ClusterState) -> str:
-    s = state.summary()
+def summary_line(state: ClusterState, max_lag: int = DEFAULT_MAX_LAG) -> str:
+    s = state.summary(max_lag)
     n_ok = sum(1 for x in state.nodes if x.reachable)
     lead = f"leader {state.leader.node.name}" if state.leader else "no leader"
     return f"{s}: {lead}, {n_ok}/{len(state.nodes)} nodes reachable, " \
@@ -272,31 +284,54 @@ def summary_line(state: ClusterState) -> str:
 @guarded
 def status(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = OutputFormat.table,
            watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until interrupted.")] = False,
-           interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
-           count: Annotated[int, typer.Option(help="With --watch: stop after N refreshes (0 = never).")] = 0,
+           interval: Annotated[float, typer.Option(min=0.0, help="Seconds between refreshes.")] = 1.0,
+           count: Annotated[int, typer.Option(min=0, help="With --watch: stop after N refreshes "
+                                                           "(0 = never).")] = 0,
+           max_lag: Annotated[int, typer.Option("--max-lag", min=0, help="A member further behind "
+                                                "the leader (entries) makes the cluster degraded.")]
+           = DEFAULT_MAX_LAG,
            ) -> None:
-    """One row per node and a summary line; exit 3 when the cluster has no leader."""
+    """One row per node and a summary line. Exit 0 healthy, 3 no leader, 4 degraded.
+
+    Degraded: a member unreachable, lagging more than --max-lag entries, with a digest that
+    differs from the leader's at the same index, or halted. In table mode the reasons are on
+    stderr, one line each.
+    """
     cluster = cluster_for(ctx, config)
     n = 0
     while True:
         state = cluster.probe()
         n += 1
         if output is OutputFormat.json:
-            emit_json(status_json(cluster, state))
+            emit_json(status_json(cluster, state, max_lag))
         else:
             console = stdout_console()
             if watch and sys.stdout.isatty():
                 console.clear()
             console.print(status_table(state, cluster.cfg))
-            console.print(summary_line(state))
+            console.print(summary_line(state, max_lag))
+            for reason in state.problems(max_lag) or ([] if state.leader else [no_leader_reason(state)]):
+                info(f"{state.summary(max_lag)}: {reason}")
         if not watch or (count and n >= count):
             break
         try:
             time.sleep(interval)
         except KeyboardInterrupt:
             break
-    if state.leader is None:
-        raise typer.Exit(3)
+    code = state.exit_code(max_lag)
+    if code:
+        raise typer.Exit(code)
+
+
+def no_leader_reason(state: ClusterState) -> str:
+    """Why no node leads, from what the nodes answered (table mode prints it on stderr)."""
+    down = [s for s in state.nodes if not s.reachable]
+    if len(down) == len(state.nodes):
+        first = down[0].error or "no answer"
+        return f"no node is reachable ({first})"
+    return (f"{state.reachable_voters} of {len(state.voters)} voters reachable"
+            + (f"; unreachable: {', '.join(s.node.name for s in down)}" if down else "")
+            + ("; a quorum answers but no leader is elected yet" if state.quorum else "; no quorum"))
 
 
 # --- logs ---------------------------------------------------------------------------------------
@@ -307,7 +342,8 @@ def status(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = Out
 def logs(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node name.")],
          config: ConfigOpt = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-         lines: Annotated[int, typer.Option("--lines", "-n", help="Lines of history.")] = 50) -> None:
+         lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines of history (0: none).")]
+         = 50) -> None:
     """Print a node's log (local file, or over SSH)."""
     cluster = cluster_for(ctx, config)
     c: NodeControl = controller(cluster.cfg, cluster.cfg.node(node))
@@ -319,10 +355,10 @@ def logs(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node name
             except KeyboardInterrupt:
                 pass
         else:
-            text = c.tail(lines)
+            text = c.tail(lines) if lines > 0 else ""
             if text:
                 typer.echo(text)
-            elif not Path(str(c.log_file)).exists() and c.node.ssh is None:
+            elif lines > 0 and not Path(str(c.log_file)).exists() and c.node.ssh is None:
                 raise BknrError(f"{node}: no log yet at {c.log_file}")
     finally:
         c.close()

@@ -103,6 +103,11 @@ class LocalControl(NodeControl):
     def wipe_raft_state(self) -> None:
         shutil.rmtree(self.raft_dir, ignore_errors=True)
 
+    def retain_snapshots(self, keep: int) -> dict[str, int]:
+        from bknr_cluster.cluster.retention import archive
+
+        return archive(Path(self.node.data_dir), keep)
+
     def tail_out(self, lines: int = 5) -> str:
         """The node's raw stdout/stderr: where a crash before logging starts is written."""
         return self.tail(lines, Path(self.out_file))
@@ -116,7 +121,8 @@ class LocalControl(NodeControl):
                 data = f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
-        return "\n".join(data.splitlines()[-lines:])
+        # [-0:] would be the whole file: -n 0 means no history
+        return "\n".join(data.splitlines()[-lines:]) if lines > 0 else ""
 
     def follow(self, lines: int = 20) -> Iterator[str]:
         """The last ``lines`` lines, then every new complete line (like ``tail -n N -f``)."""

@@ -2,8 +2,9 @@
 
 Data goes to stdout (tables or one JSON object), messages go to stderr as one line each, errors
 map to the exit codes of ``bknr_cluster.errors`` (0 ok, 1 operational, 2 usage/validation,
-3 no leader/unhealthy). ``NO_COLOR`` is honoured by rich itself; we also drop markup styling
-when it is set so piped output stays plain.
+3 no leader); ``status`` adds 4 for a degraded cluster (cluster.py ``ClusterState.exit_code``).
+``NO_COLOR`` is honoured by rich itself; we also drop markup styling when it is set so piped
+output stays plain.
 """
 
 from __future__ import annotations

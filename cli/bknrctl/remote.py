@@ -11,6 +11,7 @@ operator always read the same file.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import shlex
@@ -181,6 +182,16 @@ class SshControl(NodeControl):
 
     def wipe_raft_state(self) -> None:
         self._check(f"rm -rf {shlex.quote(str(self.raft_dir))}")
+
+    def retain_snapshots(self, keep: int) -> dict[str, int]:
+        # the node's own module on that host: the same rule as the node's SnapshotKeeper
+        args = [self.python, "-m", "bknr_cluster.cluster.retention", str(self.data_dir), str(int(keep))]
+        out = self._check(f"cd {shlex.quote(self.workdir)} && " + " ".join(shlex.quote(a) for a in args))
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise BknrError(f"{self.node.name}: unexpected answer from snapshot retention: "
+                            f"{out.strip()[-200:]}") from None
 
     def tail(self, lines: int = 50) -> str:
         _, out = self.exec(f"tail -n {int(lines)} {shlex.quote(str(self.log_file))} 2>/dev/null")

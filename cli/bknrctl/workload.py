@@ -1,4 +1,8 @@
-"""The drill's client: bank transfers over HTTP with a failover-aware retry policy.
+"""The drill's client: at-most-once transfers over HTTP with a failover-aware retry policy.
+
+The transfers run in the store's system namespace by default (``SYSTEM``: every store has it,
+the application's objects are not touched, the records are removed after the drill), or through
+the bank example's own transactions (``BANK``).
 
 Retry policy (why each piece is there):
 - every request carries a short timeout (``request_timeout``): a frozen leader must not hold a
@@ -21,14 +25,29 @@ from typing import Any
 
 import aiohttp
 
-# The bank application's API (examples/bank/app.py).
-TX_OPEN = "open_account"
-TX_TRANSFER = "transfer"
-Q_TOTAL = "total_balance"
-Q_TRANSFERS = "applied_transfers"
-
 ACCOUNTS = 16
 INITIAL_BALANCE = 1_000
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The transactions and queries a drill drives: open an account, transfer at most once per
+    ref, total of all balances, refs applied; ``clear`` (if any) removes the drill's records."""
+
+    name: str
+    open: str
+    transfer: str
+    total: str
+    applied: str
+    clear: str | None = None
+
+
+# Every store has these (bknr_cluster/store/system.py): the drill touches no application data.
+SYSTEM = Workload("system", "bknr.sys.drill_open", "bknr.sys.drill_transfer", "bknr.sys.drill_total",
+                  "bknr.sys.drill_applied", clear="bknr.sys.drill_clear")
+# The bank application's API (examples/bank/app.py); its drill accounts stay in the store.
+BANK = Workload("bank", "open_account", "transfer", "total_balance", "applied_transfers")
+WORKLOADS = {w.name: w for w in (SYSTEM, BANK)}
 
 
 @dataclass
@@ -63,8 +82,10 @@ class LeaderView:
 
 class BankClient:
     def __init__(self, nodes: list[NodeRef], token: str | None, *, request_timeout: float = 0.15,
-                 poll_interval: float = 0.005, prefix: str = "drill", via: str | None = None) -> None:
+                 poll_interval: float = 0.005, prefix: str = "drill", via: str | None = None,
+                 workload: Workload = SYSTEM) -> None:
         self.view = LeaderView(nodes)
+        self.workload = workload
         # via: a load balancer URL; writers then send everything there and only retry
         self.via = NodeRef(0, "lb", via.rstrip("/")) if via else None
         self.token = token
@@ -145,14 +166,29 @@ class BankClient:
         if leader is None:
             raise RuntimeError("no leader for the drill setup")
         for i in range(ACCOUNTS):
-            st, body = await self.call(leader, "tx", TX_OPEN,
+            st, body = await self.call(leader, "tx", self.workload.open,
                                        {"args": [f"{self.prefix}-{i}", INITIAL_BALANCE]}, timeout=10.0)
             if st != 200 and not (st == 409 or "exist" in str(body).lower()
                                   or "Integrity" in str(body)):
                 raise RuntimeError(f"opening drill account failed: HTTP {st} {body}")
 
+    async def clear(self, deadline: float) -> int:
+        """Remove the drill's records (system workload); 0 when the workload keeps them."""
+        if self.workload.clear is None:
+            return 0
+        while True:
+            leader = await self.discover(-1, deadline)
+            if leader is None:
+                raise RuntimeError("no leader to remove the drill records")
+            st, body = await self.call(leader, "tx", self.workload.clear, {"args": []}, timeout=10.0)
+            if st == 200:
+                return int(body.get("result") or 0)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"removing the drill records failed: HTTP {st} {body}")
+            self.view.leader = None
+
     async def total(self, node: NodeRef, consistent: bool = False) -> int:
-        st, body = await self.call(node, "query", Q_TOTAL, {"args": [], "consistent": consistent},
+        st, body = await self.call(node, "query", self.workload.total, {"args": [], "consistent": consistent},
                                    timeout=10.0)
         if st != 200:
             raise RuntimeError(f"{node.name}: total query failed: HTTP {st} {body}")
@@ -160,7 +196,7 @@ class BankClient:
 
     async def present(self, node: NodeRef) -> set[str]:
         """Every transfer id applied on ``node`` (a local read of that replica)."""
-        st, body = await self.call(node, "query", Q_TRANSFERS, {"args": []}, timeout=30.0)
+        st, body = await self.call(node, "query", self.workload.applied, {"args": []}, timeout=30.0)
         if st != 200:
             raise RuntimeError(f"{node.name}: transfer lookup failed: HTTP {st} {body}")
         return {str(r) for r in body["result"]}
@@ -190,7 +226,7 @@ class BankClient:
             return False
         t0 = time.monotonic()
         try:
-            status, answer = await self.call(leader, "tx", TX_TRANSFER, body)
+            status, answer = await self.call(leader, "tx", self.workload.transfer, body)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             self.samples.append(Sample(t0, time.monotonic(), False, leader.id, ref, 0, type(exc).__name__))
             await self.discover(gen, time.monotonic() + 30.0)
@@ -221,7 +257,7 @@ class BankClient:
         assert self.via is not None
         t0 = time.monotonic()
         try:
-            status, answer = await self.call(self.via, "tx", TX_TRANSFER, body)
+            status, answer = await self.call(self.via, "tx", self.workload.transfer, body)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.samples.append(Sample(t0, time.monotonic(), False, 0, ref, 0, type(exc).__name__))
             await asyncio.sleep(self.poll_interval)

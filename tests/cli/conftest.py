@@ -19,6 +19,7 @@ def write_yaml(dirpath: Path, ports: list[int], n: int = 3, election_ms: int = 2
                ssh: dict | None = None) -> Path:
     """A cluster YAML with ``n`` nodes (+ ``extra_nodes`` listed as spares for peer add)."""
     (dirpath / "token").write_text(TOKEN + "\n")
+    (dirpath / "token").chmod(0o600)  # as bknrctl init creates it (validate warns otherwise)
     lines = ["group: test-cluster", f"store: {store}", "token_file: token",
              f"timing: {{election_timeout_ms: {election_ms}, heartbeat_ms: {max(5, election_ms // 10)}}}",
              "nodes:"]

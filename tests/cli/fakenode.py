@@ -29,6 +29,11 @@ class FakeCluster:
     removed: list[int] = field(default_factory=list)
     added: list[tuple[int, str, str]] = field(default_factory=list)
     backup_bytes: bytes = b"fake-store-snapshot"
+    # per node: a halted replica's {index, reason}, a digest other than the common one, the lag
+    # the leader reports for a follower
+    halted: dict[int, dict] = field(default_factory=dict)
+    digests: dict[int, str] = field(default_factory=dict)
+    lags: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -80,10 +85,11 @@ class FakeNodes:
                 "role": "leader" if is_leader else "follower", "term": c.term,
                 "leader_id": c.leader or 0, "leader_api": self.api(c.leader) if c.leader else "",
                 "commit_index": c.commit, "applied_index": c.commit, "last_log_index": c.commit,
-                "snapshot_index": 10, "digest": "abc123",
+                "snapshot_index": 10, "digest": c.digests.get(node_id, "abc123"),
+                "halted": c.halted.get(node_id),
                 "configuration": [{"id": i, "address": f"127.0.0.1:{7000 + i}", "role": role}
                                   for i, role in c.members.items()],
-                "followers": [{"id": i, "match_index": c.commit, "lag": 0}
+                "followers": [{"id": i, "match_index": c.commit, "lag": c.lags.get(i, 0)}
                               for i in c.members if i != node_id] if is_leader else [],
                 "pid": 1})
 

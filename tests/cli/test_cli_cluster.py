@@ -123,7 +123,7 @@ def test_drill_json_plot_and_failback(runner, cluster3, tmp_path: Path) -> None:
     wait_until(lambda: _status(runner, three)[0] == 0, 20, "a leader")
     plot = tmp_path / "drill.png"
     r = invoke(runner, three, "failover", "--drill", "--rounds", "2", "--output", "json",
-               "--plot", str(plot), "--leave-down")
+               "--plot", str(plot), "--leave-down", "--yes")
     track()
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
@@ -137,7 +137,8 @@ def test_drill_json_plot_and_failback(runner, cluster3, tmp_path: Path) -> None:
     assert plot.stat().st_size > 10_000
     victim = rep["rounds"][-1]["victim"]
     code, st = _status(runner, three)
-    assert code == 0 and st["summary"] == "degraded"  # the last victim was left down
+    assert code == 4 and st["summary"] == "degraded"  # the last victim was left down
+    assert st["problems"] == [f"{victim} unreachable"]
 
     r = invoke(runner, three, "failback", "--to", victim)
     track()
@@ -146,7 +147,8 @@ def test_drill_json_plot_and_failback(runner, cluster3, tmp_path: Path) -> None:
     code, st = _status(runner, three)
     assert code == 0 and st["leader"] == victim and st["summary"] == "healthy"
 
-    r = invoke(runner, three, "failover", "--drill", "--rounds", "1", "--fault", "stop", "-o", "json")
+    r = invoke(runner, three, "failover", "--drill", "--rounds", "1", "--fault", "stop", "-o", "json",
+               "--yes")
     track()
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)

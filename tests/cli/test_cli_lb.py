@@ -76,7 +76,7 @@ def test_drill_through_nginx(runner, tmp_path: Path, procs) -> None:
         assert st == 200, body
 
         r = invoke(runner, path, "failover", "--drill", "--rounds", "1", "--via",
-                   f"http://127.0.0.1:{front}", "-o", "json")
+                   f"http://127.0.0.1:{front}", "-o", "json", "--workload", "bank", "--yes")
         seen |= set(node_pids(path).values())
         assert r.exit_code == 0, r.output
         rep = json.loads(r.stdout)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import write_yaml
-from tests.cli.realcluster import invoke, kill_started
+from tests.cli.realcluster import client, invoke, kill_started
 from tests.support import free_ports, wait_until
 
 SSHD = "/usr/sbin/sshd"
@@ -114,6 +114,14 @@ def test_start_status_logs_stop_over_ssh(runner, tmp_path: Path, sshd) -> None:
 
         r = invoke(runner, path, "logs", "n1", "-n", "20")
         assert r.exit_code == 0 and "node n1 (id 1) started" in r.stdout
+
+        # snapshot --keep works over SSH: the remote archive keeps exactly N snapshots
+        archive = remote / "data" / "n1" / "snapshots"
+        for i in range(3):
+            client(path, "n1").tx("open_account", f"ssh-{i}", 1)   # a new index to snapshot at
+            r = invoke(runner, path, "snapshot", "-q", "--keep", "1")
+            assert r.exit_code == 0 and r.stdout == "" and r.stderr == "", r.output
+        assert len(list(archive.glob("snapshot-*.meta"))) == 1
 
         r = invoke(runner, path, "stop")
         assert r.exit_code == 0, r.output

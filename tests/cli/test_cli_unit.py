@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from bknrctl.admin import read_backup, write_backup
@@ -36,10 +35,12 @@ def test_validate_reports_every_problem_with_path(runner, tmp_path: Path) -> Non
                     "  - {id: 1, name: n2, host: 127.0.0.1, raft_port: 7001, api_port: 99999, data_dir: b}\n")
     r = run(runner, "-c", str(path), "validate")
     assert r.exit_code == 2
-    out = r.stdout
-    assert "store:" in out and "nodes[1].id:" in out and "nodes[1].raft_port:" in out \
-        and "nodes[1].api_port:" in out
-    assert "4 problem(s)" in r.stderr
+    # like every other command: problems on stderr, one "error: PATH: MESSAGE" line each
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert all(ln.startswith("error: ") for ln in lines), lines
+    for where in ("store", "nodes[1].id", "nodes[1].raft_port", "nodes[1].api_port"):
+        assert any(ln.startswith(f"error: {where}: ") for ln in lines), (where, lines)
     j = json.loads(run(runner, "-c", str(path), "validate", "-o", "json").stdout)
     assert {p["path"] for p in j["problems"]} >= {"store", "nodes[1].id", "nodes[1].api_port"}
 
@@ -198,17 +199,34 @@ def test_snapshot_quiet_and_all(runner, fake) -> None:
     assert r.exit_code == 1 and "n3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_snapshot_keep_prunes_old_files(tmp_path: Path) -> None:
-    from bknrctl.admin import prune_snapshots
+def test_snapshot_retention_archives_and_never_touches_the_engine_dir(tmp_path: Path) -> None:
+    from bknr_cluster.cluster.retention import archive
 
-    for idx in (10, 20, 30, 40):
-        (tmp_path / f"snapshot-1-{idx}-{idx * 7}").write_bytes(b"x")
-        (tmp_path / f"snapshot-1-{idx}-{idx * 7}.meta").write_bytes(b"m")
-    (tmp_path / "open-1").write_bytes(b"log")
-    assert prune_snapshots(tmp_path, 2) == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "open-1", "snapshot-1-30-210", "snapshot-1-30-210.meta", "snapshot-1-40-280",
-        "snapshot-1-40-280.meta"]
+    raft = tmp_path / "raft"
+    raft.mkdir()
+
+    def engine_snapshot(idx: int) -> None:
+        (raft / f"snapshot-1-{idx}-{idx * 7}").write_bytes(b"x%d" % idx)
+        (raft / f"snapshot-1-{idx}-{idx * 7}.meta").write_bytes(b"m")
+
+    for idx in (10, 20):
+        engine_snapshot(idx)
+    (raft / "snapshot-1-25-175").write_bytes(b"half written: no .meta yet")
+    (raft / "open-1").write_bytes(b"log")
+    before = sorted(p.name for p in raft.iterdir())
+    assert archive(tmp_path, 2) == {"archived": 2, "removed": 0, "kept": 2}
+    for idx in (30, 40):             # libraft drops the older ones itself (keeps the last two)
+        engine_snapshot(idx)
+        assert archive(tmp_path, 3)["archived"] == 1
+    engine_snapshot(100)             # a higher index sorts after 40 although "100" < "40" as text
+    assert archive(tmp_path, 3) == {"archived": 1, "removed": 2, "kept": 3}
+    assert sorted((tmp_path / "snapshots").iterdir(), key=lambda p: p.name) and sorted(
+        p.name for p in (tmp_path / "snapshots").iterdir()) == [
+        "snapshot-1-100-700", "snapshot-1-100-700.meta", "snapshot-1-30-210",
+        "snapshot-1-30-210.meta", "snapshot-1-40-280", "snapshot-1-40-280.meta"]
+    # the engine's directory only ever grew: nothing there was deleted
+    assert set(before) <= {p.name for p in raft.iterdir()}
+    assert (tmp_path / "snapshots" / "snapshot-1-100-700").read_bytes() == b"x100"
 
 
 def test_backup_and_restore_refuses_live_cluster(runner, fake, tmp_path: Path) -> None:
@@ -265,10 +283,12 @@ def test_failover_requires_drill_and_a_healthy_cluster(runner, fake) -> None:
     assert r.exit_code == 2 and "--drill" in r.stderr
     r = run(runner, "-c", str(path), "failover", "--drill", "--fault", "explode")
     assert r.exit_code == 2
-    r = run(runner, "-c", str(path), "failover", "--drill")  # n4 in the YAML is not running
+    r = run(runner, "-c", str(path), "failover", "--drill")  # kill drill, no TTY, no --yes
+    assert r.exit_code == 2 and "pass --yes" in r.stderr
+    r = run(runner, "-c", str(path), "failover", "--drill", "--yes")  # n4 in the YAML is not running
     assert r.exit_code == 1 and "unreachable node(s) n4" in r.stderr
     cluster.leader = None
-    r = run(runner, "-c", str(path), "failover", "--drill")
+    r = run(runner, "-c", str(path), "failover", "--drill", "--yes")
     assert r.exit_code == 3
 
 
@@ -288,7 +308,6 @@ def test_help_lists_every_command(runner) -> None:
     for cmd in ("validate", "init", "start", "stop", "restart", "status", "peer", "leader", "snapshot",
                 "backup", "restore", "failover", "failback", "recover", "logs", "demo"):
         assert cmd in r.stdout
-    assert os.environ.get("BKNR_CONFIG") is None or True
 
 
 def test_token_file_is_created_private_and_never_overwritten(tmp_path: Path) -> None:

@@ -278,7 +278,7 @@ def test_non_deterministic_transaction_shows_as_digest_mismatch(tmp_path):
         wait_until(diverged, 20, "replicas at the same applied index with different digests")
         r = CliRunner().invoke(app, ["--config", str(c.config_path), "status", "--output", "json"])
         report = json.loads(r.stdout)
-        assert report["summary"] == "degraded"
+        assert report["summary"] == "degraded" and r.exit_code == 4  # monitoring sees it
         assert any(row["digest_match"] is False for row in report["nodes"]), report
     finally:
         procs.stop_all()

@@ -8,8 +8,8 @@ The ``control`` case runs the same rogue against a cluster *without* a secret an
 lands (the members adopt term >= 50), so the acceptance test can fail.
 
 The secret cases need the integration described in docs/security.md ("Integration"): the engine's
-``RaftNode(secret=...)`` and the YAML key ``raft_secret_file``. Until then they skip, naming the
-missing piece.
+``RaftNode(secret=...)`` and the YAML key ``raft_secret_file``. They fail, naming the missing
+piece, if it is ever gone.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _rogue(c: LocalCluster, procs: Processes, root: Path, secret_file: Path | No
 def test_rogue_node_is_refused(tmp_path, procs, rogue_secret):
     why = _integrated()
     if why:
-        pytest.skip(why)
+        pytest.fail(why)
     c = _cluster(tmp_path, procs, secret=True)
     before = _view(c)
     secret_file = None

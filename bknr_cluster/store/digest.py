@@ -1,0 +1,316 @@
+"""The state digest, kept up to date incrementally so reading it costs O(1) at any size.
+
+Definition (scheme ``bknr-digest-2``)::
+
+    digest = blake2s(pack([SCHEME, S, next_id, last_ts])).hexdigest()
+    S      = sum over live objects o of h(o)  mod 2**120
+    h(o)   = blake2s(pack([tag(class), o.id, v_1, ..., v_k]), 15 bytes) as an integer
+
+``tag(class)`` is the 8-byte blake2s of the packed ``[stored class name, [persistent attribute
+names, sorted]]`` (short, so a row of a few values fits one 64-byte hash block), and
+``v_i`` are those attributes' values, canonicalised (dict items and set members sorted by their
+encoding) and encoded with the store codec; a reference to a deleted object encodes as None,
+exactly as snapshots write it, so a replica that restored a snapshot and one that replayed the
+log agree. A sum does not depend on the order objects were created, written or deleted in, so
+equal states give equal digests whatever the history.
+
+Keeping S current. Every object remembers the h it last contributed in its ``_state_hash`` slot.
+A successful transaction hands its undo log (which names every object it created, wrote or
+deleted) to ``pending`` instead of clearing it; nothing is added to the attribute-write path.
+``fold`` then, for each object named in ``pending``, subtracts the remembered h, adds the h of
+its current values if it is live, and remembers that. It runs when ``pending`` holds
+``FOLD_ENTRIES`` undo entries (at the commit that reaches it) and before every read of the
+digest, so a read costs at most one such batch. Repeated writes to one object between folds are
+hashed once. A failed transaction's undo log never reaches ``pending``: it changed nothing.
+
+Deleting an object changes the encoding of every object that references it (the reference
+becomes None) without touching them. So the fold marks every object a hash saw a live reference
+to (sticky: its ``_state_hash`` holds ``~h``, a negative number, instead of h), and when a
+marked object has been deleted it scans the classes that have held references for the objects
+pointing at it and rehashes those: one O(n) scan per fold that deletes a referenced object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from hashlib import blake2s
+from itertools import chain, compress, repeat
+from operator import attrgetter, is_, itemgetter, methodcaller, rshift, xor
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from bknr_cluster.store.codec import EXT_REF, Codec
+from bknr_cluster.store.model import StoreObject
+
+if TYPE_CHECKING:
+    from bknr_cluster.store.core import Store
+
+log = logging.getLogger("bknr_cluster.store")
+
+SCHEME = "bknr-digest-2"
+FOLD_ENTRIES = 256                 # undo entries pending before a commit folds them
+_MASK = (1 << 120) - 1
+# ``_state_hash`` is h, or ~h (negative) once some hash saw a live reference to the object;
+# ``v ^ (v >> _SIGN)`` is h either way and ``x ^ (v >> _SIGN)`` gives x the same mark as v.
+# (120 bits: the int is 4 digits, 40 bytes, on every object.)
+_SIGN = 127
+_CONTAINERS = frozenset((dict, set, frozenset, list, tuple))
+_slot = StoreObject.__dict__["_state_hash"]
+_set_state_hash = _slot.__set__
+_get_state_hash = _slot.__get__
+_get_id = attrgetter("id")
+_undo_object = itemgetter(1)       # every undo entry is (kind, object, ...)
+_hash15 = partial(blake2s, digest_size=15)
+_hash_bytes = methodcaller("digest")
+_int = int.from_bytes              # big-endian by default
+# ``ExtType(code, data)`` without its Python-level argument checks (ours are always valid)
+_ext = partial(tuple.__new__, msgpack.ExtType)
+
+
+def _canon(pack: Callable[[Any], bytes], v: Any) -> Any:
+    """A value whose encoding does not depend on dict/set insertion order."""
+    t = type(v)
+    if t is dict:
+        return ["$d", sorted(([pack(_canon(pack, k)), _canon(pack, x)] for k, x in v.items()),
+                             key=itemgetter(0))]
+    if t is set or t is frozenset:
+        return ["$s" if t is set else "$f", sorted(pack(_canon(pack, x)) for x in v)]
+    if t is list:
+        return [_canon(pack, x) for x in v]
+    if t is tuple:
+        return tuple(_canon(pack, x) for x in v)
+    return v
+
+
+class _Hasher:
+    """h(o) for many objects of one class at a time: C-level ``map`` pipelines per column.
+
+    With ``seen_refs``, every live object referenced by a hashed value is appended to it."""
+
+    def __init__(self, store: Store, seen_refs: list[Any] | None = None):
+        extents = store.__dict__        # ``_extent`` is replaced when a snapshot loads
+        note = seen_refs.append if seen_refs is not None else None
+
+        def is_live(obj: Any) -> bool:
+            extent = extents["_extent"].get(type(obj))
+            if extent is not None and extent.get(obj.id) is obj:
+                if note is not None:
+                    note(obj)
+                return True
+            return False
+
+        self.codec = codec = Codec(store.definition.enums, store.find, is_live, lenient=True)
+        codec_default, pack_id = codec._default, msgpack.Packer().pack
+
+        def default(o: Any) -> Any:
+            # references first (the usual non-native value), ``is_live`` inlined: the codec's
+            # encoding, without its chain of type tests
+            if isinstance(o, StoreObject):
+                extent = extents["_extent"].get(type(o))
+                if extent is None or extent.get(o.id) is not o:
+                    return None
+                if note is not None:
+                    note(o)
+                return _ext((EXT_REF, pack_id(o.id)))
+            return codec_default(o)
+
+        self._pack = msgpack.Packer(default=default, strict_types=True, use_bin_type=True,
+                                    autoreset=True).pack
+        self._plans: dict[type, tuple[bytes, list[Any]]] = {}
+
+    def _plan(self, cls: type) -> tuple[bytes, list[Any]]:
+        plan = self._plans.get(cls)
+        if plan is None:
+            specs = sorted(cls._meta.persistent, key=attrgetter("name"))
+            tag = blake2s(msgpack.packb([cls._meta.name, [s.name for s in specs]]), digest_size=8).digest()
+            plan = self._plans[cls] = (tag, [s.getter for s in specs])
+        return plan
+
+    def hashes(self, cls: type, objs: list[Any]) -> list[int]:
+        tag, getters = self._plan(cls)
+        cols = [list(map(g, objs)) for g in getters]
+        pack = self.codec.pack
+        for i, col in enumerate(cols):
+            if _CONTAINERS.intersection(map(type, col)):
+                cols[i] = [_canon(pack, v) for v in col]
+        rows = map(list, zip(repeat(tag), map(_get_id, objs), *cols))
+        return list(map(_int, map(_hash_bytes, map(_hash15, map(self._pack, rows)))))
+
+
+def finish(total: int, next_id: int, last_ts: int, system: dict[str, Any]) -> str:
+    """The digest string from the object sum, the store's counters and the system namespace.
+
+    The system namespace (system.py) is hashed whole: it is small (a drill's records) and only
+    a non-empty one is included, so stores that never used it keep their digest."""
+    parts = [SCHEME, total.to_bytes(15, "big"), next_id, last_ts]
+    if system:
+        parts += ["system", sorted(system.items())]
+    return blake2s(msgpack.packb(parts)).hexdigest()
+
+
+def full_sum(store: Store) -> int:
+    """S computed from scratch (changes nothing; what ``Store.digest_full`` walks)."""
+    hasher = _Hasher(store)
+    total = 0
+    for cls in store._classes:
+        objs = list(store._extent[cls].values())
+        if objs:
+            total += sum(hasher.hashes(cls, objs))
+    return total & _MASK
+
+
+class IncrementalDigest:
+    """S for one store, plus the undo logs not yet folded into it (see the module docstring).
+
+    ``pending`` is the very list the store's commit path appends to; the store also keeps the
+    count of pending undo entries and the threshold (``Store._digest_backlog``/``_fold_at``) so
+    that path reads no attribute of this object.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.total = 0
+        self.pending: list[list[tuple]] = []
+        self._seen_refs: list[Any] = []
+        self._ref_classes: set[type] = set()
+        self._hasher = _Hasher(store, self._seen_refs)
+        self._broken: Exception | None = None
+
+    def value(self) -> str:
+        store = self.store
+        self.fold()
+        return finish(self.total, store._next_id, store._last_ts, store.system)
+
+    def reset(self) -> None:
+        """Recompute S from the whole state (after a snapshot load), O(n)."""
+        store = self.store
+        self.pending.clear()
+        store._digest_backlog = 0
+        self._seen_refs.clear()
+        self._ref_classes.clear()
+        total = 0
+        for cls in store._classes:
+            objs = list(store._extent[cls].values())
+            if objs:
+                hashes = self._hashes(cls, objs)
+                deque(map(_set_state_hash, objs, hashes), 0)
+                total += sum(hashes)
+        self._mark_referenced()
+        self.total = total & _MASK
+        self._broken = None
+        store._fold_at = FOLD_ENTRIES
+
+    def fold_after_commit(self) -> None:
+        """The commit path's fold. Its transaction has already succeeded, so a value that cannot
+        be encoded must not turn into an error there: the fold is left for ``value()``, which
+        raises it (as ``write_snapshot`` would), and commits stop folding until one succeeds."""
+        try:
+            self.fold()
+        except Exception as exc:
+            if self._broken is None:
+                log.error("state digest cannot be computed: %s", exc)
+            self._broken = exc
+            self.store._fold_at = 1 << 62
+
+    def fold(self) -> None:
+        """Bring S up to date with every pending undo log; all or nothing (a value that cannot
+        be encoded raises CodecError with S, the hashes and ``pending`` unchanged)."""
+        store = self.store
+        pending = self.pending
+        if not pending:
+            return
+        touched = set(map(_undo_object, chain.from_iterable(pending)))
+        self._seen_refs.clear()
+        # phase 1 computes everything that can fail; phase 2 only assigns
+        gone = 0
+        updates: list[tuple[list[Any], list[int], list[int]]] = []
+        deleted_referenced: list[Any] = []
+        for cls, objs in _by_class(touched):
+            olds = list(map(getattr, objs, repeat("_state_hash"), repeat(0)))
+            extent = store._extent[cls]
+            live = list(map(is_, map(extent.get, map(_get_id, objs)), objs))
+            if not all(live):
+                for obj, old, alive in zip(objs, olds, live, strict=True):
+                    if not alive:
+                        gone += old ^ (old >> _SIGN)
+                        if old < 0:
+                            deleted_referenced.append(obj)
+                objs, olds = list(compress(objs, live)), list(compress(olds, live))
+            if objs:
+                updates.append((objs, olds, self._hashes(cls, objs)))
+        if deleted_referenced:
+            for cls, objs in self._referrers(deleted_referenced, touched).items():
+                olds = list(map(_get_state_hash, objs))
+                updates.append((objs, olds, self._hashes(cls, objs)))
+        total = self.total - gone
+        for objs, olds, hashes in updates:
+            marks = list(map(rshift, olds, repeat(_SIGN)))
+            total += sum(hashes) - sum(map(xor, olds, marks))
+            deque(map(_set_state_hash, objs, map(xor, hashes, marks)), 0)
+        self._mark_referenced()
+        self.total = total & _MASK
+        pending.clear()
+        store._digest_backlog = 0
+        if self._broken is not None:
+            self._broken = None
+            store._fold_at = FOLD_ENTRIES
+
+    def _hashes(self, cls: type, objs: list[Any]) -> list[int]:
+        seen = len(self._seen_refs)
+        hashes = self._hasher.hashes(cls, objs)
+        if len(self._seen_refs) != seen:
+            self._ref_classes.add(cls)
+        return hashes
+
+    def _mark_referenced(self) -> None:
+        for obj in self._seen_refs:      # live, and hashed by now
+            h = _get_state_hash(obj)
+            if h >= 0:
+                _set_state_hash(obj, ~h)
+        self._seen_refs.clear()
+
+    def _referrers(self, deleted: list[Any], skip: set[Any]) -> dict[type, list[Any]]:
+        """Live objects outside ``skip`` whose values reference one of ``deleted``: a scan of
+        every class that has held a reference."""
+        dead = set(deleted)
+        found: dict[type, list[Any]] = {}
+        for cls in self._ref_classes:
+            objs = list(self.store._extent[cls].values())
+            hits: set[Any] = set()
+            for getter in self._hasher._plan(cls)[1]:
+                col = list(map(getter, objs))
+                if _CONTAINERS.isdisjoint(map(type, col)):
+                    try:        # hashable values: one C-level pass
+                        hits.update(compress(objs, map(dead.__contains__, col)))
+                        continue
+                    except TypeError:       # an unhashable value (say a bytearray)
+                        pass
+                hits.update(o for o, v in zip(objs, col, strict=True) if _refers(v, dead))
+            hits -= skip
+            if hits:
+                found[cls] = list(hits)
+        return found
+
+
+def _by_class(objs: set[Any]) -> list[tuple[type, list[Any]]]:
+    """Group objects by class with C-level passes (few classes, many objects)."""
+    classes = set(map(type, objs))
+    if len(classes) == 1:
+        return [(classes.pop(), list(objs))]
+    every = list(objs)
+    kinds = list(map(type, every))
+    return [(c, list(compress(every, map(is_, kinds, repeat(c))))) for c in classes]
+
+
+def _refers(v: Any, dead: set[Any]) -> bool:
+    t = type(v)
+    if t is dict:
+        return any(_refers(k, dead) or _refers(x, dead) for k, x in v.items())
+    if t in _CONTAINERS:
+        return any(_refers(x, dead) for x in v)
+    return isinstance(v, StoreObject) and v in dead
+
