@@ -1,7 +1,8 @@
 """The node process: ``bknr-node --config cluster.yaml --node n2`` (or ``python -m bknr_cluster.node``).
 
 Modes:
-  (default)        start the engine, the applier and the HTTP API; run until SIGTERM/SIGINT.
+  (default)        start the engine, the applier, the HTTP API and (YAML ``app``) the hosted web
+                   application (apphost.py); run until SIGTERM/SIGINT.
   --init           bootstrap this node's engine state with every YAML node as configured, then exit
                    (exit 2 with a message if it is already bootstrapped). Used by ``bknrctl init``.
   --recover JSON   forced reconfiguration after quorum loss (``bknrctl recover``), then exit.
@@ -96,19 +97,29 @@ def _remove_pid(path: Path) -> None:
         pass
 
 
-async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float) -> None:
+async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float,
+                 hosted: Any = None) -> None:
+    """The admin API and (``hosted``: an apphost.AppServer) the application, on this loop."""
     from bknr_cluster.cluster.api import ApiServer
 
+    # The loop owns SIGTERM/SIGINT from here on: a stop request while the servers start up
+    # is handled by the normal stop path below once they are up.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = ApiServer(cs, me.api_host, me.api_port, token)
     try:
         await server.start_async()
     except OSError as exc:
         raise Unreachable(f"cannot serve the API on {me.api_host}:{me.api_port}: "
                           f"{exc.strerror or exc}") from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if hosted is not None:
+        try:
+            await hosted.start()
+        except BaseException:
+            await server.stop_async()
+            raise
     await stop.wait()
     log.info("stopping")
     # Hand over leadership before going away, so clients see a short blip, not an election.
@@ -123,7 +134,36 @@ async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float) -
                 history.observe(cs.engine.status())
     except Exception as exc:  # best effort: stopping must not fail because of it
         log.warning("leadership transfer before stop failed: %s", exc)
+    if hosted is not None:
+        # After the hand-over: requests in flight finish (a write still commits through the new
+        # leader, or the application forwards it), new ones go to the new leader.
+        await hosted.stop()
     await server.stop_async()
+
+
+def _load_app(cfg: Any, me: Any) -> tuple[Any, Any]:
+    """(ASGI callable, bound listening socket) of the YAML's ``app``, or (None, None)."""
+    if cfg.app is None:
+        return None, None
+    from bknr_cluster.apphost import bind, load_app
+
+    app = load_app(cfg.app, cfg.base_dir)
+    index = next(i for i, n in enumerate(cfg.nodes) if n.id == me.id)
+    return app, bind(me.app_host, me.app_port, f"nodes[{index}].app_port")
+
+
+def _hosted_app(cfg: Any, cs: Any, me: Any, app: Any, sock: Any) -> Any:
+    """The application wrapped with its store handle (web.py), ready to serve on ``sock``."""
+    from bknr_cluster.apphost import AppServer
+    from bknr_cluster.web import HostedApp, WebStore, host
+
+    def app_url(node_id: int) -> str:
+        n = cfg.node_by_id(node_id)
+        return n.app_url if n else ""
+
+    ws = WebStore(cs, app_url, node_app_url=me.app_url)
+    host(ws)
+    return AppServer(HostedApp(app, ws), sock, drain_s=cfg.app.drain_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +218,9 @@ def _main(args: argparse.Namespace) -> int:
         return 0
 
     _setup_logging(args.log_file or str(me.log_file), args.log_level)
+    # The application first: one that cannot be imported, is not ASGI, or whose port is taken
+    # stops the node here, before the store or the engine starts.
+    app, app_sock = _load_app(cfg, me)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # Until the event loop takes over SIGTERM, a stop request still unwinds through the
     # ``finally`` blocks below (engine stopped, pid file removed).
@@ -208,10 +251,13 @@ def _main(args: argparse.Namespace) -> int:
         try:
             # Bounded: with the other nodes already gone the hand-over can never complete.
             transfer_timeout = args.transfer_timeout or max(1.0, 3 * cfg.election_timeout_ms / 1000)
-            asyncio.run(_serve(cs, me, cfg.token(), transfer_timeout))
+            hosted = _hosted_app(cfg, cs, me, app, app_sock) if app is not None else None
+            asyncio.run(_serve(cs, me, cfg.token(), transfer_timeout, hosted))
         finally:
             cs.leader_history.stop()
             cs.stop()
+            if app_sock is not None:
+                app_sock.close()
         log.info("node %s stopped", me.name)
         return 0
     finally:

@@ -26,7 +26,17 @@ from bknr_cluster.errors import BknrError, NotLeader, TransactionFailed, Unautho
 log = logging.getLogger("bknr.api")
 
 # No auth on these: load balancers and liveness probes have no token.
-PUBLIC = {("GET", "/health"), ("GET", "/leader"), ("GET", "/metrics")}
+PUBLIC = {("GET", "/health"), ("GET", "/leader"), ("GET", "/replica"), ("GET", "/metrics"),
+          ("HEAD", "/health"), ("HEAD", "/leader"), ("HEAD", "/replica")}
+# /replica without ?lag=: a follower at most this many entries behind counts as caught up.
+DEFAULT_REPLICA_LAG = 100
+
+
+def store_halted(cs: ClusterStore) -> dict | None:
+    """The store's halt record (``{index, reason}``) when its applier stopped on a problem it
+    must not skip, else None. ``ClusterStore.halted`` comes with the halting applier; a store
+    without it never halts, so load balancers see only the other health conditions."""
+    return getattr(cs, "halted", None) or None
 ROLES = ("voter", "standby", "spare")
 
 
@@ -61,6 +71,7 @@ class Api:
         r.add_get("/health", self.health)
         r.add_get("/status", self.status)
         r.add_get("/leader", self.leader)
+        r.add_get("/replica", self.replica)
         r.add_get("/metrics", self.metrics)
         r.add_get("/history", self.history)
         r.add_post("/tx/{name}", self.tx)
@@ -146,7 +157,32 @@ class Api:
     # --- read-only ------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "node_id": self.cs.node_id, "name": self.cs.name})
+        halted = store_halted(self.cs)
+        return web.json_response({"ok": halted is None, "node_id": self.cs.node_id,
+                                  "name": self.cs.name, "halted": halted},
+                                 status=200 if halted is None else 503)
+
+    async def replica(self, request: web.Request) -> web.Response:
+        """Patroni-style read check: 200 on a follower that hears from a leader and is at most
+        ``?lag=N`` entries (default DEFAULT_REPLICA_LAG) behind what it knows is committed."""
+        max_lag = self._int(request.query.get("lag", DEFAULT_REPLICA_LAG), "'lag'")
+        st = await self._run(self.cs.engine.status)
+        commit = int(st.get("commit_index") or 0)
+        lag = max(0, commit - self.cs.applied_index)
+        contact = int(st.get("leader_contact_ms") or 0)
+        halted = store_halted(self.cs)
+        reasons = []
+        if st.get("state") != "follower":
+            reasons.append(f"role is {st.get('state')}")
+        if not st.get("leader_id") or contact > self.cs.election_timeout_ms:
+            reasons.append("no leader heard from within the election timeout")
+        if lag > max_lag:
+            reasons.append(f"{lag} entries behind (at most {max_lag})")
+        if halted is not None:
+            reasons.append("the store is halted")
+        body = {"replica": not reasons, "node_id": self.cs.node_id, "lag": lag,
+                "leader_id": int(st.get("leader_id") or 0), "reasons": reasons}
+        return web.json_response(body, status=503 if reasons else 200)
 
     async def status(self, request: web.Request) -> web.Response:
         # ?digest=0 skips the digest: on a large store under load it costs a full state walk.

@@ -77,6 +77,7 @@ class GroupCommitter:
         # Deferred wake-ups (module docstring): only for waiters taken on this thread.
         self.applier_ident: int | None = None
         self._deferred: list[Signal] = []
+        self._loop_flushes: list[LoopDelivery] = []   # asyncio deliveries held to the slice end
         self.chain = WakeChain(wake_batons, on_idle=self._chain_idle)
         # Wake-ups to post from inside the applier's next engine.next_committed(wake=...), once
         # the GIL is released there, instead of with the GIL at the end of its slice. Needs an
@@ -100,12 +101,14 @@ class GroupCommitter:
     def max_record(self) -> int:
         return self._max_record
 
-    def enqueue(self, record: bytes, callback: Callable[[Waiter], None] | None = None) -> Waiter:
-        """Queue ``record`` (``b""`` = read marker) for the next batch; returns its waiter."""
+    def enqueue(self, record: bytes, callback: Callable[[Waiter], None] | None = None,
+                future: Any = None) -> Waiter:
+        """Queue ``record`` (``b""`` = read marker) for the next batch; returns its waiter
+        (``future``: the asyncio future a LoopDelivery ``callback`` completes)."""
         if len(record) > self._max_record:
             raise TooBig(f"transaction record of {len(record)} bytes exceeds the batch limit "
                          f"of {self._max_record} bytes")
-        w = Waiter(callback)
+        w = Waiter(callback, future)
         with self._lock:
             if not self._running:
                 raise Shutdown("the cluster store is not running")
@@ -157,6 +160,14 @@ class GroupCommitter:
             return False
         return w.wait(None)
 
+    def defer_delivery(self, delivery: LoopDelivery) -> bool:
+        """``LoopDelivery``'s hook: on the applier thread, hold the loop wake-up until the end
+        of the slice (``release_deferred``); elsewhere (False) the delivery wakes it at once."""
+        if threading.get_ident() != self.applier_ident:
+            return False
+        self._loop_flushes.append(delivery)
+        return True
+
     def _defer(self, sig: Signal) -> None:
         d = self._deferred
         d.append(sig)
@@ -166,7 +177,12 @@ class GroupCommitter:
     def release_deferred(self, now: bool = False) -> None:
         """Wake the callers resolved since the last call (the applier, at the end of a batch):
         through the chain, posted here or (``wake_in_engine``) handed to the applier's next
-        ``next_committed`` (``take_handoff``); ``now``: post them here in any case."""
+        ``next_committed`` (``take_handoff``); ``now``: post them here in any case. Also wakes
+        each asyncio loop that has waiters from this slice, once (``defer_delivery``)."""
+        if self._loop_flushes:
+            flushes, self._loop_flushes = self._loop_flushes, []
+            for delivery in flushes:
+                delivery.flush()
         if self._deferred:
             signals, self._deferred = self._deferred, []
             if self.applier_ident is None:  # stopping: everyone at once

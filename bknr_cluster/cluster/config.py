@@ -25,6 +25,24 @@ ROLES = ("voter", "standby", "spare")
 DEFAULT_TIMING = {"election_timeout_ms": 1000, "heartbeat_ms": 100}
 DEFAULT_SNAPSHOT = {"threshold": 10000, "trailing": 2000, "keep": 3}
 DEFAULT_BATCH = {"max_count": 512, "max_bytes": 1 << 20}
+APP_KEYS = {"asgi", "wsgi", "threads", "port", "drain_s"}
+DEFAULT_WSGI_THREADS = 16
+DEFAULT_DRAIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The hosted web application (``app:`` section; bknr_cluster/web.py, docs/web.md)."""
+
+    spec: str                      # "package.module:attribute"
+    kind: str                      # "asgi" | "wsgi"
+    threads: int = DEFAULT_WSGI_THREADS   # WSGI thread pool size
+    drain_s: float = DEFAULT_DRAIN_S      # how long a stopping node waits for in-flight requests
+
+    @property
+    def path(self) -> str:
+        """The YAML path naming the application (for one-line errors)."""
+        return f"app.{self.kind}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,13 @@ class NodeConfig:
     ssh: SshConfig | None = None
     # pin this node's Python threads to one CPU: None (off), "auto" or a CPU number (affinity.py)
     python_cpu: int | str | None = None
+    app_port: int | None = None     # the hosted application's port (None: no app)
+    app_host: str | None = None
+
+    @property
+    def app_url(self) -> str:
+        """Where this node serves the hosted application ("" without an ``app`` section)."""
+        return f"http://{self.app_host}:{self.app_port}" if self.app_port else ""
 
     @property
     def raft_address(self) -> str:
@@ -98,6 +123,7 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, ...]
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     raft_secret_file: Path | None = None
+    app: AppConfig | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterConfig:
@@ -132,10 +158,12 @@ class ClusterConfig:
             snapshot_keep=int(snap["keep"]),
             batch_max_count=int(batch["max_count"]),
             batch_max_bytes=int(batch["max_bytes"]),
-            nodes=tuple(_node(n, base_dir, data.get("python_cpu")) for n in data["nodes"]),
+            nodes=tuple(_node(n, base_dir, data.get("python_cpu"), data.get("app"))
+                        for n in data["nodes"]),
             raw=data,
             raft_secret_file=_resolve(base_dir, data["raft_secret_file"])
             if data.get("raft_secret_file") else None,
+            app=_app(data.get("app")),
         )
 
     @property
@@ -201,7 +229,17 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None) -> NodeConfig:
+def _app(section: dict | None) -> AppConfig | None:
+    if not section:
+        return None
+    kind = "asgi" if section.get("asgi") else "wsgi"
+    return AppConfig(spec=section[kind], kind=kind,
+                     threads=int(section.get("threads", DEFAULT_WSGI_THREADS)),
+                     drain_s=float(section.get("drain_s", DEFAULT_DRAIN_S)))
+
+
+def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None,
+          app: dict | None = None) -> NodeConfig:
     ssh = n.get("ssh")
     ssh_cfg = None
     if ssh is not None:
@@ -213,10 +251,14 @@ def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None) -> NodeC
     # A remote node's data_dir is a path on that host, so it is not resolved against this machine.
     data_dir = Path(n["data_dir"]) if ssh_cfg and Path(n["data_dir"]).is_absolute() \
         else _resolve(base_dir, n["data_dir"])
+    api_host = n.get("api_host") or n["host"]
+    app_port = (n.get("app_port") or app.get("port")) if app else None
     return NodeConfig(id=int(n["id"]), name=n["name"], host=n["host"], raft_port=int(n["raft_port"]),
-                      api_port=int(n["api_port"]), api_host=n.get("api_host") or n["host"],
+                      api_port=int(n["api_port"]), api_host=api_host,
                       data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg,
-                      python_cpu=n.get("python_cpu", python_cpu))
+                      python_cpu=n.get("python_cpu", python_cpu),
+                      app_port=int(app_port) if app_port else None,
+                      app_host=(n.get("app_host") or api_host) if app_port else None)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -245,7 +287,7 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     if not isinstance(data, dict):
         return [("", "the configuration must be a mapping with 'group', 'store' and 'nodes'")]
     known = {"group", "store", "token_file", "raft_secret_file", "timing", "snapshot", "batch", "nodes",
-             "python_cpu"}
+             "python_cpu", "app"}
     for key in sorted(set(data) - known):
         out.append((str(key), "unknown key"))
 
@@ -281,13 +323,42 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     out += _validate_section(data.get("batch"), "batch", {
         "max_count": (1, 65536), "max_bytes": (1024, 1 << 30)})
 
+    app = data.get("app")
+    out += _validate_app(app)
     nodes = data.get("nodes")
     if nodes is None:
         out.append(("nodes", "required: a list of nodes"))
     elif not isinstance(nodes, list) or not nodes:
         out.append(("nodes", "must be a non-empty list of nodes"))
     else:
-        out += _validate_nodes(nodes)
+        out += _validate_nodes(nodes, app if isinstance(app, dict) else None)
+    return out
+
+
+def _validate_app(app: Any) -> list[tuple[str, str]]:
+    """The ``app`` section's own keys; per-node ports are checked with the nodes."""
+    if app is None:
+        return []
+    if not isinstance(app, dict):
+        return [("app", "must be a mapping, e.g. {asgi: 'package.module:app', port: 9101}")]
+    out = [(f"app.{key}", "unknown key") for key in sorted(set(app) - APP_KEYS)]
+    kinds = [k for k in ("asgi", "wsgi") if k in app]
+    if len(kinds) != 1:
+        out.append(("app", "needs exactly one of 'asgi' or 'wsgi' (module:attribute)"))
+    for kind in kinds:
+        if not isinstance(app[kind], str) or not STORE_RE.match(app[kind]):
+            out.append((f"app.{kind}", f"{app[kind]!r} must look like 'package.module:app'"))
+    if "threads" in app:
+        if "wsgi" not in app:
+            out.append(("app.threads", "only for a 'wsgi' application (ASGI runs on the event loop)"))
+        elif not _int_in(app["threads"], 1, 1024):
+            out.append(("app.threads", "must be an integer in [1, 1024]"))
+    if "port" in app and not _int_in(app["port"], 1, 65535):
+        out.append(("app.port", "must be a port number in [1, 65535]"))
+    drain = app.get("drain_s")
+    if drain is not None and (isinstance(drain, bool) or not isinstance(drain, int | float)
+                              or not 0 <= drain <= 3600):
+        out.append(("app.drain_s", "must be a number of seconds in [0, 3600]"))
     return out
 
 
@@ -297,6 +368,23 @@ def _check_python_cpu(value: Any) -> str | None:
     except UsageError:
         return "must be 'auto', a CPU number or null"
     return None
+
+
+def _check_app_port(n: dict, p: str, app: dict | None,
+                    binds: list[tuple[str, str, str, int]]) -> list[tuple[str, str]]:
+    """The node's application port: required with an ``app`` section; added to ``binds``, the
+    listeners checked for clashes together with the raft and API ports."""
+    if app is None:
+        return [(f"{p}.{key}", "needs an 'app' section") for key in ("app_port", "app_host") if key in n]
+    port = n.get("app_port", app.get("port"))
+    where = f"{p}.app_port" if "app_port" in n else "app.port"
+    if port is None:
+        return [(f"{p}.app_port", "required with an 'app' section (or set app.port)")]
+    if not _int_in(port, 1, 65535):
+        return [] if where == "app.port" else [(where, "must be a port number in [1, 65535]")]
+    host = n.get("app_host") or n.get("api_host") or n.get("host")
+    binds.append((f"{p}.app_port", _machine(n, n.get("host")), host, port))
+    return []
 
 
 def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]]) -> list:
@@ -314,12 +402,12 @@ def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]
 
 
 NODE_KEYS = {"id", "name", "host", "raft_port", "api_port", "api_host", "data_dir", "role", "ssh",
-             "python_cpu"}
+             "python_cpu", "app_port", "app_host"}
 SSH_KEYS = {"user", "port", "key_file", "known_hosts", "strict_host_key_checking", "workdir",
             "python", "config_path"}
 
 
-def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
+def _validate_nodes(nodes: list, app: dict | None = None) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     seen: dict[str, dict[Any, str]] = {"id": {}, "name": {}, "data_dir": {}}
 
@@ -351,7 +439,7 @@ def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
                 out.append((f"{p}.name", "must be a name of letters, digits, '_', '.', '-'"))
             else:
                 unique("name", n["name"], f"{p}.name", f"name {n['name']!r}")
-        for key in ("host", "api_host"):
+        for key in ("host", "api_host", "app_host"):
             if key in n and (msg := _check_host(n[key])):
                 out.append((f"{p}.{key}", msg))
         host = n.get("host")
@@ -362,6 +450,7 @@ def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
                 else:
                     bind_host = host if kind == "raft" else (n.get("api_host") or host)
                     binds.append((f"{p}.{key}", _machine(n, host), bind_host, n[key]))
+        out += _check_app_port(n, p, app, binds)
         if "data_dir" in n:
             if not isinstance(n["data_dir"], str) or not n["data_dir"]:
                 out.append((f"{p}.data_dir", "must be a directory path"))

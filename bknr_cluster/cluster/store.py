@@ -17,15 +17,15 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.admin import AdminMixin
 from bknr_cluster.cluster.affinity import PythonThreadPin, allowed_cpus, choose_cpu
+from bknr_cluster.cluster.aio import AsyncCallerMixin
 from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
-from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, LoopDelivery, Waiter
+from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, Waiter
 from bknr_cluster.errors import (
     BknrError,
     NoLeader,
@@ -84,7 +84,7 @@ def _lookup(src: Mapping[int, str] | Callable[[int], str] | None, node_id: int) 
     return src.get(node_id, "")
 
 
-class ClusterStore(ApplierMixin, AdminMixin):
+class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
     """A replicated store on one node; see the module docstring and DESIGN.md."""
 
     def __init__(self, definition: Any, *positional: Any, node_id: int | None = None,
@@ -194,6 +194,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
         self._running = False
         self._applier: threading.Thread | None = None
         self._clients: dict[str, ApiClient] = {}
+        self._forwarders: Any = None   # _forward_pool()
         self._deliveries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         if start:
             self.start()
@@ -270,6 +271,9 @@ class ClusterStore(ApplierMixin, AdminMixin):
                 self._applier.join(timeout=10)
             for c in self._clients.values():
                 c.close()
+            if self._forwarders is not None:
+                self._forwarders.shutdown(wait=False, cancel_futures=True)
+                self._forwarders = None
             self._unpin()
 
     close = stop
@@ -351,10 +355,11 @@ class ClusterStore(ApplierMixin, AdminMixin):
             err = self._settle(w, forward=forward, raise_tx=raise_tx)
             if err is None:
                 return w.result, w.index
-            if err.leader_api:
+            if self._forwardable(err):
                 return self._forward(tx_name(tx), args, kwargs, err, deadline)
-            # Election in progress: NotLeader means nothing was logged, so waiting is safe.
-            pause = min(0.05, self.election_timeout_ms / 4000)
+            # Election or hand-over in progress: NotLeader means nothing was logged, so waiting
+            # is safe.
+            pause = self._no_leader_pause()
             if deadline - time.monotonic() <= pause:
                 raise err
             threading.Event().wait(pause)
@@ -375,48 +380,16 @@ class ClusterStore(ApplierMixin, AdminMixin):
             raise err
         return err
 
-    async def execute_async(self, tx: Any, args: tuple | list, kwargs: dict, *,
-                            forward: bool = False, timeout: float = 30.0,
-                            raise_tx: bool = False) -> tuple[Any, int]:
-        """``execute_indexed`` for an asyncio caller (the HTTP API, asyncio applications).
+    def _forwardable(self, err: NotLeader) -> bool:
+        """A NotLeader naming another node's API. A leader handing over leadership refuses
+        writes naming *itself* (libraft refuses entries during a transfer): forwarding to our
+        own API would only bounce; the caller waits for the new leader instead."""
+        return bool(err.leader_api) and err.leader_id != self.node_id
 
-        The applier resolves an asyncio future through ``call_soon_threadsafe``, so a request
-        costs no worker-thread hand-off; only forwarding (blocking HTTP) uses a thread.
-        """
-        import asyncio
-
-        record = self.store.encode_transaction(tx, *args, **kwargs)
-        loop = asyncio.get_running_loop()
-        delivery = self._deliveries.get(loop)
-        if delivery is None:
-            delivery = self._deliveries[loop] = LoopDelivery(loop)
-        deadline = time.monotonic() + timeout
-        while True:
-            fut: asyncio.Future = loop.create_future()
-            w = self.committer.enqueue(record, callback=partial(delivery.deliver, fut))
-            # A plain timer instead of wait_for(): no extra task per request.
-            timer = loop.call_later(max(0.0, deadline - time.monotonic()),
-                                    lambda f=fut: f.done() or f.set_result(None))
-            try:
-                got = await fut
-            finally:
-                timer.cancel()
-            if got is None:
-                if self.committer.abandon(w):
-                    raise Timeout(f"no outcome within {timeout} s; the transaction may or may "
-                                  "not commit")
-                # resolved just now by the applier: its resolve() is about to return
-                await loop.run_in_executor(None, w.wait, 5.0)
-            err = self._settle(w, forward=forward, raise_tx=raise_tx)
-            if err is None:
-                return w.result, w.index
-            if err.leader_api:
-                return await loop.run_in_executor(
-                    None, self._forward, tx_name(tx), args, kwargs, err, deadline)
-            pause = min(0.05, self.election_timeout_ms / 4000)
-            if deadline - time.monotonic() <= pause:
-                raise err
-            await asyncio.sleep(pause)
+    def _no_leader_pause(self) -> float:
+        """How long a caller waits before trying again while no leader is known: a tenth of
+        the election timeout (at most 50 ms), so a write lands soon after the election."""
+        return min(0.05, self.election_timeout_ms / 10000)
 
     def _client(self, url: str) -> ApiClient:
         c = self._clients.get(url)

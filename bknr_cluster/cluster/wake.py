@@ -51,9 +51,10 @@ class Waiter:
     releases the GIL, and the applier can post it from inside ``next_committed``)."""
 
     __slots__ = ("_signal", "result", "error", "tx_error", "index", "callback", "seq", "defer",
-                 "relay")
+                 "relay", "future", "deadline")
 
-    def __init__(self, callback: Callable[[Waiter], None] | None = None) -> None:
+    def __init__(self, callback: Callable[[Waiter], None] | None = None,
+                 future: Any = None) -> None:
         self._signal = Signal()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -65,6 +66,9 @@ class Waiter:
         # WakeChain's pass_baton, which ``wait`` calls once the chain has woken this caller.
         self.defer: Callable[[Signal], None] | None = None
         self.relay: Callable[[], None] | None = None
+        # asyncio callers (LoopDelivery): the future to complete, and the loop-clock deadline
+        self.future = future
+        self.deadline = 0.0
 
     def resolve(self, index: int, result: Any = None, error: BaseException | None = None,
                 tx_error: bool = False) -> None:
@@ -142,30 +146,90 @@ class WakeChain:
 
 
 class LoopDelivery:
-    """Hands resolved waiters to one asyncio loop with one wake-up per burst, not per waiter
-    (each ``call_soon_threadsafe`` writes to the loop's self-pipe: a syscall)."""
+    """Completes the asyncio callers of one loop: one loop wake-up per applier slice, and no
+    per-request timer.
 
-    def __init__(self, loop: Any) -> None:
+    Each ``call_soon_threadsafe`` writes to the loop's self-pipe (a syscall) and wakes the loop
+    thread, which then competes with the applier for the GIL. A waiter resolved on the applier
+    thread is therefore only queued (``defer`` accepts it) and the whole slice's waiters go to
+    the loop in one wake-up when the applier ends the slice (``GroupCommitter.release_deferred``
+    calls ``flush``). A waiter resolved anywhere else (a failed engine future, stop) wakes the
+    loop at once.
+
+    Deadlines: instead of a ``call_later`` timer (a handle, a closure, a heap entry) per
+    request, ``watch`` files the waiter in a dict and one sweep every ``SWEEP_S`` completes the
+    expired ones with None. Every object allocated per request counts towards CPython's cyclic
+    GC, whose full collections walk the whole store (cluster/DESIGN.md: with 256 asyncio callers
+    those collections took a third of the time).
+    """
+
+    SWEEP_S = 0.05
+
+    def __init__(self, loop: Any, defer: Callable[[LoopDelivery], bool] | None = None) -> None:
         self.loop = loop
-        self._ready: list[tuple[Any, Waiter]] = []
+        self._defer = defer
+        self._ready: list[Waiter] = []
         self._scheduled = False
         self._lock = threading.Lock()
+        self.callback = self.deliver          # one bound method for every waiter
+        self._watched: dict[int, Waiter] = {}  # seq -> waiter with a deadline (loop thread)
+        self._sweeping = False
 
-    def deliver(self, fut: Any, w: Waiter) -> None:
-        """Any thread: complete ``fut`` with ``w`` on the loop."""
+    def deliver(self, w: Waiter) -> None:
+        """Any thread: complete ``w.future`` with ``w`` on the loop."""
         with self._lock:
-            self._ready.append((fut, w))
+            self._ready.append(w)
             if self._scheduled:
                 return
             self._scheduled = True
-        self.loop.call_soon_threadsafe(self._drain)
+        if self._defer is not None and self._defer(self):
+            return  # the applier flushes it at the end of its slice
+        self.flush()
+
+    def flush(self) -> None:
+        """Wake the loop to complete everything delivered so far."""
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            with self._lock:
+                self._ready.clear()
+                self._scheduled = False
+
+    def watch(self, w: Waiter, deadline: float) -> None:
+        """Loop thread: complete ``w.future`` with None once the loop clock passes ``deadline``
+        (within ``SWEEP_S``) unless the waiter is delivered first."""
+        w.deadline = deadline
+        self._watched[w.seq] = w
+        if not self._sweeping:
+            self._sweeping = True
+            self.loop.call_later(self.SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        watched = self._watched
+        for w in [w for w in watched.values() if w.deadline <= now]:
+            del watched[w.seq]
+            fut = w.future
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if watched:
+            self.loop.call_later(self.SWEEP_S, self._sweep)
+        else:
+            self._sweeping = False
 
     def _drain(self) -> None:
         with self._lock:
             ready, self._ready = self._ready, []
             self._scheduled = False
-        for fut, w in ready:
-            if not fut.done():
+        watched = self._watched
+        for w in ready:
+            watched.pop(w.seq, None)
+            # Break the waiter <-> future reference cycle before the future holds the waiter:
+            # a cycle per request is garbage only the cyclic GC frees, and its full
+            # collections walk the whole store (with 256 asyncio callers they took a third
+            # of the time; cluster/DESIGN.md).
+            fut, w.future = w.future, None
+            if fut is not None and not fut.done():
                 fut.set_result(w)
 
 

@@ -50,8 +50,9 @@ def _names(kind: str, items: Iterable[Any], cls: type) -> tuple[dict[str, Any], 
 
 def _add_system(registry: dict[str, Any], builtins: dict[str, Any], kind: str) -> None:
     """The system namespace's built-ins (system.py), by full name only: no short-name clashes."""
-    for name in registry:
-        if name.startswith(system.PREFIX):
+    for name, item in registry.items():
+        # the built-in itself is fine: a definition made from another's transactions has them
+        if name.startswith(system.PREFIX) and builtins.get(name) is not item:
             raise UsageError(f"{kind} name {name!r}: the prefix {system.PREFIX!r} is reserved")
     registry.update(builtins)
 

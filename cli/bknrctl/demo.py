@@ -23,10 +23,11 @@ token_file: token
 raft_secret_file: raft.secret
 timing: {{election_timeout_ms: 200, heartbeat_ms: 20}}
 snapshot: {{threshold: 10000, trailing: 2000, keep: 3}}
+app: {{asgi: "examples.bank.web:app"}}    # the bank's web application, served by every node
 nodes:
-  - {{id: 1, name: n1, host: 127.0.0.1, raft_port: {r1}, api_port: {a1}, data_dir: data/n1}}
-  - {{id: 2, name: n2, host: 127.0.0.1, raft_port: {r2}, api_port: {a2}, data_dir: data/n2}}
-  - {{id: 3, name: n3, host: 127.0.0.1, raft_port: {r3}, api_port: {a3}, data_dir: data/n3}}
+  - {{id: 1, name: n1, host: 127.0.0.1, raft_port: {r1}, api_port: {a1}, app_port: {w1}, data_dir: data/n1}}
+  - {{id: 2, name: n2, host: 127.0.0.1, raft_port: {r2}, api_port: {a2}, app_port: {w2}, data_dir: data/n2}}
+  - {{id: 3, name: n3, host: 127.0.0.1, raft_port: {r3}, api_port: {a3}, app_port: {w3}, data_dir: data/n3}}
 """
 
 
@@ -34,12 +35,16 @@ def write_demo_config(directory: Path, base_port: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "cluster.yaml"
     path.write_text(DEMO_YAML.format(**{f"r{i}": base_port + i for i in (1, 2, 3)},
-                                     **{f"a{i}": base_port + 1000 + i for i in (1, 2, 3)}))
+                                     **{f"a{i}": base_port + 1000 + i for i in (1, 2, 3)},
+                                     **{f"w{i}": base_port + 2000 + i for i in (1, 2, 3)}))
     return path
 
 
 def _stop_previous(directory: Path) -> None:
     """A previous demo may still run (--keep): stop it before wiping its directory."""
+    from .appdemo import stop_haproxy
+
+    stop_haproxy(directory)
     path = directory / "cluster.yaml"
     if not path.exists():
         return
@@ -65,8 +70,14 @@ async def _load(cluster: Cluster, transfers: int) -> int:
         return len(c.acked)
 
 
+def stop_demo(directory: Path) -> None:
+    """``demo --stop``: stop a demo left running with --keep (nodes and HAProxy)."""
+    _stop_previous(directory.resolve())
+
+
 def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: int = 7100,
              quiet: bool = False) -> dict[str, Any]:
+    from .appdemo import end_user_drills, side_by_side, start_haproxy
     from .drillcmd import do_failback, drill_summary, drill_table, execute_drill
     from .lifecycle import ensure_token, start_nodes, status_json, status_table, stop_nodes, summary_line
 
@@ -86,6 +97,7 @@ def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: in
         c = controller(cluster.cfg, n)
         c.init()
     say("demo: initialised n1, n2, n3")
+    lb = None
     try:
         start_nodes(cluster, list(cluster.cfg.nodes), quiet=quiet)
         leader = cluster.wait_for_leader(timeout=30.0)
@@ -111,6 +123,9 @@ def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: in
             rep["planned_transfer_gap_ms"] = None
             rep["planned_transfer_error"] = str(exc)
             say(f"demo: planned switchover under load failed: {exc}")
+        lb = start_haproxy(cluster, directory, base_port)
+        say(f"demo: HAProxy in front of the bank web application at {lb.write_url}")
+        rep["end_user"] = end_user_drills(cluster, lb, quiet)
         state = cluster.probe()
         rep["failback"] = fb
         rep["status"] = status_json(cluster, state)
@@ -121,13 +136,20 @@ def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: in
             console.print(drill_summary(rep))
             console.print(f"planned switchover under load: write gap "
                           f"{rep['planned_transfer_gap_ms']} ms")
+            console.print(side_by_side(rep, rep["end_user"]))
             console.print(status_table(state, cluster.cfg))
             console.print(summary_line(state))
     finally:
         if not keep:
+            if lb is not None:
+                lb.stop()
             stop_nodes(cluster, list(cluster.cfg.nodes), quiet=True)
     rep["demo_seconds"] = round(time.monotonic() - t_start, 1)
     rep["kept_running"] = keep
-    say(f"demo: finished in {rep['demo_seconds']:.0f} s" + (
-        f"; cluster left running: bknrctl -c {path} status" if keep else "; cluster stopped"))
+    say(f"demo: finished in {rep['demo_seconds']:.0f} s" + ("" if keep else "; cluster stopped"))
+    if keep and lb is not None:
+        say(f"demo: the bank is running: open {lb.write_url}/ in a browser "
+            f"(reads from replicas: {lb.read_url}/accounts)")
+        say(f"demo: cluster: bknrctl -c {path} status; stop everything: "
+            f"bknrctl demo --stop --dir {directory}")
     return rep

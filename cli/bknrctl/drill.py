@@ -89,6 +89,22 @@ def transfer_with_retry(cluster: Cluster, leader: Any, to: int = 0, attempts: in
     raise last
 
 
+async def inject_fault(cluster: Cluster, ctl: Any, victim: Any, fault: str
+                       ) -> tuple[float, float, float]:
+    """Kill (SIGKILL), freeze (SIGSTOP) or hand over (planned switchover) ``victim``; returns
+    ``(started, done, fault_at)``: a kill/freeze happens when the signal is delivered, a
+    switchover starts with the call."""
+    start = time.monotonic()
+    if fault == "kill":
+        await asyncio.to_thread(ctl.signal, signal.SIGKILL)
+    elif fault == "stop":
+        await asyncio.to_thread(ctl.signal, signal.SIGSTOP)
+    else:  # planned switchover; libraft may abort one under load: retry like an operator
+        await asyncio.to_thread(transfer_with_retry, cluster, victim, 0)
+    done = time.monotonic()
+    return start, done, start if fault == "transfer" else done
+
+
 class Watcher:
     """One poller per node on /leader; records ``(t, node_id, is_leader, leader_id)``.
 
@@ -228,16 +244,8 @@ class Drill:
         try:
             await self._wait_acks(client, 20, time.monotonic() + o.warmup_s + 10.0)
             await asyncio.sleep(o.warmup_s)
-            fault_start = time.monotonic()
-            if o.fault == "kill":
-                await asyncio.to_thread(ctl.signal, signal.SIGKILL)
-            elif o.fault == "stop":
-                await asyncio.to_thread(ctl.signal, signal.SIGSTOP)
-            else:  # planned switchover; libraft may abort one under load: retry like an operator
-                await asyncio.to_thread(transfer_with_retry, self.cluster, victim, 0)
-            fault_at_done = time.monotonic()
-            # a kill/freeze happens when the signal is delivered; a switchover starts with the call
-            fault_at = fault_start if o.fault == "transfer" else fault_at_done
+            fault_start, fault_at_done, fault_at = await inject_fault(self.cluster, ctl, victim,
+                                                                      o.fault)
             # wait for the first ack after the fault, then keep writing for settle_s
             while time.monotonic() < round_deadline:
                 if any(s.ok and (s.start > fault_at_done if s.node == 0 else

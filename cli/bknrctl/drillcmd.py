@@ -134,6 +134,11 @@ def failover(ctx: typer.Context, config: ConfigOpt = None,
                  help="system: the store's system namespace (any application, records removed "
                       "after the drill); bank: the bank example's transactions.")] = DrillWorkload.system,
              yes: YesOpt = False,
+             app_users: Annotated[bool, typer.Option("--app", help="End-user drill: HTTP clients "
+                                                     "against the hosted application through a "
+                                                     "load balancer (HAProxy, or --via).")] = False,
+             clients: Annotated[int, typer.Option(min=1, max=1024, help="--app: concurrent "
+                                                  "clients.")] = 64,
              output: OutputOpt = OutputFormat.table) -> None:
     """Inject faults on the leader under a write workload; measure and verify (exit 1 on loss).
 
@@ -144,13 +149,20 @@ def failover(ctx: typer.Context, config: ConfigOpt = None,
         raise UsageError("only drills are supported: add --drill (planned switchover: bknrctl leader "
                          "transfer)")
     cluster = cluster_for(ctx, config)
-    opts = DrillOptions(rounds=rounds, fault=fault.value, target=node, writers=writers,
-                        leave_down=leave_down, via=via, workload=workload.value)
     if node != "leader":
         cluster.cfg.node(node)  # an unknown node is a usage error before anything is asked
     if fault is not Fault.transfer:
         confirm(f"Drill: {fault.value} the {node if node != 'leader' else 'leader'} of "
                 f"{cluster.cfg.group} {rounds} time(s)?", yes)
+    if app_users:
+        from .appdrill import AppDrillOptions, failover_app
+
+        opts_app = AppDrillOptions(rounds=rounds, fault=fault.value, clients=clients, via=via)
+        if not failover_app(cluster, opts_app, plot, output is OutputFormat.json):
+            raise typer.Exit(1)
+        return
+    opts = DrillOptions(rounds=rounds, fault=fault.value, target=node, writers=writers,
+                        leave_down=leave_down, via=via, workload=workload.value)
     rep, _ = execute_drill(cluster, opts, plot, quiet=output is OutputFormat.json)
     if output is OutputFormat.json:
         emit_json(rep)
@@ -212,18 +224,30 @@ def failback(ctx: typer.Context, config: ConfigOpt = None,
 
 @app.command()
 @guarded
-def demo(keep: Annotated[bool, typer.Option("--keep", help="Leave the cluster running.")] = False,
+def demo(keep: Annotated[bool, typer.Option("--keep", help="Leave the cluster and HAProxy running.")]
+         = False,
+         stop: Annotated[bool, typer.Option("--stop", help="Stop a demo left running with --keep.")]
+         = False,
          directory: Annotated[Path, typer.Option("--dir", help="Where the demo cluster lives.")]
          = Path("demo-cluster"),
          rounds: Annotated[int, typer.Option(min=1, max=20)] = 5,
-         base_port: Annotated[int, typer.Option(help="Raft ports base+1.., API ports base+1001..")] = 7100,
+         base_port: Annotated[int, typer.Option(
+             help="Raft ports base+1.., API ports base+1001.., application ports base+2001.., "
+                  "HAProxy base+980 (writes) and base+981 (reads)")] = 7100,
          output: OutputOpt = OutputFormat.table) -> None:
-    """A local 3-node bank cluster: init, start, load, drill, failback, status, stop."""
-    from .demo import run_demo
+    """A local 3-node bank cluster with its web app behind HAProxy: init, start, load, drills
+    (admin API and end users), failback, status, stop."""
+    from .demo import run_demo, stop_demo
 
+    if stop:
+        stop_demo(directory)
+        info(f"demo in {directory} stopped")
+        return
     rep = run_demo(directory, keep=keep, rounds=rounds, base_port=base_port,
                    quiet=output is OutputFormat.json)
     if output is OutputFormat.json:
         emit_json(rep)
-    if not drill_ok(rep):
+    from .appdemo import users_ok
+
+    if not drill_ok(rep) or not users_ok(rep["end_user"]):
         raise typer.Exit(1)

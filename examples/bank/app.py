@@ -67,6 +67,9 @@ def transfer(src_owner: str, dst_owner: str, amount: int, transfer_id: str) -> d
     """Move ``amount`` once per ``transfer_id``; raises ValueError on insufficient funds."""
     done = Transfer.by_transfer_id(transfer_id)
     if done is not None:
+        if (done.src.owner, done.dst.owner, done.amount) != (src_owner, dst_owner, amount):
+            # an idempotency key names one transfer: a different one under it is a client bug
+            raise ValueError(f"transfer id {transfer_id!r} was already used for another transfer")
         return {"transfer_id": transfer_id, "duplicate": True, "amount": done.amount}
     _check_amount(amount)
     if src_owner == dst_owner:

@@ -28,6 +28,19 @@ def node_pids(path: Path) -> dict[str, int]:
     return out
 
 
+def start_cluster(runner, path: Path) -> set[int]:
+    """``bknrctl init`` and ``start``, then wait for a leader; returns the pids bknrctl started
+    (the caller passes them, and any started later, to ``kill_started``)."""
+    from tests.support import wait_until
+
+    assert invoke(runner, path, "init").exit_code == 0
+    r = invoke(runner, path, "start")
+    pids = set(node_pids(path).values())
+    assert r.exit_code == 0, r.output
+    wait_until(lambda: invoke(runner, path, "status").exit_code == 0, 20, "a leader")
+    return pids
+
+
 def kill_started(path: Path, pids: set[int]) -> None:
     """Teardown: SIGKILL exactly the node pids this test saw bknrctl start."""
     for pid in pids:

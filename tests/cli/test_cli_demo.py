@@ -12,14 +12,14 @@ from tests.support import ROOT
 
 
 def _free_base() -> int:
-    """A base port whose demo ports (base+1..3, base+1001..1003) are all free right now."""
+    """A base port whose demo ports (raft, API, application, HAProxy) are all free right now."""
     import random
 
     for _ in range(200):
         base = random.randrange(20000, 50000)
         socks = []
         try:
-            for p in (1, 2, 3, 1001, 1002, 1003):
+            for p in (1, 2, 3, 1001, 1002, 1003, 2001, 2002, 2003, 980, 981):
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", base + p))
@@ -73,6 +73,13 @@ def test_demo_json(runner, tmp_path: Path) -> None:
     assert rep["failback"]["restarted"] == [rep["rounds"][-1]["victim"]]
     assert rep["status"]["summary"] == "healthy" and rep["kept_running"] is False
     assert (d / "drill.png").stat().st_size > 10_000
+    users = rep["end_user"]   # the customers' side, through HAProxy
+    for fault in ("kill", "transfer"):
+        for key in ("requests", "user_errors", "p99_ms", "max_ms", "longest_stall_ms", "lost_total"):
+            assert key in users[fault], (fault, key)
+        assert users[fault]["requests"] > 0 and users[fault]["lost_total"] == 0
+        assert users[fault]["digests_match"] and users[fault]["bank_total_ok"]
+    assert not (d / "haproxy" / "haproxy.pid").exists()
     # stopped at the end: no pid file left behind
     cfg = ClusterConfig.load(d / "cluster.yaml")
     assert not any(n.pid_file.exists() for n in cfg.nodes)

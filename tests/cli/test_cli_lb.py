@@ -14,20 +14,19 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import TOKEN, write_yaml
-from tests.cli.realcluster import invoke, kill_started, node_pids
-from tests.support import ROOT, free_ports, wait_until
+from tests.cli.realcluster import invoke, kill_started, node_pids, start_cluster
+from tests.support import free_ports, wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="needs nginx")
 
 
-def render_nginx(d: Path, front: int, nodes: list[tuple[str, str, int]]) -> Path:
-    main = (ROOT / "configs" / "nginx-leader.conf.template").read_text()
-    gate = (ROOT / "configs" / "nginx-gate.conf.template").read_text()
-    gates = "\n".join(f"        server 127.0.0.1:{port} max_fails=0;" for _, _, port in nodes)
-    servers = "\n".join(gate.format(name=n, api=api, gate_port=port) for n, api, port in nodes)
+def render_nginx(runner, path: Path, d: Path, front: int, gates: list[int]) -> Path:
+    """``bknrctl lb nginx``: the templates in configs/ filled in from the YAML."""
     conf = d / "nginx.conf"
-    conf.write_text(main.format(dir=d, front_port=front, gates=gates, gate_servers=servers))
+    r = invoke(runner, path, "lb", "nginx", "-o", str(conf), "--dir", str(d), "--port", str(front),
+               "--gate-ports", ",".join(map(str, gates)))
+    assert r.exit_code == 0, r.output
     return conf
 
 
@@ -53,14 +52,12 @@ def test_drill_through_nginx(runner, tmp_path: Path, procs) -> None:
     cfg = ClusterConfig.load(path)
     d = tmp_path / "nginx"
     d.mkdir()
-    conf = render_nginx(d, front, [(n.name, f"127.0.0.1:{n.api_port}", g)
-                                   for n, g in zip(cfg.nodes, gates, strict=True)])
+    conf = render_nginx(runner, path, d, front, gates)
+    assert all(f"proxy_pass http://127.0.0.1:{n.api_port}/leader;" in conf.read_text()
+               for n in cfg.nodes)
     seen: set[int] = set()
     try:
-        assert invoke(runner, path, "init").exit_code == 0
-        assert invoke(runner, path, "start").exit_code == 0
-        seen |= set(node_pids(path).values())
-        wait_until(lambda: invoke(runner, path, "status").exit_code == 0, 20, "a leader")
+        seen |= start_cluster(runner, path)
         lb = procs.start([NGINX, "-c", str(conf), "-p", str(d)], log=d / "nginx.out")
 
         def up() -> bool:

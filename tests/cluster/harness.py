@@ -37,7 +37,7 @@ class LocalCluster:
                  election_timeout_ms: int = 500, heartbeat_ms: int = 50,
                  snapshot_threshold: int = 10000, snapshot_trailing: int = 2000,
                  token: str = "test-token-0123456789", group: str = "test",
-                 raft_secret: bool = False) -> None:
+                 raft_secret: bool = False, app: dict | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.procs = procs
@@ -50,6 +50,8 @@ class LocalCluster:
             "snapshot": {"threshold": snapshot_threshold, "trailing": snapshot_trailing, "keep": 3},
             "nodes": [],
         }
+        if app is not None:  # the hosted web application (bknr_cluster/apphost.py)
+            self.data["app"] = app
         if raft_secret:  # authenticated raft transport (docs/security.md); needs mode 0600
             secret = self.root / "raft.secret"
             secret.write_text("0123456789abcdef" * 4 + "\n")
@@ -63,14 +65,16 @@ class LocalCluster:
     # --- configuration --------------------------------------------------------------------
 
     def _new_node_entry(self) -> dict:
-        used = {p for n in self.data["nodes"] for p in (n["raft_port"], n["api_port"])}
+        used = {n.get(k) for n in self.data["nodes"] for k in ("raft_port", "api_port", "app_port")}
         while True:
-            raft, api = free_ports(2)
-            if raft not in used and api not in used:
+            raft, api, app = free_ports(3)
+            if not {raft, api, app} & used:
                 break
         i = max((n["id"] for n in self.data["nodes"]), default=0) + 1
         entry = {"id": i, "name": f"n{i}", "host": "127.0.0.1", "raft_port": raft,
                  "api_port": api, "data_dir": f"data/n{i}"}
+        if "app" in self.data:
+            entry["app_port"] = app
         self.data["nodes"].append(entry)
         return entry
 
@@ -98,6 +102,9 @@ class LocalCluster:
 
     def api_url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.node(name)['api_port']}"
+
+    def app_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.node(name)['app_port']}"
 
     # --- processes ------------------------------------------------------------------------
 

@@ -1,0 +1,161 @@
+"""Hosting the team's web application inside ``bknr-node`` (the YAML's ``app`` section).
+
+The application is served by uvicorn **on the node's main asyncio loop**, the same loop as the
+aiohttp admin API (node.py ``_serve``); the store's applier, submitter and the Raft engine run
+on their own threads. ASGI handlers must therefore not block: they await
+``bknr_cluster.web.WebStore.execute`` (the applier completes an asyncio future) and read the
+in-memory store directly. A WSGI application (``app.wsgi``) runs through ``a2wsgi`` in a thread
+pool of ``app.threads`` workers, so its blocking handlers never hold the loop.
+
+Order of a stop (SIGTERM): the node hands leadership over first (node.py), then
+:meth:`AppServer.stop` closes the listening socket and waits up to ``app.drain_s`` for the
+requests in flight (uvicorn's graceful shutdown), then the admin API and the store stop. A
+request that reaches a node that just stopped leading is answered by the application's follower
+policy (forward, redirect or 503; web.py).
+
+The listening socket is bound by :func:`bind` before the store starts, so a port clash stops the
+node at once with a one-line error, as does an application that cannot be imported or is not
+an ASGI callable (:func:`load_app`, naming the YAML path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bknr_cluster.errors import ConfigError, Unreachable
+
+log = logging.getLogger("bknr.app")
+
+
+def _import(spec: str, where: str, base_dir: Path | None) -> Any:
+    module_name, _, attr = spec.partition(":")
+    for folder in (os.getcwd(), str(base_dir.resolve()) if base_dir else None):
+        if folder and folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module itself failing while it loads
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError([(where, f"cannot import {module_name!r}: {type(exc).__name__}: {first}")]
+                          ) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError([(where, f"module {module_name!r} has no attribute {attr!r}")]) from None
+
+
+def is_asgi(app: Any) -> bool:
+    """An ASGI 3 application: an ``async`` callable (function, or object with async __call__)."""
+    if inspect.isclass(app) or not callable(app):
+        return False
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__)
+
+
+def load_app(app_cfg: Any, base_dir: Path | None = None) -> Any:
+    """The ASGI callable the ``app`` section names (a WSGI app wrapped in ``a2wsgi``)."""
+    obj = _import(app_cfg.spec, app_cfg.path, base_dir)
+    if app_cfg.kind == "wsgi":
+        if not callable(obj) or is_asgi(obj):
+            raise ConfigError([(app_cfg.path, f"{app_cfg.spec!r} is not a WSGI application "
+                                "(for an ASGI one, use app.asgi)")])
+        from a2wsgi import WSGIMiddleware
+
+        return WSGIMiddleware(obj, workers=app_cfg.threads)
+    if not is_asgi(obj):
+        hint = " (a WSGI application? use app.wsgi)" if callable(obj) else ""
+        raise ConfigError([(app_cfg.path, f"{app_cfg.spec!r} is not an ASGI application: "
+                            f"expected an async callable (scope, receive, send){hint}")])
+    return obj
+
+
+def bind(host: str, port: int, where: str) -> socket.socket:
+    """The application's listening socket, bound now (a clash is reported before anything runs)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise Unreachable(f"{where}: cannot serve the application on {host}:{port}: "
+                          f"{exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class AppServer:
+    """uvicorn serving one ASGI application on the running loop, on a pre-bound socket."""
+
+    def __init__(self, app: Any, sock: socket.socket, *, drain_s: float = 10.0) -> None:
+        import uvicorn
+
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        # log_config=None: the node's logging stays as it is; no access log (a rejected request
+        # is the application's answer, not a log line). The keep-alive outlives the load
+        # balancer's (docs/load-balancing.md), so the proxy never reuses a connection the app
+        # is closing.
+        config = uvicorn.Config(app, lifespan="auto", log_config=None, access_log=False,
+                                timeout_keep_alive=75, timeout_graceful_shutdown=drain_s,
+                                server_header=False)
+        self.server = _node_server(config)
+        self.sock = sock
+        self._task: asyncio.Task | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Run the application's lifespan startup and start serving; raises when it fails."""
+        self._task = asyncio.create_task(self._serve())
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.server.started:
+            if self._task.done():
+                exc = self._task.exception()
+                raise ConfigError([("app", "the application failed to start (lifespan startup"
+                                    f"{': ' + str(exc) if exc else ''}; see node.log)")])
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConfigError([("app", f"the application did not start within {timeout:.0f} s")])
+            await asyncio.sleep(0.01)
+        log.info("application listening on %s", self.url)
+
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve(sockets=[self.sock])
+        except SystemExit:  # uvicorn exits the process when startup fails: not inside a node
+            raise RuntimeError("uvicorn gave up starting the application") from None
+
+    async def stop(self) -> None:
+        """Stop accepting, drain the requests in flight (``drain_s``), run lifespan shutdown."""
+        if self._task is None:
+            return
+        self.server.should_exit = True
+        try:
+            await self._task
+        except Exception:  # stopping must not fail because the application's shutdown did
+            log.exception("application shutdown failed")
+        self._task = None
+        self.sock.close()
+
+
+def _node_server(config: Any) -> Any:
+    """A ``uvicorn.Server`` without its signal handling: the node owns SIGTERM/SIGINT."""
+    import uvicorn
+
+    class NodeServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        def install_signal_handlers(self) -> None:
+            pass
+
+    return NodeServer(config)
