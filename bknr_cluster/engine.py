@@ -274,3 +274,15 @@ class RaftNode:
     def store_snapshot_done(self, index: int, data: bytes) -> None:
         """Hand back the store serialised at exactly ``index`` (answer to snapshot_request)."""
         self._node.store_snapshot_done(int(index), data)
+
+    def store_snapshot_file(self, index: int, path: str | os.PathLike) -> bool:
+        """Hand back the store serialised at exactly ``index`` as a file: the engine maps it
+        read-only (no copy, nothing read now; the caller may unlink it at once). Returns False
+        when the answer came too late (a restore superseded the request). ``EngineIOError`` if
+        the file cannot be opened or mapped."""
+        return bool(self._node.store_snapshot_file(int(index), os.fspath(path)))
+
+    def store_snapshot_failed(self, index: int) -> bool:
+        """The store snapshot asked for at ``index`` could not be made: the engine drops the
+        request (keeping its previous store snapshot) and asks again later."""
+        return bool(self._node.store_snapshot_failed(int(index)))

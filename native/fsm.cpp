@@ -3,7 +3,13 @@
 // libraft calls fsm->apply/snapshot/restore synchronously on the loop thread, so none of
 // these may wait for Python: apply copies the entry into the apply queue, snapshot returns
 // bytes Python already produced (store snapshot at M) plus the raw entries M+1..N.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 
@@ -15,7 +21,8 @@ namespace bknr {
 
 Chunk::~Chunk() {
     if (!base) return;
-    if (raft_owned) raft_free(base);
+    if (mapped) munmap(base, len);
+    else if (raft_owned) raft_free(base);
     else delete[] base;
 }
 
@@ -32,6 +39,37 @@ ChunkPtr chunk_adopt(void* raft_malloced, size_t n) {
     c->base = static_cast<char*>(raft_malloced);
     c->len = n;
     c->raft_owned = true;
+    return c;
+}
+
+ChunkPtr chunk_map_file(const char* path, std::string* err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        *err = std::string("cannot open ") + path + ": " + std::strerror(errno);
+        return nullptr;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        *err = std::string("cannot stat ") + path + ": " + std::strerror(errno);
+        close(fd);
+        return nullptr;
+    }
+    auto c = std::make_shared<Chunk>();
+    if (st.st_size == 0) {  // mmap refuses length 0: an empty chunk of our own
+        close(fd);
+        c->base = new char[1];
+        return c;
+    }
+    void* p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);  // the mapping keeps the file (even once unlinked)
+    if (p == MAP_FAILED) {
+        *err = std::string("cannot map ") + path + ": " + std::strerror(e);
+        return nullptr;
+    }
+    c->base = static_cast<char*>(p);
+    c->len = static_cast<size_t>(st.st_size);
+    c->mapped = true;
     return c;
 }
 
@@ -151,6 +189,21 @@ bool Node::store_snapshot_done(uint64_t index, ChunkPtr data) {
     }
     // A snapshot_now() waits for this: wake the loop now rather than at its next tick. Under
     // req_mu_ with accepting_, as post() does, so no send reaches a closed handle.
+    if (wake_on_store_.load()) {
+        std::lock_guard<std::mutex> g(req_mu_);
+        if (accepting_) uv_async_send(&async_);
+    }
+    return true;
+}
+
+bool Node::store_snapshot_failed(uint64_t index) {
+    {
+        std::lock_guard<std::mutex> g(snap_mu_);
+        if (pending_request_ == 0 || index != pending_request_) return false;
+        pending_request_ = 0;
+    }
+    // A snapshot_now() waiting for this asks again (advance_snapshots) rather than at its
+    // deadline; the periodic policy asks again after store_snapshot_every more entries.
     if (wake_on_store_.load()) {
         std::lock_guard<std::mutex> g(req_mu_);
         if (accepting_) uv_async_send(&async_);

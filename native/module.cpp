@@ -14,6 +14,10 @@
 #include "node.hpp"
 #include "signal.hpp"
 
+namespace bknr {
+bool use_huge_page_arenas();  // huge_arenas.cpp
+}
+
 namespace py = pybind11;
 using namespace bknr;
 
@@ -288,6 +292,10 @@ PYBIND11_MODULE(_raft, m) {
         while (std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }, py::arg("seconds"));
 
+    m.def("use_huge_page_arenas", &use_huge_page_arenas,
+          "Process-wide, once: Python's object arenas from huge-page regions (huge_arenas.cpp); "
+          "False if already installed.");
+
     register_signal(m);
 
     py::class_<FutureState, FuturePtr>(m, "Future")
@@ -464,7 +472,18 @@ PYBIND11_MODULE(_raft, m) {
             c->base = buf;
             c->len = len;
             return n.store_snapshot_done(index, c);
-        }, py::arg("index"), py::arg("data"));
+        }, py::arg("index"), py::arg("data"))
+        .def("store_snapshot_file", [](Node& n, uint64_t index, const std::string& path) {
+            // Mapped, not read: nothing of the file is touched here or on the loop thread
+            // (libraft's thread pool reads the pages when it writes a Raft snapshot).
+            std::string err;
+            ChunkPtr c = nogil([&] { return chunk_map_file(path.c_str(), &err); });
+            if (!c) raise_error("EngineIOError", py::make_tuple(py::str(err)));
+            return n.store_snapshot_done(index, c);
+        }, py::arg("index"), py::arg("path"))
+        .def("store_snapshot_failed", [](Node& n, uint64_t index) {
+            return n.store_snapshot_failed(index);
+        }, py::arg("index"));
 
     m.attr("R_BARRIER") = static_cast<int>(R_BARRIER);
     m.attr("R_ADD") = static_cast<int>(R_ADD);

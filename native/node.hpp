@@ -24,6 +24,7 @@ struct Chunk {
     char* base = nullptr;
     size_t len = 0;
     bool raft_owned = false;  // adopted from libraft (raft_free) vs. our own new[]
+    bool mapped = false;      // a read-only file mapping (munmap); see chunk_map_file
     Chunk() = default;
     Chunk(const Chunk&) = delete;
     Chunk& operator=(const Chunk&) = delete;
@@ -32,6 +33,9 @@ struct Chunk {
 using ChunkPtr = std::shared_ptr<Chunk>;
 ChunkPtr chunk_copy(const void* p, size_t n);
 ChunkPtr chunk_adopt(void* raft_malloced, size_t n);
+// A file's contents as a chunk, mapped read-only (no copy; pages come from the page cache as
+// libraft's thread pool writes them out). nullptr and `err` set on failure. Any thread.
+ChunkPtr chunk_map_file(const char* path, std::string* err);
 
 struct Slice {
     ChunkPtr chunk;
@@ -208,6 +212,10 @@ public:
     ApplyQueue& queue() { return applyq_; }
     // Python hands back the store snapshot for a ("snapshot_request", M) item.
     bool store_snapshot_done(uint64_t index, ChunkPtr data);
+    // Python could not produce the store snapshot for request `index` (its writer failed or
+    // was killed): the request is dropped, so a later one can be made. The previous store
+    // snapshot stays. False if `index` is not the outstanding request.
+    bool store_snapshot_failed(uint64_t index);
 
     const Options& options() const { return opts_; }
     uint64_t id() const { return id_; }

@@ -24,17 +24,21 @@ class AdminMixin:
     peers: dict[int, str]
     applied_index: int
     definition: Any
+    data_dir: Any
     node_id: int
     _apply_lock: Any
     _map_error: Any
 
     def backup(self) -> tuple[int, bytes]:
-        """A store snapshot of this replica with the index it is exactly at."""
+        """A store snapshot of this replica with the index it is exactly at. A forked child
+        writes it (snapshot_writer.py): applying pauses only for the fork."""
+        from bknr_cluster.cluster.snapshot_writer import fork_backup, read_backup
+
         with self._apply_lock:
-            buf = io.BytesIO()
+            index = self.applied_index
             # the system namespace (drill records) is the cluster's, not the application's
-            self.store.write_snapshot(buf, include_system=False)
-            return self.applied_index, buf.getvalue()
+            child = fork_backup(self.store, self.data_dir / "store-snapshot", include_system=False)
+        return index, read_backup(child)
 
     def restore_backup(self, snapshot: bytes, sha256_hex: str | None = None,
                        timeout: float = 120.0) -> int:
@@ -108,6 +112,12 @@ class AdminMixin:
 
     # --- status ---------------------------------------------------------------------------
 
+    def _snapshot_writer_status(self) -> dict[str, Any]:
+        w = getattr(self, "_snapshot_writer", None)
+        return {"store_snapshot_s": round(w.last_seconds, 3) if w else None,
+                "store_snapshot_fork_ms": round(w.last_fork_ms, 1) if w else None,
+                "store_snapshot_failures": w.failures if w else 0}
+
     def is_leader(self) -> bool:
         return self.engine.status().get("state") == "leader"
 
@@ -136,6 +146,8 @@ class AdminMixin:
             "applied_entries": self.applied_entries, "applied_records": self.applied_records,
             "failed_records": self.failed_records, "corrupt_entries": self.corrupt_entries,
             "restores": self.restores, "replayed_entries": self.replayed_entries,
+            # the forked store snapshot writer (snapshot_writer.py): last wall time, failures
+            **self._snapshot_writer_status(),
             # libraft 0.22.1 work-arounds at work (native/DESIGN.md §1)
             "commit_clamps": st.get("commit_clamps", 0),
             "mislabeled_snapshots": st.get("mislabeled_snapshots", 0),

@@ -38,6 +38,8 @@ class ApplierMixin:
     replayed_entries: int
     last_store_snapshot: int
     freeze_gc: bool
+    data_dir: Any
+    _snapshot_writer: Any = None  # StoreSnapshotWriter, made at the first snapshot_request
     _running: bool
     _apply_lock: Any
     _applied_cond: threading.Condition
@@ -55,10 +57,14 @@ class ApplierMixin:
         # stand-ins without ``wake`` get them posted at the end of the slice instead.
         committer = self.committer
         hand_off = committer.engine_wake = _takes_wake(eng)
+        if self.freeze_gc:
+            _use_huge_page_arenas()  # before any restore allocates the store's objects
         try:
             self._apply_slices(eng, committer, hand_off, TxContext)
         finally:
             _post(committer.take_handoff())  # stopping: nobody may be left asleep
+            if self._snapshot_writer is not None:
+                self._snapshot_writer.cancel()
 
     def _apply_slices(self, eng: Any, committer: Any, hand_off: bool, ctx_cls: Any) -> None:
         while self._running:
@@ -174,16 +180,20 @@ class ApplierMixin:
             w.resolve(index, error=error)
 
     def _store_snapshot(self, index: int) -> None:
-        buf = io.BytesIO()
-        t0 = time.monotonic()
-        self.store.write_snapshot(buf)
-        self.engine.store_snapshot_done(index, buf.getvalue())
-        self.last_store_snapshot = index
-        seconds = time.monotonic() - t0
-        log.info("store snapshot at %d: %d bytes in %.3f s", index, buf.tell(), seconds)
-        if self.on_store_snapshot is not None:  # metrics (api.py): a duration histogram
-            self.on_store_snapshot(seconds)
-        self._maybe_freeze_gc()
+        """Fork a writer of the state at ``index`` and go on applying (snapshot_writer.py)."""
+        writer = self._snapshot_writer
+        if writer is None:
+            from bknr_cluster.cluster.snapshot_writer import StoreSnapshotWriter
+
+            def done(at: int, seconds: float) -> None:
+                self.last_store_snapshot = at  # before the engine may answer snapshot_now
+                if self.on_store_snapshot is not None:  # metrics (api.py): a duration histogram
+                    self.on_store_snapshot(seconds)
+
+            writer = self._snapshot_writer = StoreSnapshotWriter(
+                self.engine, self.store, self.data_dir / "store-snapshot",
+                freeze_gc=self.freeze_gc, on_done=done)
+        writer.start(index)
 
     def _maybe_freeze_gc(self) -> None:
         if self.freeze_gc:
@@ -193,6 +203,8 @@ class ApplierMixin:
             log.info("gc: %d objects frozen in %.3f s", frozen, time.monotonic() - t0)
 
     def _restore(self, index: int, data: bytes) -> None:
+        if self._snapshot_writer is not None:
+            self._snapshot_writer.cancel()  # it writes a state this restore supersedes
         t0 = time.monotonic()
         self.store.load_snapshot(io.BytesIO(data))  # empty bytes: the empty store
         self.last_store_snapshot = index
@@ -207,6 +219,18 @@ class ApplierMixin:
         log.info("restored store snapshot at %d (%d bytes) in %.3f s (%s)", index, len(data),
                  time.monotonic() - t0, where)
         self._maybe_freeze_gc()
+
+
+def _use_huge_page_arenas() -> None:
+    """Python's object arenas on transparent huge pages (native/huge_arenas.cpp): the fork of a
+    store snapshot then copies one page-table entry per 2 MiB instead of per 4 KiB, which is
+    what keeps the GIL held by fork() short on a large store (store/DESIGN.md)."""
+    try:
+        from bknr_cluster import _raft
+    except ImportError:  # pragma: no cover - the engine is not built: a test stand-in
+        return
+    if _raft.use_huge_page_arenas():
+        log.info("python object arenas now come from huge-page regions")
 
 
 def _takes_wake(engine: Any) -> bool:

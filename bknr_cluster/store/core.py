@@ -393,8 +393,7 @@ class Store(ObjectState):
         """Standalone: write a snapshot, start a fresh log; returns the snapshot file path."""
         if self._durable is None:
             raise StoreError("snapshot() needs a standalone store (Store(path, ...))")
-        with self._lock:
-            return self._durable.snapshot()
+        return self._durable.snapshot()  # holds the lock only to fork: transactions go on
 
     def close(self) -> None:
         """Standalone: flush the log and release the directory. Later writes raise StoreError

@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import re
+import threading
 from typing import TYPE_CHECKING
 
 from bknr_cluster.errors import CorruptData, NonDeterminism, StoreError
@@ -43,6 +44,7 @@ class Durable:
         self.log: TxLog | None = None
         self._lock_fd = -1
         self.warnings: list[str] = []
+        self._snapshot_mu = threading.Lock()  # one snapshot at a time (its files, its pruning)
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -160,26 +162,36 @@ class Durable:
         txlog.wait_durable(n)
 
     def snapshot(self) -> str:
-        """Called with the store lock held."""
-        self.check_writable()
-        assert self.log is not None
-        self.log.flush()
-        seq = self.seq
-        final = self._file(f"snapshot-{seq:020d}.snap")
-        tmp = final + ".tmp"
-        with open(tmp, "wb", buffering=1 << 20) as f:
-            # blobs are already durable beside the store, so the local snapshot skips their bytes
-            self.store.write_snapshot(f, include_blobs=False)
-            f.flush()
-            if self.sync:
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(self.path)
-        if self.log.base != seq + 1:    # else the current log is empty and already starts there
-            old = self.log
-            self.log = TxLog(self._file(f"log-{seq + 1:020d}.log"), seq + 1, 0, self.sync, create=True)
-            old.close()
-        self._prune(seq)
+        """Write a snapshot without stopping transactions (store/snapshot_fork.py).
+
+        Under the store lock (milliseconds): flush the log, start ``log-<seq+1>`` so later
+        records go there, fork the writer of the state after record ``seq``. Then, with the
+        lock released, wait for the writer (``.tmp``, fsync'd by it), rename, fsync the
+        directory, prune. A writer that fails or is killed leaves the previous snapshot and
+        every log since it (``StoreError``); restart replays them across the new log."""
+        from bknr_cluster.store.snapshot_fork import fork_snapshot
+
+        with self._snapshot_mu:  # held throughout: pruning removes any other *.tmp
+            with self.store._lock:
+                self.check_writable()
+                assert self.log is not None
+                self.log.flush()
+                seq = self.seq
+                final = self._file(f"snapshot-{seq:020d}.snap")
+                if self.log.base != seq + 1:  # else the current log is empty and starts there
+                    old = self.log
+                    self.log = TxLog(self._file(f"log-{seq + 1:020d}.log"), seq + 1, 0,
+                                     self.sync, create=True)
+                    old.close()
+                # blobs are durable beside the store already: the local snapshot skips them
+                child = fork_snapshot(self.store, final + ".tmp", include_blobs=False,
+                                      fsync=self.sync)
+            result = child.wait()
+            os.replace(result.path, final)
+            fsync_dir(self.path)
+            with self.store._lock:
+                if self.log is not None:
+                    self._prune(seq)
         return final
 
     def close(self) -> None:

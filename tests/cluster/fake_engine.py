@@ -37,6 +37,7 @@ class FakeEngine:
         self.running = False
         self.log: list[bytes] = []
         self.store_snapshots: list[tuple[int, bytes]] = []
+        self.failed_snapshots: list[int] = []
         self.submit_error: Exception | None = None
         self.wake_calls = 0  # next_committed calls that posted wake-ups
 
@@ -89,6 +90,15 @@ class FakeEngine:
 
     def store_snapshot_done(self, index, data):
         self.store_snapshots.append((index, data))
+
+    def store_snapshot_file(self, index, path):
+        with open(path, "rb") as f:  # the native engine maps it; a copy does here
+            self.store_snapshots.append((index, f.read()))
+        return True
+
+    def store_snapshot_failed(self, index):
+        self.failed_snapshots.append(index)
+        return True
 
     def snapshot_now(self, store_wait=None):
         return FakeFuture(self.inject("snapshot_request", index=self.index))

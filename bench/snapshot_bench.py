@@ -1,0 +1,205 @@
+"""Snapshot benchmark: does a store snapshot pause the leader? (issue 19)
+
+    python bench/snapshot_bench.py [--quick] [--nodes N]
+
+A cluster of ``bknr-node`` processes on loopback (3 by default) is loaded with 1M accounts
+(``--quick``: 100k); one HTTP writer (``deposit``, one at a time) and a ``GET /health`` poller
+run against the leader for a baseline, then ``POST /snapshot`` makes the leader's applier take a
+store snapshot at the commit index (the periodic snapshot every ``snapshot.threshold / 2``
+entries does the same work on every node). The same is repeated on a fresh cluster with 5M
+accounts (``--quick``: 300k) for the ``_5m`` keys.
+
+Reported per size: the store snapshot's wall time (``store_snapshot_s`` in ``/status``: fork to
+file written and verified), the writer's max latency before and during the snapshot, the health
+poller's max during it, and the peak of (the leader's resident set + the pages its snapshot child
+copied) over the leader's resident set before (``rss_ratio_peak``: shared pages count once, so
+this is the memory the snapshot really costs). The leader's own page tables are never walked
+(``smaps``) while it may fork: that holds its mmap lock and stalls the fork. Prints a table,
+then one JSON line (the last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+for p in (str(ROOT), str(ROOT / "cli"), str(BENCH_DIR)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from cluster_bench import export_bench_path  # noqa: E402
+
+from bknr_cluster.cluster.client import ApiClient  # noqa: E402
+
+BASELINE_S = 2.0      # writer and poller alone before the snapshot
+AFTER_S = 0.5         # and after it
+MAX_OPS = 200_000     # bound on each load loop
+HEALTH_EVERY_S = 0.005
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set of a process in KiB, from counters (/proc/pid/statm: no page-table walk,
+    so reading it never holds the process's mmap lock, which fork() must take)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+
+
+def private_kib(pid: int) -> int:
+    """Memory only this process maps (pages it copied), in KiB. Walks *its* page tables: used
+    on the snapshot child only, never on the node (it would stall the node's fork)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(x) for x in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+class Loop(threading.Thread):
+    """Calls ``op()`` until stopped (bounded by MAX_OPS), recording (start, seconds) per call."""
+
+    def __init__(self, op: Any, every: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.op, self.every = op, every
+        self.samples: list[tuple[float, float]] = []
+        self.errors = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set() and len(self.samples) < MAX_OPS:
+            t0 = time.monotonic()
+            try:
+                self.op()
+            except Exception:
+                self.errors += 1
+            t1 = time.monotonic()
+            self.samples.append((t0, t1 - t0))
+            if self.every:
+                self.stop_event.wait(self.every)
+
+    def max_ms(self, start: float, end: float) -> float:
+        """Max latency of the calls that overlapped [start, end]."""
+        lat = [d for t, d in self.samples if t <= end and t + d >= start]
+        return round(max(lat) * 1000, 1) if lat else float("nan")
+
+
+class MemorySampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.02):
+            # node + the pages its child copied = the memory both use (shared pages once)
+            self.peak = max(self.peak, rss_kib(self.pid) + sum(map(private_kib, children(self.pid))))
+
+
+def run_size(objects: int, nodes: int) -> dict[str, Any]:
+    from tests.cluster.harness import LocalCluster
+    from tests.support import Processes, wait_until
+
+    procs = Processes()
+    try:
+        c = LocalCluster(Path(tempfile.mkdtemp(prefix="bknr-snapbench-")), procs, nodes,
+                         store="cluster_bench:definition", election_timeout_ms=2000,
+                         heartbeat_ms=100)
+        c.init()
+        c.start_all()
+        leader = c.wait_leader(timeout=30)
+        cl = c.client(leader, timeout=600)
+        chunk = 10_000
+        for start in range(0, objects, chunk):
+            cl.call("POST", "/tx/bulk_open", {"args": ["a", start, min(chunk, objects - start)]},
+                    timeout=600)
+        c.wait_converged(timeout=600)
+        pid = c.status(leader, digest=False)["pid"]
+        writer_client = c.client(leader, timeout=60)
+        health_client = ApiClient(c.api_url(leader), timeout=60)
+        writer = Loop(lambda: writer_client.tx("deposit", "a0", 1))
+        health = Loop(health_client.health, every=HEALTH_EVERY_S)
+        writer.start()
+        health.start()
+        wait_until(lambda: len(writer.samples) > 10, 60, "writer running")
+        t_base = time.monotonic()
+        threading.Event().wait(BASELINE_S)  # a measurement period, not synchronisation
+        rss_before = rss_kib(pid)
+        mem = MemorySampler(pid)
+        mem.start()
+        t0 = time.monotonic()
+        cl.call("POST", "/snapshot", {}, timeout=600)
+        # the applier went on at once; the writer child may still be finishing its file
+        wait_until(lambda: not children(pid), 120, "snapshot child gone")
+        t1 = time.monotonic()
+        threading.Event().wait(AFTER_S)
+        mem.stop_event.set()
+        writer.stop_event.set()
+        health.stop_event.set()
+        for t in (mem, writer, health):
+            t.join(30)
+        st = c.status(leader, digest=False)
+        return {"objects": objects, "snapshot_s": st["store_snapshot_s"],
+                "write_max_ms_before": writer.max_ms(t_base, t0),
+                "write_max_ms_during": writer.max_ms(t0, t1),
+                "health_max_ms_during": health.max_ms(t0, t1),
+                "rss_ratio_peak": round(max(mem.peak, rss_before) / rss_before, 2),
+                "writes_during": sum(1 for t, d in writer.samples if t0 <= t <= t1),
+                "write_errors": writer.errors + health.errors,
+                "post_snapshot_s": round(t1 - t0, 3),
+                "store_snapshot_failures": st["store_snapshot_failures"],
+                "fork_ms": st["store_snapshot_fork_ms"]}
+    finally:
+        procs.stop_all()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="100k and 300k objects")
+    ap.add_argument("--nodes", type=int, default=3)
+    args = ap.parse_args()
+    export_bench_path()
+    small, large = (100_000, 300_000) if args.quick else (1_000_000, 5_000_000)
+    rows = [run_size(small, args.nodes), run_size(large, args.nodes)]
+    cols = ["objects", "snapshot_s", "post_snapshot_s", "write_max_ms_before",
+            "write_max_ms_during", "health_max_ms_during", "rss_ratio_peak", "writes_during",
+            "write_errors", "store_snapshot_failures", "fork_ms"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(str(r[k]) for k in cols))
+    keys = ["objects", "snapshot_s", "write_max_ms_before", "write_max_ms_during",
+            "health_max_ms_during", "rss_ratio_peak"]
+    out: dict[str, Any] = {"bench": "snapshot", "quick": args.quick}
+    out.update({k: rows[0][k] for k in keys})
+    out.update({f"{k}_5m": rows[1][k] for k in keys})
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Store snapshots written by a forked child from a copy-on-write image of the process.
+
+``fork_snapshot(store, path)`` forks: the child sees the store exactly as it was at the fork,
+serialises it (``snapshot.write``) straight into ``path`` while hashing what it writes, reports
+``<bytes> <sha256>`` through a pipe and leaves with ``os._exit``. The parent is back at work as
+soon as ``fork()`` returns (a few ms: the kernel copies page tables, not pages); pages are
+copied only when one side writes to them. Why this design and what it costs: DESIGN.md,
+"Snapshots without a pause".
+
+The child is a copy of a multi-threaded process with only the forking thread left, so it must
+not wait for anything another thread may have held at the fork. It therefore touches nothing
+but the store's objects, msgpack, zlib, a hash object created before the fork and its own file:
+no store lock (taken by the parent around the fork, so no transaction is half-applied and the
+child's copy is held by the forking thread itself), no logging, no engine (its loop thread and
+locks do not exist in the child), no atexit handlers or finalisers (``os._exit``), and Python
+signal handlers reset (a node's SIGTERM handler would otherwise stop the "node" in the child).
+It dies with the thread that forked it (``PR_SET_PDEATHSIG``), so it never outlives its node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import gc
+import hashlib
+import os
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bknr_cluster.errors import StoreError
+
+if TYPE_CHECKING:
+    from bknr_cluster.store.core import Store
+
+_PR_SET_PDEATHSIG = 1
+_WRITE_BUFFER = 1 << 20
+try:  # loaded now: the child must not import or dlopen anything
+    _libc: Any = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux/glibc
+    _libc = None
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    """A finished snapshot file: its path, size and SHA-256 (hex), and the child's wall time."""
+    path: str
+    size: int
+    sha256: str
+    seconds: float
+
+
+class _HashingWriter:
+    """A write-only binary stream that buffers, hashes and writes to a raw file descriptor."""
+
+    def __init__(self, fd: int, hasher: Any) -> None:
+        self.fd = fd
+        self.hasher = hasher
+        self.size = 0
+        self._parts: list[bytes] = []
+        self._pending = 0
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(data)
+        self._pending += len(data)
+        if self._pending >= _WRITE_BUFFER:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        block = b"".join(self._parts)
+        self._parts.clear()
+        self._pending = 0
+        self.hasher.update(block)
+        view = memoryview(block)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.size += len(block)
+
+
+class SnapshotChild:
+    """The parent's handle on one forked snapshot writer."""
+
+    def __init__(self, pid: int, report_fd: int, path: str) -> None:
+        self.pid = pid
+        self.path = path
+        self.started = time.monotonic()
+        self._report_fd = report_fd
+        self._mu = threading.Lock()
+        self._status: int | None = None
+        try:  # signals through a pidfd cannot reach a recycled pid
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # pragma: no cover - kernels before 5.3
+            self._pidfd = -1
+
+    def exited(self, timeout: float) -> bool:
+        """Whether the child has exited within ``timeout`` seconds (it is not reaped here)."""
+        fd = self._pidfd
+        if fd < 0:  # pragma: no cover - no pidfd: assume it will, wait() blocks
+            return True
+        return bool(select.select([fd], [], [], timeout)[0])
+
+    def wait(self) -> SnapshotFile:
+        """Block (GIL released) until the child exits; its file, or ``StoreError`` saying why
+        not (it failed, or was killed: then the file is removed)."""
+        _, status = os.waitpid(self.pid, 0)
+        with self._mu:
+            self._status = status
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1
+        seconds = time.monotonic() - self.started
+        report = _read_report(self._report_fd)
+        os.close(self._report_fd)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and report.startswith("ok "):
+            _, size, sha = report.split()
+            return SnapshotFile(self.path, int(size), sha, seconds)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        if os.WIFSIGNALED(status):
+            why = f"killed by signal {os.WTERMSIG(status)}"
+        else:
+            why = report.strip() or f"exit status {os.WEXITSTATUS(status)}"
+        raise StoreError(f"snapshot writer {self.pid} for {self.path} failed: {why}")
+
+    def kill(self) -> None:
+        """SIGKILL the child unless it has already been reaped (``wait`` still reaps it)."""
+        with self._mu:
+            if self._status is not None:
+                return
+            with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped by wait()
+                if self._pidfd >= 0:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                else:  # pragma: no cover
+                    os.kill(self.pid, signal.SIGKILL)
+
+
+def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
+                  include_system: bool = True, fsync: bool = False) -> SnapshotChild:
+    """Fork a child that writes ``store``'s snapshot, as it is now, to ``path`` (created or
+    truncated); returns at once. The caller must make sure no transaction is applying (the
+    store lock is taken around the fork for that). ``fsync``: the child syncs the file before
+    reporting success (standalone snapshots; the Raft engine persists its own copy)."""
+    from bknr_cluster.store import snapshot
+
+    hasher = hashlib.sha256()  # made here: the child must not look up digests (library locks)
+    read_fd, write_fd = os.pipe()
+    with store._lock:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            write = functools.partial(snapshot.write, include_blobs=include_blobs,
+                                      include_system=include_system)
+            _child(store, write, path, fsync, hasher, write_fd, parent)
+    os.close(write_fd)
+    return SnapshotChild(pid, read_fd, path)
+
+
+def _child(store: Store, write: Any, path: str, fsync: bool, hasher: Any, report_fd: int,
+           parent: int) -> None:
+    code = 1
+    try:
+        _detach(parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        out = _HashingWriter(fd, hasher)
+        write(store, out)
+        out.flush()
+        if fsync:
+            os.fsync(fd)
+        os.close(fd)
+        _write_all(report_fd, f"ok {out.size} {hasher.hexdigest()}\n".encode())
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - anything: report it, never unwind further
+        with contextlib.suppress(BaseException):
+            _write_all(report_fd, f"{type(exc).__name__}: {exc}"[:2000].encode())
+    finally:
+        os._exit(code)
+
+
+def _detach(parent: int) -> None:
+    """Make the child a leaf: no cyclic GC (it would write to every object's header, copying
+    the whole heap), default signal dispositions, death with the thread that forked it, a
+    lower CPU priority than the node it serves."""
+    gc.disable()
+    for sig in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died between fork() and prctl(): nobody waits
+        os._exit(1)
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the node's own threads (applier, API, app) go first on a busy host
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_report(fd: int) -> str:
+    parts = []
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        parts.append(chunk)
+    return b"".join(parts).decode(errors="replace")
+
+
+def verify_file(result: SnapshotFile) -> None:
+    """Re-hash the file the child wrote (GIL released while hashing) against its report:
+    ``StoreError`` if it is not the file the child vouched for."""
+    with open(result.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != result.size:
+            raise StoreError(f"{result.path}: {size} bytes, the writer reported {result.size}")
+        h = hashlib.sha256()
+        if size:
+            import mmap
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                h.update(m)
+    if h.hexdigest() != result.sha256:
+        raise StoreError(f"{result.path}: SHA-256 differs from the writer's report")
