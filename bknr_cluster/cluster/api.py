@@ -58,6 +58,7 @@ class Api:
         r.add_post("/tx/{name}", self.tx)
         r.add_post("/query/{name}", self.query)
         r.add_post("/snapshot", self.snapshot)
+        r.add_post("/checkpoint", self.checkpoint)
         r.add_get("/backup", self.backup)
         r.add_post("/restore", self.restore)
         r.add_post("/peers", self.add_peer)
@@ -137,6 +138,13 @@ class Api:
     # --- read-only ------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        halted = self.cs.halted
+        if halted is not None:  # serving, but its state lacks committed transactions
+            return web.json_response(
+                {"ok": False, "node_id": self.cs.node_id, "name": self.cs.name, "halted": halted,
+                 "type": "ReplicaHalted",
+                 "error": f"replica halted at entry {halted['index']}: {halted['reason']}"},
+                status=503)
         return web.json_response({"ok": True, "node_id": self.cs.node_id, "name": self.cs.name})
 
     async def status(self, request: web.Request) -> web.Response:
@@ -147,8 +155,12 @@ class Api:
     async def leader(self, request: web.Request) -> web.Response:
         st = await self._run(self.cs.engine.status)
         leader_id = int(st.get("leader_id") or 0)
-        body = {"leader": st.get("state") == "leader", "leader_id": leader_id,
-                "leader_api": self.cs.api_url(leader_id), "node_id": self.cs.node_id}
+        # a halted leader is handing leadership over and refuses writes: not a write target
+        body = {"leader": st.get("state") == "leader" and self.cs.halted is None,
+                "leader_id": leader_id, "leader_api": self.cs.api_url(leader_id),
+                "node_id": self.cs.node_id}
+        if self.cs.halted is not None:
+            body["halted"] = True
         return web.json_response(body, status=200 if body["leader"] else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -164,6 +176,14 @@ class Api:
 
         metric("bknr_up", "gauge", "1 while the node process serves its API", [("", 1)])
         metric("bknr_is_leader", "gauge", "1 on the Raft leader", [("", int(st["role"] == "leader"))])
+        metric("bknr_halted", "gauge", "1 while this replica has stopped applying (it met a "
+               "committed entry it cannot apply as the others did, or diverged at a checkpoint)",
+               [("", int(st.get("halted") is not None))])
+        metric("bknr_last_checkpoint_index", "gauge", "index of the last consistency checkpoint "
+               "applied here", [("", st.get("last_checkpoint"))])
+        refused = st.get("definitions", {}).get("refused_transactions") or []
+        metric("bknr_refused_transactions", "gauge", "transactions of this node's definition that "
+               "some voter does not know (refused with NotCapable)", [("", len(refused))])
         for key, help_ in (("term", "current Raft term"), ("commit_index", "commit index"),
                            ("applied_index", "last index applied to the store"),
                            ("last_log_index", "last log index"),
@@ -241,6 +261,21 @@ class Api:
     async def snapshot(self, request: web.Request) -> web.Response:
         await self._body(request)
         return web.json_response({"index": await self._run(self.cs.snapshot_now)})
+
+    async def checkpoint(self, request: web.Request) -> web.Response:
+        """A consistency checkpoint now (leader only): every replica's digest at one index,
+        compared by the majority rule. ``{"full": true}`` also walks each store in full."""
+        body = await self._body(request)
+        full = bool(body.get("full", False))
+        wait = body.get("wait", 10)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 300:
+            raise BadRequest("'wait' must be a number of seconds in [0, 300]")
+        st = await self._run(self.cs.engine.status)
+        if st.get("state") != "leader":
+            raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
+                                               st.get("leader_address") or ""))
+        return web.json_response(await self._run(
+            lambda: self.cs.checkpoint_now(full=full, wait_verdict=float(wait))))
 
     async def add_peer(self, request: web.Request) -> web.Response:
         body = await self._body(request)

@@ -26,6 +26,8 @@ ROLES = ("voter", "standby", "spare")
 DEFAULT_TIMING = {"election_timeout_ms": 1000, "heartbeat_ms": 100}
 DEFAULT_SNAPSHOT = {"threshold": 10000, "trailing": 2000, "keep": 3}
 DEFAULT_BATCH = {"max_count": 512, "max_bytes": 1 << 20}
+# consistency checkpoints through the log every N applied entries (0: only on demand)
+DEFAULT_CHECKPOINT = {"every": 10000}
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, ...]
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     raft_secret_file: Path | None = None
+    checkpoint_every: int = DEFAULT_CHECKPOINT["every"]
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterConfig:
@@ -126,6 +129,7 @@ class ClusterConfig:
         timing = {**DEFAULT_TIMING, **(data.get("timing") or {})}
         snap = {**DEFAULT_SNAPSHOT, **(data.get("snapshot") or {})}
         batch = {**DEFAULT_BATCH, **(data.get("batch") or {})}
+        checkpoint = {**DEFAULT_CHECKPOINT, **(data.get("checkpoint") or {})}
         token = data.get("token_file")
         return cls(
             path=path,
@@ -143,6 +147,7 @@ class ClusterConfig:
             raw=data,
             raft_secret_file=_resolve(base_dir, data["raft_secret_file"])
             if data.get("raft_secret_file") else None,
+            checkpoint_every=int(checkpoint["every"]),
         )
 
     @property
@@ -252,7 +257,7 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     if not isinstance(data, dict):
         return [("", "the configuration must be a mapping with 'group', 'store' and 'nodes'")]
     known = {"group", "store", "token_file", "raft_secret_file", "timing", "snapshot", "batch", "nodes",
-             "python_cpu"}
+             "python_cpu", "checkpoint"}
     for key in sorted(set(data) - known):
         out.append((str(key), "unknown key"))
 
@@ -287,6 +292,7 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
         "threshold": (2, 10**9), "trailing": (0, 10**9), "keep": (1, 1000)})
     out += _validate_section(data.get("batch"), "batch", {
         "max_count": (1, 65536), "max_bytes": (1024, 1 << 30)})
+    out += _validate_section(data.get("checkpoint"), "checkpoint", {"every": (0, 10**9)})
 
     nodes = data.get("nodes")
     if nodes is None:

@@ -48,6 +48,17 @@ class NodeState:
             return "unreachable"
         return str(self.status.get("role") or self.status.get("state") or "?")
 
+    @property
+    def halted(self) -> dict | None:
+        """``{index, reason, ...}`` when this replica stopped applying, else None."""
+        h = (self.status or {}).get("halted")
+        return h if isinstance(h, dict) else None
+
+    @property
+    def definition(self) -> dict:
+        d = (self.status or {}).get("definition")
+        return d if isinstance(d, dict) else {}
+
 
 @dataclass
 class ClusterState:
@@ -85,7 +96,15 @@ class ClusterState:
         a, b = self.leader.status, s.status or {}
         if a.get("applied_index") != b.get("applied_index"):
             return None
+        sa, sb = (a.get("definition") or {}).get("schema"), (b.get("definition") or {}).get("schema")
+        if sa and sb and sa != sb:
+            return None  # different schemas (mid-upgrade): digests differ by construction
         return a.get("digest") == b.get("digest")
+
+    def halted(self) -> list[NodeState]:
+        """Members that stopped applying (they never lead; they need an upgrade + restart)."""
+        roles = self.member_roles()
+        return [s for s in self.nodes if s.halted and (not roles or s.node.id in roles)]
 
     def summary(self) -> str:
         if not self.leader:
@@ -93,7 +112,7 @@ class ClusterState:
         roles = self.member_roles()
         # nodes listed in the YAML but not (yet) members do not make a cluster degraded
         members = [s for s in self.nodes if not roles or s.node.id in roles]
-        if all(s.reachable and self.digest_match(s) is not False for s in members):
+        if all(s.reachable and not s.halted and self.digest_match(s) is not False for s in members):
             return "healthy"
         return "degraded"
 
@@ -219,5 +238,8 @@ def status_rows(state: ClusterState, cfg: ClusterConfig | None = None) -> list[d
             "digest_match": state.digest_match(s),
             "reachable": s.reachable,
             "error": s.error,
+            "halted": s.halted,
+            "version": s.definition.get("version") if s.reachable else None,
+            "fingerprint": s.definition.get("fingerprint") if s.reachable else None,
         })
     return rows
