@@ -13,7 +13,10 @@ Measures, in one run:
     journal) in the same run, and the ratio bknr(256) / PySyncObj;
   * full mode only: on a separate 3-node cluster loaded with 1M objects, the time for a new 4th
     node to catch up by install-snapshot of the serialised store (``catchup_s_1m``; null with
-    ``--quick``).
+    ``--quick``), and before that the cost of ``GET /status`` (with the digest) on that 1M-object
+    leader under a write load: median latency (``status_ms_1m``, target <= 5 ms) and the longest
+    write stall it adds (``status_write_stall_ms_1m``: the slowest write while /status is polled
+    minus the baseline p99, target <= 10 ms). ``--status-1m`` runs only this 1M measurement.
 Prints a table, then one JSON line (the last line).
 """
 
@@ -267,7 +270,16 @@ def main() -> int:
     ap.add_argument("--raft-secret", action="store_true",
                     help="authenticated raft transport (raft_secret_file), as production configs use")
     ap.add_argument("--pysyncobj-node", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--status-1m", action="store_true",
+                    help="only the /status cost on a 1M-object leader under writes")
     args = ap.parse_args()
+    if args.status_1m:
+        res = catchup(join=False)
+        print(f"/status on a 1M-object leader under writes: median {res['status_ms_1m']} ms, "
+              f"max {res['status_ms_1m_max']} ms; write stall added "
+              f"{res['status_write_stall_ms_1m']} ms")
+        print(json.dumps({"bench": "cluster-status-1m", **res}))
+        return 0
     if args.pysyncobj_node:
         me, partners, secs, window, flag = args.pysyncobj_node
         pysyncobj_node(me, [p for p in partners.split(",") if p], float(secs), int(window), flag)
@@ -408,6 +420,7 @@ def main() -> int:
             cs.stop()
         procs.stop_all()
     out["catchup_s_1m"] = None
+    out["status_ms_1m"] = out["status_write_stall_ms_1m"] = None
     if not args.quick:  # on its own cluster, after the throughput one is gone
         out.update(catchup())
     out["wall_s"] = round(time.monotonic() - t_start, 1)
@@ -425,11 +438,64 @@ def main() -> int:
     print(f"catch-up of a new node, 1M objects    = {out['catchup_s_1m']} s"
           + (f" (store snapshot at {out['catchup_store_snapshot_index']} of "
              f"{out['catchup_target_index']} installed)" if out["catchup_s_1m"] else ""))
+    print(f"/status on 1M objects under writes   = {out['status_ms_1m']} ms median, "
+          f"write stall added {out['status_write_stall_ms_1m']} ms")
     print(json.dumps(out))
     return 0
 
 
-def catchup(objects: int = 1_000_000) -> dict[str, Any]:
+def status_under_writes(c: Any, leader: str, baseline_s: float = 4.0, status_s: float = 8.0,
+                        period: float = 0.5) -> dict[str, Any]:
+    """``GET /status`` (with the digest) on the leader while one client writes continuously.
+
+    One writer thread sends ``deposit`` transactions back to back over HTTP. For ``baseline_s``
+    nothing else happens (its p99 is the baseline); then ``/status`` is called every
+    ``period`` seconds (``bknrctl status --watch`` calls it once a second per node) for
+    ``status_s``. Reports the median and worst ``/status`` latency and the worst write latency
+    while polling minus the baseline p99: what a status poll adds to a write (a digest computed
+    under the apply lock stalls the applier for a whole-store walk; an O(1) one does not)."""
+    import threading as th
+
+    stop = th.Event()
+    samples: list[tuple[float, float]] = []  # (start, latency ms)
+
+    def writer() -> None:
+        cl = c.client(leader, timeout=30)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            cl.call("POST", "/tx/deposit", {"args": ["bulk0", 1]}, timeout=30)
+            samples.append((t0, (time.monotonic() - t0) * 1000))
+
+    t = th.Thread(target=writer, daemon=True)
+    t.start()
+    time.sleep(0.5)  # warm up
+    base_start = time.monotonic()
+    time.sleep(baseline_s)
+    status_start = time.monotonic()
+    lat: list[float] = []
+    st_client = c.client(leader, timeout=60)
+    while time.monotonic() - status_start < status_s:
+        t0 = time.monotonic()
+        st_client.call("GET", "/status", timeout=60)
+        lat.append((time.monotonic() - t0) * 1000)
+        time.sleep(max(0.0, period - (time.monotonic() - t0)))
+    status_end = time.monotonic()
+    stop.set()
+    t.join(60)
+    base = sorted(ms for s0, ms in samples if base_start <= s0 < status_start)
+    during = [ms for s0, ms in samples if status_start <= s0 < status_end]
+    p99 = percentile(base, 0.99) if base else 0.0
+    worst = max(during, default=0.0)
+    lat.sort()
+    return {"status_ms_1m": round(percentile(lat, 0.5), 2), "status_ms_1m_max": round(lat[-1], 2),
+            "status_calls_1m": len(lat),
+            "status_write_stall_ms_1m": round(max(0.0, worst - p99), 2),
+            "status_write_p99_ms_baseline": round(p99, 2),
+            "status_write_max_ms_polled": round(worst, 2),
+            "status_writes_1m": len(during)}
+
+
+def catchup(objects: int = 1_000_000, join: bool = True) -> dict[str, Any]:
     """A fresh 3-node cluster loads ``objects`` accounts; a 4th node then catches up.
 
     The cluster keeps the default snapshot policy (``LocalCluster``'s threshold and trailing, a
@@ -456,6 +522,9 @@ def catchup(objects: int = 1_000_000) -> dict[str, Any]:
         for start in range(0, objects, chunk):
             cl.call("POST", "/tx/bulk_open", {"args": ["bulk", start, chunk]}, timeout=300)
         c.wait_converged(timeout=300)
+        measured = status_under_writes(c, leader)
+        if not join:
+            return measured
         # "snapshot now": a Raft snapshot on top of a store snapshot at the commit index
         cl.call("POST", "/snapshot", {}, timeout=300)
         st = c.status(leader, digest=False)
@@ -476,7 +545,7 @@ def catchup(objects: int = 1_000_000) -> dict[str, Any]:
         return {"catchup_s_1m": round(took, 2), "catchup_store_snapshot_index":
                 new["store_snapshot_index"], "catchup_target_index": target,
                 "catchup_restores": new["restores"],
-                "catchup_replayed_entries": new["applied_entries"]}
+                "catchup_replayed_entries": new["applied_entries"], **measured}
     finally:
         procs.stop_all()
 

@@ -271,6 +271,17 @@ class RaftNode:
             raise Shutdown("engine stopped; apply queue drained")
         return items
 
+    def set_halted(self, on: bool = True) -> None:
+        """Mark this replica halted (its applier stopped, cluster/DESIGN.md): while set, the
+        node never starts an election, grants no (pre-)vote and ignores TimeoutNow, so it can
+        never become leader; it still stores the log. An atomic flag read by the loop thread
+        (native/halt_rule.cpp); takes effect at once, also before ``start()``."""
+        self._node.set_halted(bool(on))
+
+    @property
+    def halted(self) -> bool:
+        return bool(self._node.halted())
+
     def store_snapshot_done(self, index: int, data: bytes) -> None:
         """Hand back the store serialised at exactly ``index`` (answer to snapshot_request)."""
         self._node.store_snapshot_done(int(index), data)

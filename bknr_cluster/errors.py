@@ -1,7 +1,8 @@
 """The single exception hierarchy of bknr_cluster.
 
 Every layer raises these; the CLI maps them to one-line messages and exit codes
-(``exit_code`` below: 1 operational, 2 usage/validation, 3 no leader/unhealthy).
+(``exit_code`` below: 1 operational, 2 usage/validation, 3 no leader/unhealthy, 4 degraded:
+a halted replica).
 """
 
 from __future__ import annotations
@@ -129,6 +130,28 @@ class MembershipError(EngineError, UsageError):
 
 class Timeout(BknrError):
     """A wait with a deadline expired; for a write the outcome is unknown."""
+
+
+class NotCapable(BknrError):
+    """Refused at submit time, nothing logged: some current voter runs a store definition that
+    does not know the transaction (a rolling upgrade not finished yet). ``nodes`` lists them
+    (``{"id", "name", "version", "fingerprint"}``); retry once they are upgraded. HTTP 409."""
+
+    http_status = 409
+
+    def __init__(self, message: str, nodes: list[dict] | None = None):
+        self.nodes = list(nodes or [])
+        super().__init__(message)
+
+
+class ReplicaHalted(EngineError):
+    """This replica stopped applying the log: it met a committed entry it cannot apply the way
+    the other replicas did (unknown transaction, undecodable record, unknown class in a
+    snapshot) or its state digest disagreed with the majority at a consistency checkpoint.
+    It refuses new writes (nothing logged); for a write already in flight the outcome is
+    unknown (the entry may commit and be applied by the others). HTTP 503."""
+
+    exit_code = 4
 
 
 class Unauthorized(BknrError):

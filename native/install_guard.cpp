@@ -1,6 +1,7 @@
 // Work-arounds for two libraft 0.22.1 bugs, both applied where messages and the on-disk state
 // enter libraft (we wrap raft_io.start and raft_io.load). Loop thread only. The same hooks carry
-// the vote rule and the pre-vote retry (vote_rule.cpp), on every message and every tick.
+// the vote rule and the pre-vote retry (vote_rule.cpp), on every message and every tick, and
+// the rules of a halted replica (halt_rule.cpp).
 //
 // 1. A crash (legacy.c, takeSnapshotCb):
 //
@@ -74,13 +75,21 @@ void Node::install_recv_hook() {
 }
 
 void Node::on_tick() {
-    redraw_election_timer();
-    retry_pre_vote();
+    if (halted()) {
+        halted_tick();  // halt_rule.cpp: never campaign
+    } else {
+        redraw_election_timer();
+        retry_pre_vote();
+    }
     legacy_tick_(&io_);
 }
 
 void Node::on_recv(struct raft_message* msg) {
-    apply_vote_rule(msg);
+    if (halted()) {
+        if (halted_recv(msg)) return;  // halt_rule.cpp: grant no vote, take no TimeoutNow
+    } else {
+        apply_vote_rule(msg);
+    }
     if (msg->type == RAFT_APPEND_ENTRIES && compat::kFollowerCommitCanRegress) {
         struct raft_append_entries* ae = &msg->append_entries;
         uint64_t commit = raft_.commit_index;

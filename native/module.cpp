@@ -138,6 +138,9 @@ py::dict status_dict(const StatusData& s) {
     d["commit_clamps"] = s.commit_clamps;
     d["mislabeled_snapshots"] = s.mislabeled_snapshots;
     d["snapshot_taking"] = s.snapshot_taking;
+    d["halted"] = s.halted;
+    d["halted_refused_votes"] = s.halted_refused_votes;
+    d["halted_dropped"] = s.halted_dropped;
     if (s.auth) {
         py::dict a;
         const char* names[] = {"accepted", "connected", "refused_in", "refused_out", "timeouts"};
@@ -483,7 +486,10 @@ PYBIND11_MODULE(_raft, m) {
         }, py::arg("index"), py::arg("path"))
         .def("store_snapshot_failed", [](Node& n, uint64_t index) {
             return n.store_snapshot_failed(index);
-        }, py::arg("index"));
+        }, py::arg("index"))
+        // An atomic flag the loop thread reads (halt_rule.cpp): no request, no GIL needed.
+        .def("set_halted", [](Node& n, bool on) { n.set_halted(on); }, py::arg("on"))
+        .def("halted", [](Node& n) { return n.halted(); });
 
     m.attr("R_BARRIER") = static_cast<int>(R_BARRIER);
     m.attr("R_ADD") = static_cast<int>(R_ADD);

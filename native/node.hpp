@@ -110,6 +110,8 @@ struct StatusData {
     uint64_t pre_vote_retries = 0;    // pre-vote rounds re-sent before the candidate timer
     uint64_t commit_clamps = 0;       // AppendEntries that would have lowered the commit index
     uint64_t mislabeled_snapshots = 0;  // snapshots whose contents ran past their Raft index
+    bool halted = false;                // RaftNode.set_halted (halt_rule.cpp)
+    uint64_t halted_refused_votes = 0, halted_dropped = 0;
     bool snapshot_taking = false;     // a local snapshot is being written
     std::string last_error;           // e.g. disk full: entries not persisted (status.cpp)
     bool auth = false;                // authenticated transport in use
@@ -239,6 +241,11 @@ public:
     void retry_pre_vote();                           // vote_rule.cpp
     bool candidate_behind(const struct raft_request_vote& v);
     void redraw_election_timer();                    // vote_rule.cpp
+    // halt_rule.cpp: a halted replica neither campaigns nor grants votes (set from Python).
+    void set_halted(bool on);
+    bool halted() const { return halted_.load(std::memory_order_relaxed); }
+    bool halted_recv(struct raft_message* msg);      // true: drop the message
+    void halted_tick();
     void deliver_deferred();
     void drop_deferred();
     void on_check();
@@ -299,6 +306,9 @@ private:
     raft_term timer_term_ = 0;      // the term our follower timer was last drawn for
     std::minstd_rand timer_rng_{std::random_device{}()};
     uint64_t commit_clamps_ = 0;         // install_guard.cpp (2)
+    std::atomic<bool> halted_{false};    // halt_rule.cpp; written by Python, read on the loop
+    uint64_t halted_refused_votes_ = 0;  // vote requests refused while halted
+    uint64_t halted_dropped_ = 0;        // vote results / TimeoutNow dropped while halted
     bool trace_commit_ = false;          // BKNR_TRACE_COMMIT: log each clamp on stderr
     uint64_t mislabeled_snapshots_ = 0;  // fsm.cpp: restores trimmed to their Raft index
     uint64_t stored_seen_ = 0, stored_progress_ms_ = 0, io_error_ms_ = 0;

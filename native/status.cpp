@@ -101,6 +101,9 @@ void Node::fill_status(StatusData& s) {
     s.pre_vote_retries = pre_vote_retries_;
     s.commit_clamps = commit_clamps_;
     s.mislabeled_snapshots = mislabeled_snapshots_;
+    s.halted = halted();
+    s.halted_refused_votes = halted_refused_votes_;
+    s.halted_dropped = halted_dropped_;
     s.snapshot_taking = compat::snapshot_taking(&raft_);
     if (!opts_.secret.empty()) {
         struct bknr_auth_stats a;

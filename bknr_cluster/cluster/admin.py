@@ -19,6 +19,15 @@ class AdminMixin:
 
     # provided by ClusterStore
     engine: Any
+    monitor: Any
+    capabilities: Any
+    checkpoints: Any
+    verdicts: Any
+    halted: Any
+    last_checkpoint: int
+    name: str
+    _refuse_halted: Any
+    node_name: Any
     committer: Any
     store: Any
     peers: dict[int, str]
@@ -34,6 +43,7 @@ class AdminMixin:
         writes it (snapshot_writer.py): applying pauses only for the fork."""
         from bknr_cluster.cluster.snapshot_writer import fork_backup, read_backup
 
+        self._refuse_halted()  # its state lacks committed transactions
         with self._apply_lock:
             index = self.applied_index
             # the system namespace (drill records) is the cluster's, not the application's
@@ -83,6 +93,49 @@ class AdminMixin:
         when the applier is slow (a long backlog, a huge store)."""
         return int(self.engine.snapshot_now(store_wait=timeout / 2).result(timeout) or 0)
 
+    # --- consistency checkpoints (DESIGN.md) ----------------------------------------------
+
+    def checkpoint_now(self, full: bool = False, timeout: float = 30.0,
+                       wait_verdict: float = 10.0) -> dict[str, Any]:
+        """Log a checkpoint entry now (leader only) and wait for the majority's verdict.
+
+        Every replica records its state digest at the entry's index C; with ``full`` each also
+        walks its whole store (``digest_full``) to check its incremental digest. Returns
+        ``{"index": C, "digest", "full", "verdict", "nodes": {name: {...}}}``; ``verdict`` is
+        None when no majority reported within ``wait_verdict`` seconds."""
+        from bknr_cluster.cluster.batch import encode_system
+        from bknr_cluster.errors import Timeout
+
+        self._refuse_halted()
+        w = self.committer.register()
+        entry = encode_system(self.node_id, self.committer.session, w.seq, "checkpoint",
+                              {"full": bool(full)})
+        try:
+            self.engine.submit(entry).result(timeout)
+        except Exception as exc:
+            self.committer.abandon(w)
+            raise self._map_error(exc) from None
+        if not self.committer.wait(w, timeout):
+            raise Timeout(f"checkpoint entry not applied within {timeout} s")
+        if w.error is not None:
+            raise w.error
+        c = w.index
+        deadline = time.monotonic() + wait_verdict
+        while c not in self.verdicts and time.monotonic() < deadline and self.halted is None:
+            self.monitor.poke()
+            threading.Event().wait(0.05)
+        return self.checkpoint_report(c)
+
+    def checkpoint_report(self, c: int) -> dict[str, Any]:
+        mine = self.checkpoints.get(c) or {}
+        nodes = {self.name: {"id": self.node_id, **mine}}
+        for node_id, p in sorted(self.monitor.peers.items()):
+            rec = (p.get("checkpoints") or {}).get(c)
+            nodes[self.node_name(node_id)] = {"id": node_id, **(rec or {}),
+                                              "halted": p.get("halted")}
+        return {"index": c, "digest": mine.get("digest"), "full": mine.get("full"),
+                "verdict": self.verdicts.get(c), "nodes": nodes}
+
     # --- membership -----------------------------------------------------------------------
 
     def add_peer(self, node_id: int, address: str, role: str = "voter", timeout: float = 30.0) -> None:
@@ -90,17 +143,28 @@ class AdminMixin:
         self.peers[int(node_id)] = address
         if role != "spare":
             self.engine.assign(int(node_id), role).result(timeout)
+        self.monitor.poke()  # the gate's voter set and the newcomer's definition
 
     def assign(self, node_id: int, role: str, timeout: float = 30.0) -> None:
         self.engine.assign(int(node_id), role).result(timeout)
+        self.monitor.poke()
 
     def remove_peer(self, node_id: int, timeout: float = 30.0) -> None:
         self.engine.remove(int(node_id)).result(timeout)
         # symmetric with add_peer: a removed member is no longer a peer of this replica
         self.peers.pop(int(node_id), None)
+        self.monitor.poke()
 
     def transfer(self, node_id: int = 0, timeout: float = 10.0) -> int:
-        """Hand leadership to ``node_id`` (0: best candidate); returns the new leader's id."""
+        """Hand leadership to ``node_id`` (0: best candidate); returns the new leader's id.
+        A halted replica is never a target (it would refuse to campaign anyway)."""
+        from bknr_cluster.errors import UsageError
+
+        halted = self.monitor.halted_peers()
+        if node_id and int(node_id) in halted:
+            raise UsageError(f"{self.node_name(int(node_id))} is halted: it cannot lead")
+        if not node_id and halted:
+            node_id = self.monitor.healthy_target(list(self.capabilities.voters))
         self.engine.transfer(int(node_id)).result(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -165,4 +229,17 @@ class AdminMixin:
             "election_timer_ms": st.get("election_timer_ms", 0),
             # the CPU this node's Python threads are pinned to (python_cpu), None when not
             "python_cpu": self.python_cpu,
+            # a replica that stopped applying (DESIGN.md "Halting a replica"), else None
+            "halted": self.halted,
+            "halted_refused_votes": st.get("halted_refused_votes", 0),
+            # this node's store definition, and every member's as published through the log
+            "definition": self.capabilities.own,
+            "definitions": self.capabilities.view(self.node_name),
+            # our digest at the recent consistency checkpoints, and the majority's verdicts
+            "last_checkpoint": self.last_checkpoint,
+            "checkpoints": {str(c): {"digest": r["digest"], "schema": r["schema"],
+                                     **({"full": r["full"]} if "full" in r else {})}
+                            for c, r in list(self.checkpoints.items())[-16:]},
+            "verdicts": {str(c): {"result": v["result"], "digest": v["digest"], "agree": v["agree"]}
+                         for c, v in list(self.verdicts.items())[-4:]},
         }

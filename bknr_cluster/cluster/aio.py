@@ -47,6 +47,7 @@ class AsyncCallerMixin:
         if LOCAL.tx is not None:  # the applier would wait for itself
             raise UsageError("execute() inside a transaction: call the transaction function directly")
         record = self.store.encode_transaction(tx, *args, **kwargs)
+        self.check_capable(tx)
         loop = asyncio.get_running_loop()
         delivery = self._deliveries.get(loop) or self._loop_delivery(loop)
         deadline = time.monotonic() + timeout

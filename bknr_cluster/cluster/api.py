@@ -32,11 +32,7 @@ PUBLIC = {("GET", "/health"), ("GET", "/leader"), ("GET", "/replica"), ("GET", "
 DEFAULT_REPLICA_LAG = 100
 
 
-def store_halted(cs: ClusterStore) -> dict | None:
-    """The store's halt record (``{index, reason}``) when its applier stopped on a problem it
-    must not skip, else None. ``ClusterStore.halted`` comes with the halting applier; a store
-    without it never halts, so load balancers see only the other health conditions."""
-    return getattr(cs, "halted", None) or None
+
 ROLES = ("voter", "standby", "spare")
 
 
@@ -77,6 +73,7 @@ class Api:
         r.add_post("/tx/{name}", self.tx)
         r.add_post("/query/{name}", self.query)
         r.add_post("/snapshot", self.snapshot)
+        r.add_post("/checkpoint", self.checkpoint)
         r.add_get("/backup", self.backup)
         r.add_post("/restore", self.restore)
         r.add_post("/peers", self.add_peer)
@@ -157,10 +154,15 @@ class Api:
     # --- read-only ------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        halted = store_halted(self.cs)
-        return web.json_response({"ok": halted is None, "node_id": self.cs.node_id,
-                                  "name": self.cs.name, "halted": halted},
-                                 status=200 if halted is None else 503)
+        halted = self.cs.halted
+        if halted is not None:  # serving, but its state lacks committed transactions
+            return web.json_response(
+                {"ok": False, "node_id": self.cs.node_id, "name": self.cs.name, "halted": halted,
+                 "type": "ReplicaHalted",
+                 "error": f"replica halted at entry {halted['index']}: {halted['reason']}"},
+                status=503)
+        return web.json_response({"ok": True, "node_id": self.cs.node_id, "name": self.cs.name,
+                                  "halted": None})
 
     async def replica(self, request: web.Request) -> web.Response:
         """Patroni-style read check: 200 on a follower that hears from a leader and is at most
@@ -170,7 +172,7 @@ class Api:
         commit = int(st.get("commit_index") or 0)
         lag = max(0, commit - self.cs.applied_index)
         contact = int(st.get("leader_contact_ms") or 0)
-        halted = store_halted(self.cs)
+        halted = self.cs.halted
         reasons = []
         if st.get("state") != "follower":
             reasons.append(f"role is {st.get('state')}")
@@ -192,8 +194,12 @@ class Api:
     async def leader(self, request: web.Request) -> web.Response:
         st = await self._run(self.cs.engine.status)
         leader_id = int(st.get("leader_id") or 0)
-        body = {"leader": st.get("state") == "leader", "leader_id": leader_id,
-                "leader_api": self.cs.api_url(leader_id), "node_id": self.cs.node_id}
+        # a halted leader is handing leadership over and refuses writes: not a write target
+        body = {"leader": st.get("state") == "leader" and self.cs.halted is None,
+                "leader_id": leader_id, "leader_api": self.cs.api_url(leader_id),
+                "node_id": self.cs.node_id}
+        if self.cs.halted is not None:
+            body["halted"] = True
         return web.json_response(body, status=200 if body["leader"] else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -268,6 +274,21 @@ class Api:
     async def snapshot(self, request: web.Request) -> web.Response:
         await self._body(request)
         return web.json_response({"index": await self._run(self.cs.snapshot_now)})
+
+    async def checkpoint(self, request: web.Request) -> web.Response:
+        """A consistency checkpoint now (leader only): every replica's digest at one index,
+        compared by the majority rule. ``{"full": true}`` also walks each store in full."""
+        body = await self._body(request)
+        full = bool(body.get("full", False))
+        wait = body.get("wait", 10)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 300:
+            raise BadRequest("'wait' must be a number of seconds in [0, 300]")
+        st = await self._run(self.cs.engine.status)
+        if st.get("state") != "leader":
+            raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
+                                               st.get("leader_address") or ""))
+        return web.json_response(await self._run(
+            lambda: self.cs.checkpoint_now(full=full, wait_verdict=float(wait))))
 
     async def add_peer(self, request: web.Request) -> web.Response:
         body = await self._body(request)

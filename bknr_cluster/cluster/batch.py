@@ -106,3 +106,34 @@ def decode_restore(data: bytes) -> tuple[int, int, int, bytes, bytes]:
             and isinstance(obj[3], bytes) and len(obj[3]) == 32 and isinstance(obj[4], bytes)):
         raise CorruptData("restore entry must be [node_id, session, seq, sha256, snapshot]")
     return obj[0], obj[1], obj[2], obj[3], obj[4]
+
+
+# --- system entries -------------------------------------------------------------------------
+#
+# Entries of the cluster layer itself, applied by every replica in log order (apply.py)::
+#
+#     b"BKS1" + msgpack([node_id, session, seq, kind, body])
+#
+# ``kind`` is ``"definition"`` (a member's store definition, cluster/definition.py),
+# ``"checkpoint"`` (every replica records its state digest at this index) or ``"verdict"`` (the
+# digest a majority of voters reported for a checkpoint; a replica that disagrees halts).
+# ``body`` is a map with string keys. ``seq`` 0 means nobody waits for the entry.
+
+SYSTEM_MAGIC = b"BKS1"
+SYSTEM_KINDS = ("definition", "checkpoint", "verdict")
+
+
+def encode_system(node_id: int, session: int, seq: int, kind: str, body: dict) -> bytes:
+    if kind not in SYSTEM_KINDS:
+        raise ValueError(f"unknown system entry kind {kind!r}")
+    return SYSTEM_MAGIC + msgpack.packb([node_id, session, seq, kind, body], use_bin_type=True)
+
+
+def decode_system(data: bytes) -> tuple[int, int, int, str, dict]:
+    """Inverse of :func:`encode_system`; raises ``CorruptData`` on anything malformed. A kind
+    this version does not know is returned as is (the applier decides what to do with it)."""
+    obj = _unpack(data, SYSTEM_MAGIC, "system entry")
+    if not (isinstance(obj, list) and len(obj) == 5 and all(_is_uint(v) for v in obj[:3])
+            and isinstance(obj[3], str) and isinstance(obj[4], dict)):
+        raise CorruptData("system entry must be [node_id, session, seq, kind, body]")
+    return obj[0], obj[1], obj[2], obj[3], obj[4]

@@ -18,7 +18,9 @@ from bknr_cluster.errors import (
     BknrError,
     LeadershipLost,
     NoLeader,
+    NotCapable,
     NotLeader,
+    ReplicaHalted,
     Shutdown,
     Timeout,
     TransactionFailed,
@@ -42,7 +44,7 @@ def error_status(exc: BaseException) -> int:
         return 404
     if isinstance(exc, TransactionFailed):
         return 409
-    if isinstance(exc, NotLeader | LeadershipLost | Shutdown):
+    if isinstance(exc, NotLeader | LeadershipLost | Shutdown | ReplicaHalted):
         return 503
     if isinstance(exc, Timeout):
         return 504
@@ -60,6 +62,8 @@ def error_body(exc: BaseException) -> dict[str, Any]:
                     leader_api=exc.leader_api)
     if isinstance(exc, TransactionFailed):
         body["exception"] = exc.exception
+    if isinstance(exc, NotCapable):
+        body["nodes"] = exc.nodes
     if isinstance(exc, errors.ConfigError):
         body["problems"] = [list(p) for p in exc.problems]
     return body
@@ -84,6 +88,9 @@ def error_from_body(status: int, body: Any) -> BknrError:
         exc = TransactionFailed(str(body.get("exception") or "Exception"))
         exc.args = (msg,)
         return exc
+    if kind == "NotCapable":
+        nodes = body.get("nodes")
+        return NotCapable(msg, nodes if isinstance(nodes, list) else [])
     cls = getattr(errors, kind, None)
     if isinstance(cls, type) and issubclass(cls, BknrError) and cls not in (errors.ConfigError,):
         try:

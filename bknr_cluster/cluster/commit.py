@@ -336,6 +336,10 @@ class GroupCommitter:
             if life is None or life == self._life:
                 self._inflight -= n
 
+    def fail_pending(self, error: BaseException) -> None:
+        """Resolve every waiter still pending with ``error`` (a halted replica, apply.py)."""
+        self._fail(list(self._pending), error)
+
     def _fail(self, seqs: list[int], error: BaseException) -> None:
         self.failed += len(seqs)  # metrics: proposals the engine refused or lost
         for s in seqs:

@@ -43,6 +43,8 @@ class AppConfig:
     def path(self) -> str:
         """The YAML path naming the application (for one-line errors)."""
         return f"app.{self.kind}"
+# consistency checkpoints through the log every N applied entries (0: only on demand)
+DEFAULT_CHECKPOINT = {"every": 10000}
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class ClusterConfig:
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     raft_secret_file: Path | None = None
     app: AppConfig | None = None
+    checkpoint_every: int = DEFAULT_CHECKPOINT["every"]
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterConfig:
@@ -145,6 +148,7 @@ class ClusterConfig:
         timing = {**DEFAULT_TIMING, **(data.get("timing") or {})}
         snap = {**DEFAULT_SNAPSHOT, **(data.get("snapshot") or {})}
         batch = {**DEFAULT_BATCH, **(data.get("batch") or {})}
+        checkpoint = {**DEFAULT_CHECKPOINT, **(data.get("checkpoint") or {})}
         token = data.get("token_file")
         return cls(
             path=path,
@@ -164,6 +168,7 @@ class ClusterConfig:
             raft_secret_file=_resolve(base_dir, data["raft_secret_file"])
             if data.get("raft_secret_file") else None,
             app=_app(data.get("app")),
+            checkpoint_every=int(checkpoint["every"]),
         )
 
     @property
@@ -287,7 +292,7 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     if not isinstance(data, dict):
         return [("", "the configuration must be a mapping with 'group', 'store' and 'nodes'")]
     known = {"group", "store", "token_file", "raft_secret_file", "timing", "snapshot", "batch", "nodes",
-             "python_cpu", "app"}
+             "python_cpu", "app", "checkpoint"}
     for key in sorted(set(data) - known):
         out.append((str(key), "unknown key"))
 
@@ -322,6 +327,7 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
         "threshold": (2, 10**9), "trailing": (0, 10**9), "keep": (1, 1000)})
     out += _validate_section(data.get("batch"), "batch", {
         "max_count": (1, 65536), "max_bytes": (1024, 1 << 30)})
+    out += _validate_section(data.get("checkpoint"), "checkpoint", {"every": (0, 10**9)})
 
     app = data.get("app")
     out += _validate_app(app)

@@ -92,6 +92,11 @@ class NodeCollector(Collector):
                     "divergence, or it refused a replayed entry",
                     int("diverg" in reason.lower() or "nondetermin" in reason.lower()
                         or _num(st.get("replayed_entries")) > 0))
+        yield gauge("bknr_last_checkpoint_index", "index of the last consistency checkpoint applied "
+                    "here", _num(st.get("last_checkpoint")))
+        refused = (st.get("definitions") or {}).get("refused_transactions") or []
+        yield gauge("bknr_refused_transactions", "transactions of this node's definition that some "
+                    "voter does not know (refused with NotCapable)", len(refused))
         lag = GaugeMetricFamily("bknr_follower_lag", "leader: entries a follower is behind",
                                 labels=[*labels, "follower"])
         for f in st.get("followers") or []:

@@ -60,7 +60,7 @@ class StoreSnapshotWriter:
     def running(self) -> bool:
         return self._child is not None
 
-    def start(self, index: int) -> None:
+    def start(self, index: int, prefix: bytes = b"") -> None:
         """Fork the writer of the store as it is now (exactly at ``index``); returns at once.
         Called by the applier between items, so no transaction is half-applied."""
         self.cancel()  # only after a restore can an older one still run: superseded
@@ -73,7 +73,7 @@ class StoreSnapshotWriter:
         self._forks += 1  # a retry at the same index must not share the failed one's file
         path = str(self.directory / f"store-{index}-{self._forks}.snap")
         t0 = time.monotonic()
-        child = fork_snapshot(self.store, path, include_blobs=True)
+        child = fork_snapshot(self.store, path, include_blobs=True, prefix=prefix)
         self.last_fork_ms = (time.monotonic() - t0) * 1000
         reaper = threading.Thread(target=self._reap, args=(index, child),
                                   name=f"bknr-snapshot-{index}", daemon=True)

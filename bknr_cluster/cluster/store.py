@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,10 +27,13 @@ from bknr_cluster.cluster.aio import AsyncCallerMixin
 from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, Waiter
+from bknr_cluster.cluster.definition import Capabilities, describe
+from bknr_cluster.cluster.monitor import ClusterMonitor
 from bknr_cluster.errors import (
     BknrError,
     NoLeader,
     NotLeader,
+    ReplicaHalted,
     Timeout,
     TransactionFailed,
     UnknownTransaction,
@@ -99,7 +103,8 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
                  token: str | None = None, name: str | None = None,
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
                  switch_interval: float | None = None, secret: bytes | None = None,
-                 freeze_gc: bool = False, python_cpu: int | str | None = None) -> None:
+                 freeze_gc: bool = False, python_cpu: int | str | None = None,
+                 checkpoint_every: int = 10000, monitor_interval: float = 0.5) -> None:
         from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
 
         # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
@@ -191,6 +196,23 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         self.replayed_entries = 0  # entries refused because they were already applied (apply.py)
         self.started_at = time.time()
         self._digest_cache: tuple[int, str] | None = None
+        # Halting, definitions and checkpoints (apply.py, definition.py, monitor.py; DESIGN.md).
+        # ``halted`` is None while this replica applies, else {index, reason, ...}.
+        self.halted: dict[str, Any] | None = None
+        self._halt_event = threading.Event()
+        self.capabilities = Capabilities(describe(definition), self.node_id)
+        self.checkpoint_every = max(0, int(checkpoint_every))
+        self.checkpoints: OrderedDict[int, dict] = OrderedDict()  # index -> our digest there
+        self.verdicts: OrderedDict[int, dict] = OrderedDict()     # index -> the majority's
+        self.last_checkpoint = 0
+        self._probe_codec: Any = None
+        # A store whose digest() is O(1) (incremental; it then also offers digest_full() for
+        # the full walk) lets the applier publish (index, digest) after every slice, so
+        # /status never waits for the apply lock; otherwise digest() walks the store once per
+        # applied index, under the apply lock (cached).
+        self._cheap_digest = callable(getattr(self.store, "digest_full", None))
+        self._published_digest: tuple[int, str] | None = None
+        self.monitor = ClusterMonitor(self, monitor_interval)
         self._running = False
         self._applier: threading.Thread | None = None
         self._clients: dict[str, ApiClient] = {}
@@ -229,6 +251,7 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
             return n.name if n else ""
 
         kw: dict[str, Any] = dict(
+            checkpoint_every=cfg.checkpoint_every,
             group=cfg.group, election_timeout_ms=cfg.election_timeout_ms,
             heartbeat_ms=cfg.heartbeat_ms, snapshot_threshold=cfg.snapshot_threshold,
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
@@ -255,6 +278,7 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         self._applier = threading.Thread(target=self._apply_loop, name="bknr-applier", daemon=True)
         self._applier.start()
         self.committer.applier_ident = self._applier.ident
+        self.monitor.start()
         # After engine.start: its loop thread, started from this thread, must keep every CPU.
         self.set_python_cpu(self._python_cpu_spec)
 
@@ -263,6 +287,8 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         if not self._running:
             return
         self._running = False
+        self._halt_event.set()
+        self.monitor.stop()
         self.committer.stop()
         try:
             self.engine.stop()
@@ -326,8 +352,30 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
 
     # --- submit path ----------------------------------------------------------------------
 
+    def _refuse_halted(self) -> None:
+        h = self.halted
+        if h is not None:
+            raise ReplicaHalted(f"this replica halted at entry {h['index']} ({h['reason']}); "
+                                "nothing was logged: send writes to another node")
+
+    def check_capable(self, tx: Any) -> None:
+        """The gate in front of the log: refuse (``NotCapable``, nothing logged) a transaction
+        some current voter's store definition does not know, and any write on a halted
+        replica. One frozenset lookup on the common path (definition.py)."""
+        if self.halted is not None:
+            self._refuse_halted()
+        try:
+            name = self.store.definition._tx_any[tx].name
+        except (KeyError, TypeError):
+            name = self.store.definition.transaction(tx).name
+        caps = self.capabilities
+        if not caps.capable(name):
+            raise caps.refusal(name, self.node_name)
+
     def submit_record(self, record: bytes, timeout: float = 30.0) -> Waiter:
         """Replicate one encoded record; the returned waiter is resolved (or Timeout raised)."""
+        if self.halted is not None:
+            self._refuse_halted()
         w = self.committer.enqueue(record)
         if not self.committer.wait(w, timeout):
             raise Timeout(f"no outcome within {timeout} s; the transaction may or may not commit")
@@ -346,6 +394,7 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         if LOCAL.tx is not None:  # the applier would wait for itself
             raise UsageError("execute() inside a transaction: call the transaction function directly")
         record = self.store.encode_transaction(tx, *args, **kwargs)
+        self.check_capable(tx)
         deadline = time.monotonic() + timeout
         left = timeout
         while True:
@@ -446,6 +495,9 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
 
     def digest(self) -> tuple[int, str]:
         """``(applied_index, canonical digest)`` taken together."""
+        published = self._published_digest
+        if published is not None:  # O(1) digests: the applier's, from its last slice
+            return published
         with self._apply_lock:
             cached = self._digest_cache
             if cached is not None and cached[0] == self.applied_index:

@@ -62,8 +62,14 @@ class StoreDefinition:
 
     def __init__(self, name: str, classes: Iterable[type], transactions: Iterable[Transaction] = (),
                  queries: Iterable[Query] = (), *, enums: Iterable[type[Enum]] = (),
-                 class_renames: dict[str, str] | None = None):
+                 class_renames: dict[str, str] | None = None, version: str = ""):
         self.name = name
+        # The application's own version label (free text, e.g. "1.4"); the cluster layer reports
+        # it with the definition's fingerprint (cluster/definition.py) and compares nothing else
+        # by it.
+        if not isinstance(version, str):
+            raise UsageError(f"version must be a string, not {version!r}")
+        self.version = version
         self.classes = tuple(classes)
         seen: dict[str, type] = {}
         for c in self.classes:

@@ -142,11 +142,13 @@ class SnapshotChild:
 
 
 def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
-                  include_system: bool = True, fsync: bool = False) -> SnapshotChild:
+                  include_system: bool = True, fsync: bool = False,
+                  prefix: bytes = b"") -> SnapshotChild:
     """Fork a child that writes ``store``'s snapshot, as it is now, to ``path`` (created or
     truncated); returns at once. The caller must make sure no transaction is applying (the
     store lock is taken around the fork for that). ``fsync``: the child syncs the file before
-    reporting success (standalone snapshots; the Raft engine persists its own copy)."""
+    reporting success (standalone snapshots; the Raft engine persists its own copy). ``prefix``
+    is written before the store snapshot (the cluster layer's header, cluster/apply.py)."""
     from bknr_cluster.store import snapshot
 
     hasher = hashlib.sha256()  # made here: the child must not look up digests (library locks)
@@ -157,18 +159,20 @@ def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
         if pid == 0:  # the child: never returns
             write = functools.partial(snapshot.write, include_blobs=include_blobs,
                                       include_system=include_system)
-            _child(store, write, path, fsync, hasher, write_fd, parent)
+            _child(store, write, path, fsync, hasher, write_fd, parent, prefix)
     os.close(write_fd)
     return SnapshotChild(pid, read_fd, path)
 
 
 def _child(store: Store, write: Any, path: str, fsync: bool, hasher: Any, report_fd: int,
-           parent: int) -> None:
+           parent: int, prefix: bytes = b"") -> None:
     code = 1
     try:
         _detach(parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         out = _HashingWriter(fd, hasher)
+        if prefix:
+            out.write(prefix)
         write(store, out)
         out.flush()
         if fsync:

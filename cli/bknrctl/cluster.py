@@ -52,6 +52,17 @@ class NodeState:
             return "unreachable"
         return str(self.status.get("role") or self.status.get("state") or "?")
 
+    @property
+    def halted(self) -> dict | None:
+        """``{index, reason, ...}`` when this replica stopped applying, else None."""
+        h = (self.status or {}).get("halted")
+        return h if isinstance(h, dict) else None
+
+    @property
+    def definition(self) -> dict:
+        d = (self.status or {}).get("definition")
+        return d if isinstance(d, dict) else {}
+
 
 @dataclass
 class ClusterState:
@@ -89,7 +100,15 @@ class ClusterState:
         a, b = self.leader.status, s.status or {}
         if a.get("applied_index") != b.get("applied_index"):
             return None
+        sa, sb = (a.get("definition") or {}).get("schema"), (b.get("definition") or {}).get("schema")
+        if sa and sb and sa != sb:
+            return None  # different schemas (mid-upgrade): digests differ by construction
         return a.get("digest") == b.get("digest")
+
+    def halted(self) -> list[NodeState]:
+        """Members that stopped applying (they never lead; they need an upgrade + restart)."""
+        roles = self.member_roles()
+        return [s for s in self.nodes if s.halted and (not roles or s.node.id in roles)]
 
     def problems(self, max_lag: int = DEFAULT_MAX_LAG) -> list[str]:
         """Why the cluster is degraded, one reason per member; empty when healthy.
@@ -260,5 +279,8 @@ def status_rows(state: ClusterState, cfg: ClusterConfig | None = None) -> list[d
             "digest_match": state.digest_match(s),
             "reachable": s.reachable,
             "error": s.error,
+            "halted": s.halted,
+            "version": s.definition.get("version") if s.reachable else None,
+            "fingerprint": s.definition.get("fingerprint") if s.reachable else None,
         })
     return rows

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
 from bknr_cluster.cluster.preflight import Preflight, preflight
-from bknr_cluster.errors import AlreadyBootstrapped, BknrError, ConfigError, UsageError
+from bknr_cluster.errors import AlreadyBootstrapped, BknrError, ConfigError, ReplicaHalted, UsageError
 
 from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, chosen_path, cluster_for
 from .client import parallel
@@ -157,6 +157,9 @@ def start_nodes(cluster: Cluster, nodes: list[NodeConfig], timeout: float = 30.0
                         del pending[name]
                         if not quiet:
                             info(f"{name}: running (pid {pids[name]}, {c.node.api_url})")
+                    except ReplicaHalted as exc:
+                        # up, but it met a committed entry its definition cannot apply
+                        raise ReplicaHalted(f"{name}: started but HALTED: {exc}") from None
                     except BknrError:
                         pass
                 bar.update(completed=len(ctls) - len(pending))
@@ -248,15 +251,18 @@ def _fmt(v: object) -> str:
 def status_table(state: ClusterState, cfg: ClusterConfig | None = None) -> Table:
     t = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("name", "address", "role", "term", "leader", "commit", "applied", "lag",
-                "snapshot", "digest", "match", "reachable"):
+                "snapshot", "digest", "match", "version", "reachable"):
         t.add_column(col)
     for r in status_rows(state, cfg):
         role = r["role"] if not r["member_role"] or r["member_role"] == "voter" \
             else f"{r['role']} ({r['member_role']})"
+        if r["halted"]:
+            role = f"{role} HALTED@{r['halted'].get('index')}"
+        version = f"{r['version'] or '-'} {(r['fingerprint'] or '-')[:8]}" if r["reachable"] else "-"
         t.add_row(r["name"], r["address"], role, _fmt(r["term"]), _fmt(r["leader"]),
                   _fmt(r["commit_index"]), _fmt(r["applied_index"]), _fmt(r["lag"]),
                   _fmt(r["snapshot_index"]), (r["digest"] or "-")[:12], _fmt(r["digest_match"]),
-                  _fmt(r["reachable"]))
+                  version, _fmt(r["reachable"]))
     return t
 
 
@@ -268,6 +274,7 @@ def status_json(cluster: Cluster, state: ClusterState, max_lag: int = DEFAULT_MA
         "exit_code": state.exit_code(max_lag),
         "leader": state.leader.node.name if state.leader else None,
         "quorum": state.quorum,
+        "halted": [h.node.name for h in state.halted()],
         "nodes": status_rows(state, cluster.cfg),
     }
 
@@ -276,8 +283,12 @@ def summary_line(state: ClusterState, max_lag: int = DEFAULT_MAX_LAG) -> str:
     s = state.summary(max_lag)
     n_ok = sum(1 for x in state.nodes if x.reachable)
     lead = f"leader {state.leader.node.name}" if state.leader else "no leader"
-    return f"{s}: {lead}, {n_ok}/{len(state.nodes)} nodes reachable, " \
+    line = f"{s}: {lead}, {n_ok}/{len(state.nodes)} nodes reachable, " \
            f"{state.reachable_voters}/{len(state.voters)} voters"
+    for h in state.halted():
+        line += (f"; {h.node.name} HALTED at entry {h.halted.get('index')}: "
+                 f"{h.halted.get('reason')}")
+    return line
 
 
 @app.command()

@@ -8,6 +8,8 @@ show up twice for the checker, not be masked by a uniqueness error.
 
 from __future__ import annotations
 
+import os
+
 from bknr_cluster.store import Index, StoreDefinition, StoreObject, query, transaction
 
 
@@ -139,9 +141,15 @@ def ping() -> bool:
     return True
 
 
+# The nemesis's ``old_version`` fault restarts a node with BKNR_CHAOS_APP_VERSION=1: the
+# previous version of this application, which does not have ``append`` yet (same classes, so
+# the checkpoint digests stay comparable). Read at import, as a deployment picks up new code.
+VERSION = os.environ.get("BKNR_CHAOS_APP_VERSION", "2")
+
 definition = StoreDefinition(
     name="chaos",
     classes=[ChaosRegister, ChaosItem, ChaosAccount, ChaosTransfer, ChaosPad],
-    transactions=[write, cas, append, open_account, transfer, pad],
+    transactions=[write, cas, open_account, transfer, pad] + ([append] if VERSION != "1" else []),
     queries=[read, list_values, all_lists, bank_state, balances, ping],
+    version=f"{VERSION}.0",
 )

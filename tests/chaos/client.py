@@ -21,6 +21,7 @@ DEFINITE_FAILURES = {
     "TransactionFailed",            # ran, raised, changed nothing (on every replica)
     "UnknownTransaction", "CodecError", "UsageError", "BadRequest", "Unauthorized", "HTTPError",
     "TooBig",
+    "NotCapable",                   # a voter's definition lacks the transaction: nothing logged
 }
 
 

@@ -51,7 +51,7 @@ class ChaosCluster:
     def __init__(self, workdir: Path, procs: Processes, n: int = 3, *, net: Network | None = None,
                  store: str = APP, election_timeout_ms: int = 500, heartbeat_ms: int = 50,
                  snapshot_threshold: int = 400, snapshot_trailing: int = 100,
-                 data_dirs: dict[str, Path] | None = None) -> None:
+                 data_dirs: dict[str, Path] | None = None, checkpoint_every: int = 300) -> None:
         self.workdir = Path(workdir)
         self.procs = procs
         self.net = net
@@ -75,6 +75,8 @@ class ChaosCluster:
             "group": "chaos", "store": store, "token_file": "token",
             "timing": {"election_timeout_ms": election_timeout_ms, "heartbeat_ms": heartbeat_ms},
             "snapshot": {"threshold": snapshot_threshold, "trailing": snapshot_trailing, "keep": 2},
+            # consistency checkpoints through the log: a replica that diverged halts
+            "checkpoint": {"every": checkpoint_every},
             "nodes": [{"id": nd.id, "name": nd.name, "host": nd.host, "raft_port": nd.raft_port,
                        "api_port": nd.api_port, "data_dir": str(nd.data_dir)}
                       for nd in self.nodes.values()],
@@ -105,11 +107,12 @@ class ChaosCluster:
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "cli"), env.get("PYTHONPATH", "")])
         return env
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, env: dict[str, str] | None = None) -> None:
+        """``env``: extra environment (e.g. the older application version of a fault)."""
         nd = self.nodes[name]
         if nd.alive:
             raise RuntimeError(f"{name} is already running (pid {nd.proc.pid})")
-        nd.proc = self.procs.start(self._cmd(name), log=self.workdir / f"{name}.out")
+        nd.proc = self.procs.start(self._cmd(name), log=self.workdir / f"{name}.out", env=env)
         nd.paused = False
 
     def start_all(self) -> None:

@@ -4,7 +4,9 @@ each as an event (kind, target, start/end times, whether the cluster recovered).
 Faults: kill -9 of the leader or a random node; a node killed, restarted and, while it catches
 up (0.2-0.8 s later), the whole cluster crashed and restarted (``restart_then_crash``, the
 pattern of a silent double apply found by the 22-minute run); SIGSTOP of the leader for longer
-than the election timeout; network partitions (leader isolated, majority/minority, ring — these need the
+than the election timeout; a node restarted on the previous version of the application for a
+while (``old_version``: it may halt on a transaction it does not know, then resumes once back
+on the current version); network partitions (leader isolated, majority/minority, ring — these need the
 cluster's nodes in namespaces); full-cluster crash and restart; disk full (when nodes have a
 ``SmallDisk`` under their data directory, mounted before the cluster was initialised).
 """
@@ -24,7 +26,10 @@ from tests.chaos.diskfull import SmallDisk
 from tests.chaos.history import OK
 from tests.support import wait_until
 
-KINDS_LOCAL = ("kill_leader", "kill_random", "pause_leader", "full_restart", "restart_then_crash")
+KINDS_LOCAL = ("kill_leader", "kill_random", "pause_leader", "full_restart", "restart_then_crash",
+               "old_version")
+# The previous version of the chaos application (chaos_app.py: no ``append`` yet).
+OLD_VERSION_ENV = {"BKNR_CHAOS_APP_VERSION": "1"}
 KINDS_NET = ("isolate_leader", "majority_minority", "ring")
 DISK_PAD_BYTES = 30_000_000    # more than libraft's three preallocated 8 MB segments
 
@@ -170,6 +175,26 @@ class Nemesis:
                 c.kill_all()
                 self._sleep(self.rng.uniform(0.2, 1.0))
                 self._restart_all(ev)
+            elif kind == "old_version":
+                # A rolling upgrade gone back: the node restarts on the previous version of the
+                # application. While the leader knows that, it refuses ``append`` (NotCapable);
+                # an ``append`` committed before it knew makes the old node halt. Then the node
+                # is "upgraded" again (restarted on the current version) and must resume with
+                # nothing lost and no divergence.
+                target = self.rng.choice(list(c.nodes))
+                ev.target = target
+                c.kill(target)
+                c.start(target, env=OLD_VERSION_ENV)
+                try:  # its API up (a halted node answers /status too), then the hold
+                    wait_until(lambda: c.statuses([target]).get(target), 30, f"{target} API")
+                except AssertionError:
+                    ev.note = f"{target} on the old version did not answer /status"
+                self._sleep(self._hold())
+                st = c.statuses([target]).get(target, {})
+                ev.extra["halted"] = st.get("halted")
+                ev.extra["role_while_old"] = st.get("role")
+                c.kill(target)
+                c.start(target)
             elif kind == "isolate_leader":
                 self.net.isolate(target)
                 self._sleep(self._hold())

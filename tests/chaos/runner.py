@@ -59,6 +59,13 @@ def check_all(cluster: ChaosCluster, workloads: dict[str, Workload], converge_ti
         out["converge_error"] = str(exc)
         digests = cluster.digests(names)
     out["digests"] = {n: list(d) for n, d in digests.items()}
+    # a replica that stopped applying (cluster/DESIGN.md "Halting a replica") and stayed so
+    sts_now = cluster.statuses(names)
+    out["halted"] = {n: st["halted"] for n, st in sts_now.items() if st.get("halted")}
+    out["checkpoint_disagreements"] = {
+        n: [c for c, v in (st.get("verdicts") or {}).items() if v.get("result") == "disagree"]
+        for n, st in sts_now.items()
+        if any(v.get("result") == "disagree" for v in (st.get("verdicts") or {}).values())}
     out["digests_match"] = (len(digests) == len(names) and len({d for d in digests.values()}) == 1)
 
     bank_rep, lists_rep = final_state(cluster, [n for n in names if n in digests])
@@ -208,6 +215,10 @@ def chaos_run(cluster: ChaosCluster, *, seconds: float, max_faults: int, seed: i
                                          and not e.extra.get("leader_while_paused")),
         "disk_full_restart_needed": sum(1 for e in nemesis.events if e.kind == "disk_full"
                                         and e.extra.get("restart_needed")),
+        "old_version_halts": sum(1 for e in nemesis.events if e.kind == "old_version"
+                                 and e.extra.get("halted")),
+        "halted_at_end": result["halted"],
+        "checkpoint_disagreements": result["checkpoint_disagreements"],
     }
     if check_each:
         report["diverged_after"] = diverged[0] if diverged else None
@@ -227,6 +238,10 @@ def verdict_problems(report: dict) -> list[str]:
         out.append(f"replicas diverged after fault {report['diverged_after']}")
     if not report["digests_match"]:
         out.append(f"digests differ: {report['digests']}")
+    if report.get("halted_at_end"):
+        out.append(f"replicas still halted at the end: {report['halted_at_end']}")
+    if report.get("checkpoint_disagreements"):
+        out.append(f"a checkpoint found a diverged replica: {report['checkpoint_disagreements']}")
     for name, c in report["checks"].items():
         if c.get("ok") is False:
             out.append(f"{name} checker: {c.get('problems')}")
@@ -245,7 +260,9 @@ def print_table(report: dict) -> str:
             ("linearizable", report["linearizable"]), ("digests_match", report["digests_match"]),
             ("checks_ok", report.get("checks_ok")),
             ("pauses_without_new_leader", report.get("pauses_without_new_leader")),
-            ("disk_full_restart_needed", report.get("disk_full_restart_needed"))]
+            ("disk_full_restart_needed", report.get("disk_full_restart_needed")),
+            ("old_version_halts", report.get("old_version_halts")),
+            ("halted_at_end", report.get("halted_at_end"))]
     for name, c in report.get("per_workload", {}).items():
         rows.append((f"  {name}", ", ".join(f"{k}={v}" for k, v in c.items())))
     width = max(len(k) for k, _ in rows)

@@ -57,6 +57,18 @@ def test_restart_then_crash_applies_nothing_twice(cluster3, tmp_path):
     assert report["diverged_after"] is None, report["diverged_after"]
 
 
+def test_a_node_restarted_on_the_previous_version_loses_nothing_and_never_diverges(
+        cluster3, tmp_path):
+    """The ``old_version`` fault (issue 13): a node runs the previous version of the
+    application (without ``append``) for a while under load, then the current one again. The
+    leader refuses ``append`` while it knows, the old node halts on one it committed before it
+    knew; after each fault the load pauses and digests are compared."""
+    report = run_checked(cluster3, tmp_path, ["old_version"], faults=3, seconds=30, seed=13,
+                         check_each=True)
+    assert report["diverged_after"] is None, report["diverged_after"]
+    assert not report["halted_at_end"] and not report["checkpoint_disagreements"]
+
+
 def test_partitions_under_load(cluster3, tmp_path):
     run_checked(cluster3, tmp_path, ["isolate_leader", "majority_minority"], faults=3, seconds=12,
                 seed=3)

@@ -40,6 +40,8 @@ class FakeEngine:
         self.failed_snapshots: list[int] = []
         self.submit_error: Exception | None = None
         self.wake_calls = 0  # next_committed calls that posted wake-ups
+        self.halted = False
+        self.members: list[dict] = []  # status()["configuration"] when set (default: just us)
 
     def bootstrap(self, configuration):
         self.configuration = configuration
@@ -88,6 +90,9 @@ class FakeEngine:
                 out.append(self.items.popleft())
             return out
 
+    def set_halted(self, on=True):
+        self.halted = bool(on)
+
     def store_snapshot_done(self, index, data):
         self.store_snapshots.append((index, data))
 
@@ -110,5 +115,6 @@ class FakeEngine:
                 "leader_address": self.address if self.leader else self.leader_hint[1],
                 "commit_index": self.index, "last_applied": self.index,
                 "last_log_index": self.index, "snapshot_index": 0, "snapshot_term": 0,
-                "configuration": [{"id": self.node_id, "address": self.address, "role": "voter"}],
+                "configuration": self.members or [{"id": self.node_id, "address": self.address,
+                                                    "role": "voter"}],
                 "followers": []}

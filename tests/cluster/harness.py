@@ -37,7 +37,8 @@ class LocalCluster:
                  election_timeout_ms: int = 500, heartbeat_ms: int = 50,
                  snapshot_threshold: int = 10000, snapshot_trailing: int = 2000,
                  token: str = "test-token-0123456789", group: str = "test",
-                 raft_secret: bool = False, app: dict | None = None) -> None:
+                 raft_secret: bool = False, app: dict | None = None,
+                 checkpoint_every: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.procs = procs
@@ -52,6 +53,8 @@ class LocalCluster:
         }
         if app is not None:  # the hosted web application (bknr_cluster/apphost.py)
             self.data["app"] = app
+        if checkpoint_every is not None:
+            self.data["checkpoint"] = {"every": checkpoint_every}
         if raft_secret:  # authenticated raft transport (docs/security.md); needs mode 0600
             secret = self.root / "raft.secret"
             secret.write_text("0123456789abcdef" * 4 + "\n")
@@ -124,11 +127,13 @@ class LocalCluster:
             r = self.run_node_cmd(name, "--init")
             assert r.returncode == 0, f"--init {name} failed ({r.returncode}): {r.stderr}"
 
-    def start(self, name: str, *extra: str, wait: bool = True) -> subprocess.Popen:
+    def start(self, name: str, *extra: str, wait: bool = True,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+        """``env``: extra environment of the node process (e.g. the application version)."""
         assert name not in self.running or self.running[name].poll() is not None, f"{name} runs"
         self.data_dir(name).mkdir(parents=True, exist_ok=True)
         p = self.procs.start(self.node_cmd(name, *extra), log=self.data_dir(name) / "stdout.log",
-                             cwd=self.root)
+                             cwd=self.root, env=env)
         self.running[name] = p
         if wait:
             wait_until(lambda: self._healthy(name, p), 30, f"{name} API up")
@@ -142,9 +147,10 @@ class LocalCluster:
         except Exception:
             return False
 
-    def start_all(self) -> None:
+    def start_all(self, env: dict[str, dict[str, str]] | None = None) -> None:
+        """``env``: node name -> extra environment of that node's process."""
         for name in self.names:
-            self.start(name, wait=False)
+            self.start(name, wait=False, env=(env or {}).get(name))
         for name in self.names:
             wait_until(lambda n=name: self._healthy(n, self.running[n]), 30, f"{name} API up")
 
@@ -192,6 +198,18 @@ class LocalCluster:
             name = self.name_of(leaders.pop())
             return name if name in self.running and self.status(name, False)["role"] == "leader" else None
         return wait_until(agreed, timeout, f"one agreed leader among {names}")
+
+    def wait_definitions(self, leader: str | None = None, timeout: float = 20) -> None:
+        """Until the leader has published every running member's store definition through the
+        log (cluster/DESIGN.md): after that the log stays still while nothing is written."""
+        leader = leader or self.wait_leader()
+
+        def done() -> bool:
+            members = self.status(leader, digest=False)["definitions"]["members"]
+            return all(members.get(str(self.node_id(n)), {}).get("fingerprint") ==
+                       self.status(n, digest=False)["definition"]["fingerprint"]
+                       for n in self.running)
+        wait_until(done, timeout, "every member's definition published")
 
     def wait_converged(self, timeout: float = 30, names: list[str] | None = None,
                        min_index: int = 0) -> dict[str, dict]:

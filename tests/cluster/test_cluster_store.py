@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from bknr_cluster.cluster.apply import store_snapshot_of
 from bknr_cluster.cluster.batch import MAGIC, encode_batch
 from bknr_cluster.cluster.store import ClusterStore, parse_peers
 from bknr_cluster.errors import CodecError, NoLeader, NotLeader, Timeout, UnknownTransaction, UsageError
@@ -106,7 +107,7 @@ def test_snapshot_request_and_restore_at_an_exact_index(cs):
     index, data = cs.engine.store_snapshots[0]
     assert index == m
     copy = Store(None, definition=definition, bind=False)
-    copy.load_snapshot(io.BytesIO(data))
+    copy.load_snapshot(io.BytesIO(store_snapshot_of(data)))  # behind the cluster layer's meta
     assert copy.digest() == cs.digest()[1]
     cs.execute(open_account, "carol", 30)
     cs.engine.inject("restore", data, index=cs.engine.index + 1)

@@ -176,6 +176,10 @@ class Driver:
         _raft._hold_gil(seconds)
         return {}
 
+    def op_halt(self, on: bool = True) -> dict:
+        self.node.set_halted(on)
+        return {"halted": self.node.halted}
+
     def op_stop(self) -> dict:
         self.node.stop()
         return {}

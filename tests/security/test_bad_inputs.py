@@ -265,6 +265,7 @@ def test_non_deterministic_transaction_shows_as_digest_mismatch(tmp_path):
         c.init()
         c.start_all()
         leader = c.wait_leader()
+        c.wait_definitions(leader)  # the cluster layer's own entries first: then the log is still
         c.tx(leader, "put", "a", "1")
         st = c.wait_converged()
         assert len({s["digest"] for s in st.values()}) == 1

@@ -53,6 +53,7 @@ def _cluster(root: Path, procs: Processes, secret: bool) -> LocalCluster:
     leader = c.wait_leader()
     c.tx(leader, "open_account", "ann", 100)
     c.tx(leader, "open_account", "bob", 0)
+    c.wait_definitions(leader)  # the cluster layer's own entries, before the "before" view
     c.wait_converged()
     return c
 
