@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bknr_cluster.cluster import snapshot_writer
+from bknr_cluster.cluster.apply import store_snapshot_of
 from bknr_cluster.cluster.store import ClusterStore
 from bknr_cluster.store import Store, StoreDefinition, transaction
 from examples.bank import app as bank
@@ -83,8 +84,8 @@ def _images(cs: ClusterStore) -> list[tuple[int, str]]:
 
     def handover(index: int, path: str) -> bool:
         copy = Store(None, definition=definition, bind=False)
-        with open(path, "rb") as f:
-            copy.load_snapshot(f)
+        with open(path, "rb") as f:  # the cluster layer's prefix first, then the store's image
+            copy.load_snapshot(io.BytesIO(store_snapshot_of(f.read())))
         seen.append((index, copy.digest()))
         return real(index, path)
     cs.engine.store_snapshot_file = handover
