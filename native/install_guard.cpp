@@ -75,12 +75,14 @@ void Node::install_recv_hook() {
 
 void Node::on_tick() {
     redraw_election_timer();
+    keep_timer_in_range();
     retry_pre_vote();
     legacy_tick_(&io_);
 }
 
 void Node::on_recv(struct raft_message* msg) {
     apply_vote_rule(msg);
+    if (msg->type == RAFT_APPEND_ENTRIES || msg->type == RAFT_INSTALL_SNAPSHOT) heard_from_leader();
     if (msg->type == RAFT_APPEND_ENTRIES && compat::kFollowerCommitCanRegress) {
         struct raft_append_entries* ae = &msg->append_entries;
         uint64_t commit = raft_.commit_index;

@@ -138,6 +138,7 @@ int Node::setup_loop(std::string& err) {
         }
     }
     if (rv != 0) { err = "transport: " + std::string(raft_strerror(rv)) + ": " + transport_.errmsg; goto fail_loop; }
+    install_stream_watch();  // fast_election.cpp: notice the leader's stream closing
     io_.data = this;
     rv = raft_uv_init(&io_, &loop_, dir_.c_str(), &transport_);
     if (rv != 0) { err = "io: " + std::string(io_.errmsg); goto fail_transport; }
@@ -177,11 +178,13 @@ fail_loop:
 }
 
 void Node::close_transport() {
+    remove_stream_watch();
     if (opts_.secret.empty()) raft_uv_tcp_close(&transport_);
     else bknr_auth_transport_close(&transport_);
 }
 
 void Node::on_raft_closed() {
+    close_election_timers();
     raft_uv_close(&io_);
     close_transport();
     uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);

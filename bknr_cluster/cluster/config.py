@@ -53,6 +53,8 @@ class NodeConfig:
     ssh: SshConfig | None = None
     # pin this node's Python threads to one CPU: None (off), "auto" or a CPU number (affinity.py)
     python_cpu: int | str | None = None
+    # leadership priority: 1 preferred (takes leadership back), 0 none, -1 avoid (priority.py)
+    priority: int = 0
 
     @property
     def raft_address(self) -> str:
@@ -223,7 +225,7 @@ def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None) -> NodeC
     return NodeConfig(id=int(n["id"]), name=n["name"], host=n["host"], raft_port=int(n["raft_port"]),
                       api_port=int(n["api_port"]), api_host=n.get("api_host") or n["host"],
                       data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg,
-                      python_cpu=n.get("python_cpu", python_cpu))
+                      python_cpu=n.get("python_cpu", python_cpu), priority=int(n.get("priority", 0)))
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -321,7 +323,8 @@ def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]
 
 
 NODE_KEYS = {"id", "name", "host", "raft_port", "api_port", "api_host", "data_dir", "role", "ssh",
-             "python_cpu"}
+             "python_cpu", "priority"}
+PRIORITIES = (-1, 0, 1)
 SSH_KEYS = {"user", "port", "key_file", "known_hosts", "strict_host_key_checking", "workdir",
             "python", "config_path"}
 
@@ -378,6 +381,8 @@ def _validate_nodes(nodes: list) -> list[tuple[str, str]]:
                        f"data_dir {n['data_dir']!r} on {host}")
         if (msg := _check_python_cpu(n.get("python_cpu"))):
             out.append((f"{p}.python_cpu", msg))
+        if "priority" in n and not (_int_in(n["priority"], -1, 1)):
+            out.append((f"{p}.priority", "must be 1 (preferred leader), 0 (no preference) or -1 (avoid)"))
         role = n.get("role", "voter")
         if role not in ROLES:
             out.append((f"{p}.role", f"must be one of {', '.join(ROLES)}"))

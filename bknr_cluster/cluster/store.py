@@ -99,7 +99,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
                  token: str | None = None, name: str | None = None,
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
                  switch_interval: float | None = None, secret: bytes | None = None,
-                 freeze_gc: bool = False, python_cpu: int | str | None = None) -> None:
+                 freeze_gc: bool = False, python_cpu: int | str | None = None,
+                 priorities: Mapping[int, int] | None = None) -> None:
         from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
 
         # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
@@ -163,7 +164,13 @@ class ClusterStore(ApplierMixin, AdminMixin):
             from bknr_cluster.engine import RaftNode
             engine_factory = RaftNode
         # The raft secret authenticates members on every raft connection (docs/security.md).
-        auth = {"secret": secret} if secret is not None else {}
+        auth: dict[str, Any] = {"secret": secret} if secret is not None else {}
+        # Leadership priorities (id -> 1/0/-1): the engine orders its election head start by
+        # them; the PriorityKeeper (priority.py) hands leadership to a preferred node.
+        self.priorities = {int(i): int(p) for i, p in (priorities or {}).items()}
+        if any(self.priorities.values()):
+            auth["priority"] = self.priorities.get(self.node_id, 0)
+            auth["peer_priorities"] = {i: p for i, p in self.priorities.items() if i != self.node_id}
         self.engine = engine_factory(
             self.node_id, self.address, str(raft_dir), election_timeout_ms=election_timeout_ms,
             heartbeat_ms=heartbeat_ms, snapshot_threshold=snapshot_threshold,
@@ -233,7 +240,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
             batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, node_names=node_name,
             token=cfg.token(), secret=raft_secret(cfg),
-            name=me.name, python_cpu=me.python_cpu)
+            name=me.name, python_cpu=me.python_cpu, priorities={n.id: n.priority for n in cfg.nodes})
         kw.update(overrides)
         peers = {n.id: n.raft_address for n in cfg.nodes}
         return cls(definition, me.id, peers, me.data_dir, **kw)
