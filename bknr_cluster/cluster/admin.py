@@ -27,6 +27,7 @@ class AdminMixin:
     node_id: int
     _apply_lock: Any
     _map_error: Any
+    priority_keeper: Any
 
     def backup(self) -> tuple[int, bytes]:
         """A store snapshot of this replica with the index it is exactly at."""
@@ -150,4 +151,10 @@ class AdminMixin:
             "election_timer_ms": st.get("election_timer_ms", 0),
             # the CPU this node's Python threads are pinned to (python_cpu), None when not
             "python_cpu": self.python_cpu,
+            # the leader's stream closing and elections started at once (native/fast_election.cpp)
+            "leader_closes": st.get("leader_closes", 0),
+            "leaders_gone": st.get("leaders_gone", 0),
+            "fast_elections": st.get("fast_elections", 0),
+            # leadership priority and the automatic transfers this node made (priority.py)
+            **self.priority_keeper.stats(),
         }

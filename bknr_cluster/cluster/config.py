@@ -101,6 +101,8 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, ...]
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     raft_secret_file: Path | None = None
+    # how long a node of higher priority must stay caught up before the leader hands over
+    priority_settle_ms: int | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterConfig:
@@ -145,6 +147,7 @@ class ClusterConfig:
             raw=data,
             raft_secret_file=_resolve(base_dir, data["raft_secret_file"])
             if data.get("raft_secret_file") else None,
+            priority_settle_ms=timing.get("priority_settle_ms"),
         )
 
     @property
@@ -278,7 +281,8 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     if (msg := _check_python_cpu(data.get("python_cpu"))):
         out.append(("python_cpu", msg))
     out += _validate_section(data.get("timing"), "timing", {
-        "election_timeout_ms": (20, 600_000), "heartbeat_ms": (1, 60_000)})
+        "election_timeout_ms": (20, 600_000), "heartbeat_ms": (1, 60_000),
+        "priority_settle_ms": (0, 3_600_000)})
     timing = {**DEFAULT_TIMING, **(data.get("timing") or {})} if isinstance(data.get("timing"), dict | None) \
         else DEFAULT_TIMING
     et, hb = timing.get("election_timeout_ms"), timing.get("heartbeat_ms")
@@ -324,7 +328,6 @@ def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]
 
 NODE_KEYS = {"id", "name", "host", "raft_port", "api_port", "api_host", "data_dir", "role", "ssh",
              "python_cpu", "priority"}
-PRIORITIES = (-1, 0, 1)
 SSH_KEYS = {"user", "port", "key_file", "known_hosts", "strict_host_key_checking", "workdir",
             "python", "config_path"}
 

@@ -26,6 +26,7 @@ from bknr_cluster.cluster.affinity import PythonThreadPin, allowed_cpus, choose_
 from bknr_cluster.cluster.apply import ApplierMixin
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, LoopDelivery, Waiter
+from bknr_cluster.cluster.priority import PriorityKeeper
 from bknr_cluster.errors import (
     BknrError,
     NoLeader,
@@ -100,7 +101,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
                  switch_interval: float | None = None, secret: bytes | None = None,
                  freeze_gc: bool = False, python_cpu: int | str | None = None,
-                 priorities: Mapping[int, int] | None = None) -> None:
+                 priorities: Mapping[int, int] | None = None,
+                 priority_settle_ms: int | None = None) -> None:
         from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
 
         # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
@@ -177,6 +179,9 @@ class ClusterStore(ApplierMixin, AdminMixin):
             snapshot_trailing=snapshot_trailing, store_snapshot_every=store_snapshot_every,
             max_entry_bytes=max(batch_max_bytes + 4096, 64 << 20), **auth)
         self.election_timeout_ms = election_timeout_ms
+        self.priority_keeper = PriorityKeeper(
+            self.node_id, self.priorities, self.engine, election_timeout_ms, name_of=self.node_name,
+            settle_s=None if priority_settle_ms is None else priority_settle_ms / 1000)
         self.committer = GroupCommitter(self.engine.submit, self.node_id, max_count=batch_max_count,
                                         max_bytes=batch_max_bytes, window=batch_window,
                                         map_error=self._map_error,
@@ -240,7 +245,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
             batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, node_names=node_name,
             token=cfg.token(), secret=raft_secret(cfg),
-            name=me.name, python_cpu=me.python_cpu, priorities={n.id: n.priority for n in cfg.nodes})
+            name=me.name, python_cpu=me.python_cpu, priorities={n.id: n.priority for n in cfg.nodes},
+            priority_settle_ms=cfg.priority_settle_ms)
         kw.update(overrides)
         peers = {n.id: n.raft_address for n in cfg.nodes}
         return cls(definition, me.id, peers, me.data_dir, **kw)
@@ -261,6 +267,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
         self._applier = threading.Thread(target=self._apply_loop, name="bknr-applier", daemon=True)
         self._applier.start()
         self.committer.applier_ident = self._applier.ident
+        self.priority_keeper.start()
         # After engine.start: its loop thread, started from this thread, must keep every CPU.
         self.set_python_cpu(self._python_cpu_spec)
 
@@ -269,6 +276,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
         if not self._running:
             return
         self._running = False
+        self.priority_keeper.stop()
         self.committer.stop()
         try:
             self.engine.stop()

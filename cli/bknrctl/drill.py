@@ -60,7 +60,7 @@ class RoundResult:
 @dataclass
 class DrillOptions:
     rounds: int = 5
-    fault: str = "kill"               # kill | stop | transfer
+    fault: str = "kill"               # kill | stop | transfer | partition (needs Drill.network)
     target: str = "leader"            # leader | node name
     writers: int = 4
     warmup_s: float = 0.6
@@ -174,6 +174,9 @@ class Drill:
         self.progress = progress or (lambda msg: None)
         self.nodes = [NodeRef(n.id, n.name, n.api_url) for n in cluster.cfg.nodes]
         self.down: str | None = None
+        # fault "partition": (isolate(node name), heal()) of a network the nodes run in, e.g.
+        # network namespaces whose traffic nftables drops (bench/failover_bench.py)
+        self.network: tuple[Callable[[str], None], Callable[[], None]] | None = None
 
     async def run(self) -> list[RoundResult]:
         et = self.cluster.cfg.election_timeout_ms
@@ -225,6 +228,9 @@ class Drill:
                 await asyncio.to_thread(ctl.signal, signal.SIGKILL)
             elif o.fault == "stop":
                 await asyncio.to_thread(ctl.signal, signal.SIGSTOP)
+            elif o.fault == "partition":
+                assert self.network is not None, "a partition drill needs Drill.network"
+                await asyncio.to_thread(self.network[0], victim.name)
             else:  # planned switchover; libraft may abort one under load: retry like an operator
                 await asyncio.to_thread(transfer_with_retry, self.cluster, victim, 0)
             fault_at_done = time.monotonic()
@@ -253,6 +259,8 @@ class Drill:
         # --- recovery and verification -------------------------------------------------------
         if o.fault == "stop":
             await asyncio.to_thread(ctl.signal, signal.SIGCONT)
+        elif o.fault == "partition":
+            await asyncio.to_thread(self.network[1])  # type: ignore[index]
         elif o.fault == "kill" and not leave_down:
             from .lifecycle import start_nodes
 
