@@ -131,7 +131,7 @@ void probe_connected(uv_connect_t* req, int status) {
     }
     // Connected. A process being killed closes its sockets one by one, so our connect() can
     // still be completed by the kernel for a listener that is about to close: it resets the
-    // connection when it does. Wait a little for that before calling the leader alive.
+    // connection when it does. Wait for that before calling the leader alive.
     uv_read_start(reinterpret_cast<uv_stream_t*>(&n->probe_tcp_), probe_alloc, probe_read);
     uv_timer_start(&n->probe_timer_, [](uv_timer_t* t) {
         Node* node = static_cast<Node*>(t->data);
@@ -177,7 +177,7 @@ void Node::flush_stale_connection(uint64_t peer) {
         std::vector<uint64_t> peers;
         peers.swap(n->flush_peers_);
         for (uint64_t id : peers) n->send_flush_ping(id);
-    }, probe_settle_ms(), 0);
+    }, std::max(2u, opts_.heartbeat_ms / 8), 0);  // a reset takes one round trip to come back
 }
 
 void Node::install_stream_watch() {
@@ -277,7 +277,10 @@ void Node::on_peer_stream_closed(uint64_t peer) {
                    opts_.election_timeout_ms, 0);
 }
 
-unsigned Node::probe_settle_ms() const { return std::max(5u, opts_.heartbeat_ms / 4); }
+// A dying process closes its sockets one by one, and a loaded machine can preempt it in between:
+// the reset of a connection its listener had queued may come many milliseconds after the
+// stream's EOF. A live leader keeps the probe connection open, so waiting costs nothing there.
+unsigned Node::probe_settle_ms() const { return opts_.election_timeout_ms; }
 
 void Node::on_probe_done(int status) {
     if (closing_ || status != UV_ECONNREFUSED) return;  // alive, cancelled, or not a process death
@@ -288,9 +291,16 @@ void Node::on_probe_done(int status) {
     gone_term_ = probing_term_;
     rival_granted_ = false;
     leaders_gone_++;
-    if (may_campaign() && opts_.priority >= 0) uv_timer_start(&head_timer_, [](uv_timer_t* t) {
+    if (!may_campaign() || opts_.priority < 0) return;
+    // A candidate asked us before we knew (its head start beat our probe) and we refused: it
+    // now waits for its pre-vote retry, a tick away. Campaign at once instead; it grants our
+    // pre-vote as a rival with a log as long as its own, or we refuse each other on logs and
+    // the longer one wins.
+    raft_time now = io_.time(&io_);
+    bool refused = refused_vote_at_ != 0 && now - refused_vote_at_ < raft_.election_timeout;
+    uv_timer_start(&head_timer_, [](uv_timer_t* t) {
         static_cast<Node*>(t->data)->on_head_start();
-    }, head_start_ms(), 0);
+    }, refused ? 0 : head_start_ms(), 0);
 }
 
 bool Node::leader_known_dead() const {

@@ -335,6 +335,7 @@ private:
     raft_term probing_term_ = 0;
     uint64_t gone_leader_ = 0;      // the leader whose process we found gone
     raft_term gone_term_ = 0;
+    raft_time refused_vote_at_ = 0;  // last vote request refused because the leader was heard
     bool rival_granted_ = false;    // we let another candidate's vote request through since
     uint64_t leader_closes_ = 0, leaders_gone_ = 0, fast_elections_ = 0;
     std::minstd_rand timer_rng_{std::random_device{}()};

@@ -71,7 +71,10 @@ void Node::apply_vote_rule(struct raft_message* msg) {
     }
     if (raft_.state != RAFT_FOLLOWER || raft_.follower_state.current_leader.id == 0) return;
     raft_time now = io_.time(&io_);
-    if (now < raft_.election_timer_start + raft_.election_timeout) return;  // leader heard recently
+    if (now < raft_.election_timer_start + raft_.election_timeout) {  // leader heard recently
+        refused_vote_at_ = now;  // fast_election.cpp: the candidate may be waiting on us
+        return;
+    }
     msg->request_vote.disrupt_leader = true;
     relaxed_votes_++;
     if (!candidate_behind(v)) return;
