@@ -253,6 +253,7 @@ void Node::on_peer_stream_closed(uint64_t peer) {
     if (raft_.state != RAFT_FOLLOWER) return;
     if (raft_.follower_state.current_leader.id != peer) return;
     leader_closes_++;
+    closed_at_ = uv_now(&loop_);
     const char* address = raft_.follower_state.current_leader.address;
     if (probe_open_ || address == nullptr) return;  // one probe at a time
     std::string a(address);
@@ -289,6 +290,7 @@ void Node::on_probe_done(int status) {
         return;
     gone_leader_ = probing_;
     gone_term_ = probing_term_;
+    gone_at_ = uv_now(&loop_);
     rival_granted_ = false;
     leaders_gone_++;
     if (!may_campaign() || opts_.priority < 0) return;
@@ -331,7 +333,18 @@ void Node::on_head_start() {
     raft_time waited = now > raft_.election_timer_start ? now - raft_.election_timer_start : 0;
     raft_.follower_state.randomized_election_timeout = static_cast<unsigned>(waited);
     fast_elections_++;
+    campaign_at_ = uv_now(&loop_);
     legacy_tick_(&io_);  // libraft's tick: the timer has expired, it starts the (pre-)vote
+}
+
+void Node::note_election_won() {
+    // Called from the check phase: the last fast election's steps, for status and the docs.
+    if (campaign_at_ == 0 || raft_.state != RAFT_LEADER) return;
+    uint64_t now = uv_now(&loop_);
+    fast_timeline_[0] = gone_at_ >= closed_at_ ? gone_at_ - closed_at_ : 0;
+    fast_timeline_[1] = campaign_at_ >= gone_at_ ? campaign_at_ - gone_at_ : 0;
+    fast_timeline_[2] = now - campaign_at_;
+    campaign_at_ = 0;
 }
 
 void Node::heard_from_leader() {

@@ -134,6 +134,7 @@ py::dict status_dict(const StatusData& s) {
     d["leader_closes"] = s.leader_closes;
     d["leaders_gone"] = s.leaders_gone;
     d["fast_elections"] = s.fast_elections;
+    d["fast_election_ms"] = py::make_tuple(s.fast_timeline[0], s.fast_timeline[1], s.fast_timeline[2]);
     d["priority"] = s.priority;
     d["commit_clamps"] = s.commit_clamps;
     d["mislabeled_snapshots"] = s.mislabeled_snapshots;

@@ -107,6 +107,7 @@ struct StatusData {
     uint64_t leader_closes = 0;       // follower: the leader's stream to us closed (fast_election.cpp)
     uint64_t leaders_gone = 0;        // ... and a connect() to its raft port was refused
     uint64_t fast_elections = 0;      // elections started by the head start, not the timer
+    uint64_t fast_timeline[3] = {0, 0, 0};  // last fast election won: close->gone->campaign->leader ms
     int priority = 0;                 // leadership priority: 1 preferred, 0 none, -1 avoid
     uint64_t commit_clamps = 0;       // AppendEntries that would have lowered the commit index
     uint64_t mislabeled_snapshots = 0;  // snapshots whose contents ran past their Raft index
@@ -338,6 +339,9 @@ private:
     raft_time refused_vote_at_ = 0;  // last vote request refused because the leader was heard
     bool rival_granted_ = false;    // we let another candidate's vote request through since
     uint64_t leader_closes_ = 0, leaders_gone_ = 0, fast_elections_ = 0;
+    uint64_t closed_at_ = 0, gone_at_ = 0, campaign_at_ = 0;  // loop ms of the last fast election
+    uint64_t fast_timeline_[3] = {0, 0, 0};  // close -> confirmed, -> campaign, -> leader (ms)
+    void note_election_won();
     std::minstd_rand timer_rng_{std::random_device{}()};
     uint64_t commit_clamps_ = 0;         // install_guard.cpp (2)
     bool trace_commit_ = false;          // BKNR_TRACE_COMMIT: log each clamp on stderr

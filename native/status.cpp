@@ -102,6 +102,7 @@ void Node::fill_status(StatusData& s) {
     s.leader_closes = leader_closes_;
     s.leaders_gone = leaders_gone_;
     s.fast_elections = fast_elections_;
+    for (int i = 0; i < 3; i++) s.fast_timeline[i] = fast_timeline_[i];
     s.priority = opts_.priority;
     s.commit_clamps = commit_clamps_;
     s.mislabeled_snapshots = mislabeled_snapshots_;

@@ -155,6 +155,9 @@ class AdminMixin:
             "leader_closes": st.get("leader_closes", 0),
             "leaders_gone": st.get("leaders_gone", 0),
             "fast_elections": st.get("fast_elections", 0),
+            # the last fast election this node won: ms from the leader's stream closing to the
+            # probe's refusal, to its campaign, to leading
+            "fast_election_ms": list(st.get("fast_election_ms", (0, 0, 0))),
             # leadership priority and the automatic transfers this node made (priority.py)
             **self.priority_keeper.stats(),
         }
