@@ -85,7 +85,7 @@ def run_drills(config: Path, kinds: list[str], rounds: int, network: Any = None)
         out[kind] = report(cluster, results)
         gaps = [r.write_gap_ms for r in results if r.write_gap_ms is not None]
         print(f"  {kind:9s} {len(results)} rounds: median {_median(gaps)} ms, max {_max(gaps)} ms, "
-              f"lost {out[kind]['lost_total']}", flush=True)
+              f"lost {out[kind]['lost_total']}; gaps {sorted(round(g) for g in gaps)}", flush=True)
     return out
 
 
@@ -99,6 +99,7 @@ async def steady_run(config: Path, seconds: float) -> dict[str, Any]:
     drill = Drill(cluster, DrillOptions())
     state = await asyncio.to_thread(cluster.probe, 2.0)
     terms0 = {s.node.name: int(s.status["term"]) for s in state.nodes if s.status}
+    counts0 = _election_counters(state)
     async with BankClient(drill.nodes, cluster.token, request_timeout=1.0, prefix="steady") as client:
         await client.setup(time.monotonic() + 30)
         leader = await client.discover(-1, time.monotonic() + 30)
@@ -126,8 +127,19 @@ async def steady_run(config: Path, seconds: float) -> dict[str, Any]:
     state = await asyncio.to_thread(cluster.probe, 2.0)
     terms1 = {s.node.name: int(s.status["term"]) for s in state.nodes if s.status}
     changes = max(terms1[n] - terms0[n] for n in terms0)
+    counts1 = _election_counters(state)
     return {"term_changes": changes, "acked": len(acked), "lost": lost, "digests_match": digests_ok,
-            "bank_total_ok": total_ok, "stalls_s": [round(s, 2) for s in stalls]}
+            "bank_total_ok": total_ok, "stalls_s": [round(s, 2) for s in stalls],
+            # what started the elections, if any (summed over the nodes)
+            "election_counters": {k: counts1[k] - counts0[k] for k in counts0}}
+
+
+ELECTION_COUNTERS = ("leader_closes", "leaders_gone", "fast_elections", "relaxed_votes",
+                     "early_campaigns", "pre_vote_retries")
+
+
+def _election_counters(state: Any) -> dict[str, int]:
+    return {k: sum(int(s.status.get(k, 0)) for s in state.nodes if s.status) for k in ELECTION_COUNTERS}
 
 
 def loopback_phase(root: Path, rounds: int, steady_s: float) -> tuple[dict, dict]:
@@ -150,7 +162,8 @@ def loopback_phase(root: Path, rounds: int, steady_s: float) -> tuple[dict, dict
             seen |= set(node_pids(c.config_path).values())  # the drill restarts killed nodes
         steady = asyncio.run(steady_run(c.config_path, steady_s))
         print(f"  steady    {steady_s:.0f} s: term changes {steady['term_changes']}, "
-              f"acked {steady['acked']}, lost {steady['lost']}", flush=True)
+              f"acked {steady['acked']}, lost {steady['lost']}, {steady['election_counters']}",
+              flush=True)
         return drills, steady
     finally:
         seen |= set(node_pids(c.config_path).values())

@@ -29,12 +29,14 @@
 //    leader that closed one connection cannot be deposed: the candidate never gets a majority.
 // Any AppendEntries or InstallSnapshot received (a leader is alive) clears the confirmation.
 //
-// Election timer ranges (the timeout path: SIGSTOP, partitions, powered-off hosts): libraft
-// draws a follower's timeout uniformly in [T, 2T]; we keep followers in [T, 1.5T] (priority -1
-// in [1.5T, 2T], so another live follower always times out first). The first survivor's timer
-// then fires at T + T/6 on average and at most 1.5T, instead of T + T/3 and 2T; two survivors
-// firing within one pre-vote round trip of each other is as unlikely as before (the range is
-// still T/2 wide), and the pre-vote retry (vote_rule.cpp) handles a lost round.
+// Election timer bands (the timeout path: SIGSTOP, partitions, powered-off hosts): libraft
+// draws a follower's timeout uniformly in [T, 2T], so the first of two survivors fires at
+// T + T/3 on average and at 2T at worst, and two that fire within a round trip of each other
+// split the vote. We give each follower a band in the same order as the head start:
+// [T + 2 + p x step, + step/2] ms for position p (step = heartbeat / 2), drawn anew every term
+// and whenever libraft draws outside it. The best-placed survivor fires ~T after its last
+// heartbeat and the next one step later, so their pre-votes never cross; a priority -1 node's
+// band lies after every better node's. Candidates keep libraft's random [T, 2T].
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -209,21 +211,25 @@ int Node::priority_of(uint64_t id) const {
     return 0;
 }
 
-unsigned Node::head_start_ms() {
-    unsigned step = std::max(2u, opts_.heartbeat_ms / 2);
+unsigned Node::election_step() const { return std::max(2u, opts_.heartbeat_ms / 2); }
+
+// Our place among the voters that could lead once `leader` is gone: priority (higher first),
+// then node id; a log ending below the commit index we know puts us after all of them.
+unsigned Node::election_position(uint64_t leader) {
     unsigned position = 0, voters = 0;
     int mine = opts_.priority;
     for (unsigned i = 0; i < raft_.configuration.n; i++) {
         const auto& sv = raft_.configuration.servers[i];
-        if (sv.role != RAFT_VOTER || sv.id == gone_leader_) continue;
+        if (sv.role != RAFT_VOTER || sv.id == leader) continue;
         voters++;
         int theirs = priority_of(sv.id);
         if (sv.id != id_ && (theirs > mine || (theirs == mine && sv.id < id_))) position++;
     }
-    // Our log ends below what the leader told us is committed: every up-to-date survivor first.
     if (raft_last_index(&raft_) < raft_.commit_index) position += voters;
-    return 1 + position * step;
+    return position;
 }
+
+unsigned Node::head_start_ms() { return 1 + election_position(gone_leader_) * election_step(); }
 
 void Node::ensure_election_timers() {
     if (election_timers_) return;
@@ -353,10 +359,13 @@ void Node::heard_from_leader() {
     if (election_timers_) uv_timer_stop(&head_timer_);
 }
 
-void Node::election_range(unsigned& lo, unsigned& hi) const {
-    unsigned t = raft_.election_timeout;
-    lo = opts_.priority < 0 ? t + t / 2 : t;
-    hi = opts_.priority < 0 ? 2 * t : t + t / 2;
+void Node::election_range(unsigned& lo, unsigned& hi) {
+    unsigned t = raft_.election_timeout, step = election_step();
+    uint64_t leader = raft_.state == RAFT_FOLLOWER ? raft_.follower_state.current_leader.id : 0;
+    // 2 ms past T: the follower that grants us must not have heard the leader for T either
+    // (thesis rule), and its last heartbeat may have come a little after ours.
+    lo = std::min(t + 2 + election_position(leader) * step, 2 * t - step / 2);
+    hi = lo + step / 2;
 }
 
 void Node::keep_timer_in_range() {

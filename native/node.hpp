@@ -250,7 +250,7 @@ public:
     void note_vote_request(bool candidate_behind);  // a vote request while leader_known_dead()
     void heard_from_leader();                       // an AppendEntries / InstallSnapshot arrived
     bool may_campaign() const;
-    void election_range(unsigned& lo, unsigned& hi) const;
+    void election_range(unsigned& lo, unsigned& hi);
     void keep_timer_in_range();
     void close_election_timers();
     int (*orig_listen_)(struct raft_uv_transport*, raft_uv_accept_cb) = nullptr;
@@ -321,6 +321,8 @@ private:
     raft_term timer_term_ = 0;      // the term our follower timer was last drawn for
     // fast_election.cpp (loop thread only)
     unsigned head_start_ms();
+    unsigned election_step() const;
+    unsigned election_position(uint64_t leader);
     int priority_of(uint64_t id) const;
     void ensure_election_timers();
     bool election_timers_ = false;  // head_timer_ / probe_timer_ initialised

@@ -107,7 +107,7 @@ void Node::redraw_election_timer() {
     timer_term_ = raft_.current_term;
     if (raft_.state != RAFT_FOLLOWER) return;  // a candidate has just drawn; a leader has none
     unsigned lo, hi;
-    election_range(lo, hi);  // fast_election.cpp: [T, 1.5T], or [1.5T, 2T] for priority -1
+    election_range(lo, hi);  // fast_election.cpp: this node's band, in head-start order
     std::uniform_int_distribution<unsigned> draw(lo, hi);
     raft_.follower_state.randomized_election_timeout = draw(timer_rng_);
 }
