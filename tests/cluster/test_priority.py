@@ -81,15 +81,16 @@ def test_leadership_returns_to_a_restarted_priority_one_node_and_does_not_flap(t
     # as soon as it answers, before it could be caught up for the settle time.
     c.kill("n1")
     other = c.wait_leader(among=["n2", "n3"])
+    made = c.status(other, digest=False)["priority_transfers"]  # 1 if it handed over at start
     for _ in range(3):
         c.start("n1")
         c.kill("n1")
-    assert c.status(other, digest=False)["priority_transfers"] == 0
+    assert c.status(other, digest=False)["priority_transfers"] == made
     # n1 stays up: once caught up for the settle time, the leader hands over, once.
     c.start("n1")
     wait_until(lambda: c.wait_leader() == "n1", 30, "leadership back on n1")
     st = c.status(other, digest=False)
-    assert st["priority_transfers"] == 1
+    assert st["priority_transfers"] == made + 1
     assert "priority 1" in st["last_priority_transfer"]["cause"]
     assert c.tx("n1", "deposit", "ann", 5)["result"] == 105
     c.wait_converged()
