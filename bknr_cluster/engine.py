@@ -31,6 +31,7 @@ from bknr_cluster.errors import (
 LIBRAFT_VERSION: str = _raft.LIBRAFT_VERSION
 
 ROLES = ("voter", "standby", "spare")
+PRIORITIES = (-1, 0, 1)
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
 
 
@@ -101,7 +102,8 @@ class RaftNode:
                  pre_vote: bool = True, max_inflight_entries: int = 8192,
                  store_snapshot_every: int | None = None,
                  max_entry_bytes: int = 64 << 20,
-                 secret: bytes | None = None, auth_timeout_ms: int = 5000) -> None:
+                 secret: bytes | None = None, auth_timeout_ms: int = 5000,
+                 priority: int = 0, peer_priorities: dict[int, int] | None = None) -> None:
         self.node_id = _check_id(node_id)
         self.address = _check_address(address)
         if not 0 < heartbeat_ms < election_timeout_ms:
@@ -121,13 +123,22 @@ class RaftNode:
                 raise UsageError("the raft secret must be at least 16 bytes")
             if auth_timeout_ms < 1:
                 raise UsageError("auth_timeout_ms must be positive")
+        # Leadership priority (1 preferred, 0 none, -1 avoid) of this node and of its peers:
+        # the order of the election head start after a leader's process died, and the timer
+        # range (native/fast_election.cpp). Automatic transfers are cluster/priority.py's.
+        peers = {int(i): p for i, p in (peer_priorities or {}).items()}  # JSON keys are strings
+        for p in (priority, *peers.values()):
+            if p not in PRIORITIES:
+                raise UsageError(f"priority must be one of {PRIORITIES}, not {p!r}")
+        self.priority = priority
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         self._lock = DataDirLock(self.data_dir)
         self._node = _raft.Node(self.node_id, self.address, self.data_dir, election_timeout_ms,
                                 heartbeat_ms, snapshot_threshold, snapshot_trailing, bool(pre_vote),
                                 max_inflight_entries, store_snapshot_every, max_entry_bytes,
-                                bytes(secret or b""), auth_timeout_ms)
+                                bytes(secret or b""), auth_timeout_ms, priority,
+                                sorted((_check_id(i), p) for i, p in peers.items()))
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -253,7 +264,8 @@ class RaftNode:
                 "last_log_index": 0, "snapshot_index": 0, "snapshot_term": 0,
                 "configuration": [], "followers": [], "store_snapshot_index": 0, "tail_entries": 0,
                 "snapshot_store_index": 0, "fresh_store_snapshots": 0, "snapshot_trailing": 0,
-                "apply_queue": 0, "leader_contact_ms": 0, "off_loop_callbacks": 0, "last_error": ""}
+                "apply_queue": 0, "leader_contact_ms": 0, "off_loop_callbacks": 0, "last_error": "",
+                "priority": self.priority}
 
     # -- applier side -----------------------------------------------------------------------
 

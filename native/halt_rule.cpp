@@ -26,7 +26,10 @@
 
 namespace bknr {
 
-void Node::set_halted(bool on) { halted_.store(on); }
+void Node::set_halted(bool on) {
+    halted_.store(on);
+    may_campaign_.store(!on);  // fast_election.cpp: no early election (head start) either
+}
 
 bool Node::halted_recv(struct raft_message* msg) {
     switch (msg->type) {

@@ -79,6 +79,7 @@ void Node::on_tick() {
         halted_tick();  // halt_rule.cpp: never campaign
     } else {
         redraw_election_timer();
+        keep_timer_in_range();  // fast_election.cpp
         retry_pre_vote();
     }
     legacy_tick_(&io_);
@@ -90,6 +91,7 @@ void Node::on_recv(struct raft_message* msg) {
     } else {
         apply_vote_rule(msg);
     }
+    if (msg->type == RAFT_APPEND_ENTRIES || msg->type == RAFT_INSTALL_SNAPSHOT) heard_from_leader();
     if (msg->type == RAFT_APPEND_ENTRIES && compat::kFollowerCommitCanRegress) {
         struct raft_append_entries* ae = &msg->append_entries;
         uint64_t commit = raft_.commit_index;

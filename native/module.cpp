@@ -135,6 +135,11 @@ py::dict status_dict(const StatusData& s) {
     d["relaxed_votes"] = s.relaxed_votes;
     d["early_campaigns"] = s.early_campaigns;
     d["pre_vote_retries"] = s.pre_vote_retries;
+    d["leader_closes"] = s.leader_closes;
+    d["leaders_gone"] = s.leaders_gone;
+    d["fast_elections"] = s.fast_elections;
+    d["fast_election_ms"] = py::make_tuple(s.fast_timeline[0], s.fast_timeline[1], s.fast_timeline[2]);
+    d["priority"] = s.priority;
     d["commit_clamps"] = s.commit_clamps;
     d["mislabeled_snapshots"] = s.mislabeled_snapshots;
     d["snapshot_taking"] = s.snapshot_taking;
@@ -326,7 +331,8 @@ PYBIND11_MODULE(_raft, m) {
         .def(py::init([](uint64_t id, std::string address, std::string dir, unsigned election_timeout_ms,
                          unsigned heartbeat_ms, unsigned snapshot_threshold, unsigned snapshot_trailing,
                          bool pre_vote, unsigned max_inflight_entries, unsigned store_snapshot_every,
-                         size_t max_entry_bytes, py::bytes secret, unsigned auth_timeout_ms) {
+                         size_t max_entry_bytes, py::bytes secret, unsigned auth_timeout_ms, int priority,
+                         std::vector<std::pair<uint64_t, int>> peer_priorities) {
                  Options o;
                  o.election_timeout_ms = election_timeout_ms;
                  o.heartbeat_ms = heartbeat_ms;
@@ -338,12 +344,15 @@ PYBIND11_MODULE(_raft, m) {
                  o.max_entry_bytes = max_entry_bytes;
                  o.secret = std::string(secret);
                  o.auth_timeout_ms = auth_timeout_ms;
+                 o.priority = priority;
+                 o.peer_priorities = std::move(peer_priorities);
                  return new Node(id, std::move(address), std::move(dir), o);
              }),
              py::arg("node_id"), py::arg("address"), py::arg("data_dir"), py::arg("election_timeout_ms"),
              py::arg("heartbeat_ms"), py::arg("snapshot_threshold"), py::arg("snapshot_trailing"),
              py::arg("pre_vote"), py::arg("max_inflight_entries"), py::arg("store_snapshot_every"),
-             py::arg("max_entry_bytes"), py::arg("secret") = py::bytes(), py::arg("auth_timeout_ms") = 5000)
+             py::arg("max_entry_bytes"), py::arg("secret") = py::bytes(), py::arg("auth_timeout_ms") = 5000,
+             py::arg("priority") = 0, py::arg("peer_priorities") = std::vector<std::pair<uint64_t, int>>{})
         .def("bootstrap", [](Node& n, const std::vector<std::tuple<uint64_t, std::string, std::string>>& conf,
                              bool recover) {
             std::vector<ServerInfo> servers;

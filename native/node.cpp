@@ -5,6 +5,7 @@
 
 #include "auth_transport.hpp"  // transport selection; status.cpp reads its counters
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -138,6 +139,7 @@ int Node::setup_loop(std::string& err) {
         }
     }
     if (rv != 0) { err = "transport: " + std::string(raft_strerror(rv)) + ": " + transport_.errmsg; goto fail_loop; }
+    install_stream_watch();  // fast_election.cpp: notice the leader's stream closing
     io_.data = this;
     rv = raft_uv_init(&io_, &loop_, dir_.c_str(), &transport_);
     if (rv != 0) { err = "io: " + std::string(io_.errmsg); goto fail_transport; }
@@ -147,6 +149,10 @@ int Node::setup_loop(std::string& err) {
     // counted for a quorum). Refuse instead; the one benign case, a torn tail of an open
     // segment, is cut off before start by bknr_cluster/raft_repair.py.
     raft_uv_set_auto_recovery(&io_, false);
+    // libraft retries a refused connection after 1 s: a peer that restarted (a drill, a deploy)
+    // heard nothing from the leader meanwhile, and a vote it asked for sat in a queue. Half an
+    // election timeout keeps reconnecting cheap (a refused connect costs one round trip).
+    raft_uv_set_connect_retry_delay(&io_, std::max(opts_.heartbeat_ms, std::min(1000u, opts_.election_timeout_ms / 2)));
     install_recv_hook();
     fsm_.version = compat::kFsmVersion;
     fsm_.data = this;
@@ -177,11 +183,13 @@ fail_loop:
 }
 
 void Node::close_transport() {
+    remove_stream_watch();
     if (opts_.secret.empty()) raft_uv_tcp_close(&transport_);
     else bknr_auth_transport_close(&transport_);
 }
 
 void Node::on_raft_closed() {
+    close_election_timers();
     raft_uv_close(&io_);
     close_transport();
     uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
@@ -343,6 +351,7 @@ void Node::on_check() {
     }
     applyq_.flush();
     deliver_deferred();
+    note_election_won();
 }
 
 void Node::on_async() {

@@ -108,6 +108,11 @@ struct StatusData {
     uint64_t relaxed_votes = 0;       // vote requests let through by the thesis rule
     uint64_t early_campaigns = 0;     // early elections against a shorter-log candidate
     uint64_t pre_vote_retries = 0;    // pre-vote rounds re-sent before the candidate timer
+    uint64_t leader_closes = 0;       // follower: the leader's stream to us closed (fast_election.cpp)
+    uint64_t leaders_gone = 0;        // ... and a connect() to its raft port was refused
+    uint64_t fast_elections = 0;      // elections started by the head start, not the timer
+    uint64_t fast_timeline[3] = {0, 0, 0};  // last fast election won: close->gone->campaign->leader ms
+    int priority = 0;                 // leadership priority: 1 preferred, 0 none, -1 avoid
     uint64_t commit_clamps = 0;       // AppendEntries that would have lowered the commit index
     uint64_t mislabeled_snapshots = 0;  // snapshots whose contents ran past their Raft index
     bool halted = false;                // RaftNode.set_halted (halt_rule.cpp)
@@ -151,6 +156,10 @@ struct Options {
     // Authenticated transport (native/auth_transport.hpp, docs/security.md) when non-empty.
     std::string secret;
     unsigned auth_timeout_ms = 5000;
+    // Leadership priority (1 preferred, 0 none, -1 avoid) of this node and of its peers, for
+    // the election head start and timer ranges (fast_election.cpp). Unlisted peers count as 0.
+    int priority = 0;
+    std::vector<std::pair<uint64_t, int>> peer_priorities;
 };
 
 // Outcome code of a synchronous libraft refusal, and its text (requests.cpp).
@@ -246,6 +255,28 @@ public:
     bool halted() const { return halted_.load(std::memory_order_relaxed); }
     bool halted_recv(struct raft_message* msg);      // true: drop the message
     void halted_tick();
+    // fast_election.cpp: an election at once when the leader's process is gone; timer ranges.
+    void install_stream_watch();  // wraps transport_.listen (stock or authenticated)
+    void remove_stream_watch();
+    void on_peer_stream_closed(uint64_t peer);
+    void on_probe_done(int status);
+    void on_head_start();
+    bool leader_known_dead() const;
+    void note_vote_request(bool candidate_behind);  // a vote request while leader_known_dead()
+    void heard_from_leader();                       // an AppendEntries / InstallSnapshot arrived
+    bool may_campaign() const;
+    void election_range(unsigned& lo, unsigned& hi);
+    void keep_timer_in_range();
+    void close_election_timers();
+    int (*orig_listen_)(struct raft_uv_transport*, raft_uv_accept_cb) = nullptr;
+    raft_uv_accept_cb raft_accept_cb_ = nullptr;
+    uv_tcp_t probe_tcp_;
+    uv_timer_t probe_timer_;
+    bool probe_open_ = false;
+    bool closing_ = false;  // loop thread only
+    unsigned probe_settle_ms() const;
+    // Issue 13's halted flag clears this: the replica then never starts an early election.
+    std::atomic<bool> may_campaign_{true};
     void deliver_deferred();
     void drop_deferred();
     void on_check();
@@ -291,7 +322,6 @@ private:
     std::mutex req_mu_;
     std::vector<Request> reqs_;
     std::atomic<bool> accepting_{false};
-    bool closing_ = false;  // loop thread only
     std::thread::id loop_tid_;
     uv_timer_t health_timer_;
     uv_check_t flush_check_;  // runs after each loop iteration's I/O: wakes the applier once
@@ -304,6 +334,31 @@ private:
     uint64_t pre_vote_retries_ = 0; // pre-vote rounds re-sent early (vote_rule.cpp)
     bool rival_pre_vote_ = false;   // as a pre-vote candidate, another one asked us (vote_rule.cpp)
     raft_term timer_term_ = 0;      // the term our follower timer was last drawn for
+    // fast_election.cpp (loop thread only)
+    unsigned head_start_ms();
+    unsigned election_step() const;
+    unsigned election_position(uint64_t leader);
+    int priority_of(uint64_t id) const;
+    void ensure_election_timers();
+    bool election_timers_ = false;  // head_timer_ / probe_timer_ initialised
+    uv_timer_t head_timer_;
+    uv_timer_t flush_timer_;
+    void send_flush_ping(uint64_t peer);
+    void flush_stale_connection(uint64_t peer);
+  public:
+    std::vector<uint64_t> flush_peers_;  // second flush ping due (flush_timer_)
+  private:
+    uv_connect_t probe_req_;
+    uint64_t probing_ = 0;          // the leader a probe is connecting to
+    raft_term probing_term_ = 0;
+    uint64_t gone_leader_ = 0;      // the leader whose process we found gone
+    raft_term gone_term_ = 0;
+    raft_time refused_vote_at_ = 0;  // last vote request refused because the leader was heard
+    bool rival_granted_ = false;    // we let another candidate's vote request through since
+    uint64_t leader_closes_ = 0, leaders_gone_ = 0, fast_elections_ = 0;
+    uint64_t closed_at_ = 0, gone_at_ = 0, campaign_at_ = 0;  // loop ms of the last fast election
+    uint64_t fast_timeline_[3] = {0, 0, 0};  // close -> confirmed, -> campaign, -> leader (ms)
+    void note_election_won();
     std::minstd_rand timer_rng_{std::random_device{}()};
     uint64_t commit_clamps_ = 0;         // install_guard.cpp (2)
     std::atomic<bool> halted_{false};    // halt_rule.cpp; written by Python, read on the loop

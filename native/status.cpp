@@ -99,6 +99,11 @@ void Node::fill_status(StatusData& s) {
     s.relaxed_votes = relaxed_votes_;
     s.early_campaigns = early_campaigns_;
     s.pre_vote_retries = pre_vote_retries_;
+    s.leader_closes = leader_closes_;
+    s.leaders_gone = leaders_gone_;
+    s.fast_elections = fast_elections_;
+    for (int i = 0; i < 3; i++) s.fast_timeline[i] = fast_timeline_[i];
+    s.priority = opts_.priority;
     s.commit_clamps = commit_clamps_;
     s.mislabeled_snapshots = mislabeled_snapshots_;
     s.halted = halted();

@@ -62,9 +62,19 @@ void Node::apply_vote_rule(struct raft_message* msg) {
         !candidate_behind(v))
         rival_pre_vote_ = true;
     if (v.disrupt_leader) return;
+    // A follower that saw its leader's process die (fast_election.cpp) answers at once.
+    if (leader_known_dead()) {
+        msg->request_vote.disrupt_leader = true;
+        relaxed_votes_++;
+        note_vote_request(candidate_behind(v));
+        return;
+    }
     if (raft_.state != RAFT_FOLLOWER || raft_.follower_state.current_leader.id == 0) return;
     raft_time now = io_.time(&io_);
-    if (now < raft_.election_timer_start + raft_.election_timeout) return;  // leader heard recently
+    if (now < raft_.election_timer_start + raft_.election_timeout) {  // leader heard recently
+        refused_vote_at_ = now;  // fast_election.cpp: the candidate may be waiting on us
+        return;
+    }
     msg->request_vote.disrupt_leader = true;
     relaxed_votes_++;
     if (!candidate_behind(v)) return;
@@ -96,8 +106,9 @@ void Node::redraw_election_timer() {
     if (raft_.current_term == timer_term_) return;
     timer_term_ = raft_.current_term;
     if (raft_.state != RAFT_FOLLOWER) return;  // a candidate has just drawn; a leader has none
-    unsigned t = raft_.election_timeout;
-    std::uniform_int_distribution<unsigned> draw(t, 2 * t);
+    unsigned lo, hi;
+    election_range(lo, hi);  // fast_election.cpp: this node's band, in head-start order
+    std::uniform_int_distribution<unsigned> draw(lo, hi);
     raft_.follower_state.randomized_election_timeout = draw(timer_rng_);
 }
 

@@ -37,6 +37,7 @@ class AdminMixin:
     node_id: int
     _apply_lock: Any
     _map_error: Any
+    priority_keeper: Any
 
     def backup(self) -> tuple[int, bytes]:
         """A store snapshot of this replica with the index it is exactly at. A forked child
@@ -242,4 +243,13 @@ class AdminMixin:
                             for c, r in list(self.checkpoints.items())[-16:]},
             "verdicts": {str(c): {"result": v["result"], "digest": v["digest"], "agree": v["agree"]}
                          for c, v in list(self.verdicts.items())[-4:]},
+            # the leader's stream closing and elections started at once (native/fast_election.cpp)
+            "leader_closes": st.get("leader_closes", 0),
+            "leaders_gone": st.get("leaders_gone", 0),
+            "fast_elections": st.get("fast_elections", 0),
+            # the last fast election this node won: ms from the leader's stream closing to the
+            # probe's refusal, to its campaign, to leading
+            "fast_election_ms": list(st.get("fast_election_ms", (0, 0, 0))),
+            # leadership priority and the automatic transfers this node made (priority.py)
+            **self.priority_keeper.stats(),
         }

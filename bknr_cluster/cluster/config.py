@@ -79,6 +79,8 @@ class NodeConfig:
     def app_url(self) -> str:
         """Where this node serves the hosted application ("" without an ``app`` section)."""
         return f"http://{self.app_host}:{self.app_port}" if self.app_port else ""
+    # leadership priority: 1 preferred (takes leadership back), 0 none, -1 avoid (priority.py)
+    priority: int = 0
 
     @property
     def raft_address(self) -> str:
@@ -127,6 +129,8 @@ class ClusterConfig:
     raft_secret_file: Path | None = None
     app: AppConfig | None = None
     checkpoint_every: int = DEFAULT_CHECKPOINT["every"]
+    # how long a node of higher priority must stay caught up before the leader hands over
+    priority_settle_ms: int | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterConfig:
@@ -169,6 +173,7 @@ class ClusterConfig:
             if data.get("raft_secret_file") else None,
             app=_app(data.get("app")),
             checkpoint_every=int(checkpoint["every"]),
+            priority_settle_ms=timing.get("priority_settle_ms"),
         )
 
     @property
@@ -261,7 +266,7 @@ def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None,
     return NodeConfig(id=int(n["id"]), name=n["name"], host=n["host"], raft_port=int(n["raft_port"]),
                       api_port=int(n["api_port"]), api_host=api_host,
                       data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg,
-                      python_cpu=n.get("python_cpu", python_cpu),
+                      python_cpu=n.get("python_cpu", python_cpu), priority=int(n.get("priority", 0)),
                       app_port=int(app_port) if app_port else None,
                       app_host=(n.get("app_host") or api_host) if app_port else None)
 
@@ -316,7 +321,8 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     if (msg := _check_python_cpu(data.get("python_cpu"))):
         out.append(("python_cpu", msg))
     out += _validate_section(data.get("timing"), "timing", {
-        "election_timeout_ms": (20, 600_000), "heartbeat_ms": (1, 60_000)})
+        "election_timeout_ms": (20, 600_000), "heartbeat_ms": (1, 60_000),
+        "priority_settle_ms": (0, 3_600_000)})
     timing = {**DEFAULT_TIMING, **(data.get("timing") or {})} if isinstance(data.get("timing"), dict | None) \
         else DEFAULT_TIMING
     et, hb = timing.get("election_timeout_ms"), timing.get("heartbeat_ms")
@@ -408,7 +414,7 @@ def _validate_section(section: Any, name: str, fields: dict[str, tuple[int, int]
 
 
 NODE_KEYS = {"id", "name", "host", "raft_port", "api_port", "api_host", "data_dir", "role", "ssh",
-             "python_cpu", "app_port", "app_host"}
+             "python_cpu", "app_port", "app_host", "priority"}
 SSH_KEYS = {"user", "port", "key_file", "known_hosts", "strict_host_key_checking", "workdir",
             "python", "config_path"}
 
@@ -465,6 +471,8 @@ def _validate_nodes(nodes: list, app: dict | None = None) -> list[tuple[str, str
                        f"data_dir {n['data_dir']!r} on {host}")
         if (msg := _check_python_cpu(n.get("python_cpu"))):
             out.append((f"{p}.python_cpu", msg))
+        if "priority" in n and not (_int_in(n["priority"], -1, 1)):
+            out.append((f"{p}.priority", "must be 1 (preferred leader), 0 (no preference) or -1 (avoid)"))
         role = n.get("role", "voter")
         if role not in ROLES:
             out.append((f"{p}.role", f"must be one of {', '.join(ROLES)}"))

@@ -29,6 +29,7 @@ from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.commit import AppliedSignal, GroupCommitter, Waiter
 from bknr_cluster.cluster.definition import Capabilities, describe
 from bknr_cluster.cluster.monitor import ClusterMonitor
+from bknr_cluster.cluster.priority import PriorityKeeper
 from bknr_cluster.errors import (
     BknrError,
     NoLeader,
@@ -104,7 +105,9 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
                  switch_interval: float | None = None, secret: bytes | None = None,
                  freeze_gc: bool = False, python_cpu: int | str | None = None,
-                 checkpoint_every: int = 10000, monitor_interval: float = 0.5) -> None:
+                 checkpoint_every: int = 10000, monitor_interval: float = 0.5,
+                 priorities: Mapping[int, int] | None = None,
+                 priority_settle_ms: int | None = None) -> None:
         from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
 
         # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
@@ -168,13 +171,22 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
             from bknr_cluster.engine import RaftNode
             engine_factory = RaftNode
         # The raft secret authenticates members on every raft connection (docs/security.md).
-        auth = {"secret": secret} if secret is not None else {}
+        auth: dict[str, Any] = {"secret": secret} if secret is not None else {}
+        # Leadership priorities (id -> 1/0/-1): the engine orders its election head start by
+        # them; the PriorityKeeper (priority.py) hands leadership to a preferred node.
+        self.priorities = {int(i): int(p) for i, p in (priorities or {}).items()}
+        if any(self.priorities.values()):
+            auth["priority"] = self.priorities.get(self.node_id, 0)
+            auth["peer_priorities"] = {i: p for i, p in self.priorities.items() if i != self.node_id}
         self.engine = engine_factory(
             self.node_id, self.address, str(raft_dir), election_timeout_ms=election_timeout_ms,
             heartbeat_ms=heartbeat_ms, snapshot_threshold=snapshot_threshold,
             snapshot_trailing=snapshot_trailing, store_snapshot_every=store_snapshot_every,
             max_entry_bytes=max(batch_max_bytes + 4096, 64 << 20), **auth)
         self.election_timeout_ms = election_timeout_ms
+        self.priority_keeper = PriorityKeeper(
+            self.node_id, self.priorities, self.engine, election_timeout_ms, name_of=self.node_name,
+            settle_s=None if priority_settle_ms is None else priority_settle_ms / 1000)
         self.committer = GroupCommitter(self.engine.submit, self.node_id, max_count=batch_max_count,
                                         max_bytes=batch_max_bytes, window=batch_window,
                                         map_error=self._map_error,
@@ -257,7 +269,8 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
             batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, node_names=node_name,
             token=cfg.token(), secret=raft_secret(cfg),
-            name=me.name, python_cpu=me.python_cpu)
+            name=me.name, python_cpu=me.python_cpu, priorities={n.id: n.priority for n in cfg.nodes},
+            priority_settle_ms=cfg.priority_settle_ms)
         kw.update(overrides)
         peers = {n.id: n.raft_address for n in cfg.nodes}
         return cls(definition, me.id, peers, me.data_dir, **kw)
@@ -279,6 +292,7 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         self._applier.start()
         self.committer.applier_ident = self._applier.ident
         self.monitor.start()
+        self.priority_keeper.start()
         # After engine.start: its loop thread, started from this thread, must keep every CPU.
         self.set_python_cpu(self._python_cpu_spec)
 
@@ -289,6 +303,7 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         self._running = False
         self._halt_event.set()
         self.monitor.stop()
+        self.priority_keeper.stop()
         self.committer.stop()
         try:
             self.engine.stop()

@@ -268,6 +268,8 @@ def status_rows(state: ClusterState, cfg: ClusterConfig | None = None) -> list[d
             "address": s.node.raft_address,
             "api": s.node.api_url,
             "role": s.role,
+            # leadership priority (1 preferred, 0 none, -1 avoid): what the node runs with
+            "priority": st.get("priority", s.node.priority),
             "member_role": roles.get(s.node.id, "not a member" if roles else None),
             "term": st.get("term"),
             "leader": leader_name,

@@ -60,7 +60,7 @@ class RoundResult:
 @dataclass
 class DrillOptions:
     rounds: int = 5
-    fault: str = "kill"               # kill | stop | transfer
+    fault: str = "kill"               # kill | stop | transfer | partition (needs Drill.network)
     target: str = "leader"            # leader | node name
     writers: int = 4
     warmup_s: float = 0.6
@@ -89,16 +89,20 @@ def transfer_with_retry(cluster: Cluster, leader: Any, to: int = 0, attempts: in
     raise last
 
 
-async def inject_fault(cluster: Cluster, ctl: Any, victim: Any, fault: str
+async def inject_fault(cluster: Cluster, ctl: Any, victim: Any, fault: str,
+                       network: tuple[Callable[[str], None], Callable[[], None]] | None = None,
                        ) -> tuple[float, float, float]:
-    """Kill (SIGKILL), freeze (SIGSTOP) or hand over (planned switchover) ``victim``; returns
-    ``(started, done, fault_at)``: a kill/freeze happens when the signal is delivered, a
-    switchover starts with the call."""
+    """Kill (SIGKILL), freeze (SIGSTOP), cut off (``network``'s isolate) or hand over (planned
+    switchover) ``victim``; returns ``(started, done, fault_at)``: a kill/freeze/cut happens
+    when it is delivered, a switchover starts with the call."""
     start = time.monotonic()
     if fault == "kill":
         await asyncio.to_thread(ctl.signal, signal.SIGKILL)
     elif fault == "stop":
         await asyncio.to_thread(ctl.signal, signal.SIGSTOP)
+    elif fault == "partition":
+        assert network is not None, "a partition drill needs Drill.network"
+        await asyncio.to_thread(network[0], victim.name)
     else:  # planned switchover; libraft may abort one under load: retry like an operator
         await asyncio.to_thread(transfer_with_retry, cluster, victim, 0)
     done = time.monotonic()
@@ -192,6 +196,9 @@ class Drill:
         self.nodes = [NodeRef(n.id, n.name, n.api_url) for n in cluster.cfg.nodes]
         self.down: str | None = None
         self.removed_records: int | None = None
+        # fault "partition": (isolate(node name), heal()) of a network the nodes run in, e.g.
+        # network namespaces whose traffic nftables drops (bench/failover_bench.py)
+        self.network: tuple[Callable[[str], None], Callable[[], None]] | None = None
 
     async def run(self) -> list[RoundResult]:
         et = self.cluster.cfg.election_timeout_ms
@@ -245,7 +252,7 @@ class Drill:
             await self._wait_acks(client, 20, time.monotonic() + o.warmup_s + 10.0)
             await asyncio.sleep(o.warmup_s)
             fault_start, fault_at_done, fault_at = await inject_fault(self.cluster, ctl, victim,
-                                                                      o.fault)
+                                                                      o.fault, self.network)
             # wait for the first ack after the fault, then keep writing for settle_s
             while time.monotonic() < round_deadline:
                 if any(s.ok and (s.start > fault_at_done if s.node == 0 else
@@ -269,6 +276,8 @@ class Drill:
         # --- recovery and verification -------------------------------------------------------
         if o.fault == "stop":
             await asyncio.to_thread(ctl.signal, signal.SIGCONT)
+        elif o.fault == "partition":
+            await asyncio.to_thread(self.network[1])  # type: ignore[index]
         elif o.fault == "kill" and not leave_down:
             from .lifecycle import start_nodes
 

@@ -250,7 +250,7 @@ def _fmt(v: object) -> str:
 
 def status_table(state: ClusterState, cfg: ClusterConfig | None = None) -> Table:
     t = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("name", "address", "role", "term", "leader", "commit", "applied", "lag",
+    for col in ("name", "address", "role", "prio", "term", "leader", "commit", "applied", "lag",
                 "snapshot", "digest", "match", "version", "reachable"):
         t.add_column(col)
     for r in status_rows(state, cfg):
@@ -259,7 +259,8 @@ def status_table(state: ClusterState, cfg: ClusterConfig | None = None) -> Table
         if r["halted"]:
             role = f"{role} HALTED@{r['halted'].get('index')}"
         version = f"{r['version'] or '-'} {(r['fingerprint'] or '-')[:8]}" if r["reachable"] else "-"
-        t.add_row(r["name"], r["address"], role, _fmt(r["term"]), _fmt(r["leader"]),
+        t.add_row(r["name"], r["address"], role, _fmt(r["priority"]), _fmt(r["term"]),
+                  _fmt(r["leader"]),
                   _fmt(r["commit_index"]), _fmt(r["applied_index"]), _fmt(r["lag"]),
                   _fmt(r["snapshot_index"]), (r["digest"] or "-")[:12], _fmt(r["digest_match"]),
                   version, _fmt(r["reachable"]))

@@ -81,7 +81,9 @@ def test_drill_through_nginx(runner, tmp_path: Path, procs) -> None:
         assert rnd["acked"] > 0 and rnd["lost"] == 0 and rep["digests_match"] and rep["bank_total_ok"]
         assert rnd["failed_requests"] >= 1          # the proxied client saw the gap ...
         assert rnd["write_gap_ms"] is not None      # ... and then succeeded on the new leader
-        assert rnd["write_gap_ms"] >= 0.5 * rep["election_timeout_ms"]
+        # a killed leader is detected by its closed connections, not its election timeout
+        # (docs/failover.md, detection paths): the gap is real but no longer ~T long
+        assert 0 < rnd["write_gap_ms"] < 30_000
         st, body = _http(front, "POST", "/tx/transfer", json.dumps(
             {"args": ["lb-ann", "drill-0", 1, "after-drill"]}))
         assert st == 200, body

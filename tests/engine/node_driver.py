@@ -11,6 +11,7 @@ Control: JSON lines over TCP on 127.0.0.1:<control port>; one reply line per req
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -179,6 +180,26 @@ class Driver:
     def op_halt(self, on: bool = True) -> dict:
         self.node.set_halted(on)
         return {"halted": self.node.halted}
+    def op_close_streams_to(self, port: int) -> int:
+        """Shut down this process's established TCP connections to remote ``port`` (the raft
+        stream a leader sends a follower its AppendEntries on), as a live process would when it
+        drops one connection; returns how many were shut down."""
+        inodes = set()
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as f:
+                for line in list(f)[1:]:
+                    cols = line.split()
+                    if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(cols[9])
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}").removeprefix("socket:[").rstrip("]") in inodes:
+                    s = socket.socket(fileno=os.dup(int(fd)))
+                    s.shutdown(socket.SHUT_RDWR)  # acts on the shared socket: the peer reads EOF
+                    s.close()
+                    n += 1
+        return n
 
     def op_stop(self) -> dict:
         self.node.stop()

@@ -1,12 +1,15 @@
-"""The pre-vote retry (native/vote_rule.cpp): a pre-vote round lost to a stale connection is
-re-sent on the next tick instead of after a whole candidate timeout.
+"""A stale connection to a restarted peer must not delay the next election by a candidate
+timeout. Two mechanisms: the engine flushes libraft's connection to a peer whose stream closed
+(native/fast_election.cpp, "flush"), so the first election message no longer goes into the
+dead one; and a pre-vote round that is still lost is re-sent on the next tick
+(native/vote_rule.cpp, pre-vote retry).
 
 libraft's client never reads from its outgoing connections, so a node keeps writing to the
 connection of a peer's *previous* process until a write fails: the first message after the peer
 restarted is lost silently. The test builds exactly that: node 2 leads for a while (so it has a
 connection to node 1), hands the leadership to node 3, node 1 restarts, and then node 3 crashes.
 Whichever survivor campaigns first, one message of its first pre-vote round (the request from 2
-or the answer from 2) goes into 2's dead connection to 1's old process.
+or the answer from 2) would go into 2's dead connection to 1's old process.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def transfer(c: Cluster, leader: int, to: int) -> None:
     assert c.leader() == to
 
 
-def test_lost_pre_vote_round_is_retried_within_heartbeats(procs, tmp_path):
+def test_stale_connection_to_a_restarted_peer_does_not_delay_the_election(procs, tmp_path):
     c = Cluster(procs, tmp_path, 3, election_timeout_ms=ELECTION_MS, heartbeat_ms=20)
     c.start_all()
     lid = c.leader()
@@ -38,7 +41,6 @@ def test_lost_pre_vote_round_is_retried_within_heartbeats(procs, tmp_path):
     c.kill(1)
     c.start(1)
     c.wait_state([1, 2, 3], digest_of(written), len(written))
-    before = {i: c.call(i, "status") for i in (1, 2)}
     c.kill(3)
 
     seen: dict[str, float] = {}
@@ -53,10 +55,7 @@ def test_lost_pre_vote_round_is_retried_within_heartbeats(procs, tmp_path):
 
     new = wait_until(elected, 30, "a new leader among the survivors", interval=0.005)
     took = time.monotonic() - seen.get("candidate", time.monotonic())
-    after = {i: c.call(i, "status") for i in (1, 2)}
-    retries = sum(after[i]["pre_vote_retries"] - before[i]["pre_vote_retries"] for i in (1, 2))
-    assert retries >= 1, "the lost pre-vote round was not re-sent"
-    # Re-sent on the next ticks, not after the candidate timer (>= ELECTION_MS).
+    # libraft alone re-sends a lost round only after the candidate timer (>= ELECTION_MS).
     assert took < ELECTION_MS / 1000, f"{took:.3f} s from the first candidacy to a leader"
     assert c.call(new, "submit", n=5, prefix="c")["error"] is None
     written += payloads("c", 5)

@@ -59,7 +59,7 @@ def test_a_follower_draws_a_new_election_timer_every_term(procs, tmp_path):
     for _ in range(4):  # transfers between the two others: a new term each, watcher stays follower
         st = c.call(watcher, "status")
         assert st["state"] == "follower"
-        assert t <= st["election_timer_ms"] <= 2 * t
+        assert t < st["election_timer_ms"] <= t + t // 2  # fast_election.cpp: its band
         draws.add(st["election_timer_ms"])
         r = c.call(lid, "request", what="transfer", node_id=other)
         assert r["outcome"] == "ok", r
