@@ -1,0 +1,238 @@
+"""TLS on the Raft transport (native/tls_*.cpp, docs/security.md): in-process engine nodes.
+
+A 3-node cluster whose members hold certificates of one CA replicates; each bad input of the
+bad-input table (wrong CA, expired certificate, certificate that does not name the claimed
+host, a plaintext peer on the TLS port, a handshake that never finishes) is refused with one
+log line and a status counter while term, log and leader stay as they were. A raw-socket
+capture on loopback shows that a marker written through the cluster never crosses the wire in
+clear, and that the same capture does see it without TLS (so the check can fail).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from bknr_cluster.cluster import certs
+from bknr_cluster.engine import RaftNode, TlsFiles
+from bknr_cluster.errors import BknrError
+from tests.security import tls_peer
+from tests.support import free_ports, wait_until
+
+TIMEOUT_MS = 800
+
+
+def _tls_dir(root: Path, names: list[str], hosts: list[str]) -> Path:
+    d = root / "tls"
+    certs.create_ca(d, "test")
+    for n in names:
+        certs.issue_node_cert(d, n, hosts)
+    return d
+
+
+class EngineCluster:
+    def __init__(self, root: Path, tls: bool) -> None:
+        self.root = root
+        ports = free_ports(3)
+        self.ports = {i + 1: p for i, p in enumerate(ports)}
+        conf = [(i, f"127.0.0.1:{p}", "voter") for i, p in self.ports.items()]
+        d = _tls_dir(root, ["n1", "n2", "n3"], ["127.0.0.1"]) if tls else None
+        self.tls_dir = d
+        self.nodes = {}
+        for i, a, _ in conf:
+            files = TlsFiles(d / "ca.crt", d / f"n{i}.crt", d / f"n{i}.key") if d else None
+            self.nodes[i] = RaftNode(i, a, str(root / f"n{i}"), election_timeout_ms=1000, heartbeat_ms=100,
+                                     auth_timeout_ms=TIMEOUT_MS, tls=files)
+        for n in self.nodes.values():
+            n.bootstrap(conf)
+            n.start()
+
+    def leader(self) -> RaftNode:
+        return wait_until(lambda: [n for n in self.nodes.values() if n.status()["state"] == "leader"],
+                          20, "a leader")[0]
+
+    def view(self) -> dict:
+        out = {}
+        for i, n in self.nodes.items():
+            s = n.status()
+            out[i] = (s["term"], s["leader_id"], s["last_log_index"], s["commit_index"])
+        return out
+
+    def counters(self, key: str) -> int:
+        return sum(n.status()["auth"][key] for n in self.nodes.values())
+
+    def stop(self) -> None:
+        for n in self.nodes.values():
+            n.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = EngineCluster(tmp_path_factory.mktemp("tls"), tls=True)
+    try:
+        leader = c.leader()
+        index = leader.submit(b"before").result(10)
+        wait_until(lambda: all(n.status()["commit_index"] >= index for n in c.nodes.values()), 10,
+                   "replication over TLS")
+        yield c
+    finally:
+        c.stop()
+
+
+def test_members_replicate_over_tls(cluster):
+    leader = cluster.leader()
+    index = leader.submit_many([b"x" * 50_000] * 20).result(20)
+    wait_until(lambda: all(n.status()["commit_index"] >= index for n in cluster.nodes.values()), 10,
+               "a 1 MB window on every member")
+    st = leader.status()["auth"]
+    assert st["tls"] is True
+    assert st["connected"] >= 2 and st["refused_in"] == 0 and st["cert_rejected"] == 0
+
+
+def _other_ca_cert(root: Path) -> tuple[Path, Path]:
+    d = root / "other-ca"
+    certs.create_ca(d, "other")
+    certs.issue_node_cert(d, "n9", ["127.0.0.1"])
+    return d / "n9.crt", d / "n9.key"
+
+
+def _expired_cert(cluster: EngineCluster) -> tuple[Path, Path]:
+    d = cluster.root / "expired"
+    d.mkdir(exist_ok=True)
+    for f in ("ca.crt", "ca.key"):
+        (d / f).write_bytes((cluster.tls_dir / f).read_bytes())
+    certs.issue_node_cert(d, "old", ["127.0.0.1"], days=1,
+                          not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    return d / "old.crt", d / "old.key"
+
+
+def _wrong_host_cert(cluster: EngineCluster) -> tuple[Path, Path]:
+    d = cluster.root / "wronghost"
+    d.mkdir(exist_ok=True)
+    for f in ("ca.crt", "ca.key"):
+        (d / f).write_bytes((cluster.tls_dir / f).read_bytes())
+    certs.issue_node_cert(d, "elsewhere", ["10.66.0.9"])
+    return d / "elsewhere.crt", d / "elsewhere.key"
+
+
+@pytest.mark.parametrize("case,log_text", [
+    ("wrong_ca", "peer certificate rejected: unable to get local issuer certificate"),
+    ("expired", "peer certificate rejected: certificate has expired"),
+    ("mismatched", "peer certificate does not name 127.0.0.1, the host it claims"),
+])
+def test_bad_certificate_is_refused(cluster, capfd, case, log_text):
+    before = cluster.view()
+    rejected = cluster.counters("cert_rejected")
+    cert, key = {"wrong_ca": lambda: _other_ca_cert(cluster.root), "expired": lambda: _expired_cert(cluster),
+                 "mismatched": lambda: _wrong_host_cert(cluster)}[case]()
+    outcome = tls_peer.tls_attempt(cluster.ports[1], cert, key)
+    assert outcome != "open", outcome
+    wait_until(lambda: cluster.counters("cert_rejected") > rejected, 5, "the cert_rejected counter")
+    assert cluster.view() == before
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if log_text in ln]
+    assert len(lines) == 1, err
+
+
+def test_plaintext_peer_on_the_tls_port_is_refused(cluster, capfd):
+    before = cluster.view()
+    refused = cluster.counters("refused_in")
+    s = tls_peer.connect(cluster.ports[2])
+    try:
+        s.sendall(b"BKNRAUC1" + b"\0" * 32 + b"raft message in clear" * 10)
+        wait_until(lambda: cluster.counters("refused_in") > refused, 5, "the refused_in counter")
+    finally:
+        s.close()
+    assert cluster.view() == before
+    err = capfd.readouterr().err
+    assert "the peer does not speak TLS 1.3" in err, err
+
+
+def test_stalled_handshake_times_out(cluster, capfd):
+    before = cluster.view()
+    timeouts = cluster.counters("timeouts")
+    s = tls_peer.connect(cluster.ports[3])  # preamble, then silence
+    try:
+        wait_until(lambda: cluster.counters("timeouts") > timeouts, 5 + TIMEOUT_MS / 1000,
+                   "the handshake deadline")
+        s.settimeout(2)
+        assert s.recv(100) == b""  # the node hung up
+    finally:
+        s.close()
+    assert cluster.view() == before
+    assert "handshake timed out" in capfd.readouterr().err
+
+
+def test_a_node_with_a_bad_key_or_expired_certificate_does_not_start(tmp_path):
+    d = _tls_dir(tmp_path, ["n1", "n2"], ["127.0.0.1"])
+    def start(where: str, cert: str, key: str) -> None:
+        RaftNode(1, "127.0.0.1:1", str(tmp_path / where), tls=TlsFiles(d / "ca.crt", d / cert, d / key)) \
+            .bootstrap([(1, "127.0.0.1:1", "voter")])
+
+    with pytest.raises(BknrError, match="does not match certificate"):
+        start("a", "n1.crt", "n2.key")
+    certs.issue_node_cert(d, "old", ["127.0.0.1"], days=1,
+                          not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    with pytest.raises(BknrError, match="has expired"):
+        start("b", "old.crt", "old.key")
+
+
+class LoopbackCapture:
+    """Every byte of TCP segments on loopback to or from `ports` (AF_PACKET on lo; root)."""
+
+    def __init__(self, ports: set[int]) -> None:
+        self.ports = ports
+        self.data = bytearray()
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                frame = self.sock.recv(70000)
+            except TimeoutError:
+                continue
+            ip = frame[14:]
+            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 6:
+                continue
+            tcp = ip[(ip[0] & 15) * 4:]
+            src, dst = int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big")
+            if src in self.ports or dst in self.ports:
+                self.data += tcp[(tcp[12] >> 4) * 4:]
+
+    def close(self) -> bytes:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+        return bytes(self.data)
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext-control"])
+def test_marker_never_crosses_loopback_in_clear(tmp_path, tls):
+    c = EngineCluster(tmp_path, tls=tls)
+    try:
+        leader = c.leader()
+        cap = LoopbackCapture(set(c.ports.values()))
+        marker = b"MARKER-7f3e9c-do-not-leak"
+        try:
+            index = leader.submit(b"account:" + marker).result(10)
+            wait_until(lambda: all(n.status()["commit_index"] >= index for n in c.nodes.values()), 10,
+                       "replication of the marker")
+            wait_until(lambda: len(cap.data) > 0, 5, "captured raft traffic")
+        finally:
+            seen = cap.close()
+        assert len(seen) > len(marker)
+        if tls:
+            assert marker not in seen
+        else:
+            assert marker in seen  # the control: the capture does see clear text
+    finally:
+        c.stop()
