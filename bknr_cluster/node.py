@@ -61,6 +61,7 @@ def _parse_configuration(text: str) -> list[tuple[int, str, str]]:
 
 def _engine(cfg: Any, me: Any) -> Any:
     from bknr_cluster.cluster.store import raft_secret
+    from bknr_cluster.cluster.tls_config import raft_tls_files
     from bknr_cluster.engine import RaftNode
 
     me.raft_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def _engine(cfg: Any, me: Any) -> Any:
     return RaftNode(me.id, me.raft_address, str(me.raft_dir),
                     election_timeout_ms=cfg.election_timeout_ms, heartbeat_ms=cfg.heartbeat_ms,
                     snapshot_threshold=cfg.snapshot_threshold, snapshot_trailing=cfg.snapshot_trailing,
-                    **({"secret": secret} if secret is not None else {}))
+                    tls=raft_tls_files(cfg, me), **({"secret": secret} if secret is not None else {}))
 
 
 def _write_pid(path: Path) -> None:
@@ -96,10 +97,11 @@ def _remove_pid(path: Path) -> None:
         pass
 
 
-async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float) -> None:
+async def _serve(cs: Any, cfg: Any, me: Any, transfer_timeout: float) -> None:
     from bknr_cluster.cluster.api import ApiServer
+    from bknr_cluster.cluster.tls_config import server_ssl_context
 
-    server = ApiServer(cs, me.api_host, me.api_port, token)
+    server = ApiServer(cs, me.api_host, me.api_port, cfg.token(), server_ssl_context(cfg, me))
     try:
         await server.start_async()
     except OSError as exc:
@@ -173,6 +175,12 @@ def _main(args: argparse.Namespace) -> int:
         return 0
 
     _setup_logging(args.log_file or str(me.log_file), args.log_level)
+    # Secure by default: no start without TLS and a token unless the YAML says insecure: true.
+    from bknr_cluster.cluster.tls_config import require_secure
+    require_secure(cfg, me)
+    if cfg.insecure:
+        log.warning("insecure: true in %s: raft and API traffic are not encrypted%s", cfg.path,
+                    "" if cfg.token_file else ", and the API takes no token")
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # Until the event loop takes over SIGTERM, a stop request still unwinds through the
     # ``finally`` blocks below (engine stopped, pid file removed).
@@ -196,7 +204,7 @@ def _main(args: argparse.Namespace) -> int:
         try:
             # Bounded: with the other nodes already gone the hand-over can never complete.
             transfer_timeout = args.transfer_timeout or max(1.0, 3 * cfg.election_timeout_ms / 1000)
-            asyncio.run(_serve(cs, me, cfg.token(), transfer_timeout))
+            asyncio.run(_serve(cs, cfg, me, transfer_timeout))
         finally:
             cs.stop()
         log.info("node %s stopped", me.name)

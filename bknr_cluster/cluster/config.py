@@ -53,6 +53,7 @@ class NodeConfig:
     ssh: SshConfig | None = None
     # pin this node's Python threads to one CPU: None (off), "auto" or a CPU number (affinity.py)
     python_cpu: int | str | None = None
+    api_scheme: str = "http"  # "https" when the cluster has a tls_dir (tls_config.py)
 
     @property
     def raft_address(self) -> str:
@@ -60,7 +61,7 @@ class NodeConfig:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        return f"{self.api_scheme}://{self.api_host}:{self.api_port}"
 
     @property
     def raft_dir(self) -> Path:
@@ -99,6 +100,10 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, ...]
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     raft_secret_file: Path | None = None
+    # TLS and the secure-by-default rule (tls_config.py, docs/security.md)
+    tls_dir: Path | None = None
+    insecure: bool = False
+    api_client_certs: bool = False
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterConfig:
@@ -139,10 +144,14 @@ class ClusterConfig:
             snapshot_keep=int(snap["keep"]),
             batch_max_count=int(batch["max_count"]),
             batch_max_bytes=int(batch["max_bytes"]),
-            nodes=tuple(_node(n, base_dir, data.get("python_cpu")) for n in data["nodes"]),
+            nodes=tuple(_node(n, base_dir, data.get("python_cpu"), "https" if data.get("tls_dir") else "http")
+                        for n in data["nodes"]),
             raw=data,
             raft_secret_file=_resolve(base_dir, data["raft_secret_file"])
             if data.get("raft_secret_file") else None,
+            tls_dir=_resolve(base_dir, data["tls_dir"]) if data.get("tls_dir") else None,
+            insecure=bool(data.get("insecure", False)),
+            api_client_certs=bool(data.get("api_client_certs", False)),
         )
 
     @property
@@ -208,7 +217,8 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None) -> NodeConfig:
+def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None,
+          api_scheme: str = "http") -> NodeConfig:
     ssh = n.get("ssh")
     ssh_cfg = None
     if ssh is not None:
@@ -223,7 +233,7 @@ def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None) -> NodeC
     return NodeConfig(id=int(n["id"]), name=n["name"], host=n["host"], raft_port=int(n["raft_port"]),
                       api_port=int(n["api_port"]), api_host=n.get("api_host") or n["host"],
                       data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg,
-                      python_cpu=n.get("python_cpu", python_cpu))
+                      python_cpu=n.get("python_cpu", python_cpu), api_scheme=api_scheme)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -252,7 +262,7 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     if not isinstance(data, dict):
         return [("", "the configuration must be a mapping with 'group', 'store' and 'nodes'")]
     known = {"group", "store", "token_file", "raft_secret_file", "timing", "snapshot", "batch", "nodes",
-             "python_cpu"}
+             "python_cpu", "tls_dir", "insecure", "api_client_certs"}
     for key in sorted(set(data) - known):
         out.append((str(key), "unknown key"))
 
@@ -268,10 +278,13 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     elif not isinstance(store, str) or not STORE_RE.match(store):
         out.append(("store", f"{store!r} must look like 'package.module:definition'"))
 
-    for key in ("token_file", "raft_secret_file"):
+    for key in ("token_file", "raft_secret_file", "tls_dir"):
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             out.append((key, "must be a file path"))
+    for key in ("insecure", "api_client_certs"):
+        if key in data and not isinstance(data[key], bool):
+            out.append((key, "must be true or false"))
 
     if (msg := _check_python_cpu(data.get("python_cpu"))):
         out.append(("python_cpu", msg))

@@ -99,7 +99,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
                  token: str | None = None, name: str | None = None,
                  engine_factory: Callable[..., Any] | None = None, start: bool = True,
                  switch_interval: float | None = None, secret: bytes | None = None,
-                 freeze_gc: bool = False, python_cpu: int | str | None = None) -> None:
+                 freeze_gc: bool = False, python_cpu: int | str | None = None,
+                 tls: Any = None, api_ssl: Any = None) -> None:
         from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
 
         # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
@@ -163,7 +164,12 @@ class ClusterStore(ApplierMixin, AdminMixin):
             from bknr_cluster.engine import RaftNode
             engine_factory = RaftNode
         # The raft secret authenticates members on every raft connection (docs/security.md).
+        # TLS (engine.TlsFiles) encrypts them too; api_ssl is the context for our own calls to
+        # the leader's API (tls_config.client_ssl_context).
         auth = {"secret": secret} if secret is not None else {}
+        if tls is not None:
+            auth["tls"] = tls
+        self._api_ssl = api_ssl
         self.engine = engine_factory(
             self.node_id, self.address, str(raft_dir), election_timeout_ms=election_timeout_ms,
             heartbeat_ms=heartbeat_ms, snapshot_threshold=snapshot_threshold,
@@ -203,6 +209,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
                     **overrides: Any) -> ClusterStore:
         """Build the store of node ``node`` (name or id) from a cluster YAML."""
         from bknr_cluster.cluster.config import ClusterConfig
+        from bknr_cluster.cluster.tls_config import client_ssl_context, raft_tls_files
 
         cfg = ClusterConfig.load(path)
         me = cfg.node(node)
@@ -232,7 +239,8 @@ class ClusterStore(ApplierMixin, AdminMixin):
             heartbeat_ms=cfg.heartbeat_ms, snapshot_threshold=cfg.snapshot_threshold,
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
             batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, node_names=node_name,
-            token=cfg.token(), secret=raft_secret(cfg),
+            token=cfg.token(), secret=raft_secret(cfg), tls=raft_tls_files(cfg, me),
+            api_ssl=client_ssl_context(cfg, me),
             name=me.name, python_cpu=me.python_cpu)
         kw.update(overrides)
         peers = {n.id: n.raft_address for n in cfg.nodes}
@@ -421,7 +429,7 @@ class ClusterStore(ApplierMixin, AdminMixin):
     def _client(self, url: str) -> ApiClient:
         c = self._clients.get(url)
         if c is None:
-            c = self._clients[url] = ApiClient(url, self.token)
+            c = self._clients[url] = ApiClient(url, self.token, ssl_context=self._api_ssl)
         return c
 
     def _forward(self, name: str, args: Any, kwargs: dict, exc: NotLeader,

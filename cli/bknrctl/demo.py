@@ -20,7 +20,7 @@ DEMO_YAML = """\
 group: bank-demo
 store: examples.bank.app:definition
 token_file: token
-raft_secret_file: raft.secret
+tls_dir: tls                 # CA and node certificates, created by init (TLS on raft and API)
 timing: {{election_timeout_ms: 200, heartbeat_ms: 20}}
 snapshot: {{threshold: 10000, trailing: 2000, keep: 3}}
 nodes:
@@ -56,7 +56,8 @@ async def _load(cluster: Cluster, transfers: int) -> int:
     from .workload import BankClient, NodeRef
 
     nodes = [NodeRef(n.id, n.name, n.api_url) for n in cluster.cfg.nodes]
-    async with BankClient(nodes, cluster.token, request_timeout=5.0, prefix="load") as c:
+    async with BankClient(nodes, cluster.token, request_timeout=5.0, prefix="load",
+                          ssl_context=cluster.ssl_context) as c:
         await c.setup(time.monotonic() + 30.0)
         stop = asyncio.Event()
         per = max(1, transfers // 8)

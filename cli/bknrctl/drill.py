@@ -180,7 +180,7 @@ class Drill:
         timeout = self.opts.request_timeout_s or max(0.1, min(1.0, et / 1000 * 0.75))
         results = []
         async with BankClient(self.nodes, self.cluster.token, request_timeout=timeout,
-                              via=self.opts.via) as client:
+                              via=self.opts.via, ssl_context=self.cluster.ssl_context) as client:
             await client.setup(time.monotonic() + 30.0)
             leader = await client.discover(-1, time.monotonic() + 30.0)
             assert leader is not None

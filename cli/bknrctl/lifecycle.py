@@ -6,6 +6,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,9 +14,11 @@ import typer
 from rich.table import Table
 
 from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
+from bknr_cluster.cluster.tls_config import check_security
 from bknr_cluster.errors import AlreadyBootstrapped, BknrError, ConfigError, UsageError
 
 from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, chosen_path, cluster_for
+from .certscmd import ensure_certs
 from .client import parallel
 from .cluster import Cluster, ClusterState, status_rows
 from .control import NodeControl, controller
@@ -42,7 +45,8 @@ def _create_secret(path: Path, content: str) -> bool:
 
 
 def ensure_token(cfg: ClusterConfig) -> bool:
-    """Create the API token file (and the Raft transport secret, when the YAML names them)."""
+    """Create the API token file (and the Raft transport secret and the TLS certificates,
+    when the YAML names them)."""
     made = False
     secret = cfg.raw.get("raft_secret_file") if isinstance(cfg.raw, dict) else None
     if isinstance(secret, str) and secret:
@@ -52,6 +56,7 @@ def ensure_token(cfg: ClusterConfig) -> bool:
             info(f"created Raft transport secret {p}")
     if cfg.token_file is not None:
         made = _create_secret(cfg.token_file, secrets.token_urlsafe(32))
+    ensure_certs(cfg)
     return made
 
 
@@ -73,6 +78,18 @@ def validate(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = O
                 typer.echo(f"{p}: {m}" if p else m)
         info(f"{path}: {len(exc.problems)} problem(s)")
         raise typer.Exit(2) from None
+    checked = check_security(cfg)  # files, modes, certificates: tls_config.py
+    for p, m, _ in (c for c in checked if c[2]):
+        info(f"warning: {p}: {m}")  # not created yet: init makes them
+    problems = [(p, m) for p, m, missing in checked if not missing]
+    if problems:
+        if output is OutputFormat.json:
+            emit_json({"valid": False, "problems": [{"path": p, "message": m} for p, m in problems]})
+        else:
+            for p, m in problems:
+                typer.echo(f"{p}: {m}")
+        info(f"{path}: {len(problems)} problem(s)")
+        raise typer.Exit(2)
     if output is OutputFormat.json:
         emit_json({"valid": True, "problems": [], "group": cfg.group, "nodes": len(cfg.nodes)})
     else:
@@ -189,6 +206,7 @@ def start(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None,
           timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 30.0) -> None:
     """Start nodes as detached processes (locally, or over SSH for nodes with an ssh section)."""
     cluster = cluster_for(ctx, config)
+    ensure_certs(cluster.cfg)  # e.g. a machine added to the YAML since init
     start_nodes(cluster, select(cluster.cfg, nodes), timeout)
 
 
@@ -207,12 +225,20 @@ def restart(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None
             ) -> None:
     """Rolling restart: one node at a time, followers first, each caught up before the next."""
     cluster = cluster_for(ctx, config)
-    targets = select(cluster.cfg, nodes)
+    rolling_restart(cluster, select(cluster.cfg, nodes), catchup_timeout)
+
+
+def rolling_restart(cluster: Cluster, targets: list[NodeConfig], catchup_timeout: float = 120.0,
+                    before_start: Callable[[NodeConfig], None] | None = None) -> None:
+    """Restart `targets` one at a time, followers first, each caught up before the next;
+    `before_start(node)` runs while the node is down (e.g. certs rotate installs new files)."""
     state = cluster.probe(timeout=1.0)
     leader_id = state.leader.node.id if state.leader else None
-    targets.sort(key=lambda n: n.id == leader_id)
+    targets = sorted(targets, key=lambda n: n.id == leader_id)
     for n in targets:
         stop_nodes(cluster, [n])
+        if before_start is not None:
+            before_start(n)
         start_nodes(cluster, [n])
         try:
             cluster.wait_for_leader(timeout=30.0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import admin, drillcmd, lifecycle  # noqa: F401  (commands register on import)
+from . import admin, certscmd, drillcmd, lifecycle  # noqa: F401  (commands register on import)
 from .app import app
 
 __all__ = ["app"]
