@@ -136,8 +136,8 @@ int Node::setup_loop(std::string& err) {
                                             opts_.secret.size());
         if (rv == 0) {
             bknr_auth_transport_set_timeout(&transport_, opts_.auth_timeout_ms);
-            std::string prefix = "bknr-auth[node " + std::to_string(id_) + "]";
-            bknr_auth_transport_set_log_prefix(&transport_, prefix.c_str());
+            // auth_log adds "[node N]" itself
+            bknr_auth_transport_set_log_prefix(&transport_, opts_.tls_cert.empty() ? "bknr-auth" : "bknr-tls");
         }
     }
     if (rv != 0) { err = "transport: " + std::string(raft_strerror(rv)) + ": " + transport_.errmsg; goto fail_loop; }

@@ -292,7 +292,7 @@ class ApiServer:
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True,
                            ssl_context=self.ssl_context)
         await site.start()
-        log.info("API listening on http://%s:%d", self.host, self.port)
+        log.info("API listening on %s://%s:%d", "https" if self.ssl_context else "http", self.host, self.port)
 
     async def stop_async(self) -> None:
         if self._runner is not None:

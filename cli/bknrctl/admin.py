@@ -234,7 +234,7 @@ def snapshot(ctx: typer.Context, config: ConfigOpt = None,
              node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
              all_: Annotated[bool, typer.Option("--all", help="Every node.")] = False,
              quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Silent on success.")] = False,
-             keep: Annotated[int | None, typer.Option(help="Keep N snapshot files per local node.")] = None,
+             keep: Annotated[int | None, typer.Option(help="Keep N snapshot files per node.")] = None,
              output: OutputOpt = OutputFormat.table) -> None:
     """Take an engine snapshot now (default: on the leader). For cron: ``-q``."""
     if node and all_:
@@ -258,6 +258,12 @@ def snapshot(ctx: typer.Context, config: ConfigOpt = None,
         for n in targets:
             if n.ssh is None:
                 removed += prune_snapshots(Path(n.data_dir) / "raft", keep)
+            else:  # over SSH, on the node's host
+                ctl = controller(cluster.cfg, n)
+                try:
+                    removed += ctl.prune_snapshots(keep)  # type: ignore[attr-defined]
+                finally:
+                    ctl.close()
     report = {n.name: r.get("index") for n, r in zip(targets, results, strict=True)}
     if output is OutputFormat.json:
         emit_json({"snapshots": report, "removed_files": removed})

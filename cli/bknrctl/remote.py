@@ -184,6 +184,15 @@ class SshControl(NodeControl):
     def wipe_raft_state(self) -> None:
         self._check(f"rm -rf {shlex.quote(str(self.raft_dir))}")
 
+    def prune_snapshots(self, keep: int) -> int:
+        """``snapshot --keep`` on that host: the same rule (admin.prune_snapshots), run by the
+        node's Python, which has bknrctl installed with bknr_cluster."""
+        code = ("import sys; from pathlib import Path; from bknrctl.admin import prune_snapshots; "
+                "print(prune_snapshots(Path(sys.argv[1]), int(sys.argv[2])))")
+        out = self._check(f"{shlex.quote(self.python)} -c {shlex.quote(code)} "
+                          f"{shlex.quote(str(self.raft_dir))} {int(keep)}")
+        return int(out.strip().splitlines()[-1])
+
     def tail(self, lines: int = 50) -> str:
         _, out = self.exec(f"tail -n {int(lines)} {shlex.quote(str(self.log_file))} 2>/dev/null")
         return out.rstrip("\n")

@@ -11,8 +11,6 @@ clear, and that the same capture does see it without TLS (so the check can fail)
 from __future__ import annotations
 
 import datetime as dt
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from bknr_cluster.cluster import certs
 from bknr_cluster.engine import RaftNode, TlsFiles
 from bknr_cluster.errors import BknrError
 from tests.security import tls_peer
+from tests.security.capture import PacketCapture
 from tests.support import free_ports, wait_until
 
 TIMEOUT_MS = 800
@@ -181,46 +180,12 @@ def test_a_node_with_a_bad_key_or_expired_certificate_does_not_start(tmp_path):
         start("b", "old.crt", "old.key")
 
 
-class LoopbackCapture:
-    """Every byte of TCP segments on loopback to or from `ports` (AF_PACKET on lo; root)."""
-
-    def __init__(self, ports: set[int]) -> None:
-        self.ports = ports
-        self.data = bytearray()
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        self.sock.bind(("lo", 0))
-        self.sock.settimeout(0.1)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                frame = self.sock.recv(70000)
-            except TimeoutError:
-                continue
-            ip = frame[14:]
-            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 6:
-                continue
-            tcp = ip[(ip[0] & 15) * 4:]
-            src, dst = int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big")
-            if src in self.ports or dst in self.ports:
-                self.data += tcp[(tcp[12] >> 4) * 4:]
-
-    def close(self) -> bytes:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
-        return bytes(self.data)
-
-
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext-control"])
 def test_marker_never_crosses_loopback_in_clear(tmp_path, tls):
     c = EngineCluster(tmp_path, tls=tls)
     try:
         leader = c.leader()
-        cap = LoopbackCapture(set(c.ports.values()))
+        cap = PacketCapture("lo", set(c.ports.values()))
         marker = b"MARKER-7f3e9c-do-not-leak"
         try:
             index = leader.submit(b"account:" + marker).result(10)
