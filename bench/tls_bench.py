@@ -59,9 +59,10 @@ def measure(tls: bool, seconds: float) -> dict[str, float]:
         for name in ("n2", "n3"):
             api = ApiClient(cfg.node(name).api_url, timeout=1, ssl_context=ssl_context)
             wait_until(lambda a=api: a.health()["ok"], 30, f"{name} up")
-        wait_until(lambda: cs.engine.status()["leader_id"] != 0, 30, "a leader")
-        if not cs.is_leader():
-            cs.transfer(1, 15)
+        leader_id = wait_until(lambda: cs.engine.status()["leader_id"], 30, "a leader")
+        if leader_id != 1:  # the callers run here: n1 must lead
+            leader = ApiClient(cfg.node(leader_id).api_url, c.token, ssl_context=ssl_context)
+            leader.call("POST", "/transfer", {"to": 1})
         wait_until(lambda: cs.is_leader(), 15, "n1 leadership")
         transport = cs.engine.status().get("auth") or {}
         assert bool(transport.get("tls")) == tls, transport

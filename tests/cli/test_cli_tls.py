@@ -23,7 +23,7 @@ from bknr_cluster.cluster.config import ClusterConfig
 from bknr_cluster.cluster.tls_config import client_ssl_context
 from bknr_cluster.errors import Unreachable
 from tests.cli.conftest import write_yaml
-from tests.cli.realcluster import invoke, kill_started, node_pids
+from tests.cli.realcluster import invoke, tracked_nodes
 from tests.support import ROOT, free_ports, wait_until
 
 
@@ -38,13 +38,8 @@ def secure_yaml(tmp_path: Path, *extra: str) -> Path:
 @pytest.fixture
 def secure3(tmp_path: Path):
     path = secure_yaml(tmp_path)
-    seen: set[int] = set()
-
-    def track() -> None:
-        seen.update(node_pids(path).values())
-    yield path, track
-    track()
-    kill_started(path, seen)
+    with tracked_nodes(path) as track:
+        yield path, track
 
 
 def _status(runner, path: Path) -> tuple[int, dict]:
@@ -111,11 +106,10 @@ def test_init_tls_https_and_rolling_rotation(runner, secure3) -> None:
 
 def test_client_certificates_required_when_asked(runner, tmp_path: Path) -> None:
     path = secure_yaml(tmp_path, "api_client_certs: true")
-    seen: set[int] = set()
-    try:
+    with tracked_nodes(path) as track:
         assert invoke(runner, path, "init").exit_code == 0
         r = invoke(runner, path, "start")
-        seen.update(node_pids(path).values())
+        track()
         assert r.exit_code == 0, r.output
         wait_until(lambda: _status(runner, path)[0] == 0, 30, "bknrctl (with client.crt) sees a leader")
         cfg = ClusterConfig.load(path)
@@ -124,9 +118,6 @@ def test_client_certificates_required_when_asked(runner, tmp_path: Path) -> None
         with pytest.raises(Unreachable):
             ApiClient(n1.api_url, cfg.token(), ssl_context=bare).health()
         assert ApiClient(n1.api_url, cfg.token(), ssl_context=client_ssl_context(cfg)).health()
-    finally:
-        seen.update(node_pids(path).values())
-        kill_started(path, seen)
 
 
 def _node_refuses(path: Path) -> str:

@@ -25,10 +25,10 @@ from bknr_cluster.cluster.config import ClusterConfig
 from bknr_cluster.cluster.tls_config import client_ssl_context
 from tests.chaos.netns import Network, NetworkUnavailable
 from tests.cli.realcluster import invoke, kill_started
+from tests.cli.sshd import SSHD, write_sshd_config
 from tests.security.capture import PacketCapture
 from tests.support import wait_until
 
-SSHD = "/usr/sbin/sshd"
 HOSTS = ["h1", "h2", "h3"]
 RAFT_PORT, API_PORT = 7101, 8101
 pytestmark = pytest.mark.skipif(
@@ -48,26 +48,12 @@ def _start_sshds(net: Network, procs, d: Path) -> dict:
     user_pub = _keygen(d / "user_key")
     (d / "authorized_keys").write_text(user_pub + "\n")
     os.chmod(d / "authorized_keys", 0o600)
-    Path("/run/sshd").mkdir(exist_ok=True)
     kind, key = host_pub.split()[:2]
     known = d / "known_hosts"
     known.write_text("".join(f"{net.addr(h)} {kind} {key}\n" for h in HOSTS))
     for h in HOSTS:
         conf = d / f"sshd_{h}.conf"
-        conf.write_text(f"""
-Port 22
-ListenAddress {net.addr(h)}
-HostKey {d}/host_key
-AuthorizedKeysFile {d}/authorized_keys
-PidFile {d}/sshd_{h}.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-Subsystem sftp internal-sftp
-""")
+        write_sshd_config(conf, d, net.addr(h), 22, d / f"sshd_{h}.pid")
         p = procs.start([*net.exec_prefix(h), SSHD, "-D", "-e", "-f", str(conf)], log=d / f"sshd_{h}.log")
 
         def listening(h: str = h, p=p) -> bool:

@@ -99,23 +99,14 @@ def _other_ca_cert(root: Path) -> tuple[Path, Path]:
     return d / "n9.crt", d / "n9.key"
 
 
-def _expired_cert(cluster: EngineCluster) -> tuple[Path, Path]:
-    d = cluster.root / "expired"
+def _cert_of_the_ca(cluster: EngineCluster, name: str, hosts: list[str], **kw) -> tuple[Path, Path]:
+    """A certificate signed by the cluster's own CA (in a directory of its own)."""
+    d = cluster.root / name
     d.mkdir(exist_ok=True)
     for f in ("ca.crt", "ca.key"):
         (d / f).write_bytes((cluster.tls_dir / f).read_bytes())
-    certs.issue_node_cert(d, "old", ["127.0.0.1"], days=1,
-                          not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
-    return d / "old.crt", d / "old.key"
-
-
-def _wrong_host_cert(cluster: EngineCluster) -> tuple[Path, Path]:
-    d = cluster.root / "wronghost"
-    d.mkdir(exist_ok=True)
-    for f in ("ca.crt", "ca.key"):
-        (d / f).write_bytes((cluster.tls_dir / f).read_bytes())
-    certs.issue_node_cert(d, "elsewhere", ["10.66.0.9"])
-    return d / "elsewhere.crt", d / "elsewhere.key"
+    certs.issue_node_cert(d, name, hosts, **kw)
+    return d / f"{name}.crt", d / f"{name}.key"
 
 
 @pytest.mark.parametrize("case,log_text", [
@@ -126,8 +117,12 @@ def _wrong_host_cert(cluster: EngineCluster) -> tuple[Path, Path]:
 def test_bad_certificate_is_refused(cluster, capfd, case, log_text):
     before = cluster.view()
     rejected = cluster.counters("cert_rejected")
-    cert, key = {"wrong_ca": lambda: _other_ca_cert(cluster.root), "expired": lambda: _expired_cert(cluster),
-                 "mismatched": lambda: _wrong_host_cert(cluster)}[case]()
+    three_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    cert, key = {
+        "wrong_ca": lambda: _other_ca_cert(cluster.root),
+        "expired": lambda: _cert_of_the_ca(cluster, "old", ["127.0.0.1"], days=1, not_before=three_days_ago),
+        "mismatched": lambda: _cert_of_the_ca(cluster, "elsewhere", ["10.66.0.9"]),
+    }[case]()
     outcome = tls_peer.tls_attempt(cluster.ports[1], cert, key)
     assert outcome != "open", outcome
     wait_until(lambda: cluster.counters("cert_rejected") > rejected, 5, "the cert_rejected counter")
