@@ -196,3 +196,23 @@ def test_marker_never_crosses_loopback_in_clear(tmp_path, tls):
             assert marker in seen  # the control: the capture does see clear text
     finally:
         c.stop()
+
+
+def test_a_peer_going_away_closes_the_encrypted_connection(tmp_path):
+    """The TLS link passes a peer's disconnect on to libraft (and counts it): a stopped member
+    shows as closed_by_peer on the others, and the remaining two keep a leader and commit."""
+    c = EngineCluster(tmp_path, tls=True)
+    try:
+        leader = c.leader()
+        index = leader.submit(b"x").result(10)
+        wait_until(lambda: all(n.status()["commit_index"] >= index for n in c.nodes.values()), 10,
+                   "replication")
+        victim = next(i for i in c.nodes if i != leader.node_id)
+        others = [n for i, n in c.nodes.items() if i != victim]
+        before = sum(n.status()["auth"]["closed_by_peer"] for n in others)
+        c.nodes[victim].stop()
+        wait_until(lambda: sum(n.status()["auth"]["closed_by_peer"] for n in others) > before, 10,
+                   "the members to see the encrypted connections closed by the stopped peer")
+        assert leader.submit(b"y").result(10) > index
+    finally:
+        c.stop()
