@@ -13,6 +13,8 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from bknr_cluster.cluster import certs
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.config import ClusterConfig
 from bknr_cluster.cluster.tls_config import client_ssl_context
-from bknr_cluster.errors import Unreachable
+from bknr_cluster.errors import BknrError, Unreachable
 from tests.cli.conftest import write_yaml
 from tests.cli.realcluster import invoke, tracked_nodes
 from tests.support import ROOT, free_ports, wait_until
@@ -93,15 +95,58 @@ def test_init_tls_https_and_rolling_rotation(runner, secure3) -> None:
     assert 364 < shown["n1"]["days_left"] <= 365 and not shown["n1"]["expired"]
 
     before = {n: (tls / f"{n}.crt").read_bytes() for n in ("n1", "n2", "n3")}
-    r = invoke(runner, path, "certs", "rotate")
+    writer = RotationWriter(cfg)
+    try:
+        r = invoke(runner, path, "certs", "rotate")
+    finally:
+        writer.finish()
     track()
     assert r.exit_code == 0, r.output
     assert r.stderr.count("restarted and caught up") == 3
     assert all((tls / f"{n}.crt").read_bytes() != before[n] for n in before)
+    # no downtime: writes went on during the rotation, none gave up
+    assert writer.acked > 0 and writer.gave_up == 0, (writer.acked, writer.gave_up)
     wait_until(lambda: _status(runner, path)[0] == 0, 30, "a healthy cluster after rotation")
     c = _leader_client(runner, path)
-    assert c.query("total_balance", consistent=True)["result"] == 100
-    c.tx("deposit", "ann", 5)
+    # a deposit retried after an ambiguous failure may have landed twice, never zero times
+    assert c.query("total_balance", consistent=True)["result"] >= 100 + writer.acked
+
+
+class RotationWriter:
+    """Deposits 1 into 'ann' in a loop (bounded) through any node that answers (forwarded to the
+    leader), retrying another node for up to RETRY_S when one is restarting."""
+
+    RETRY_S = 15.0
+
+    def __init__(self, cfg: ClusterConfig) -> None:
+        ctx = client_ssl_context(cfg)
+        self.clients = [ApiClient(n.api_url, cfg.token(), timeout=3, ssl_context=ctx) for n in cfg.nodes]
+        self.acked = self.gave_up = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        k = 0
+        for _ in range(5000):
+            if self.stop.is_set():
+                return
+            deadline = time.monotonic() + self.RETRY_S
+            while True:
+                try:
+                    self.clients[k % len(self.clients)].tx("deposit", "ann", 1, forward=True)
+                    self.acked += 1
+                    break
+                except BknrError:
+                    k += 1
+                    if time.monotonic() > deadline:
+                        self.gave_up += 1
+                        break
+                    self.stop.wait(0.05)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(self.RETRY_S + 10)
 
 
 def test_client_certificates_required_when_asked(runner, tmp_path: Path) -> None:
