@@ -48,6 +48,7 @@ void timer_cb(uv_timer_t* timer) {
 
 void start_timer(Handshake* h) { uv_timer_start(&h->timer, timer_cb, h->a->timeout_ms, 0); }
 
+// HMAC mode: hand the authenticated TCP stream itself to raft.
 void succeed(Handshake* h) {
     // Raft traffic is small request/response messages: Nagle plus delayed ACKs would add up to
     // 40 ms to a pipelined append (measured: 16-caller p99 43 ms -> 15 ms with it off).
