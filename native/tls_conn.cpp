@@ -33,6 +33,7 @@ struct TlsLink {
     uv_pipe_t pipe{};          // our end of the socket pair; raft holds the other
     uint64_t peer_id = 0;
     bool outgoing = false;
+    bool received = false;     // any plaintext from the peer yet
     bool closing = false;
     bool tcp_paused = false, pipe_paused = false;
     int open_handles = 0;
@@ -94,12 +95,19 @@ bool is_ip(const std::string& host) {
     return inet_pton(AF_INET, host.c_str(), b) == 1 || inet_pton(AF_INET6, host.c_str(), b) == 1;
 }
 
+// The host the peer's certificate must name: the one we dialled, or the one it claims.
+std::string expected_host(const Handshake* h) { return host_of(h->outgoing ? h->peer : h->tr.c_address); }
+
 // One line on why a handshake failed, from the verification result or OpenSSL's error queue.
 std::string failure_reason(Handshake* h) {
     SSL* ssl = h->tls->ssl;
     long vr = SSL_get_verify_result(ssl);
     std::string why;
-    if (vr != X509_V_OK) {
+    if (vr == X509_V_ERR_IP_ADDRESS_MISMATCH || vr == X509_V_ERR_HOSTNAME_MISMATCH) {
+        h->a->stats.cert_rejected++;
+        why = "peer certificate does not name " + expected_host(h) +
+              (h->outgoing ? ", the host we dialled" : ", the host it claims");
+    } else if (vr != X509_V_OK) {
         h->a->stats.cert_rejected++;
         why = std::string("peer certificate rejected: ") + X509_verify_cert_error_string(vr);
     } else if (unsigned long e = ERR_peek_last_error()) {
@@ -170,6 +178,17 @@ void peer_closed(TlsLink* l, const char* why) {
     close_link(l);
 }
 
+// TLS 1.3: the connector finishes its handshake before the acceptor has judged its certificate;
+// a refusal arrives as an alert on the first read of the link. Report that as what it is.
+void refused_by_peer(TlsLink* l, const char* alert) {
+    Auth* a = l->a;
+    a->stats.refused_out++;
+    a->stats.cert_rejected++;
+    auth_log(a, "refused outgoing connection to node %llu: the peer rejected our certificate (%s)",
+             (unsigned long long)l->peer_id, alert);
+    close_link(l);
+}
+
 void tcp_alloc(uv_handle_t* handle, size_t, uv_buf_t* buf) {
     auto* l = static_cast<TlsLink*>(handle->data);
     *buf = uv_buf_init(l->tcp_buf, sizeof l->tcp_buf);
@@ -201,7 +220,7 @@ void pump_in(TlsLink* l) {
     auto* w = new WriteReq();
     w->link = l;
     const char* error = nullptr;
-    bool eof = false;
+    bool eof = false, alert = false;
     ERR_clear_error();
     for (;;) {
         size_t old = w->data.size();
@@ -215,12 +234,14 @@ void pump_in(TlsLink* l) {
             unsigned long code = ERR_peek_last_error();
             error = code ? ERR_reason_error_string(code) : "TLS record error";
             if (!error) error = "TLS record error";
+            alert = code && ERR_GET_REASON(code) >= SSL_AD_REASON_OFFSET;  // an alert from the peer
         }
         break;
     }
     ERR_clear_error();
     flush_ciphertext(l->ssl, reinterpret_cast<uv_stream_t*>(l->tcp), l);  // e.g. a KeyUpdate reply
-    if (!w->data.empty()) {
+    bool w_empty = w->data.empty();
+    if (!w_empty) {
         w->req.data = w;
         uv_buf_t b = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
         if (uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&l->pipe), &b, 1, write_cb) != 0) {
@@ -230,6 +251,8 @@ void pump_in(TlsLink* l) {
     } else {
         delete w;
     }
+    if (!w_empty) l->received = true;
+    if (error && alert && l->outgoing && !l->received) return refused_by_peer(l, error);
     if (error) return peer_closed(l, error);
     if (eof) return peer_closed(l, nullptr);
     if (queued(&l->pipe) > kQueueHigh && !l->tcp_paused) {
@@ -270,19 +293,6 @@ void tls_done(Handshake* h) {
     Auth* a = h->a;
     auto* tcp_stream = reinterpret_cast<uv_stream_t*>(h->tcp);
     uv_read_stop(tcp_stream);
-    if (!h->outgoing) {
-        // Any member's certificate chains to the CA; it must also name the host the peer
-        // claims in its preamble, so a member cannot pose as another host's node.
-        std::string host = host_of(h->tr.c_address);
-        X509* cert = SSL_get0_peer_certificate(h->tls->ssl);
-        bool ok = cert && (is_ip(host) ? X509_check_ip_asc(cert, host.c_str(), 0) == 1
-                                       : X509_check_host(cert, host.c_str(), host.size(), 0, nullptr) == 1);
-        if (!ok) {
-            a->stats.cert_rejected++;
-            std::string why = "peer certificate does not name " + host + ", the host it claims";
-            return fail(h, why.c_str());
-        }
-    }
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
         std::string why = std::string("socketpair: ") + std::strerror(errno);
@@ -347,15 +357,14 @@ void tls_start(Handshake* h) {
     if (!ssl) return fail(h, "SSL_new failed (out of memory?)");
     h->tls->ssl = ssl;
     SSL_set_bio(ssl, BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()));
-    if (h->outgoing) {
-        // The acceptor's certificate must name the host we dialled.
-        std::string host = host_of(h->peer);
-        if (is_ip(host)) X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host.c_str());
-        else SSL_set1_host(ssl, host.c_str());
-        SSL_set_connect_state(ssl);
-    } else {
-        SSL_set_accept_state(ssl);
-    }
+    // The peer's certificate must name the host we dialled (connector), or the host of the
+    // address it claims in its preamble (acceptor), so one member cannot pose as another host's
+    // node. Checked during verification, so a mismatch is refused with a TLS alert.
+    std::string host = expected_host(h);
+    if (is_ip(host)) X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host.c_str());
+    else SSL_set1_host(ssl, host.c_str());
+    if (h->outgoing) SSL_set_connect_state(ssl);
+    else SSL_set_accept_state(ssl);
     tls_drive(h);
 }
 

@@ -216,3 +216,33 @@ def test_a_peer_going_away_closes_the_encrypted_connection(tmp_path):
         assert leader.submit(b"y").result(10) > index
     finally:
         c.stop()
+
+
+def test_a_member_posing_as_another_host_is_refused_both_ways(tmp_path):
+    """A real engine node with a certificate of the cluster's CA that names another host than
+    the one it runs on (and claims) campaigns against the members: they refuse it during the
+    handshake (cert_rejected), it learns why on its side (refused_out: the peer rejected our
+    certificate), and the cluster's term, leader and log are unaffected."""
+    c = EngineCluster(tmp_path / "cluster", tls=True)
+    rogue = None
+    try:
+        c.leader()
+        before = c.view()
+        cert, key = _cert_of_the_ca(c, "elsewhere", ["10.66.0.9"])
+        port = free_ports(1)[0]
+        conf = [(i, f"127.0.0.1:{p}", "voter") for i, p in c.ports.items()] + \
+            [(4, f"127.0.0.1:{port}", "voter")]
+        rogue = RaftNode(4, f"127.0.0.1:{port}", str(tmp_path / "rogue"), election_timeout_ms=300,
+                         heartbeat_ms=30, auth_timeout_ms=TIMEOUT_MS,
+                         tls=TlsFiles(c.tls_dir / "ca.crt", cert, key))
+        rogue.bootstrap(conf)
+        rogue.start()
+        wait_until(lambda: rogue.status()["auth"]["refused_out"] >= 2, 15, "the rogue's connections refused")
+        assert rogue.status()["auth"]["cert_rejected"] >= 2
+        wait_until(lambda: c.counters("cert_rejected") >= 2, 10, "the members' cert_rejected")
+        after = c.view()
+        assert {i: v[:3] for i, v in after.items()} == {i: v[:3] for i, v in before.items()}
+    finally:
+        if rogue is not None:
+            rogue.stop()
+        c.stop()
