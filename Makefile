@@ -32,7 +32,7 @@ test: setup
 	@$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: setup
-	@for b in engine store cluster app; do $(PY) bench/$${b}_bench.py --quick || exit 1; done
+	@for b in engine store cluster app tls; do $(PY) bench/$${b}_bench.py --quick || exit 1; done
 
 chaos: setup
 	@$(PY) -m tests.chaos.long_run

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from bknr_cluster import _raft, raft_repair
 from bknr_cluster._raft import Signal
@@ -93,6 +94,15 @@ def _check_configuration(configuration: list[tuple[int, str, str]]) -> list[tupl
     return conf
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the TLS raft transport (native/tls_transport.hpp, docs/security.md): the
+    cluster CA certificate peers must chain to, this node's certificate and its private key."""
+    ca: str | os.PathLike
+    cert: str | os.PathLike
+    key: str | os.PathLike
+
+
 class RaftNode:
     """One Raft server. See docs/interfaces.md §1 for the contract."""
 
@@ -103,7 +113,8 @@ class RaftNode:
                  store_snapshot_every: int | None = None,
                  max_entry_bytes: int = 64 << 20,
                  secret: bytes | None = None, auth_timeout_ms: int = 5000,
-                 priority: int = 0, peer_priorities: dict[int, int] | None = None) -> None:
+                 priority: int = 0, peer_priorities: dict[int, int] | None = None,
+                 tls: TlsFiles | None = None) -> None:
         self.node_id = _check_id(node_id)
         self.address = _check_address(address)
         if not 0 < heartbeat_ms < election_timeout_ms:
@@ -121,8 +132,8 @@ class RaftNode:
             # (native/auth_transport.cpp, docs/security.md).
             if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
                 raise UsageError("the raft secret must be at least 16 bytes")
-            if auth_timeout_ms < 1:
-                raise UsageError("auth_timeout_ms must be positive")
+        if auth_timeout_ms < 1:
+            raise UsageError("auth_timeout_ms must be positive")
         # Leadership priority (1 preferred, 0 none, -1 avoid) of this node and of its peers:
         # the order of the election head start after a leader's process died, and the timer
         # range (native/fast_election.cpp). Automatic transfers are cluster/priority.py's.
@@ -131,6 +142,7 @@ class RaftNode:
             if p not in PRIORITIES:
                 raise UsageError(f"priority must be one of {PRIORITIES}, not {p!r}")
         self.priority = priority
+        tls_paths = ("", "", "") if tls is None else (str(tls.ca), str(tls.cert), str(tls.key))
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         self._lock = DataDirLock(self.data_dir)
@@ -138,7 +150,7 @@ class RaftNode:
                                 heartbeat_ms, snapshot_threshold, snapshot_trailing, bool(pre_vote),
                                 max_inflight_entries, store_snapshot_every, max_entry_bytes,
                                 bytes(secret or b""), auth_timeout_ms, priority,
-                                sorted((_check_id(i), p) for i, p in peers.items()))
+                                sorted((_check_id(i), p) for i, p in peers.items()), *tls_paths)
 
     # -- life cycle -------------------------------------------------------------------------
 

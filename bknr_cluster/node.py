@@ -62,6 +62,7 @@ def _parse_configuration(text: str) -> list[tuple[int, str, str]]:
 
 def _engine(cfg: Any, me: Any) -> Any:
     from bknr_cluster.cluster.store import raft_secret
+    from bknr_cluster.cluster.tls_config import raft_tls_files
     from bknr_cluster.engine import RaftNode
 
     me.raft_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def _engine(cfg: Any, me: Any) -> Any:
     return RaftNode(me.id, me.raft_address, str(me.raft_dir),
                     election_timeout_ms=cfg.election_timeout_ms, heartbeat_ms=cfg.heartbeat_ms,
                     snapshot_threshold=cfg.snapshot_threshold, snapshot_trailing=cfg.snapshot_trailing,
-                    **({"secret": secret} if secret is not None else {}))
+                    tls=raft_tls_files(cfg, me), **({"secret": secret} if secret is not None else {}))
 
 
 def _write_pid(path: Path) -> None:
@@ -97,10 +98,11 @@ def _remove_pid(path: Path) -> None:
         pass
 
 
-async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float,
+async def _serve(cs: Any, cfg: Any, me: Any, transfer_timeout: float,
                  hosted: Any = None) -> None:
     """The admin API and (``hosted``: an apphost.AppServer) the application, on this loop."""
     from bknr_cluster.cluster.api import ApiServer
+    from bknr_cluster.cluster.tls_config import server_ssl_context
 
     # The loop owns SIGTERM/SIGINT from here on: a stop request while the servers start up
     # is handled by the normal stop path below once they are up.
@@ -108,7 +110,7 @@ async def _serve(cs: Any, me: Any, token: str | None, transfer_timeout: float,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = ApiServer(cs, me.api_host, me.api_port, token)
+    server = ApiServer(cs, me.api_host, me.api_port, cfg.token(), server_ssl_context(cfg, me))
     try:
         await server.start_async()
     except OSError as exc:
@@ -218,6 +220,12 @@ def _main(args: argparse.Namespace) -> int:
         return 0
 
     _setup_logging(args.log_file or str(me.log_file), args.log_level)
+    # Secure by default: no start without TLS and a token unless the YAML says insecure: true.
+    from bknr_cluster.cluster.tls_config import require_secure
+    require_secure(cfg, me)
+    if cfg.insecure:
+        log.warning("insecure: true in %s: raft and API traffic are not encrypted%s", cfg.path,
+                    "" if cfg.token_file else ", and the API takes no token")
     # The application first: one that cannot be imported, is not ASGI, or whose port is taken
     # stops the node here, before the store or the engine starts.
     app, app_sock = _load_app(cfg, me)
@@ -252,7 +260,7 @@ def _main(args: argparse.Namespace) -> int:
             # Bounded: with the other nodes already gone the hand-over can never complete.
             transfer_timeout = args.transfer_timeout or max(1.0, 3 * cfg.election_timeout_ms / 1000)
             hosted = _hosted_app(cfg, cs, me, app, app_sock) if app is not None else None
-            asyncio.run(_serve(cs, me, cfg.token(), transfer_timeout, hosted))
+            asyncio.run(_serve(cs, cfg, me, transfer_timeout, hosted))
         finally:
             cs.leader_history.stop()
             cs.stop()

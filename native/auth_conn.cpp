@@ -4,6 +4,7 @@
 // the handshake is consumed here: the first raft message stays in the socket for raft.
 
 #include "auth_conn.hpp"
+#include "tls_conn.hpp"
 
 #include <cstdarg>
 #include <cstdio>
@@ -35,6 +36,7 @@ void handle_closed(uv_handle_t* handle) {
         if (h->outgoing) h->outer_req->cb(h->outer_req, nullptr, h->fail_status);
     }
     a->live.remove(h);
+    if (h->tls) tls_free_handshake(h);
     delete h;
     maybe_fire_close(a);
 }
@@ -46,28 +48,14 @@ void timer_cb(uv_timer_t* timer) {
 
 void start_timer(Handshake* h) { uv_timer_start(&h->timer, timer_cb, h->a->timeout_ms, 0); }
 
-// Hand the authenticated stream to raft. The timer handle is closed afterwards; the
-// Handshake is freed in its close callback (it no longer owns the stream).
+// HMAC mode: hand the authenticated TCP stream itself to raft.
 void succeed(Handshake* h) {
-    Auth* a = h->a;
-    h->step = Step::Done;
-    uv_timer_stop(&h->timer);
-    h->open_handles = 1;
-    uv_close(reinterpret_cast<uv_handle_t*>(&h->timer), handle_closed);
     // Raft traffic is small request/response messages: Nagle plus delayed ACKs would add up to
     // 40 ms to a pipelined append (measured: 16-caller p99 43 ms -> 15 ms with it off).
     uv_tcp_nodelay(h->tcp, 1);
     auto* stream = reinterpret_cast<uv_stream_t*>(h->tcp);
-    stream->data = nullptr;
     h->tcp = nullptr;
-    if (h->outgoing) {
-        a->stats.connected++;
-        h->outer_req->cb(h->outer_req, stream, 0);
-    } else {
-        a->pending_in--;
-        a->stats.accepted++;
-        a->accept_cb(a->outer, h->tr.c_id, h->tr.c_address.c_str(), stream);
-    }
+    hand_over(h, stream);
 }
 
 void maybe_succeed(Handshake* h) {
@@ -141,6 +129,7 @@ void on_message(Handshake* h) {
     }
     case Step::Address:
         if ((err = parse_address(h->addrbuf.data(), h->addrbuf.size(), h->tr))) return fail(h, err);
+        if (h->a->tls_ctx) return tls_start(h);  // TLS replaces the HMAC messages
         return read_next(h, Step::HelloC, h->in, kHelloC);
     case Step::HelloC:  // acceptor: challenge from the connector; answer with ours + proof
         if ((err = answer_hello_c(secret, h->in, h->tr, h->out))) return fail(h, err);
@@ -181,7 +170,9 @@ void auth_log(Auth* a, const char* fmt, ...) {
 }
 
 void maybe_fire_close(Auth* a) {
-    if (!a->closing || a->close_fired || !a->inner_closed || a->listener_open || !a->live.empty()) return;
+    if (!a->closing || a->close_fired || !a->inner_closed || a->listener_open || !a->live.empty() ||
+        !a->links.empty())
+        return;
     a->close_fired = true;
     // The callback may free the transport object: touch nothing afterwards.
     if (a->close_cb) a->close_cb(a->outer);
@@ -197,8 +188,27 @@ Handshake* new_handshake(Auth* a, bool outgoing) {
     return h;
 }
 
+// The timer and h are released in the timer's close callback; h no longer owns the stream.
+void hand_over(Handshake* h, uv_stream_t* stream) {
+    Auth* a = h->a;
+    h->step = Step::Done;
+    uv_timer_stop(&h->timer);
+    h->open_handles = 1;
+    uv_close(reinterpret_cast<uv_handle_t*>(&h->timer), handle_closed);
+    stream->data = nullptr;
+    if (h->outgoing) {
+        a->stats.connected++;
+        h->outer_req->cb(h->outer_req, stream, 0);
+    } else {
+        a->pending_in--;
+        a->stats.accepted++;
+        a->accept_cb(a->outer, h->tr.c_id, h->tr.c_address.c_str(), stream);
+    }
+}
+
 void start_outgoing(Handshake* h) {
     start_timer(h);
+    if (h->a->tls_ctx) return tls_start(h);  // TLS replaces the HMAC messages
     if (const char* err = make_hello_c(h->tr, h->out)) return fail(h, err);
     send(h, kHelloC);
     if (h->step == Step::Failed) return;

@@ -18,6 +18,8 @@ extern "C" {
 #undef static_assert
 #include <uv.h>
 
+#include <openssl/ssl.h>
+
 #include <list>
 #include <string>
 #include <vector>
@@ -25,8 +27,10 @@ extern "C" {
 namespace bknr_auth {
 
 struct Auth;
+struct TlsHandshake;  // tls_conn.cpp: the TLS state of a handshake in progress
+struct TlsLink;       // tls_conn.cpp: an established encrypted connection
 
-enum class Step { Connecting, Preamble, Address, HelloC, HelloA, ProofC, Done, Failed };
+enum class Step { Connecting, Preamble, Address, HelloC, HelloA, ProofC, Tls, Done, Failed };
 
 struct Handshake {
     Auth* a = nullptr;
@@ -52,6 +56,7 @@ struct Handshake {
     // writing (a handshake writes at most one message per direction, so one buffer each)
     unsigned char out[kHelloA]{};
     uv_write_t wreq{};
+    TlsHandshake* tls = nullptr;          // TLS mode: replaces HELLO_C/HELLO_A/PROOF_C
 };
 
 struct Auth {
@@ -71,6 +76,10 @@ struct Auth {
     raft_uv_transport_close_cb close_cb = nullptr;
     std::list<Handshake*> live;
     bknr_auth_stats stats{};
+    SSL_CTX* tls_ctx = nullptr;           // TLS mode (tls_transport.cpp) when set; owned
+    std::list<TlsLink*> links;            // established TLS connections, until both ends closed
+    bknr_auth_close_hook close_hook = nullptr;
+    void* close_hook_arg = nullptr;
     uint64_t log_second = 0;
     int log_count = 0;
     uint64_t log_suppressed = 0;
@@ -95,6 +104,13 @@ void start_incoming(Handshake* h);
 
 // Tear the handshake down. `reason` == nullptr means a quiet cancel (transport closing).
 void fail(Handshake* h, const char* reason, bool timeout = false);
+
+// Hand `stream` to raft as the authenticated connection of h (the TCP socket itself, or in TLS
+// mode the plaintext end of the link's socket pair); the handshake is freed afterwards.
+void hand_over(Handshake* h, uv_stream_t* stream);
+
+// An empty transport on `loop` (stock TCP connect inside), stored in t->impl; errors as init.
+int new_auth(raft_uv_transport* t, uv_loop_t* loop);
 
 // Free a handshake whose request raft never learnt about (its connect() returned an error):
 // closes the timer without calling raft's connect callback.

@@ -11,6 +11,7 @@
 // handshake deadline, so an unauthenticated peer never reaches libraft code.
 
 #include "auth_conn.hpp"
+#include "tls_conn.hpp"
 
 #include <openssl/crypto.h>
 
@@ -182,11 +183,33 @@ void auth_close(raft_uv_transport* t, raft_uv_transport_close_cb cb) {
     for (Handshake* h : a->live)
         if (h->step != Step::Connecting && h->step != Step::Done && h->step != Step::Failed) cancel.push_back(h);
     for (Handshake* h : cancel) fail(h, nullptr);
+    tls_close_links(a);
     a->inner.close(&a->inner, inner_close_cb);
 }
 
 }  // namespace
 }  // namespace bknr_auth
+
+int bknr_auth::new_auth(raft_uv_transport* t, uv_loop_t* loop) {
+    auto* a = new (std::nothrow) Auth();
+    if (!a) return RAFT_NOMEM;
+    a->outer = t;
+    a->loop = loop;
+    a->inner.version = 1;
+    int rv = raft_uv_tcp_init(&a->inner, loop);
+    if (rv != 0) {
+        snprintf(t->errmsg, sizeof t->errmsg, "%s", a->inner.errmsg);
+        delete a;
+        return rv;
+    }
+    a->inner.data = a;  // raft_uv_tcp_init keeps data; set after to be explicit
+    t->impl = a;
+    t->init = auth_init;
+    t->listen = auth_listen;
+    t->connect = auth_connect;
+    t->close = auth_close;
+    return 0;
+}
 
 using namespace bknr_auth;  // the C API below wraps the internals above
 
@@ -203,25 +226,9 @@ int bknr_auth_transport_init(raft_uv_transport* t, uv_loop_t* loop, const unsign
                  BKNR_AUTH_MIN_SECRET);
         return RAFT_INVALID;
     }
-    auto* a = new (std::nothrow) Auth();
-    if (!a) return RAFT_NOMEM;
-    a->outer = t;
-    a->loop = loop;
-    a->secret.assign(secret, secret + secret_len);
-    a->inner.version = 1;
-    int rv = raft_uv_tcp_init(&a->inner, loop);
-    if (rv != 0) {
-        snprintf(t->errmsg, sizeof t->errmsg, "%s", a->inner.errmsg);
-        delete a;
-        return rv;
-    }
-    a->inner.data = a;  // raft_uv_tcp_init keeps data; set after to be explicit
-    t->impl = a;
-    t->init = auth_init;
-    t->listen = auth_listen;
-    t->connect = auth_connect;
-    t->close = auth_close;
-    return 0;
+    int rv = new_auth(t, loop);
+    if (rv == 0) impl(t)->secret.assign(secret, secret + secret_len);
+    return rv;
 }
 
 int bknr_auth_transport_set_bind_address(raft_uv_transport* t, const char* address) {
@@ -243,6 +250,11 @@ void bknr_auth_transport_set_log_prefix(raft_uv_transport* t, const char* prefix
     impl(t)->log_prefix = prefix ? prefix : "bknr-auth";
 }
 
+void bknr_auth_transport_set_close_hook(raft_uv_transport* t, bknr_auth_close_hook hook, void* arg) {
+    impl(t)->close_hook = hook;
+    impl(t)->close_hook_arg = arg;
+}
+
 void bknr_auth_transport_stats(const raft_uv_transport* t, bknr_auth_stats* out) { *out = impl(t)->stats; }
 
 void bknr_auth_transport_close(raft_uv_transport* t) {
@@ -250,6 +262,7 @@ void bknr_auth_transport_close(raft_uv_transport* t) {
     if (!a) return;
     raft_uv_tcp_close(&a->inner);
     OPENSSL_cleanse(a->secret.data(), a->secret.size());
+    if (a->tls_ctx) SSL_CTX_free(a->tls_ctx);
     delete a;
     t->impl = nullptr;
 }

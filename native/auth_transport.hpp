@@ -52,8 +52,17 @@ struct bknr_auth_stats {
     uint64_t refused_in;   // incoming connections closed: bad preamble/proof, EOF, overload
     uint64_t refused_out;  // outgoing connections closed: the peer failed to prove the secret
     uint64_t timeouts;     // handshakes (either direction) that hit the deadline
+    // TLS mode only (tls_transport.hpp):
+    uint64_t cert_rejected;   // handshakes refused because a certificate failed verification
+    uint64_t closed_by_peer;  // established connections the peer (or the network) closed
 };
 void bknr_auth_transport_stats(const struct raft_uv_transport *t, struct bknr_auth_stats *out);
+
+// Optional, TLS mode: called on the loop thread when an established connection is closed by
+// the peer or the network (EOF, reset), before raft sees the end of its stream. `outgoing` is
+// 1 for connections this node opened. The hook must not call back into the transport.
+typedef void (*bknr_auth_close_hook)(void *arg, uint64_t peer_id, int outgoing);
+void bknr_auth_transport_set_close_hook(struct raft_uv_transport *t, bknr_auth_close_hook hook, void *arg);
 
 // Release the memory and wipe the secret. Call only once the transport's close callback fired
 // (libraft calls t->close during raft_close); same contract as raft_uv_tcp_close().

@@ -148,8 +148,10 @@ py::dict status_dict(const StatusData& s) {
     d["halted_dropped"] = s.halted_dropped;
     if (s.auth) {
         py::dict a;
-        const char* names[] = {"accepted", "connected", "refused_in", "refused_out", "timeouts"};
-        for (int i = 0; i < 5; i++) a[names[i]] = s.auth_stats[i];
+        const char* names[] = {"accepted", "connected", "refused_in", "refused_out", "timeouts",
+                               "cert_rejected", "closed_by_peer"};
+        for (int i = 0; i < 7; i++) a[names[i]] = s.auth_stats[i];
+        a["tls"] = s.tls;
         d["auth"] = a;
     }
     py::list conf;
@@ -332,7 +334,8 @@ PYBIND11_MODULE(_raft, m) {
                          unsigned heartbeat_ms, unsigned snapshot_threshold, unsigned snapshot_trailing,
                          bool pre_vote, unsigned max_inflight_entries, unsigned store_snapshot_every,
                          size_t max_entry_bytes, py::bytes secret, unsigned auth_timeout_ms, int priority,
-                         std::vector<std::pair<uint64_t, int>> peer_priorities) {
+                         std::vector<std::pair<uint64_t, int>> peer_priorities,
+                         std::string tls_ca, std::string tls_cert, std::string tls_key) {
                  Options o;
                  o.election_timeout_ms = election_timeout_ms;
                  o.heartbeat_ms = heartbeat_ms;
@@ -346,13 +349,17 @@ PYBIND11_MODULE(_raft, m) {
                  o.auth_timeout_ms = auth_timeout_ms;
                  o.priority = priority;
                  o.peer_priorities = std::move(peer_priorities);
+                 o.tls_ca = std::move(tls_ca);
+                 o.tls_cert = std::move(tls_cert);
+                 o.tls_key = std::move(tls_key);
                  return new Node(id, std::move(address), std::move(dir), o);
              }),
              py::arg("node_id"), py::arg("address"), py::arg("data_dir"), py::arg("election_timeout_ms"),
              py::arg("heartbeat_ms"), py::arg("snapshot_threshold"), py::arg("snapshot_trailing"),
              py::arg("pre_vote"), py::arg("max_inflight_entries"), py::arg("store_snapshot_every"),
              py::arg("max_entry_bytes"), py::arg("secret") = py::bytes(), py::arg("auth_timeout_ms") = 5000,
-             py::arg("priority") = 0, py::arg("peer_priorities") = std::vector<std::pair<uint64_t, int>>{})
+             py::arg("priority") = 0, py::arg("peer_priorities") = std::vector<std::pair<uint64_t, int>>{},
+             py::arg("tls_ca") = "", py::arg("tls_cert") = "", py::arg("tls_key") = "")
         .def("bootstrap", [](Node& n, const std::vector<std::tuple<uint64_t, std::string, std::string>>& conf,
                              bool recover) {
             std::vector<ServerInfo> servers;

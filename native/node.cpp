@@ -3,7 +3,7 @@
 // (thread contract: native/DESIGN.md).
 #include "node.hpp"
 
-#include "auth_transport.hpp"  // transport selection; status.cpp reads its counters
+#include "tls_transport.hpp"  // transport selection; status.cpp reads its counters
 
 #include <algorithm>
 #include <chrono>
@@ -125,17 +125,20 @@ int Node::setup_loop(std::string& err) {
     uv_async_init(&loop_, &async_, async_cb);
     compat::init_transport_version(&transport_);
     transport_.data = this;
-    if (opts_.secret.empty()) {
+    if (!opts_.authenticated()) {
         rv = raft_uv_tcp_init(&transport_, &loop_);
         if (rv == 0) wrap_stock_transport(&transport_);
     } else {
-        rv = bknr_auth_transport_init(&transport_, &loop_,
-                                      reinterpret_cast<const unsigned char*>(opts_.secret.data()),
-                                      opts_.secret.size());
+        rv = !opts_.tls_cert.empty()
+                 ? bknr_tls_transport_init(&transport_, &loop_, opts_.tls_ca.c_str(), opts_.tls_cert.c_str(),
+                                           opts_.tls_key.c_str())
+                 : bknr_auth_transport_init(&transport_, &loop_,
+                                            reinterpret_cast<const unsigned char*>(opts_.secret.data()),
+                                            opts_.secret.size());
         if (rv == 0) {
             bknr_auth_transport_set_timeout(&transport_, opts_.auth_timeout_ms);
-            std::string prefix = "bknr-auth[node " + std::to_string(id_) + "]";
-            bknr_auth_transport_set_log_prefix(&transport_, prefix.c_str());
+            // auth_log adds "[node N]" itself
+            bknr_auth_transport_set_log_prefix(&transport_, opts_.tls_cert.empty() ? "bknr-auth" : "bknr-tls");
         }
     }
     if (rv != 0) { err = "transport: " + std::string(raft_strerror(rv)) + ": " + transport_.errmsg; goto fail_loop; }
@@ -184,7 +187,7 @@ fail_loop:
 
 void Node::close_transport() {
     remove_stream_watch();
-    if (opts_.secret.empty()) raft_uv_tcp_close(&transport_);
+    if (!opts_.authenticated()) raft_uv_tcp_close(&transport_);
     else bknr_auth_transport_close(&transport_);
 }
 

@@ -120,7 +120,9 @@ struct StatusData {
     bool snapshot_taking = false;     // a local snapshot is being written
     std::string last_error;           // e.g. disk full: entries not persisted (status.cpp)
     bool auth = false;                // authenticated transport in use
-    uint64_t auth_stats[5] = {0, 0, 0, 0, 0};  // accepted, connected, refused_in/out, timeouts  // FSM callbacks seen on a thread other than the loop's
+    bool tls = false;                 // ... in TLS mode (tls_transport.hpp)
+    // accepted, connected, refused_in/out, timeouts, cert_rejected, closed_by_peer
+    uint64_t auth_stats[7] = {0, 0, 0, 0, 0, 0, 0};
     std::vector<ServerInfo> configuration;
     std::vector<std::pair<uint64_t, uint64_t>> followers;  // (id, match index), leader only
 };
@@ -160,6 +162,10 @@ struct Options {
     // the election head start and timer ranges (fast_election.cpp). Unlisted peers count as 0.
     int priority = 0;
     std::vector<std::pair<uint64_t, int>> peer_priorities;
+    // TLS mode of that transport (native/tls_transport.hpp) when tls_cert is non-empty: PEM
+    // files of the cluster CA, this node's certificate and key. Takes precedence over secret.
+    std::string tls_ca, tls_cert, tls_key;
+    bool authenticated() const { return !secret.empty() || !tls_cert.empty(); }
 };
 
 // Outcome code of a synchronous libraft refusal, and its text (requests.cpp).

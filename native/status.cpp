@@ -110,12 +110,14 @@ void Node::fill_status(StatusData& s) {
     s.halted_refused_votes = halted_refused_votes_;
     s.halted_dropped = halted_dropped_;
     s.snapshot_taking = compat::snapshot_taking(&raft_);
-    if (!opts_.secret.empty()) {
+    if (opts_.authenticated()) {
         struct bknr_auth_stats a;
         bknr_auth_transport_stats(&transport_, &a);
         s.auth = true;
-        uint64_t v[5] = {a.accepted, a.connected, a.refused_in, a.refused_out, a.timeouts};
-        for (int i = 0; i < 5; i++) s.auth_stats[i] = v[i];
+        s.tls = !opts_.tls_cert.empty();
+        uint64_t v[7] = {a.accepted, a.connected, a.refused_in, a.refused_out, a.timeouts, a.cert_rejected,
+                         a.closed_by_peer};
+        for (int i = 0; i < 7; i++) s.auth_stats[i] = v[i];
     }
     if (s.state == RAFT_FOLLOWER) s.election_timer_ms = raft_.follower_state.randomized_election_timeout;
     if (s.state == RAFT_CANDIDATE) s.election_timer_ms = raft_.candidate_state.randomized_election_timeout;

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
 import threading
 import time
 from collections import Counter
@@ -352,9 +353,11 @@ class Api:
 class ApiServer:
     """Runs the API on its own event loop thread (tests, embedding) or inside ``serve``."""
 
-    def __init__(self, cs: ClusterStore, host: str, port: int, token: str | None) -> None:
+    def __init__(self, cs: ClusterStore, host: str, port: int, token: str | None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.api = Api(cs, token)
         self.host, self.port = host, port
+        self.ssl_context = ssl_context  # HTTPS (tls_config.server_ssl_context) when set
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -362,9 +365,10 @@ class ApiServer:
     async def start_async(self) -> None:
         self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True,
+                           ssl_context=self.ssl_context)
         await site.start()
-        log.info("API listening on http://%s:%d", self.host, self.port)
+        log.info("API listening on %s://%s:%d", "https" if self.ssl_context else "http", self.host, self.port)
 
     async def stop_async(self) -> None:
         if self._runner is not None:

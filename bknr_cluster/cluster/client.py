@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import threading
 import time
 from typing import Any
@@ -107,12 +108,17 @@ def error_from_body(status: int, body: Any) -> BknrError:
 class ApiClient:
     """Calls one node's API. ``request`` returns ``(status, json)``; ``call`` raises on errors."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme != "http" or not parts.hostname:
-            raise UsageError(f"unsupported API URL {url!r} (expected http://host:port)")
-        self.url = f"http://{parts.hostname}:{parts.port or 80}"
-        self.host, self.port = parts.hostname, parts.port or 80
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"unsupported API URL {url!r} (expected http(s)://host:port)")
+        default_port = 443 if parts.scheme == "https" else 80
+        self.url = f"{parts.scheme}://{parts.hostname}:{parts.port or default_port}"
+        self.host, self.port = parts.hostname, parts.port or default_port
+        # https: the server's certificate is always verified (the cluster CA's context from
+        # tls_config.client_ssl_context, else the system's trust store).
+        self.ssl_context = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         self.token = token
         self.timeout = timeout
         self._local = threading.local()
@@ -128,7 +134,9 @@ class ApiClient:
             c.close()
             c = None
         if c is None:
-            c = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            c = self._local.conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=self.ssl_context) if self.ssl_context \
+                else http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         self._local.used_at = now
         return c
 

@@ -81,6 +81,7 @@ class NodeConfig:
         return f"http://{self.app_host}:{self.app_port}" if self.app_port else ""
     # leadership priority: 1 preferred (takes leadership back), 0 none, -1 avoid (priority.py)
     priority: int = 0
+    api_scheme: str = "http"  # "https" when the cluster has a tls_dir (tls_config.py)
 
     @property
     def raft_address(self) -> str:
@@ -88,7 +89,7 @@ class NodeConfig:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        return f"{self.api_scheme}://{self.api_host}:{self.api_port}"
 
     @property
     def raft_dir(self) -> Path:
@@ -131,6 +132,10 @@ class ClusterConfig:
     checkpoint_every: int = DEFAULT_CHECKPOINT["every"]
     # how long a node of higher priority must stay caught up before the leader hands over
     priority_settle_ms: int | None = None
+    # TLS and the secure-by-default rule (tls_config.py, docs/security.md)
+    tls_dir: Path | None = None
+    insecure: bool = False
+    api_client_certs: bool = False
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterConfig:
@@ -166,7 +171,8 @@ class ClusterConfig:
             snapshot_keep=int(snap["keep"]),
             batch_max_count=int(batch["max_count"]),
             batch_max_bytes=int(batch["max_bytes"]),
-            nodes=tuple(_node(n, base_dir, data.get("python_cpu"), data.get("app"))
+            nodes=tuple(_node(n, base_dir, data.get("python_cpu"), data.get("app"),
+                              "https" if data.get("tls_dir") else "http")
                         for n in data["nodes"]),
             raw=data,
             raft_secret_file=_resolve(base_dir, data["raft_secret_file"])
@@ -174,6 +180,9 @@ class ClusterConfig:
             app=_app(data.get("app")),
             checkpoint_every=int(checkpoint["every"]),
             priority_settle_ms=timing.get("priority_settle_ms"),
+            tls_dir=_resolve(base_dir, data["tls_dir"]) if data.get("tls_dir") else None,
+            insecure=bool(data.get("insecure", False)),
+            api_client_certs=bool(data.get("api_client_certs", False)),
         )
 
     @property
@@ -249,7 +258,7 @@ def _app(section: dict | None) -> AppConfig | None:
 
 
 def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None,
-          app: dict | None = None) -> NodeConfig:
+          app: dict | None = None, api_scheme: str = "http") -> NodeConfig:
     ssh = n.get("ssh")
     ssh_cfg = None
     if ssh is not None:
@@ -268,7 +277,8 @@ def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None,
                       data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg,
                       python_cpu=n.get("python_cpu", python_cpu), priority=int(n.get("priority", 0)),
                       app_port=int(app_port) if app_port else None,
-                      app_host=(n.get("app_host") or api_host) if app_port else None)
+                      app_host=(n.get("app_host") or api_host) if app_port else None,
+                      api_scheme=api_scheme)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -297,7 +307,7 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     if not isinstance(data, dict):
         return [("", "the configuration must be a mapping with 'group', 'store' and 'nodes'")]
     known = {"group", "store", "token_file", "raft_secret_file", "timing", "snapshot", "batch", "nodes",
-             "python_cpu", "app", "checkpoint"}
+             "python_cpu", "app", "checkpoint", "tls_dir", "insecure", "api_client_certs"}
     for key in sorted(set(data) - known):
         out.append((str(key), "unknown key"))
 
@@ -313,10 +323,13 @@ def validate(data: Any, base_dir: Path) -> list[tuple[str, str]]:
     elif not isinstance(store, str) or not STORE_RE.match(store):
         out.append(("store", f"{store!r} must look like 'package.module:definition'"))
 
-    for key in ("token_file", "raft_secret_file"):
+    for key in ("token_file", "raft_secret_file", "tls_dir"):
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             out.append((key, "must be a file path"))
+    for key in ("insecure", "api_client_certs"):
+        if key in data and not isinstance(data[key], bool):
+            out.append((key, "must be true or false"))
 
     if (msg := _check_python_cpu(data.get("python_cpu"))):
         out.append(("python_cpu", msg))

@@ -107,7 +107,8 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
                  freeze_gc: bool = False, python_cpu: int | str | None = None,
                  checkpoint_every: int = 10000, monitor_interval: float = 0.5,
                  priorities: Mapping[int, int] | None = None,
-                 priority_settle_ms: int | None = None) -> None:
+                 priority_settle_ms: int | None = None,
+                 tls: Any = None, api_ssl: Any = None) -> None:
         from bknr_cluster.store import Store, StoreDefinition  # late: importable in isolation
 
         # Two spellings: ClusterStore(definition, node_id, peers, data_dir[, group], ...) and
@@ -178,6 +179,11 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         if any(self.priorities.values()):
             auth["priority"] = self.priorities.get(self.node_id, 0)
             auth["peer_priorities"] = {i: p for i, p in self.priorities.items() if i != self.node_id}
+        # TLS (engine.TlsFiles) encrypts them too; api_ssl is the context for our own calls to
+        # the leader's API (tls_config.client_ssl_context).
+        if tls is not None:
+            auth["tls"] = tls
+        self._api_ssl = api_ssl
         self.engine = engine_factory(
             self.node_id, self.address, str(raft_dir), election_timeout_ms=election_timeout_ms,
             heartbeat_ms=heartbeat_ms, snapshot_threshold=snapshot_threshold,
@@ -238,6 +244,7 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
                     **overrides: Any) -> ClusterStore:
         """Build the store of node ``node`` (name or id) from a cluster YAML."""
         from bknr_cluster.cluster.config import ClusterConfig
+        from bknr_cluster.cluster.tls_config import client_ssl_context, raft_tls_files
 
         cfg = ClusterConfig.load(path)
         me = cfg.node(node)
@@ -268,7 +275,8 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
             heartbeat_ms=cfg.heartbeat_ms, snapshot_threshold=cfg.snapshot_threshold,
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
             batch_max_bytes=cfg.batch_max_bytes, api_urls=api_url, node_names=node_name,
-            token=cfg.token(), secret=raft_secret(cfg),
+            token=cfg.token(), secret=raft_secret(cfg), tls=raft_tls_files(cfg, me),
+            api_ssl=client_ssl_context(cfg, me),
             name=me.name, python_cpu=me.python_cpu, priorities={n.id: n.priority for n in cfg.nodes},
             priority_settle_ms=cfg.priority_settle_ms)
         kw.update(overrides)
@@ -458,7 +466,7 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
     def _client(self, url: str) -> ApiClient:
         c = self._clients.get(url)
         if c is None:
-            c = self._clients[url] = ApiClient(url, self.token)
+            c = self._clients[url] = ApiClient(url, self.token, ssl_context=self._api_ssl)
         return c
 
     def _forward(self, name: str, args: Any, kwargs: dict, exc: NotLeader,

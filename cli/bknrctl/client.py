@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -55,19 +56,24 @@ def error_from_body(status: int, body: Any, where: str) -> BknrError:
 class NodeClient:
     """Talks to one node; every call is one short-lived connection with a timeout."""
 
-    def __init__(self, name: str, api_url: str, token: str | None, timeout: float = 3.0):
+    def __init__(self, name: str, api_url: str, token: str | None, timeout: float = 3.0,
+                 ssl_context: ssl.SSLContext | None = None):
         self.name = name
         self.api_url = api_url
         parts = urlsplit(api_url)
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        # https: the server's certificate is verified against the cluster CA (tls_config.py)
+        self.ssl_context = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         self.token = token
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
                 raw: bool = False, raw_body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Response:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+        conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout or self.timeout,
+                                           context=self.ssl_context) if self.ssl_context \
+            else http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
         headers = {"Accept": "application/json", **(headers or {})}
         data = None
         if raw_body is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
+from bknr_cluster.cluster.tls_config import client_ssl_context
 from bknr_cluster.errors import BknrError, NoLeader, Unauthorized, Unreachable
 
 from .client import NodeClient, parallel
@@ -159,7 +160,9 @@ class Cluster:
         self.cfg = cfg
         self.token = cfg.token() if cfg.token_file and cfg.token_file.exists() else None
         self.timeout = timeout
-        self.clients = {n.name: NodeClient(n.name, n.api_url, self.token, timeout) for n in cfg.nodes}
+        self.ssl_context = client_ssl_context(cfg)
+        self.clients = {n.name: NodeClient(n.name, n.api_url, self.token, timeout, self.ssl_context)
+                        for n in cfg.nodes}
 
     @classmethod
     def load(cls, path: Path) -> Cluster:

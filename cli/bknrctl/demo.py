@@ -20,7 +20,7 @@ DEMO_YAML = """\
 group: bank-demo
 store: examples.bank.app:definition
 token_file: token
-raft_secret_file: raft.secret
+tls_dir: tls                 # CA and node certificates, created by init (TLS on raft and API)
 timing: {{election_timeout_ms: 200, heartbeat_ms: 20}}
 snapshot: {{threshold: 10000, trailing: 2000, keep: 3}}
 app: {{asgi: "examples.bank.web:app"}}    # the bank's web application, served by every node
@@ -62,7 +62,7 @@ async def _load(cluster: Cluster, transfers: int) -> int:
 
     nodes = [NodeRef(n.id, n.name, n.api_url) for n in cluster.cfg.nodes]
     async with BankClient(nodes, cluster.token, request_timeout=5.0, prefix="load",
-                          workload=BANK) as c:
+                          workload=BANK, ssl_context=cluster.ssl_context) as c:
         await c.setup(time.monotonic() + 30.0)
         stop = asyncio.Event()
         per = max(1, transfers // 8)

@@ -206,7 +206,8 @@ class Drill:
         results = []
         workload = WORKLOADS[self.opts.workload]
         async with BankClient(self.nodes, self.cluster.token, request_timeout=timeout,
-                              via=self.opts.via, workload=workload) as client:
+                              via=self.opts.via, workload=workload,
+                              ssl_context=self.cluster.ssl_context) as client:
             try:
                 await client.setup(time.monotonic() + 30.0)
                 leader = await client.discover(-1, time.monotonic() + 30.0)

@@ -6,6 +6,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -14,9 +15,11 @@ from rich.table import Table
 
 from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
 from bknr_cluster.cluster.preflight import Preflight, preflight
+from bknr_cluster.cluster.tls_config import check_security
 from bknr_cluster.errors import AlreadyBootstrapped, BknrError, ConfigError, ReplicaHalted, UsageError
 
 from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, chosen_path, cluster_for
+from .certscmd import ensure_certs
 from .client import parallel
 from .cluster import DEFAULT_MAX_LAG, Cluster, ClusterState, status_rows
 from .control import NodeControl, controller
@@ -43,7 +46,8 @@ def _create_secret(path: Path, content: str) -> bool:
 
 
 def ensure_token(cfg: ClusterConfig) -> bool:
-    """Create the API token file (and the Raft transport secret, when the YAML names them)."""
+    """Create the API token file (and the Raft transport secret and the TLS certificates,
+    when the YAML names them)."""
     made = False
     secret = cfg.raw.get("raft_secret_file") if isinstance(cfg.raw, dict) else None
     if isinstance(secret, str) and secret:
@@ -53,6 +57,7 @@ def ensure_token(cfg: ClusterConfig) -> bool:
             info(f"created Raft transport secret {p}")
     if cfg.token_file is not None:
         made = _create_secret(cfg.token_file, secrets.token_urlsafe(32))
+    ensure_certs(cfg)
     return made
 
 
@@ -75,6 +80,11 @@ def validate(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = O
         found = preflight(cfg)
     except ConfigError as exc:
         cfg, found = None, Preflight(errors=list(exc.problems))
+    if cfg is not None:  # TLS files, modes, certificates, secure by default (tls_config.py)
+        reported = {p for p, _ in found.errors + found.warnings}
+        for p, m, missing in check_security(cfg):
+            if p not in reported:  # a token/secret problem preflight already named
+                (found.warnings if missing else found.errors).append((p, m))
     failed = bool(found.errors) or (strict and bool(found.warnings))
     if output is OutputFormat.json:
         emit_json({"valid": not failed, "problems": [{"path": p, "message": m} for p, m in found.errors],
@@ -202,6 +212,7 @@ def start(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None,
           timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 30.0) -> None:
     """Start nodes as detached processes (locally, or over SSH for nodes with an ssh section)."""
     cluster = cluster_for(ctx, config)
+    ensure_certs(cluster.cfg)  # e.g. a machine added to the YAML since init
     start_nodes(cluster, select(cluster.cfg, nodes), timeout)
 
 
@@ -220,12 +231,20 @@ def restart(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None
             ) -> None:
     """Rolling restart: one node at a time, followers first, each caught up before the next."""
     cluster = cluster_for(ctx, config)
-    targets = select(cluster.cfg, nodes)
+    rolling_restart(cluster, select(cluster.cfg, nodes), catchup_timeout)
+
+
+def rolling_restart(cluster: Cluster, targets: list[NodeConfig], catchup_timeout: float = 120.0,
+                    before_start: Callable[[NodeConfig], None] | None = None) -> None:
+    """Restart `targets` one at a time, followers first, each caught up before the next;
+    `before_start(node)` runs while the node is down (e.g. certs rotate installs new files)."""
     state = cluster.probe(timeout=1.0)
     leader_id = state.leader.node.id if state.leader else None
-    targets.sort(key=lambda n: n.id == leader_id)
+    targets = sorted(targets, key=lambda n: n.id == leader_id)
     for n in targets:
         stop_nodes(cluster, [n])
+        if before_start is not None:
+            before_start(n)
         start_nodes(cluster, [n])
         try:
             cluster.wait_for_leader(timeout=30.0)

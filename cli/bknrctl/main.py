@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import admin, drillcmd, lb, lifecycle, migrate, opscmd, upgrade  # noqa: F401  (commands register on import)
+from . import admin, certscmd, drillcmd, lb, lifecycle, migrate, opscmd, upgrade  # noqa: F401  (commands register on import)
 from .app import app
 
 __all__ = ["app"]

@@ -21,6 +21,7 @@ from pathlib import PurePosixPath
 
 import paramiko
 
+from bknr_cluster.cluster.tls_config import tls_upload
 from bknr_cluster.errors import BknrError, Unreachable
 
 from .control import NODE_MODULE, NodeControl
@@ -122,8 +123,9 @@ class SshControl(NodeControl):
         try:
             sftp.put(str(self.cfg.path), self.remote_config)
             # secrets named relative to the YAML travel with it, mode 0600 on the other side
-            for key in ("token_file", "raft_secret_file"):
-                rel = self.cfg.raw.get(key)
+            # and so do this node's TLS files (never the CA key: it stays on the operator's host)
+            secrets = [self.cfg.raw.get(key) for key in ("token_file", "raft_secret_file")]
+            for rel in [*secrets, *tls_upload(self.cfg, self.node)]:
                 if not isinstance(rel, str) or not rel or os.path.isabs(os.path.expanduser(rel)):
                     continue
                 src = self.cfg.base_dir / rel

@@ -85,12 +85,13 @@ class LeaderView:
 class BankClient:
     def __init__(self, nodes: list[NodeRef], token: str | None, *, request_timeout: float = 0.15,
                  poll_interval: float = 0.005, prefix: str = "drill", via: str | None = None,
-                 workload: Workload = SYSTEM) -> None:
+                 workload: Workload = SYSTEM, ssl_context: Any = None) -> None:
         self.view = LeaderView(nodes)
         self.workload = workload
         # via: a load balancer URL; writers then send everything there and only retry
         self.via = NodeRef(0, "lb", via.rstrip("/")) if via else None
         self.token = token
+        self.ssl_context = ssl_context  # https: verifies the nodes against the cluster CA
         self.request_timeout = request_timeout
         self.poll_interval = poll_interval
         # how long one discovery request may wait on a node for it to become leader
@@ -105,7 +106,8 @@ class BankClient:
     async def __aenter__(self) -> BankClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.session = aiohttp.ClientSession(
-            headers=headers, connector=aiohttp.TCPConnector(limit=0, force_close=False))
+            headers=headers, connector=aiohttp.TCPConnector(
+                limit=0, force_close=False, **({"ssl": self.ssl_context} if self.ssl_context else {})))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

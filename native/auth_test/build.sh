@@ -9,6 +9,7 @@ export PKG_CONFIG_PATH="$ROOT/.deps/raft/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_C
 RAFT_LIBDIR="$(pkg-config --variable=libdir raft)"
 exec g++ -std=c++17 -O1 -g -Wall -Wextra "$@" \
   "$HERE/auth_test.cpp" "$HERE/transport_cases.cpp" "$HERE/raft_cases.cpp" \
-  "$HERE/../auth_transport.cpp" "$HERE/../auth_conn.cpp" "$HERE/../auth_handshake.cpp" -o "$OUT" \
-  $(pkg-config --cflags raft libuv libcrypto) \
-  $(pkg-config --libs raft libuv libcrypto) -Wl,-rpath,"$RAFT_LIBDIR"
+  "$HERE/../auth_transport.cpp" "$HERE/../auth_conn.cpp" "$HERE/../auth_handshake.cpp" \
+  "$HERE/../tls_transport.cpp" "$HERE/../tls_conn.cpp" -o "$OUT" \
+  $(pkg-config --cflags raft libuv libssl libcrypto) \
+  $(pkg-config --libs raft libuv libssl libcrypto) -Wl,-rpath,"$RAFT_LIBDIR"

@@ -72,7 +72,7 @@ class ChaosCluster:
             self.nodes[name] = Node(name, i + 1, host, raft_port, api_port, Path(ddir))
         self.config_path = self.workdir / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump({
-            "group": "chaos", "store": store, "token_file": "token",
+            "group": "chaos", "store": store, "token_file": "token", "insecure": True,
             "timing": {"election_timeout_ms": election_timeout_ms, "heartbeat_ms": heartbeat_ms},
             "snapshot": {"threshold": snapshot_threshold, "trailing": snapshot_trailing, "keep": 2},
             # consistency checkpoints through the log: a replica that diverged halts

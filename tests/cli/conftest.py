@@ -20,7 +20,7 @@ def write_yaml(dirpath: Path, ports: list[int], n: int = 3, election_ms: int = 2
     """A cluster YAML with ``n`` nodes (+ ``extra_nodes`` listed as spares for peer add)."""
     (dirpath / "token").write_text(TOKEN + "\n")
     (dirpath / "token").chmod(0o600)  # as bknrctl init creates it (validate warns otherwise)
-    lines = ["group: test-cluster", f"store: {store}", "token_file: token",
+    lines = ["group: test-cluster", f"store: {store}", "token_file: token", "insecure: true",
              f"timing: {{election_timeout_ms: {election_ms}, heartbeat_ms: {max(5, election_ms // 10)}}}",
              "nodes:"]
     for i in range(1, n + extra_nodes + 1):

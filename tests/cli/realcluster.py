@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bknrctl.client import NodeClient
@@ -49,6 +51,21 @@ def kill_started(path: Path, pids: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@contextmanager
+def tracked_nodes(path: Path) -> Iterator[Callable[[], None]]:
+    """Yields ``track()``, to call after each command that may start nodes; on exit every node
+    pid it saw (and the current ones) is SIGKILLed."""
+    seen: set[int] = set()
+
+    def track() -> None:
+        seen.update(node_pids(path).values())
+    try:
+        yield track
+    finally:
+        track()
+        kill_started(path, seen)
 
 
 def client(path: Path, name: str) -> NodeClient:

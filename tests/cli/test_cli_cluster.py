@@ -9,7 +9,7 @@ import pytest
 from bknrctl.admin import read_backup
 
 from tests.cli.conftest import write_yaml
-from tests.cli.realcluster import client, invoke, kill_started, node_pids
+from tests.cli.realcluster import client, invoke, kill_started, node_pids, tracked_nodes
 from tests.support import free_ports, wait_until
 
 
@@ -17,13 +17,8 @@ from tests.support import free_ports, wait_until
 def cluster3(tmp_path: Path):
     """A YAML with n1..n3 voters and n4 (spare, not bootstrapped); every started pid is killed."""
     path = write_yaml(tmp_path, free_ports(8), n=3, extra_nodes=1)
-    seen: set[int] = set()
-
-    def track() -> None:
-        seen.update(node_pids(path).values())
-    yield path, track
-    track()
-    kill_started(path, seen)
+    with tracked_nodes(path) as track:
+        yield path, track
 
 
 def _status(runner, path: Path) -> tuple[int, dict]:

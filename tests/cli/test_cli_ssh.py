@@ -18,9 +18,9 @@ import pytest
 
 from tests.cli.conftest import write_yaml
 from tests.cli.realcluster import client, invoke, kill_started
+from tests.cli.sshd import SSHD, write_sshd_config
 from tests.support import free_ports, wait_until
 
-SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not (os.path.exists(SSHD) and shutil.which("ssh-keygen")
                                      and os.geteuid() == 0), reason="needs openssh-server and root")
 
@@ -49,21 +49,7 @@ def sshd(tmp_path: Path, procs):
     (d / "authorized_keys").write_text(user_pub + "\n")
     os.chmod(d / "authorized_keys", 0o600)
     port = free_ports(1)[0]
-    (d / "sshd_config").write_text(f"""
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {d}/host_key
-AuthorizedKeysFile {d}/authorized_keys
-PidFile {d}/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-Subsystem sftp internal-sftp
-""")
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd requires
+    write_sshd_config(d / "sshd_config", d, "127.0.0.1", port, d / "sshd.pid")
     p = procs.start([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], log=d / "sshd.log")
     import socket
 

@@ -46,7 +46,7 @@ class LocalCluster:
         (self.root / "token").write_text(token + "\n")
         self.config_path = self.root / "cluster.yaml"
         self.data: dict[str, Any] = {
-            "group": group, "store": store, "token_file": "token",
+            "group": group, "store": store, "token_file": "token", "insecure": True,
             "timing": {"election_timeout_ms": election_timeout_ms, "heartbeat_ms": heartbeat_ms},
             "snapshot": {"threshold": snapshot_threshold, "trailing": snapshot_trailing, "keep": 3},
             "nodes": [],
