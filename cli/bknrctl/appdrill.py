@@ -36,7 +36,7 @@ from .cluster import Cluster
 from .control import controller
 from .drill import Drill as AdminDrill
 from .drill import DrillOptions, RoundResult, Watcher, inject_fault, write_gap
-from .workload import BankClient, NodeRef, Sample
+from .workload import BANK, BankClient, NodeRef, Sample
 
 ACCOUNTS = 16
 INITIAL_BALANCE = 1_000_000
@@ -189,7 +189,8 @@ class AppDrill:
     async def run(self) -> list[AppRound]:
         rounds = []
         async with AppClients(self.url, self.opts.request_timeout_s, self.opts.prefix) as users, \
-                BankClient(self.nodes, self.cluster.token, request_timeout=2.0) as admin:
+                BankClient(self.nodes, self.cluster.token, request_timeout=2.0,
+                           workload=BANK) as admin:
             await users.setup(time.monotonic() + 30.0)
             leader = await admin.discover(-1, time.monotonic() + 30.0)
             if leader is None:

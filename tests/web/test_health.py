@@ -16,11 +16,9 @@ def _store(state: str = "follower", commit: int = 50, applied: int = 50, leader_
            contact_ms: int = 10, halted: dict | None = None) -> SimpleNamespace:
     st = {"state": state, "commit_index": commit, "leader_id": leader_id,
           "leader_contact_ms": contact_ms}
-    cs = SimpleNamespace(node_id=2, name="n2", applied_index=applied, election_timeout_ms=200,
-                         engine=SimpleNamespace(status=lambda: dict(st)), api_url=lambda i: "")
-    if halted is not None:
-        cs.halted = halted
-    return cs
+    return SimpleNamespace(node_id=2, name="n2", group="g", applied_index=applied,
+                           election_timeout_ms=200, halted=halted,
+                           engine=SimpleNamespace(status=lambda: dict(st)), api_url=lambda i: "")
 
 
 def _get(cs: SimpleNamespace, path: str) -> tuple[int, dict]:
