@@ -223,12 +223,12 @@ def _main(args: argparse.Namespace) -> int:
     # Secure by default: no start without TLS and a token unless the YAML says insecure: true.
     from bknr_cluster.cluster.tls_config import require_secure
     require_secure(cfg, me)
+    # The application first: one that cannot be imported, is not ASGI, or whose port is taken
+    # stops the node here, before the store or the engine starts (one line on stderr).
+    app, app_sock = _load_app(cfg, me)
     if cfg.insecure:
         log.warning("insecure: true in %s: raft and API traffic are not encrypted%s", cfg.path,
                     "" if cfg.token_file else ", and the API takes no token")
-    # The application first: one that cannot be imported, is not ASGI, or whose port is taken
-    # stops the node here, before the store or the engine starts.
-    app, app_sock = _load_app(cfg, me)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # Until the event loop takes over SIGTERM, a stop request still unwinds through the
     # ``finally`` blocks below (engine stopped, pid file removed).

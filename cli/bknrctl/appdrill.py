@@ -190,7 +190,7 @@ class AppDrill:
         rounds = []
         async with AppClients(self.url, self.opts.request_timeout_s, self.opts.prefix) as users, \
                 BankClient(self.nodes, self.cluster.token, request_timeout=2.0,
-                           workload=BANK) as admin:
+                           workload=BANK, ssl_context=self.cluster.ssl_context) as admin:
             await users.setup(time.monotonic() + 30.0)
             leader = await admin.discover(-1, time.monotonic() + 30.0)
             if leader is None:

@@ -68,10 +68,18 @@ def _servers(cfg: ClusterConfig) -> list[str]:
     """Every node, checked on its admin port; then every node again as an unchecked backup,
     used while no node passes the check (docs/load-balancing.md)."""
     checked, backups = [], []
+    ca = cfg.tls_dir / "ca.crt" if getattr(cfg, "tls_dir", None) else None
     for n in cfg.nodes:
         host, port = _target(n)
-        checked.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}")
-        backups.append(f"    server {n.name}-any {host}:{port} backup")
+        # a TLS cluster's admin API speaks HTTPS, verified against the cluster CA: the health
+        # checks always, and the traffic too when there is no application port
+        tls = traffic = ""
+        if ca is not None:
+            verify = f"verify required ca-file {ca}"
+            tls = f" check-ssl {verify}" if n.app_port else f" ssl {verify}"
+            traffic = "" if n.app_port else f" ssl {verify}"
+        checked.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}{tls}")
+        backups.append(f"    server {n.name}-any {host}:{port} backup{traffic}")
     return checked + backups
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from bknrctl.control import NodeControl
@@ -96,6 +97,7 @@ class _Engine:
 def test_remove_peer_forgets_the_peer_add_peer_learned() -> None:
     admin = AdminMixin()
     admin.engine = _Engine()
+    admin.monitor = SimpleNamespace(poke=lambda: None)  # membership changes wake the monitor
     admin.peers = {1: "127.0.0.1:7001"}
     admin.add_peer(2, "127.0.0.1:7002", "voter")
     assert admin.peers == {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"}
