@@ -74,9 +74,13 @@ def preflight(cfg: ClusterConfig, import_store: bool = True) -> Preflight:
 
 
 def _fresh(cfg: ClusterConfig) -> bool:
-    """Not initialised yet: nodes on this machine, none of them holding Raft state."""
+    """Not initialised yet: nodes on this machine, none of them holding Raft state; or, when
+    every node is reached over SSH, nothing ``bknrctl init`` creates here exists yet."""
     local = [n for n in cfg.nodes if n.is_local]
-    return bool(local) and not any(n.raft_dir.is_dir() and any(n.raft_dir.iterdir()) for n in local)
+    if local:
+        return not any(n.raft_dir.is_dir() and any(n.raft_dir.iterdir()) for n in local)
+    made_by_init = (cfg.token_file, getattr(cfg, "tls_dir", None))
+    return not any(p is not None and p.exists() for p in made_by_init)
 
 
 def _store_problems(cfg: ClusterConfig) -> list[Problem]:

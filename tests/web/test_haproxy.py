@@ -4,6 +4,7 @@ routing follows a leadership transfer."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 from pathlib import Path
@@ -80,13 +81,19 @@ def test_generated_config_passes_haproxy_check(tmp_path: Path, shutdown_sessions
 
     from bknrctl.lb import haproxy_config
 
+    from bknr_cluster.cluster.certs import create_ca
     from bknr_cluster.cluster.config import ClusterConfig
     from tests.support import ROOT
 
     cfg = ClusterConfig.load(ROOT / "configs" / "local-3.yaml")
+    # the shipped YAML is a TLS cluster: the checks verify the API against the cluster CA,
+    # which bknrctl init would create; here a CA of the test's own
+    cfg = dataclasses.replace(cfg, tls_dir=tmp_path / "tls")
+    create_ca(cfg.tls_dir, cfg.group)
     text = haproxy_config(cfg, write_port=18080, read_port=18081, shutdown_sessions=shutdown_sessions)
     assert ("on-marked-down shutdown-sessions" in text) is shutdown_sessions
-    assert "server n2 127.0.0.1:8102 check addr 127.0.0.1 port 8102" in text   # no app: the API
+    assert ("server n2 127.0.0.1:8102 check addr 127.0.0.1 port 8102 ssl verify required ca-file "
+            f"{cfg.tls_dir / 'ca.crt'}") in text   # no app: the API, over HTTPS
     conf = tmp_path / "haproxy.cfg"
     conf.write_text(text)
     r = subprocess.run([HAPROXY, "-c", "-f", str(conf)], capture_output=True, text=True, timeout=30)
