@@ -31,6 +31,19 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def sample_for(read: Callable[[], T], seconds: float, interval: float = 0.03) -> list[T]:
+    """``read()`` every ``interval`` s for ``seconds`` s: for assertions that something *never*
+    happens within a window (a halted node never campaigns), where there is no event to wait for."""
+    samples: list[T] = []
+    end = time.monotonic() + seconds
+    tick = threading.Event()
+    while True:
+        samples.append(read())
+        if time.monotonic() >= end:
+            return samples
+        tick.wait(interval)
+
+
 def wait_until(cond: Callable[[], T], timeout: float, what: str = "condition",
                interval: float = 0.02) -> T:
     """Poll ``cond`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""

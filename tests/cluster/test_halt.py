@@ -18,7 +18,7 @@ from bknr_cluster.errors import NotCapable, ReplicaHalted
 from bknr_cluster.store import Store, StoreDefinition, StoreObject, transaction
 from tests.cluster.fake_engine import FakeEngine
 from tests.cluster.versioned_app import make_definition
-from tests.support import wait_until
+from tests.support import sample_for, wait_until
 
 V1, V2 = make_definition(1), make_definition(2)
 
@@ -51,7 +51,8 @@ def test_an_unknown_transaction_halts_the_replica_at_the_entry_before(cs):
                                                         (2, record(V2, "incr", "a"))]))
     later = cs.engine.inject("entry", encode_batch(9, 9, [(3, record(V1, "put", "c", 3))]))
     wait_until(lambda: cs.halted, 5, "halted")
-    time.sleep(0.2)
+    # the entry after it is in the engine's queue: it must stay unapplied
+    assert set(sample_for(lambda: cs.applied_index, 0.2)) == {ok_index}
     h = cs.halted
     assert h["index"] == bad and h["kind"] == "unknown_transaction" and h["transaction"] == "incr"
     assert h["records_applied"] == 1 and h["applied_index"] == ok_index

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +18,7 @@ from bknr_cluster.cluster.definition import describe
 from bknr_cluster.errors import NotCapable
 from tests.cluster.harness import LocalCluster
 from tests.cluster.versioned_app import make_definition
-from tests.support import wait_until
+from tests.support import sample_for, wait_until
 
 STORE = "tests.cluster.versioned_app:definition"
 V1 = {"BKNR_TEST_APP_VERSION": "1"}
@@ -137,11 +136,7 @@ def test_a_replica_that_cannot_apply_an_entry_halts_is_never_elected_and_resumes
 
     # Kill the leader: n3 must never lead (it neither campaigns nor votes).
     c.kill(leader)
-    roles = []
-    deadline = time.monotonic() + 4.0
-    while time.monotonic() < deadline:
-        roles.append(c.status("n3", digest=False)["role"])
-        time.sleep(0.05)
+    roles = sample_for(lambda: c.status("n3", digest=False)["role"], 4.0, 0.05)
     assert "leader" not in roles and "candidate" not in roles, roles
     assert c.status("n3", digest=False)["halted_refused_votes"] > 0  # it refused other's votes
     assert c.status(other, digest=False)["role"] != "leader"  # 2 of 3 needed, n3 refuses

@@ -3,20 +3,13 @@ stop campaigning, refuse every (pre-)vote and ignore TimeoutNow, while it keeps 
 
 from __future__ import annotations
 
-import time
-
 from tests.engine.harness import Cluster, digest_of, payloads
-from tests.support import wait_until
+from tests.support import sample_for, wait_until
 
 
 def _watch(c: Cluster, ids: list[int], seconds: float) -> list[str]:
-    states = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for i in ids:
-            states.append(c.call(i, "status")["state"])
-        time.sleep(0.03)
-    return states
+    return [s for states in sample_for(lambda: [c.call(i, "status")["state"] for i in ids], seconds)
+            for s in states]
 
 
 def test_halted_nodes_neither_campaign_nor_grant_votes(procs, tmp_path):
