@@ -58,7 +58,7 @@ class AdminMixin:
         Validated here before anything is logged (checksum, loadable by this definition, store
         empty); every replica then loads it at the same index. Returns that index."""
         from bknr_cluster.cluster.batch import encode_restore
-        from bknr_cluster.errors import Timeout, UsageError
+        from bknr_cluster.errors import UsageError
         from bknr_cluster.store import Store
 
         digest = hashlib.sha256(snapshot).digest()
@@ -72,15 +72,24 @@ class AdminMixin:
             err = UsageError("the store is not empty: a backup can only seed an empty cluster")
             err.http_status = 409  # type: ignore[attr-defined]
             raise err
+        return self._submit_own(
+            lambda seq: encode_restore(self.node_id, self.committer.session, seq, digest, snapshot),
+            "restore", timeout)
+
+    def _submit_own(self, encode: Any, what: str, timeout: float) -> int:
+        """Log an entry of this node's own (``encode(seq)``: restore, checkpoint) and wait until
+        it is applied here; returns its index. Failures as for a transaction (DESIGN.md)."""
+        from bknr_cluster.errors import Timeout
+
         w = self.committer.register()
-        entry = encode_restore(self.node_id, self.committer.session, w.seq, digest, snapshot)
+        entry = encode(w.seq)
         try:
             self.engine.submit(entry).result(timeout)
         except Exception as exc:
             self.committer.abandon(w)
             raise self._map_error(exc) from None
         if not self.committer.wait(w, timeout):
-            raise Timeout(f"restore entry not applied within {timeout} s")
+            raise Timeout(f"{what} entry not applied within {timeout} s")
         if w.error is not None:
             raise w.error
         return w.index
@@ -105,22 +114,12 @@ class AdminMixin:
         ``{"index": C, "digest", "full", "verdict", "nodes": {name: {...}}}``; ``verdict`` is
         None when no majority reported within ``wait_verdict`` seconds."""
         from bknr_cluster.cluster.batch import encode_system
-        from bknr_cluster.errors import Timeout
 
         self._refuse_halted()
-        w = self.committer.register()
-        entry = encode_system(self.node_id, self.committer.session, w.seq, "checkpoint",
-                              {"full": bool(full)})
-        try:
-            self.engine.submit(entry).result(timeout)
-        except Exception as exc:
-            self.committer.abandon(w)
-            raise self._map_error(exc) from None
-        if not self.committer.wait(w, timeout):
-            raise Timeout(f"checkpoint entry not applied within {timeout} s")
-        if w.error is not None:
-            raise w.error
-        c = w.index
+        c = self._submit_own(
+            lambda seq: encode_system(self.node_id, self.committer.session, seq, "checkpoint",
+                                      {"full": bool(full)}),
+            "checkpoint", timeout)
         deadline = time.monotonic() + wait_verdict
         while c not in self.verdicts and time.monotonic() < deadline and self.halted is None:
             self.monitor.poke()
