@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ YAML = """\
 group: app-bench
 store: examples.bank.app:definition
 token_file: token
+# loopback only: the transport-security cost is measured by bench/tls_bench.py
+insecure: true
 timing: {{election_timeout_ms: 200, heartbeat_ms: 20}}
 app: {{asgi: "examples.bank.web:app"}}
 nodes:
@@ -58,7 +61,9 @@ def write_yaml(root: Path) -> Path:
     nodes = "\n".join(
         f"  - {{id: {i}, name: n{i}, host: 127.0.0.1, raft_port: {free_port()}, "
         f"api_port: {free_port()}, app_port: {free_port()}, data_dir: data/n{i}}}" for i in (1, 2, 3))
-    (root / "token").write_text("app-bench-token-0123456789\n")
+    token = root / "token"
+    token.write_text("app-bench-token-" + secrets.token_hex(16) + "\n")
+    token.chmod(0o600)
     path = root / "cluster.yaml"
     path.write_text(YAML.format(nodes=nodes))
     return path
