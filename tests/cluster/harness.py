@@ -7,176 +7,105 @@
     cluster.client(leader).tx("open_account", "ann", "Oslo")
     cluster.wait_converged()                        # equal applied index + digest on all running
 
-Options: ``raft_secret=True`` (authenticated raft transport), snapshot/timing knobs, ``store=``
-(any ``module:definition`` importable from the repo). ``status(name, digest=False)`` for cheap
-polling; ``add_node(role)`` appends a node to the YAML, starts it and adds it via the leader;
-``run_node_cmd(name, "--recover", json)`` for one-shot node commands.
-
-Every wait has a deadline; processes go through ``tests.support.Processes`` so exactly the PIDs
-started here are stopped.
+A thin layer over ``tests.cluster_helper.YamlCluster`` (the YAML, the processes, the waits):
+this adds ``running`` (the nodes the test started and has not stopped), ApiClient views,
+convergence and membership. Options: ``raft_secret=True`` (authenticated raft transport),
+snapshot/timing knobs, ``store=`` (any ``module:definition`` importable from the repo).
+``status(name, digest=False)`` for cheap polling; ``add_node(role)`` appends a node to the YAML,
+starts it and adds it via the leader; ``run_node_cmd(name, "--recover", json)`` for one-shot
+node commands.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bknr_cluster.cluster.client import ApiClient
-from tests.support import ROOT, Processes, free_ports, wait_until
+from tests.cluster_helper import DEFAULT_TOKEN, YamlCluster
+from tests.support import Processes, wait_until
 
 DEFAULT_STORE = "examples.bank.app:definition"
 
 
-class LocalCluster:
+class LocalCluster(YamlCluster):
     def __init__(self, root: Path, procs: Processes, n: int = 3, *, store: str = DEFAULT_STORE,
                  election_timeout_ms: int = 500, heartbeat_ms: int = 50,
                  snapshot_threshold: int = 10000, snapshot_trailing: int = 2000,
-                 token: str = "test-token-0123456789", group: str = "test",
+                 token: str = DEFAULT_TOKEN, group: str = "test",
                  raft_secret: bool = False, app: dict | None = None,
                  checkpoint_every: int | None = None) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.procs = procs
-        self.token = token
-        (self.root / "token").write_text(token + "\n")
-        self.config_path = self.root / "cluster.yaml"
-        self.data: dict[str, Any] = {
-            "group": group, "store": store, "token_file": "token", "insecure": True,
-            "timing": {"election_timeout_ms": election_timeout_ms, "heartbeat_ms": heartbeat_ms},
-            "snapshot": {"threshold": snapshot_threshold, "trailing": snapshot_trailing, "keep": 3},
-            "nodes": [],
-        }
-        if app is not None:  # the hosted web application (bknr_cluster/apphost.py)
-            self.data["app"] = app
-        if checkpoint_every is not None:
-            self.data["checkpoint"] = {"every": checkpoint_every}
-        if raft_secret:  # authenticated raft transport (docs/security.md); needs mode 0600
-            secret = self.root / "raft.secret"
-            secret.write_text("0123456789abcdef" * 4 + "\n")
-            secret.chmod(0o600)
-            self.data["raft_secret_file"] = "raft.secret"
+        super().__init__(root, procs, n, store=store, group=group, token=token,
+                         election_timeout_ms=election_timeout_ms, heartbeat_ms=heartbeat_ms,
+                         snapshot_threshold=snapshot_threshold, snapshot_trailing=snapshot_trailing,
+                         checkpoint_every=checkpoint_every, raft_secret=raft_secret, app=app)
+        # The nodes this test started and has not stopped or killed (a crashed one stays until
+        # then); in-process nodes of a bench may be listed with None.
         self.running: dict[str, subprocess.Popen] = {}
-        for _ in range(n):
-            self._new_node_entry()
-        self.write()
 
     # --- configuration --------------------------------------------------------------------
 
-    def _new_node_entry(self) -> dict:
-        used = {n.get(k) for n in self.data["nodes"] for k in ("raft_port", "api_port", "app_port")}
-        while True:
-            raft, api, app = free_ports(3)
-            if not {raft, api, app} & used:
-                break
-        i = max((n["id"] for n in self.data["nodes"]), default=0) + 1
-        entry = {"id": i, "name": f"n{i}", "host": "127.0.0.1", "raft_port": raft,
-                 "api_port": api, "data_dir": f"data/n{i}"}
-        if "app" in self.data:
-            entry["app_port"] = app
-        self.data["nodes"].append(entry)
-        return entry
-
-    def write(self) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.data, sort_keys=False))
-
-    @property
-    def names(self) -> list[str]:
-        return [n["name"] for n in self.data["nodes"]]
-
     def node(self, name: str) -> dict:
-        return next(n for n in self.data["nodes"] if n["name"] == name)
+        return self.entry(name)
 
     def node_id(self, name: str) -> int:
-        return int(self.node(name)["id"])
-
-    def name_of(self, node_id: int) -> str:
-        return next(n["name"] for n in self.data["nodes"] if n["id"] == node_id)
+        return self.nodes[name].id
 
     def data_dir(self, name: str) -> Path:
-        return self.root / self.node(name)["data_dir"]
+        return self.nodes[name].data_dir
 
     def raft_address(self, name: str) -> str:
-        return f"127.0.0.1:{self.node(name)['raft_port']}"
+        return self.nodes[name].raft_address
 
     def api_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.node(name)['api_port']}"
+        return self.nodes[name].url
 
     def app_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.node(name)['app_port']}"
+        return f"http://127.0.0.1:{self.nodes[name].app_port}"
 
     # --- processes ------------------------------------------------------------------------
-
-    def node_cmd(self, name: str, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "bknr_cluster.node", "--config", str(self.config_path),
-                "--node", name, *extra]
-
-    def run_node_cmd(self, name: str, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a one-shot node command (``--init``, ``--recover``) to completion."""
-        env = dict(__import__("os").environ)
-        env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'cli'}:{env.get('PYTHONPATH', '')}"
-        return subprocess.run(self.node_cmd(name, *extra), capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=self.root)
-
-    def init(self, names: list[str] | None = None) -> None:
-        for name in names or self.names:
-            r = self.run_node_cmd(name, "--init")
-            assert r.returncode == 0, f"--init {name} failed ({r.returncode}): {r.stderr}"
 
     def start(self, name: str, *extra: str, wait: bool = True,
               env: dict[str, str] | None = None) -> subprocess.Popen:
         """``env``: extra environment of the node process (e.g. the application version)."""
         assert name not in self.running or self.running[name].poll() is not None, f"{name} runs"
-        self.data_dir(name).mkdir(parents=True, exist_ok=True)
-        p = self.procs.start(self.node_cmd(name, *extra), log=self.data_dir(name) / "stdout.log",
-                             cwd=self.root, env=env)
+        p = self.start_node(name, *extra, env=env)
         self.running[name] = p
         if wait:
-            wait_until(lambda: self._healthy(name, p), 30, f"{name} API up")
+            self.wait_healthy([name])
         return p
 
-    def _healthy(self, name: str, p: subprocess.Popen) -> bool:
-        if p.poll() is not None:
-            raise AssertionError(f"{name} exited with {p.returncode}: {self.log_tail(name)}")
-        try:
-            return ApiClient(self.api_url(name), timeout=1).health()["ok"]
-        except Exception:
-            return False
+    def _healthy(self, name: str, p: subprocess.Popen | None = None) -> bool:
+        return self.healthy(name)
 
     def start_all(self, env: dict[str, dict[str, str]] | None = None) -> None:
         """``env``: node name -> extra environment of that node's process."""
         for name in self.names:
             self.start(name, wait=False, env=(env or {}).get(name))
-        for name in self.names:
-            wait_until(lambda n=name: self._healthy(n, self.running[n]), 30, f"{name} API up")
+        self.wait_healthy(self.names)
 
     def stop(self, name: str, timeout: float = 20) -> int:
         """SIGTERM and wait for a clean exit; returns the exit code."""
-        p = self.running.pop(name)
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-        return p.wait(timeout)
+        self.running.pop(name)
+        return self.terminate(name, timeout)
 
-    def kill(self, name: str) -> None:
-        p = self.running.pop(name)
-        Processes.kill(p, signal.SIGKILL)
-        p.wait(10)
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        if sig == signal.SIGKILL:
+            self.running.pop(name)
+        super().kill(name, sig)
 
     def stop_all(self) -> dict[str, int]:
         return {name: self.stop(name) for name in list(self.running)}
 
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        f = self.data_dir(name) / "stdout.log"
-        return "\n".join(f.read_text(errors="replace").splitlines()[-lines:]) if f.exists() else ""
+    def wait_stopped(self, p: subprocess.Popen, timeout: float = 20) -> int:
+        return p.wait(timeout)
 
     # --- API ------------------------------------------------------------------------------
 
     def client(self, name: str, token: str | None = "", timeout: float = 10) -> ApiClient:
-        return ApiClient(self.api_url(name), self.token if token == "" else token, timeout=timeout)
+        return self.api(name, token, timeout)
 
     def status(self, name: str, digest: bool = True) -> dict:
         return self.client(name).status(digest)
@@ -184,20 +113,16 @@ class LocalCluster:
     def statuses(self) -> dict[str, dict]:
         return {name: self.status(name) for name in self.running}
 
+    def tx(self, name: str, tx: str, *args: Any, forward: bool = False, **kwargs: Any) -> Any:
+        return self.client(name).tx(tx, *args, forward=forward, **kwargs)
+
     def wait_leader(self, timeout: float = 20, among: list[str] | None = None) -> str:
         """A node every running node (or ``among``) agrees is leader, and that says so itself."""
-        names = among or list(self.running)
-
-        def agreed() -> str | None:
-            leaders = set()
-            for name in names:
-                st = self.status(name, digest=False)
-                leaders.add(st["leader_id"])
-            if len(leaders) != 1 or 0 in leaders:
-                return None
-            name = self.name_of(leaders.pop())
-            return name if name in self.running and self.status(name, False)["role"] == "leader" else None
-        return wait_until(agreed, timeout, f"one agreed leader among {names}")
+        def view(name: str) -> tuple[bool, str | None]:
+            st = self.status(name, digest=False)
+            return st["role"] == "leader", self.name_of(st["leader_id"]) if st["leader_id"] else None
+        return self.wait_agreed_leader(view, among or list(self.running), timeout,
+                                       candidates=list(self.running))
 
     def wait_definitions(self, leader: str | None = None, timeout: float = 20) -> None:
         """Until the leader has published every running member's store definition through the
@@ -234,7 +159,7 @@ class LocalCluster:
                  timeout: float = 30) -> str:
         """Append a node to the YAML, start it (not bootstrapped) and add it through the API."""
         leader = via or self.wait_leader()  # before the newcomer runs: it knows no leader yet
-        entry = self._new_node_entry()
+        entry = self.add_entry()
         self.write()
         name = entry["name"]
         self.start(name)
@@ -242,9 +167,3 @@ class LocalCluster:
             "POST", "/peers", {"id": entry["id"], "address": self.raft_address(name), "role": role},
             timeout=timeout)
         return name
-
-    def tx(self, name: str, tx: str, *args: Any, forward: bool = False, **kwargs: Any) -> Any:
-        return self.client(name).tx(tx, *args, forward=forward, **kwargs)
-
-    def wait_stopped(self, p: subprocess.Popen, timeout: float = 20) -> int:
-        return p.wait(timeout)

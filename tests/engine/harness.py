@@ -1,4 +1,8 @@
-"""Test-side control of node_driver.py processes: a small Raft cluster on loopback."""
+"""Test-side control of node_driver.py processes: a small Raft cluster on loopback.
+
+A thin layer over ``tests.cluster_helper.NodeProcesses`` (process control, log files, the agreed
+leader wait); what differs from the node clusters is the process (an engine driver answering
+JSON lines on a control port, no YAML) and the node keys (raft ids, not names)."""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+from tests.cluster_helper import Node, NodeProcesses
 from tests.support import Processes, free_ports, wait_until
 
 DRIVER = str(Path(__file__).with_name("node_driver.py"))
@@ -68,35 +74,45 @@ def digest_of(payloads: list[bytes]) -> str:
     return h.hexdigest()
 
 
-class Cluster:
+class Cluster(NodeProcesses):
+    """Engine drivers with ids 1..n (the initial voters) and two spare slots n+1, n+2."""
+
     def __init__(self, procs: Processes, root: Path, n: int, **options: Any) -> None:
-        self.procs = procs
+        super().__init__(procs)
         self.root = root
         self.options = {**FAST, **options}
         ports = free_ports(2 * (n + 2))
         self.raft_ports = {i + 1: ports[i] for i in range(n + 2)}
         self.control_ports = {i + 1: ports[n + 2 + i] for i in range(n + 2)}
+        for i in self.raft_ports:
+            self.nodes[f"n{i}"] = Node(f"n{i}", i, "127.0.0.1", self.raft_ports[i],
+                                       self.control_ports[i], root / f"n{i}", root / f"n{i}.log")
         self.initial = list(range(1, n + 1))
-        self.proc: dict[int, subprocess.Popen] = {}
         self.clients: dict[int, Client] = {}
 
+    @property
+    def proc(self) -> dict[int, subprocess.Popen]:
+        """id -> the process last started for it."""
+        return {nd.id: nd.proc for nd in self.nodes.values() if nd.proc is not None}
+
     def address(self, node_id: int) -> str:
-        return f"127.0.0.1:{self.raft_ports[node_id]}"
+        return self.nodes[f"n{node_id}"].raft_address
 
     def configuration(self) -> list[list]:
         return [[i, self.address(i), "voter"] for i in self.initial]
 
     def start(self, node_id: int, bootstrap: bool = False, recover: list | None = None,
               **options: Any) -> Client:
-        args = [DRIVER, "--id", str(node_id), "--address", self.address(node_id),
-                "--dir", str(self.root / f"n{node_id}"), "--control-port", str(self.control_ports[node_id]),
+        nd = self.nodes[f"n{node_id}"]
+        args = [sys.executable, DRIVER, "--id", str(node_id), "--address", nd.raft_address,
+                "--dir", str(nd.data_dir), "--control-port", str(nd.api_port),
                 "--options", json.dumps({**self.options, **options})]
         if bootstrap:
             args += ["--bootstrap", json.dumps(self.configuration())]
         if recover:
             args += ["--recover", json.dumps(recover)]
-        self.proc[node_id] = self.procs.python(*args, log=self.root / f"n{node_id}.log")
-        c = Client(self.control_ports[node_id])
+        self.launch(nd.name, args)
+        c = Client(nd.api_port)
         c.connect(30)
         self.clients[node_id] = c
         return c
@@ -109,23 +125,18 @@ class Cluster:
         return self.clients[nid].call(op, **kw)
 
     def live(self) -> list[int]:
-        return [i for i, p in self.proc.items() if p.poll() is None]
+        return [nd.id for nd in self.nodes.values() if nd.alive]
 
     def statuses(self, ids: list[int] | None = None) -> dict[int, dict]:
         return {i: self.call(i, "status") for i in (ids or self.live())}
 
     def leader(self, ids: list[int] | None = None, timeout: float = 20.0) -> int:
         """The one node that is leader and that every given node agrees on."""
-        def agreed() -> int | None:
-            st = self.statuses(ids)
-            leaders = [i for i, s in st.items() if s["state"] == "leader"]
-            if len(leaders) != 1:
-                return None
-            lid = leaders[0]
-            if all(s["leader_id"] == lid for s in st.values()):
-                return lid
-            return None
-        return wait_until(agreed, timeout, "a single agreed leader")
+        def view(name: str) -> tuple[bool, str | None]:
+            st = self.call(self.nodes[name].id, "status")
+            return st["state"] == "leader", f"n{st['leader_id']}" if st["leader_id"] else None
+        names = [f"n{i}" for i in (ids or self.live())]
+        return self.nodes[self.wait_agreed_leader(view, names, timeout)].id
 
     def stop(self, node_id: int) -> None:
         """Graceful stop through the driver; waits for the process to exit."""
@@ -134,12 +145,11 @@ class Cluster:
         except (DriverError, OSError):
             pass
         self.clients.pop(node_id).close()
-        self.proc[node_id].wait(30)
+        self.nodes[f"n{node_id}"].proc.wait(30)
 
     def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
-        Processes.kill(self.proc[node_id], sig)
+        super().kill(f"n{node_id}", sig)
         if sig == signal.SIGKILL:
-            self.proc[node_id].wait(10)
             self.clients.pop(node_id).close()
 
     def wait_state(self, ids: list[int], digest: str, count: int, timeout: float = 60.0) -> dict[int, dict]:

@@ -1,0 +1,129 @@
+"""The engine's libraft work-arounds, deterministically: on libraft's in-memory cluster fixture
+(raft/fixture.h) with simulated time, through the engine's own receive and tick hooks
+(native/rules_test/rules_test.cpp says how). No sockets, no sleeping: each scenario is one run
+of a few hundred simulated milliseconds and always ends the same way.
+
+Every scenario has a control arm: stock libraft ("libraft", the hooks bypassed) or the rule
+switched off ("unhalted"). The control shows what the work-around changes; a control that stops
+failing means libraft changed and the work-around may no longer be needed (native/DESIGN.md).
+The real-process tests (test_vote_rule.py, test_pre_vote_retry.py, test_halt_rule.py,
+test_commit_regression.py) stay: they cover the sockets and timers this fixture replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+SOURCE = ROOT / "native" / "rules_test"
+BUILD = ROOT / "build" / "rules_test"
+ELECTION_MS, HEARTBEAT_MS = 1000, 100  # rules_test.cpp
+
+
+def _cmake() -> str:
+    venv_cmake = Path(sys.executable).with_name("cmake")
+    return str(venv_cmake) if venv_cmake.exists() else (shutil.which("cmake") or "cmake")
+
+
+@pytest.fixture(scope="session")
+def rules_test() -> Path:
+    """The scenario program, built by CMake (incremental: a no-op when nothing changed)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if not (BUILD / "CMakeCache.txt").exists():
+        gen = ["-G", "Ninja"] if shutil.which("ninja", path=env["PATH"]) else []
+        r = subprocess.run([_cmake(), "-S", str(SOURCE), "-B", str(BUILD), *gen],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([_cmake(), "--build", str(BUILD)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return BUILD / "rules_test"
+
+
+def run(program: Path, scenario: str, arm: str) -> dict:
+    r = subprocess.run([str(program), scenario, arm], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"{scenario} {arm}: exit {r.returncode}: {r.stderr[-2000:]}"
+    return json.loads(r.stdout)
+
+
+def never(ms: int) -> bool:
+    return ms < 0
+
+
+def test_runs_are_deterministic(rules_test):
+    for scenario in ("vote_rule", "pre_vote_retry"):
+        assert run(rules_test, scenario, "bknr") == run(rules_test, scenario, "bknr")
+
+
+def test_halted_survivor_never_campaigns_and_grants_no_vote(rules_test):
+    # Leader 0 dies; survivor 2 is halted. 1 needs 2's vote, which 2 never grants, and 2 never
+    # campaigns itself: no leader for 10 election timeouts.
+    out = run(rules_test, "halt_election", "bknr")
+    assert never(out["candidate_ms"][2]), out
+    assert all(never(ms) for ms in out["leader_ms"]), out
+    assert out["candidate_ms"][1] >= 0 and out["halted_refused_votes"] > 0, out
+    # Control: the same survivor, not halted, takes part and a leader is elected.
+    ctl = run(rules_test, "halt_election", "unhalted")
+    assert any(ms >= 0 for ms in ctl["leader_ms"][1:]), ctl
+    assert ctl["halted_refused_votes"] == 0, ctl
+
+
+def test_leadership_transfer_to_a_halted_node_does_not_happen(rules_test):
+    out = run(rules_test, "halt_transfer", "bknr")
+    assert out["transfer_rv"] == 0, out  # libraft accepted the request ...
+    assert out["leader_now"] == 0 and never(out["candidate_ms"][2]), out  # ... 2 never ran
+    assert out["halted_dropped"] >= 1, out  # the TimeoutNow was dropped
+    ctl = run(rules_test, "halt_transfer", "unhalted")
+    assert ctl["leader_now"] == 2 and ctl["leader_ms"][2] >= 0, ctl
+
+
+def test_first_candidate_wins_without_waiting_for_the_other_survivors_timer(rules_test):
+    # Survivor 1's timer expires a tick before survivor 2's. With the thesis rule, 2 grants 1's
+    # (pre-)vote because it has not heard the leader for an election timeout: 1 wins and 2
+    # never needs to campaign.
+    out = run(rules_test, "vote_rule", "bknr")
+    first = out["candidate_ms"][1]
+    assert first >= 0 and out["leader_ms"][1] >= 0, out
+    assert never(out["candidate_ms"][2]), out
+    assert out["relaxed_votes_2"] >= 1, out
+    assert out["leader_ms"][1] - first < 2 * HEARTBEAT_MS, out
+    # Stock libraft: 2 still names the dead leader and refuses; nobody wins before 2's own
+    # timer fires a tick later.
+    ctl = run(rules_test, "vote_rule", "libraft")
+    assert ctl["candidate_ms"][2] > ctl["candidate_ms"][1] >= 0, ctl
+    won = [ms for ms in ctl["leader_ms"] if ms >= 0]
+    assert won and min(won) > ctl["candidate_ms"][2], "libraft now grants this vote itself: " + str(ctl)
+
+
+def test_lost_pre_vote_round_is_rerun_a_heartbeat_later(rules_test):
+    # Survivor 2 is behind (it missed an entry), so only 1 can win; 1's first pre-vote round to
+    # 2 is lost. The retry re-runs it on the tick after a heartbeat interval.
+    out = run(rules_test, "pre_vote_retry", "bknr")
+    first = out["candidate_ms"][1]
+    assert first >= 0 and out["leader_ms"][1] >= 0, out
+    assert out["pre_vote_retries_1"] >= 1, out
+    assert out["leader_ms"][1] - first < 3 * HEARTBEAT_MS, out
+    # Stock libraft re-sends only when the candidate timer fires: an election timeout or more.
+    ctl = run(rules_test, "pre_vote_retry", "libraft")
+    assert ctl["pre_vote_retries_1"] == 0 and ctl["leader_ms"][1] >= 0, ctl
+    assert ctl["leader_ms"][1] - ctl["candidate_ms"][1] >= ELECTION_MS, \
+        "libraft now re-runs a lost pre-vote round early itself: " + str(ctl)
+
+
+def test_stale_append_entries_does_not_lower_the_commit_index(rules_test):
+    out = run(rules_test, "commit_clamp", "bknr")
+    assert out["commit_before"] == out["applied"] > 2, out
+    assert out["commit_after"] == out["commit_before"] and out["commit_lowest"] == out["commit_before"], out
+    assert out["commit_clamps"] == 1, out
+    # Stock libraft 0.22.1 lowers the commit index below what was applied (install_guard.cpp, 2).
+    ctl = run(rules_test, "commit_clamp", "libraft")
+    assert ctl["commit_after"] < ctl["applied"], "libraft no longer lowers the commit index: " + str(ctl)
+    assert ctl["commit_clamps"] == 0, ctl
