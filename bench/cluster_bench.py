@@ -529,7 +529,7 @@ def catchup(objects: int = 1_000_000, join: bool = True) -> dict[str, Any]:
         cl.call("POST", "/snapshot", {}, timeout=300)
         st = c.status(leader, digest=False)
         target = st["applied_index"]
-        entry = c._new_node_entry()
+        entry = c.add_entry()
         c.write()
         name = entry["name"]
         c.start(name)

@@ -14,12 +14,10 @@ from pathlib import Path
 
 from tests.chaos.client import get_json, post_json
 from tests.chaos.netns import Network
-from tests.cluster_helper import Node, YamlCluster
+from tests.cluster_helper import YamlCluster
 from tests.support import Processes, wait_until
 
 APP = "tests.chaos.chaos_app:definition"
-
-__all__ = ["APP", "ChaosCluster", "Node"]
 
 
 class ChaosCluster(YamlCluster):
