@@ -8,6 +8,7 @@
 //   halt_election  bknr | unhalted   the leader dies; a halted survivor never campaigns and
 //                                    grants no vote, so no leader (halt_rule.cpp)
 //   halt_transfer  bknr | unhalted   a leadership transfer to a halted node does not happen
+//   halt_replicates bknr | unhalted  a halted node still stores entries and counts for commit
 //   vote_rule      bknr | libraft    the first candidate after a leader crash wins without
 //                                    waiting for the other survivor's timer (vote_rule.cpp)
 //   pre_vote_retry bknr | libraft    a lost pre-vote round is re-run a heartbeat later, not
@@ -269,6 +270,29 @@ int halt_election(bool halted) {
     return 0;
 }
 
+void barrier_done(struct raft_barrier*, int) {}
+
+// Server 2 is halted (arm "bknr") and server 1 is down: the leader's entries commit only if
+// the halted replica still stores them and counts for the majority.
+int halt_replicates(bool halted) {
+    Cluster c(3, true);
+    elect_first(c);
+    c.step_until([] { return false; }, 3 * kHeartbeatMs);
+    c.node(2).set_halted(halted);
+    raft_fixture_kill(c.f(), 1);
+    static struct raft_barrier reqs[3];
+    for (auto& r : reqs)
+        if (raft_barrier(c.raft(0), &r, barrier_done) != 0) std::abort();
+    raft_index idx = raft_last_index(c.raft(0));
+    raft_time t0 = c.now();
+    bool committed = c.step_until([&] { return c.raft(0)->commit_index >= idx; }, 5 * kElectionMs);
+    std::printf("{\"committed\": %s, \"commit_ms\": %lld, \"leader_now\": %u, \"last_index_2\": %llu, "
+                "\"index\": %llu}\n",
+                committed ? "true" : "false", committed ? (long long)(c.now() - t0) : -1LL, c.leader(),
+                (unsigned long long)raft_last_index(c.raft(2)), (unsigned long long)idx);
+    return 0;
+}
+
 void transfer_done(struct raft_transfer*) {}
 
 int halt_transfer(bool halted) {
@@ -314,8 +338,6 @@ int vote_rule(bool hooks) {
                 (unsigned long long)st2.relaxed_votes);
     return 0;
 }
-
-void barrier_done(struct raft_barrier*, int) {}
 
 // Server 2 misses an entry (it is down while server 0 commits it with server 1), comes back
 // as the leader dies, and server 1's first pre-vote round is lost (the two are disconnected
@@ -399,6 +421,7 @@ int main(int argc, char** argv) {
     }
     if (scenario == "halt_election") return halt_election(bknr);
     if (scenario == "halt_transfer") return halt_transfer(bknr);
+    if (scenario == "halt_replicates") return halt_replicates(bknr);
     if (scenario == "vote_rule") return vote_rule(bknr);
     if (scenario == "pre_vote_retry") return pre_vote_retry(bknr);
     if (scenario == "commit_clamp") return commit_clamp(bknr);

@@ -85,6 +85,16 @@ def test_leadership_transfer_to_a_halted_node_does_not_happen(rules_test):
     assert ctl["leader_now"] == 2 and ctl["leader_ms"][2] >= 0, ctl
 
 
+def test_halted_replica_still_stores_the_log_and_counts_for_commit(rules_test):
+    # The leader and the halted replica are the only live voters: the leader's entries commit
+    # (in a few network round trips), as they do when the replica is not halted.
+    out = run(rules_test, "halt_replicates", "bknr")
+    ctl = run(rules_test, "halt_replicates", "unhalted")
+    assert out["committed"] and out["leader_now"] == 0, out
+    assert out["last_index_2"] >= out["index"], out
+    assert out["commit_ms"] == ctl["commit_ms"] < ELECTION_MS, (out, ctl)
+
+
 def test_first_candidate_wins_without_waiting_for_the_other_survivors_timer(rules_test):
     # Survivor 1's timer expires a tick before survivor 2's. With the thesis rule, 2 grants 1's
     # (pre-)vote because it has not heard the leader for an election timeout: 1 wins and 2
