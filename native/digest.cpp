@@ -231,6 +231,7 @@ struct Row {
 };
 
 const int8_t EXT_REF = 10;  // codec.py
+const long UNDO_DELETE = 2;  // model.py: the undo entry (UNDO_DELETE, obj)
 
 // Everything one hashing call needs besides the objects.
 struct Context {
@@ -473,6 +474,7 @@ PyObject* py_hashes(PyObject*, PyObject* args) {
 struct Touched {
   PyTypeObject* cls;
   PyObject* obj;
+  bool deleted;  // some undo entry deletes it (it may have been created again: never, ids are new)
   bool operator<(const Touched& o) const { return cls != o.cls ? cls < o.cls : obj < o.obj; }
   bool operator==(const Touched& o) const { return obj == o.obj; }
 };
@@ -504,11 +506,18 @@ PyObject* py_prepare(PyObject*, PyObject* args) {
         return nullptr;
       }
       PyObject* obj = PyTuple_GET_ITEM(entry, 1);
-      touched.push_back(Touched{Py_TYPE(obj), obj});
+      PyObject* kind = PyTuple_GET_ITEM(entry, 0);
+      bool deletes = PyLong_CheckExact(kind) && PyLong_AsLong(kind) == UNDO_DELETE;
+      touched.push_back(Touched{Py_TYPE(obj), obj, deletes});
     }
   }
   std::sort(touched.begin(), touched.end());
-  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  size_t kept = 0;  // unique objects, each deleted if any of its entries deletes it
+  for (size_t k = 0; k < touched.size(); k++) {
+    if (kept > 0 && touched[kept - 1].obj == touched[k].obj) touched[kept - 1].deleted |= touched[k].deleted;
+    else touched[kept++] = touched[k];
+  }
+  touched.resize(kept);
 
   PyObject* objs = PyList_New(0);
   PyObject* values = PyList_New(0);
@@ -545,9 +554,15 @@ PyObject* py_prepare(PyObject*, PyObject* args) {
     if (stored != nullptr && !to_i128(stored, &old)) { ok = false; break; }
     bool marked = old < 0;
     u128 old_h = u128(marked ? ~old : old);
-    PyObject* oid = slot(obj, g_id_offset);
-    PyObject* current = oid ? PyDict_GetItemWithError(extent, oid) : nullptr;
-    if (current == nullptr && PyErr_Occurred()) { ok = false; break; }
+    // An object leaves its extent only by a delete, which the undo log records, and a store
+    // object is never written after its delete: so only those the log deletes are looked up
+    // (one cache miss less per written object on a large store).
+    PyObject* current = obj;
+    if (touched[k].deleted) {
+      PyObject* oid = slot(obj, g_id_offset);
+      current = oid ? PyDict_GetItemWithError(extent, oid) : nullptr;
+      if (current == nullptr && PyErr_Occurred()) { ok = false; break; }
+    }
     if (current != obj) {  // deleted
       delta -= old_h;
       if (marked && PyList_Append(deleted_referenced, obj) < 0) ok = false;
