@@ -460,7 +460,9 @@ def status_under_writes(c: Any, leader: str, baseline_s: float = 4.0, status_s: 
     (or within ``STALL_TAIL_S`` after it) minus the baseline p99. Writes far from any call
     cannot have been stalled by one; on a shared machine the worst of all ~5,000 writes in the
     window is set by the scheduler, so it is reported too (``status_write_max_ms_polled``) next
-    to the baseline's own worst (``status_write_max_ms_baseline``), but not used."""
+    to the baseline's own worst (``status_write_max_ms_baseline``), but not used. For the same
+    reason the worst write near calls is shown next to a control: the worst write in windows of
+    the same lengths halfway between calls (``status_write_max_ms_control``)."""
     import threading as th
 
     stop = th.Event()
@@ -496,7 +498,14 @@ def status_under_writes(c: Any, leader: str, baseline_s: float = 4.0, status_s: 
     during = [ms for s0, ms in samples if status_start <= s0 < status_end]
     p99 = percentile(base, 0.99) if base else 0.0
     worst = max(during, default=0.0)
-    near = [ms for s0, ms in samples if any(s0 <= b + STALL_TAIL_S and s0 + ms / 1000 >= a for a, b in calls)]
+
+    def in_flight(windows: list[tuple[float, float]]) -> list[float]:
+        return [ms for s0, ms in samples
+                if any(s0 <= b + STALL_TAIL_S and s0 + ms / 1000 >= a for a, b in windows)]
+
+    near = in_flight(calls)
+    # the control: windows of the same length halfway between two calls (no call in flight)
+    control = in_flight([(a + period / 2, b + period / 2) for a, b in calls[:-1]])
     lat.sort()
     return {"status_ms_1m": round(percentile(lat, 0.5), 2), "status_ms_1m_max": round(lat[-1], 2),
             "status_calls_1m": len(lat),
@@ -504,6 +513,8 @@ def status_under_writes(c: Any, leader: str, baseline_s: float = 4.0, status_s: 
             "status_writes_near_calls_1m": len(near),
             "status_write_p99_ms_baseline": round(p99, 2),
             "status_write_max_ms_baseline": round(max(base, default=0.0), 2),
+            "status_write_max_ms_near_calls": round(max(near, default=0.0), 2),
+            "status_write_max_ms_control": round(max(control, default=0.0), 2),
             "status_write_max_ms_polled": round(worst, 2),
             "status_writes_1m": len(during)}
 
