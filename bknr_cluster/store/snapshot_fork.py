@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bknr_cluster.errors import StoreError
+from bknr_cluster.store.huge_pages import keeper
 
 if TYPE_CHECKING:
     from bknr_cluster.store.core import Store
@@ -110,6 +111,7 @@ class SnapshotChild:
         """Block (GIL released) until the child exits; its file, or ``StoreError`` saying why
         not (it failed, or was killed: then the file is removed)."""
         _, status = os.waitpid(self.pid, 0)
+        keeper().release()  # the parent's writes split huge pages: collapse them again
         with self._mu:
             self._status = status
             if self._pidfd >= 0:
@@ -153,9 +155,14 @@ def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
 
     hasher = hashlib.sha256()  # made here: the child must not look up digests (library locks)
     read_fd, write_fd = os.pipe()
+    keeper().hold()  # no huge-page collapse while the child shares our pages (huge_pages.py)
     with store._lock:
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            keeper().release()
+            raise
         if pid == 0:  # the child: never returns
             write = functools.partial(snapshot.write, include_blobs=include_blobs,
                                       include_system=include_system)
