@@ -107,6 +107,12 @@ class Loop(threading.Thread):
         lat = [d for t, d in self.samples if t <= end and t + d >= start]
         return round(max(lat) * 1000, 1) if lat else float("nan")
 
+    def worst_at(self, start: float, end: float) -> float:
+        """When the slowest call overlapping [start, end] began, in s after ``start`` (says
+        which step of the snapshot it met: the fork is at ~0, the hand-over at the end)."""
+        lat = [(d, t) for t, d in self.samples if t <= end and t + d >= start]
+        return round(max(lat)[1] - start, 3) if lat else float("nan")
+
 
 class MemorySampler(threading.Thread):
     def __init__(self, pid: int) -> None:
@@ -168,6 +174,8 @@ def run_size(objects: int, nodes: int) -> dict[str, Any]:
                 "write_max_ms_before": writer.max_ms(t_base, t0),
                 "write_max_ms_during": writer.max_ms(t0, t1),
                 "health_max_ms_during": health.max_ms(t0, t1),
+                "write_worst_at_s": writer.worst_at(t0, t1),
+                "health_worst_at_s": health.worst_at(t0, t1),
                 "rss_ratio_peak": round(max(mem.peak, rss_before) / rss_before, 2),
                 "writes_during": sum(1 for t, d in writer.samples if t0 <= t <= t1),
                 "write_errors": writer.errors + health.errors,
@@ -182,21 +190,25 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="100k and 300k objects")
     ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--only", choices=["small", "large"],
+                    help="one size only (a diagnostic run: the JSON line then has its keys only)")
     args = ap.parse_args()
     export_bench_path()
     small, large = (100_000, 300_000) if args.quick else (1_000_000, 5_000_000)
-    rows = [run_size(small, args.nodes), run_size(large, args.nodes)]
+    sizes = {"small": [small], "large": [large]}.get(args.only or "", [small, large])
+    rows = [run_size(n, args.nodes) for n in sizes]
     cols = ["objects", "snapshot_s", "post_snapshot_s", "write_max_ms_before",
             "write_max_ms_during", "health_max_ms_during", "rss_ratio_peak", "writes_during",
-            "write_errors", "store_snapshot_failures", "fork_ms"]
+            "write_errors", "store_snapshot_failures", "fork_ms", "write_worst_at_s",
+            "health_worst_at_s"]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r[k]) for k in cols))
     keys = ["objects", "snapshot_s", "write_max_ms_before", "write_max_ms_during",
             "health_max_ms_during", "rss_ratio_peak"]
     out: dict[str, Any] = {"bench": "snapshot", "quick": args.quick}
-    out.update({k: rows[0][k] for k in keys})
-    out.update({f"{k}_5m": rows[1][k] for k in keys})
+    for n, r in zip(sizes, rows, strict=True):
+        out.update({(k if n == small else f"{k}_5m"): r[k] for k in keys})
     print(json.dumps(out))
     return 0
 
