@@ -70,6 +70,17 @@ def private_kib(pid: int) -> int:
     return total
 
 
+def reclaim_stalls() -> int:
+    """Host-wide count of direct reclaim and compaction stalls (/proc/vmstat): a page fault
+    that has to free memory first can stall a node whatever it does."""
+    total = 0
+    with open("/proc/vmstat") as f:
+        for line in f:
+            if line.startswith(("allocstall_", "compact_stall")):
+                total += int(line.split()[1])
+    return total
+
+
 def children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -158,11 +169,13 @@ def run_size(objects: int, nodes: int) -> dict[str, Any]:
         rss_before = rss_kib(pid)
         mem = MemorySampler(pid)
         mem.start()
+        stalls = reclaim_stalls()
         t0 = time.monotonic()
         cl.call("POST", "/snapshot", {}, timeout=600)
         # the applier went on at once; the writer child may still be finishing its file
         wait_until(lambda: not children(pid), 120, "snapshot child gone")
         t1 = time.monotonic()
+        stalls = reclaim_stalls() - stalls
         threading.Event().wait(AFTER_S)
         mem.stop_event.set()
         writer.stop_event.set()
@@ -181,7 +194,8 @@ def run_size(objects: int, nodes: int) -> dict[str, Any]:
                 "write_errors": writer.errors + health.errors,
                 "post_snapshot_s": round(t1 - t0, 3),
                 "store_snapshot_failures": st["store_snapshot_failures"],
-                "fork_ms": st["store_snapshot_fork_ms"]}
+                "fork_ms": st["store_snapshot_fork_ms"], "reclaim_stalls": stalls,
+                "load": round(os.getloadavg()[0], 1)}
     finally:
         procs.stop_all()
 
@@ -200,7 +214,7 @@ def main() -> int:
     cols = ["objects", "snapshot_s", "post_snapshot_s", "write_max_ms_before",
             "write_max_ms_during", "health_max_ms_during", "rss_ratio_peak", "writes_during",
             "write_errors", "store_snapshot_failures", "fork_ms", "write_worst_at_s",
-            "health_worst_at_s"]
+            "health_worst_at_s", "reclaim_stalls", "load"]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r[k]) for k in cols))
