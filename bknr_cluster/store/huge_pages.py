@@ -19,7 +19,8 @@ child has exited and every ``interval`` seconds. Only 2 MiB ranges of which at l
 resident: thread stacks and sparse heaps are left alone), so the resident set grows by at most
 1/16. It never collapses while a snapshot child lives (``hold``/``release``): a collapse copies
 the pages, which would un-share them with the child (memory); a fork that starts during a
-pass can overlap the collapse of one ``_RUN`` of memory at most.
+pass can overlap the collapse of one huge page at most. Collapses are paced (one huge page,
+then a 1 ms pause) and start 1 s after a child exits (``_SETTLE``), after the hand-over.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ log = logging.getLogger("bknr.store")
 HUGE_PAGE = 2 << 20
 MIN_RESIDENT = 15 / 16
 _MADV_COLLAPSE = 25
-_RUN = 16 << 20  # memory collapsed per madvise call: the hold flag is checked between calls
+# One huge page per madvise call, then a pause: each collapse holds the mmap lock (every page
+# fault of the process waits) while it copies 2 MiB; back to back they stalled /health 65 ms at
+# the end of a 1M snapshot (load 16). Also where the hold flag is checked.
+_RUN = HUGE_PAGE
+_PAUSE = 0.001
+_SETTLE = 1.0  # after a child exits: the engine takes its image first
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 try:
@@ -160,6 +166,7 @@ class HugePageKeeper:
                     p.failed += 1
                 else:
                     p.collapsed += length
+                self._stop.wait(_PAUSE)
         p.seconds = time.monotonic() - t0
         return p
 
@@ -168,8 +175,9 @@ class HugePageKeeper:
         # collapse); at a lower priority on a busy host it gets preempted holding either, and
         # every thread of the node waits for it (a 0.48 s stall seen at nice 10, load 25).
         while not self._stop.is_set():
-            self._kick.wait(self.interval)
-            self._kick.clear()
+            if self._kick.wait(self.interval):
+                self._kick.clear()
+                self._stop.wait(_SETTLE)
             if self._stop.is_set() or self._disabled or self.held():
                 continue
             try:
