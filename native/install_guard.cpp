@@ -67,6 +67,7 @@ int load_hook(struct raft_io* io, raft_term* term, raft_id* voted_for, struct ra
 
 void Node::install_recv_hook() {
     trace_commit_ = std::getenv("BKNR_TRACE_COMMIT") != nullptr;  // one stderr line per clamp
+    trace_election_ = std::getenv("BKNR_TRACE_ELECTION") != nullptr;  // fast_election.cpp
     // Always installed: it also carries the thesis vote rule (vote_rule.cpp).
     orig_start_ = io_.start;
     io_.start = start_hook;
@@ -82,7 +83,10 @@ void Node::on_tick() {
         keep_timer_in_range();  // fast_election.cpp
         retry_pre_vote();
     }
+    int before = raft_.state;
     legacy_tick_(&io_);
+    if (before == RAFT_FOLLOWER && raft_.state == RAFT_CANDIDATE)
+        trace_election("timer expired: campaign (term %llu)", (unsigned long long)raft_.current_term);
 }
 
 void Node::on_recv(struct raft_message* msg) {
