@@ -147,7 +147,8 @@ async def steady_run(config: Path, seconds: float) -> dict[str, Any]:
 
 
 ELECTION_COUNTERS = ("leader_closes", "leaders_gone", "fast_elections", "relaxed_votes",
-                     "pre_vote_tie_refusals", "early_campaigns", "pre_vote_retries")
+                     "pre_vote_tie_refusals", "early_campaigns", "pre_vote_retries",
+                     "timeouts_now_retried")
 
 
 def _node_counters(cluster: Any) -> dict[str, dict[str, int]]:

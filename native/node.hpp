@@ -107,6 +107,7 @@ struct StatusData {
     uint64_t deferred_installs = 0;   // InstallSnapshots held back during a local snapshot
     uint64_t relaxed_votes = 0;       // vote requests let through by the thesis rule
     uint64_t pre_vote_tie_refusals = 0;  // rival pre-votes refused on node id (equal logs)
+    uint64_t timeouts_now_retried = 0;   // TimeoutNow taken on a later try (install_guard.cpp)
     uint64_t early_campaigns = 0;     // early elections against a shorter-log candidate
     uint64_t pre_vote_retries = 0;    // pre-vote rounds re-sent before the candidate timer
     uint64_t leader_closes = 0;       // follower: the leader's stream to us closed (fast_election.cpp)
@@ -337,6 +338,15 @@ private:
     std::thread::id loop_tid_;
     uv_timer_t health_timer_;
     uv_check_t flush_check_;  // runs after each loop iteration's I/O: wakes the applier once
+    // install_guard.cpp: a TimeoutNow libraft ignored while it was persisting entries
+    void keep_timeout_now(const struct raft_message& msg);
+    void retry_timeout_now();
+    bool timeout_now_kept_ = false;
+    struct raft_message timeout_now_;
+    std::string timeout_now_addr_;
+    raft_term timeout_now_term_ = 0;
+    raft_time timeout_now_until_ = 0;
+    uint64_t timeouts_now_retried_ = 0;
     bool deferred_ = false;   // an InstallSnapshot held back (install_guard.cpp)
     struct raft_message deferred_msg_;
     std::string deferred_addr_;
