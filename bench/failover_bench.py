@@ -221,7 +221,7 @@ def _keep_logs(root: Path, trace: Path | None, phase: str) -> None:
     if trace is None:
         return
     for f in sorted(root.rglob("*")):
-        if f.is_file() and f.name in ("stdout.log", "node.out", "node.log"):
+        if f.is_file() and (f.name in ("stdout.log", "node.log") or f.suffix == ".out"):
             rel = f.relative_to(root)
             (trace / f"{phase}-{'-'.join(rel.parts)}").write_bytes(f.read_bytes())
 
