@@ -382,6 +382,8 @@ private:
     bool rival_granted_ = false;    // we let another candidate's vote request through since
     uint64_t leader_closes_ = 0, leaders_gone_ = 0, fast_elections_ = 0;
     uint64_t pre_vote_tie_refusals_ = 0;  // vote_rule.cpp: a rival pre-vote refused on node id
+    raft_term tie_term_ = 0;              // ... the term of the first such refusal
+    raft_time tie_since_ = 0;             // ... and when it was
     uint64_t closed_at_ = 0, gone_at_ = 0, campaign_at_ = 0;  // loop ms of the last fast election
     uint64_t fast_timeline_[3] = {0, 0, 0};  // close -> confirmed, -> campaign, -> leader (ms)
     void note_election_won();

@@ -71,7 +71,14 @@ void Node::apply_vote_rule(struct raft_message* msg) {
         // refuses its rival's pre-vote, which changes no state (no term, no vote recorded). The
         // node id, not the priority, decides: ids are the same in every node's configuration,
         // so two candidates can never both refuse each other.
-        if (v.candidate_id > id_ && same_last_entry(v)) {
+        // Bounded: for one election timeout after the first such refusal in a term, then we
+        // grant as libraft would (a one-way link must not keep both candidates stuck).
+        raft_time now = io_.time(&io_);
+        if (tie_term_ != raft_.current_term) {
+            tie_term_ = raft_.current_term;
+            tie_since_ = now;
+        }
+        if (v.candidate_id > id_ && same_last_entry(v) && now - tie_since_ < raft_.election_timeout) {
             msg->request_vote.last_log_index = 0;  // "your log is behind mine": refused
             msg->request_vote.last_log_term = 0;
             pre_vote_tie_refusals_++;
