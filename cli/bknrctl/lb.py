@@ -68,18 +68,16 @@ def _servers(cfg: ClusterConfig) -> list[str]:
     """Every node, checked on its admin port; then every node again as an unchecked backup,
     used while no node passes the check (docs/load-balancing.md)."""
     checked, backups = [], []
+    # A TLS cluster's nodes serve both the application and the admin API over HTTPS with their
+    # node certificates: HAProxy verifies them against the cluster CA, for the traffic and for
+    # the checks (`check-ssl`: with an explicit check `port`, TLS is not inherited from `ssl`).
     ca = cfg.tls_dir / "ca.crt" if getattr(cfg, "tls_dir", None) else None
+    tls = f" ssl verify required ca-file {ca}" if ca is not None else ""
     for n in cfg.nodes:
         host, port = _target(n)
-        # a TLS cluster's admin API speaks HTTPS, verified against the cluster CA: the health
-        # checks always, and the traffic too when there is no application port
-        tls = traffic = ""
-        if ca is not None:
-            verify = f"verify required ca-file {ca}"
-            tls = f" check-ssl {verify}" if n.app_port else f" ssl {verify}"
-            traffic = "" if n.app_port else f" ssl {verify}"
-        checked.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}{tls}")
-        backups.append(f"    server {n.name}-any {host}:{port} backup{traffic}")
+        checked.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}"
+                       + (" check-ssl" if tls else "") + tls)
+        backups.append(f"    server {n.name}-any {host}:{port} backup{tls}")
     return checked + backups
 
 

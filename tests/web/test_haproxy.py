@@ -92,7 +92,7 @@ def test_generated_config_passes_haproxy_check(tmp_path: Path, shutdown_sessions
     create_ca(cfg.tls_dir, cfg.group)
     text = haproxy_config(cfg, write_port=18080, read_port=18081, shutdown_sessions=shutdown_sessions)
     assert ("on-marked-down shutdown-sessions" in text) is shutdown_sessions
-    assert ("server n2 127.0.0.1:8102 check addr 127.0.0.1 port 8102 ssl verify required ca-file "
+    assert ("server n2 127.0.0.1:8102 check addr 127.0.0.1 port 8102 check-ssl ssl verify required ca-file "
             f"{cfg.tls_dir / 'ca.crt'}") in text   # no app: the API, over HTTPS
     conf = tmp_path / "haproxy.cfg"
     conf.write_text(text)
