@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import secrets
 import socket
@@ -69,8 +70,21 @@ def write_yaml(root: Path) -> Path:
     return path
 
 
-async def throughput(url: str, seconds: float, prefix: str) -> float:
-    """Acknowledged transfers per second of CLIENTS clients against ``url`` (after a warm-up)."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` (all its threads; None: this process)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(url: str, seconds: float, prefix: str,
+                     pids: dict[str, int | None]) -> dict[str, Any]:
+    """Acknowledged transfers per second of CLIENTS clients against ``url`` (after a warm-up),
+    and the CPU time each process in ``pids`` spent per request in the same window (the
+    machine-independent side of the figure: on a shared 2-core host the rate follows it)."""
     from bknrctl.appdrill import AppClients
 
     async with AppClients(url, 15.0, prefix) as users:
@@ -80,16 +94,20 @@ async def throughput(url: str, seconds: float, prefix: str) -> float:
                  for c in range(CLIENTS)]
         try:
             await asyncio.sleep(0.5)
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             n0, t0 = len(users.acked), time.monotonic()
             await asyncio.sleep(seconds)
             n1, t1 = len(users.acked), time.monotonic()
+            cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-    return (n1 - n0) / (t1 - t0)
+    n = max(1, n1 - n0)
+    return {"req_per_s": (n1 - n0) / (t1 - t0),
+            "cpu_us_per_req": {k: round((cpu1[k] - cpu0[k]) / n * 1e6) for k in pids}}
 
 
-def standalone_throughput(root: Path, seconds: float) -> float:
+def standalone_throughput(root: Path, seconds: float) -> dict[str, Any]:
     port = free_port()
     out = open(root / "standalone.log", "ab")
     p = subprocess.Popen([sys.executable, str(ROOT / "bench" / "standalone_web.py"), "--dir",
@@ -104,7 +122,8 @@ def standalone_throughput(root: Path, seconds: float) -> float:
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the standalone server did not start: {root / 'standalone.log'}")
             time.sleep(0.05)
-        return asyncio.run(throughput(f"http://127.0.0.1:{port}", seconds, "solo"))
+        return asyncio.run(throughput(f"http://127.0.0.1:{port}", seconds, "solo",
+                                      {"server": p.pid, "clients": None}))
     finally:
         p.terminate()
         try:
@@ -113,6 +132,10 @@ def standalone_throughput(root: Path, seconds: float) -> float:
             p.kill()
             p.wait(5)
         out.close()
+
+
+def node_pid(node: Any) -> int:
+    return int(node.pid_file.read_text().strip())
 
 
 def drill(cluster: Any, url: str, fault: str, rounds: int) -> list[dict]:
@@ -129,10 +152,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seconds", type=float, default=None, help="per throughput measurement")
     ap.add_argument("--kill-rounds", type=int, default=None)
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="skip the drills (profiling the throughput phase)")
     args = ap.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 10.0)
-    kill_rounds = args.kill_rounds or (2 if args.quick else 10)
-    transfer_rounds = 1 if args.quick else 3
+    kill_rounds = 0 if args.throughput_only else args.kill_rounds or (2 if args.quick else 10)
+    transfer_rounds = 0 if args.throughput_only else 1 if args.quick else 3
 
     from bknrctl.cluster import Cluster
     from bknrctl.control import controller
@@ -151,9 +176,13 @@ def main() -> int:
         cluster.wait_for_leader(timeout=30.0)
         lb = HaproxyProcess(cluster.cfg, root / "haproxy")
         lb.start()
-        kills = drill(cluster, lb.write_url, "kill", kill_rounds)
-        switches = drill(cluster, lb.write_url, "transfer", transfer_rounds)
-        req_per_s = asyncio.run(throughput(lb.write_url, seconds, "tput"))
+        kills = drill(cluster, lb.write_url, "kill", kill_rounds) if kill_rounds else []
+        switches = drill(cluster, lb.write_url, "transfer", transfer_rounds) if transfer_rounds else []
+        leader = cluster.wait_for_leader(timeout=30.0)
+        pids = {("leader" if n.id == leader.id else "follower " + n.name): node_pid(n)
+                for n in cluster.cfg.nodes}
+        pids.update({"haproxy": lb.proc.pid if lb.proc else None, "clients": None})
+        hosted = asyncio.run(throughput(lb.write_url, seconds, "tput", pids))
     finally:
         if lb is not None:
             lb.stop()
@@ -176,9 +205,13 @@ def main() -> int:
         "round_stall_ms_transfer": max((r["longest_stall_ms"] for r in switches), default=None),
         "lost_transfer": sum(r["lost"] for r in switches),
         "digests_match": all(r["digests_match"] for r in kills + switches),
-        "req_per_s": round(req_per_s, 1),
-        "req_per_s_standalone": round(solo, 1),
-        "ratio_standalone": round(req_per_s / solo, 2) if solo else None,
+        "req_per_s": round(hosted["req_per_s"], 1),
+        "req_per_s_standalone": round(solo["req_per_s"], 1),
+        "ratio_standalone": round(hosted["req_per_s"] / solo["req_per_s"], 2)
+        if solo["req_per_s"] else None,
+        "cpu_us_per_req": hosted["cpu_us_per_req"],
+        "cpu_us_per_req_standalone": solo["cpu_us_per_req"],
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "seconds": round(time.monotonic() - t_start, 1),
     })
 
@@ -190,6 +223,10 @@ def main() -> int:
               f"{r['p99_ms']:>9.0f}{r['max_ms']:>9.0f}{gap if gap is not None else float('nan'):>9.0f}"
               f"{(r['max_ms'] - gap) if gap is not None else float('nan'):>9.0f}"
               f"{r['longest_stall_ms']:>10.0f}{r['lost']:>6}")
+    for what, cpu in (("hosted", out["cpu_us_per_req"]),
+                      ("standalone", out["cpu_us_per_req_standalone"])):
+        print(f"CPU per request ({what}): " + ", ".join(f"{k} {v} us" for k, v in cpu.items())
+              + f"; total {sum(cpu.values())} us")
     print(f"throughput through HAProxy, {CLIENTS} clients: {out['req_per_s']:.0f} req/s; "
           f"standalone store on uvicorn: {out['req_per_s_standalone']:.0f} req/s; "
           f"ratio {out['ratio_standalone']} (target >= 0.5)")

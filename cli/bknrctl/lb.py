@@ -50,6 +50,24 @@ class CheckTiming:
         inter = max(10, election_timeout_ms // 10)
         return cls(inter=inter, fastinter=max(5, inter // 2), timeout=max(100, 3 * inter))
 
+    @classmethod
+    def for_reads(cls, election_timeout_ms: int) -> CheckTiming:
+        # The read backend needs no such haste: a follower that became leader still answers
+        # reads, and one that falls behind is taken out within about two election timeouts.
+        # Every check is a connection and a request the node's Python serves (~0.6 ms of CPU
+        # each on the 2-core test host): a tenth of the election timeout on both backends was
+        # 100 checks/s per node, 6-8 % of a core each with no load at all.
+        inter = max(100, election_timeout_ms)
+        return cls(inter=inter, fastinter=max(25, inter // 4),
+                   timeout=cls.from_election(election_timeout_ms).timeout)
+
+    def server_options(self) -> str:
+        # observe layer4 ... on-error mark-down: a connection refused by real traffic (a killed
+        # node) takes the server out at once, before the next check; the retry then goes
+        # elsewhere.
+        return (f"inter {self.inter}ms fastinter {self.fastinter}ms downinter {self.inter}ms "
+                f"fall {self.fall} rise {self.rise} observe layer4 error-limit 1 on-error mark-down")
+
 
 # A POST/PATCH is repeated after it reached a server only when it carries an Idempotency-Key
 # (the application applies it once per key); without one, only connection failures retry.
@@ -90,14 +108,11 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
     ``shutdown_sessions``: Patroni's ``on-marked-down shutdown-sessions`` on the write backend
     (fast errors instead of requests hanging on a frozen leader; docs/load-balancing.md)."""
     t = CheckTiming.from_election(cfg.election_timeout_ms)
-    # observe layer4 ... on-error mark-down: a connection refused by real traffic (a killed
-    # node) takes the server out at once, before the next check; the retry then goes elsewhere.
-    check = (f"inter {t.inter}ms fastinter {t.fastinter}ms downinter {t.inter}ms "
-             f"fall {t.fall} rise {t.rise} observe layer4 error-limit 1 on-error mark-down")
+    check = t.server_options()
     lines = [
         f"# haproxy.cfg for bknr_cluster group {cfg.group!r}, written by `bknrctl lb haproxy`"
         + (f" from {source}" if source else ""),
-        f"# election timeout {cfg.election_timeout_ms} ms -> checks every {t.inter} ms "
+        f"# election timeout {cfg.election_timeout_ms} ms -> leader checks every {t.inter} ms "
         "(docs/load-balancing.md explains every line)",
         "global",
         "    maxconn 4096",
@@ -142,7 +157,7 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
             "    option allbackups",
             f"    option httpchk GET /replica?lag={max_lag}",
             "    http-check expect status 200",
-            f"    default-server {check}",
+            f"    default-server {CheckTiming.for_reads(cfg.election_timeout_ms).server_options()}",
             *_servers(cfg),
         ]
     return "\n".join(lines) + "\n"

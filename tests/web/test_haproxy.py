@@ -44,6 +44,8 @@ def test_haproxy_routes_writes_to_the_leader_and_reads_to_replicas(tmp_path: Pat
     text = conf.read_text()
     assert "option httpchk GET /leader" in text and "GET /replica?lag=100" in text
     assert "inter 30ms" in text   # a tenth of the election timeout
+    # the read backend is checked once per election timeout (docs/load-balancing.md)
+    assert text.split("\nbackend bknr_replicas")[1].count("default-server inter 300ms fastinter 75ms") == 1
     cluster.init()
     cluster.start_all()
     leader = cluster.wait_leader()
