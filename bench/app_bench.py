@@ -43,8 +43,7 @@ YAML = """\
 group: app-bench
 store: examples.bank.app:definition
 token_file: token
-# loopback only: the transport-security cost is measured by bench/tls_bench.py
-insecure: true
+{security}
 timing: {{election_timeout_ms: 200, heartbeat_ms: 20}}
 app: {{asgi: "examples.bank.web:app"}}
 nodes:
@@ -58,7 +57,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_yaml(root: Path) -> Path:
+INSECURE = """\
+# loopback only: the transport-security cost is measured by bench/tls_bench.py (raft) and by
+# --tls here (HTTPS from HAProxy to the application and to the checks)
+insecure: true"""
+SECURE = "tls_dir: tls   # --tls: bknrctl init's CA and node certificates, as a real cluster"
+
+
+def write_yaml(root: Path, tls: bool = False) -> Path:
     nodes = "\n".join(
         f"  - {{id: {i}, name: n{i}, host: 127.0.0.1, raft_port: {free_port()}, "
         f"api_port: {free_port()}, app_port: {free_port()}, data_dir: data/n{i}}}" for i in (1, 2, 3))
@@ -66,7 +72,13 @@ def write_yaml(root: Path) -> Path:
     token.write_text("app-bench-token-" + secrets.token_hex(16) + "\n")
     token.chmod(0o600)
     path = root / "cluster.yaml"
-    path.write_text(YAML.format(nodes=nodes))
+    path.write_text(YAML.format(nodes=nodes, security=SECURE if tls else INSECURE))
+    if tls:
+        from bknrctl.lifecycle import ensure_token
+
+        from bknr_cluster.cluster.config import ClusterConfig
+
+        ensure_token(ClusterConfig.load(path))   # the CA and the node certificates
     return path
 
 
@@ -152,6 +164,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seconds", type=float, default=None, help="per throughput measurement")
     ap.add_argument("--kill-rounds", type=int, default=None)
+    ap.add_argument("--tls", action="store_true",
+                    help="a secure cluster: HTTPS application and admin ports, TLS raft (the "
+                         "standalone baseline stays plain HTTP)")
     ap.add_argument("--throughput-only", action="store_true",
                     help="skip the drills (profiling the throughput phase)")
     args = ap.parse_args()
@@ -165,11 +180,11 @@ def main() -> int:
     from bknrctl.lifecycle import start_nodes, stop_nodes
 
     root = Path(tempfile.mkdtemp(prefix="bknr-app-bench-"))
-    cluster = Cluster.load(write_yaml(root))
+    cluster = Cluster.load(write_yaml(root, args.tls))
     for n in cluster.cfg.nodes:
         controller(cluster.cfg, n).init()
     lb = None
-    out: dict[str, Any] = {"bench": "app", "quick": args.quick, "clients": CLIENTS}
+    out: dict[str, Any] = {"bench": "app", "quick": args.quick, "clients": CLIENTS, "tls": args.tls}
     t_start = time.monotonic()
     try:
         start_nodes(cluster, list(cluster.cfg.nodes), quiet=True)

@@ -33,6 +33,16 @@ lb_app = typer.Typer(help="Load balancers in front of the cluster: haproxy.cfg, 
 app.add_typer(lb_app, name="lb")
 
 
+# A check over TLS is a full handshake on a new connection (HAProxy 2.6 keeps none open), and it
+# must finish within the check interval: with 20 ms checks a loaded 2-core host timed them out
+# ("Layer6 timeout"), every node was marked down and all traffic went the forwarding way.
+TLS_MIN_INTER_MS = 100
+# The same for customers' requests: `timeout connect` covers the TLS handshake with the
+# application. With 100 ms, 64 clients' first requests (64 handshakes at once on the leader's
+# loop) timed out, were retried with new handshakes, and the retries never caught up (6 req/s).
+TLS_MIN_CONNECT_MS = 400
+
+
 @dataclass(frozen=True)
 class CheckTiming:
     """HAProxy health-check timing derived from the election timeout (ms)."""
@@ -44,10 +54,14 @@ class CheckTiming:
     rise: int = 1    # one success puts it back: a new leader must get traffic at once
 
     @classmethod
-    def from_election(cls, election_timeout_ms: int) -> CheckTiming:
+    def from_election(cls, election_timeout_ms: int, tls: bool = False) -> CheckTiming:
         # A tenth of the election timeout: the balancer notices the new leader about one
-        # interval after it is elected, small next to the election itself.
+        # interval after it is elected, small next to the election itself. HAProxy gives a
+        # check's connection min(timeout connect, interval) to be set up, TLS handshake
+        # included: over TLS at least TLS_MIN_INTER_MS (docs/load-balancing.md).
         inter = max(10, election_timeout_ms // 10)
+        if tls:
+            inter = max(inter, TLS_MIN_INTER_MS)
         return cls(inter=inter, fastinter=max(5, inter // 2), timeout=max(100, 3 * inter))
 
     @classmethod
@@ -58,7 +72,7 @@ class CheckTiming:
         # each on the 2-core test host): a tenth of the election timeout on both backends was
         # 100 checks/s per node, 6-8 % of a core each with no load at all.
         inter = max(100, election_timeout_ms)
-        return cls(inter=inter, fastinter=max(25, inter // 4),
+        return cls(inter=inter, fastinter=max(50, inter // 4),
                    timeout=cls.from_election(election_timeout_ms).timeout)
 
     def server_options(self) -> str:
@@ -107,7 +121,8 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
     ``log_errors``: log failed or retried requests to stdout (a HAProxy in the foreground).
     ``shutdown_sessions``: Patroni's ``on-marked-down shutdown-sessions`` on the write backend
     (fast errors instead of requests hanging on a frozen leader; docs/load-balancing.md)."""
-    t = CheckTiming.from_election(cfg.election_timeout_ms)
+    tls = getattr(cfg, "tls_dir", None) is not None
+    t = CheckTiming.from_election(cfg.election_timeout_ms, tls=tls)
     check = t.server_options()
     lines = [
         f"# haproxy.cfg for bknr_cluster group {cfg.group!r}, written by `bknrctl lb haproxy`"
@@ -123,7 +138,7 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
         "    mode http",
         *(["    log global", "    option httplog", "    option dontlog-normal"] if log_errors else []),
         "    option http-keep-alive",
-        f"    timeout connect {max(100, cfg.election_timeout_ms // 2)}ms",
+        f"    timeout connect {max(TLS_MIN_CONNECT_MS if tls else 100, cfg.election_timeout_ms // 2)}ms",
         "    timeout client 60s",
         "    timeout server 60s",
         "    timeout http-keep-alive 30s",
