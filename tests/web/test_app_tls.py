@@ -12,14 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from bknrctl.main import app as cli
-from typer.testing import CliRunner
 
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.tls_config import client_ssl_context
 from tests.support import free_ports, wait_until
 from tests.web.secure import ca_context, https, secure_app_cluster
-from tests.web.test_haproxy import HAPROXY, start_haproxy
+from tests.web.test_haproxy import HAPROXY, lb_haproxy, start_haproxy
 from tests.web.test_hosted_app import http
 
 
@@ -67,10 +65,7 @@ def test_app_port_is_https_verified_and_haproxy_talks_tls(tmp_path: Path, procs)
         # HAProxy in front: TLS to the application ports and to the /leader checks
         write, read = free_ports(2)
         conf = tmp_path / "haproxy.cfg"
-        r = CliRunner().invoke(cli, ["-c", str(cfg.path), "lb", "haproxy", "-o", str(conf),
-                                     "--write-port", str(write), "--read-port", str(read)])
-        assert r.exit_code == 0, r.output
-        text = conf.read_text()
+        text = lb_haproxy(cfg.path, conf, write, read)
         ca = cfg.tls_dir / "ca.crt"
         for n in cfg.nodes:
             assert (f"server {n.name} 127.0.0.1:{n.app_port} check addr 127.0.0.1 port {n.api_port} "

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from bknrctl.main import app as cli
-from typer.testing import CliRunner
 
 from bknr_cluster.cluster.client import ApiClient
 from bknr_cluster.cluster.config import ClusterConfig
@@ -18,7 +16,7 @@ from bknr_cluster.cluster.tls_config import client_ssl_context
 from tests.support import Processes, free_ports, wait_until
 from tests.web.browser import CHROMIUM, Page, start_chromium
 from tests.web.secure import secure_app_cluster
-from tests.web.test_haproxy import HAPROXY, start_haproxy
+from tests.web.test_haproxy import HAPROXY, lb_haproxy, start_haproxy
 from tests.web.test_hosted_app import http
 
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(HAPROXY).exists()),
@@ -33,10 +31,7 @@ def test_browser_transfer_through_haproxy(tmp_path: Path, procs) -> None:
 def _browser_transfer(tmp_path: Path, procs: Processes, cfg: ClusterConfig) -> None:
     (write,) = free_ports(1)
     conf = tmp_path / "haproxy.cfg"
-    r = CliRunner().invoke(cli, ["-c", str(cfg.path), "lb", "haproxy", "-o", str(conf),
-                                 "--write-port", str(write), "--read-port", "0"])
-    assert r.exit_code == 0, r.output
-    assert "check-ssl ssl verify required" in conf.read_text()
+    assert "check-ssl ssl verify required" in lb_haproxy(cfg.path, conf, write)
     clients = {n.name: ApiClient(n.api_url, cfg.token(), ssl_context=client_ssl_context(cfg))
                for n in cfg.nodes}
     start_haproxy(procs, conf, write)
