@@ -68,9 +68,9 @@ class CheckTiming:
     def for_reads(cls, election_timeout_ms: int) -> CheckTiming:
         # The read backend needs no such haste: a follower that became leader still answers
         # reads, and one that falls behind is taken out within about two election timeouts.
-        # Every check is a connection and a request the node's Python serves (~0.6 ms of CPU
+        # Every check is a connection and a request the node's Python serves (~0.9 ms of CPU
         # each on the 2-core test host): a tenth of the election timeout on both backends was
-        # 100 checks/s per node, 6-8 % of a core each with no load at all.
+        # 100 checks/s per node, 4-5 % of a core each with no load at all.
         inter = max(100, election_timeout_ms)
         return cls(inter=inter, fastinter=max(50, inter // 4),
                    timeout=cls.from_election(election_timeout_ms).timeout)

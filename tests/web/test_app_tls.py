@@ -67,6 +67,8 @@ def test_app_port_is_https_verified_and_haproxy_talks_tls(tmp_path: Path, procs)
         conf = tmp_path / "haproxy.cfg"
         text = lb_haproxy(cfg.path, conf, write, read)
         ca = cfg.tls_dir / "ca.crt"
+        # handshakes must fit the check interval and the connect timeout (docs/load-balancing.md)
+        assert "default-server inter 100ms fastinter 50ms" in text and "timeout connect 400ms" in text
         for n in cfg.nodes:
             assert (f"server {n.name} 127.0.0.1:{n.app_port} check addr 127.0.0.1 port {n.api_port} "
                     f"check-ssl ssl verify required ca-file {ca}") in text
