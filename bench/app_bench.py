@@ -237,7 +237,8 @@ def main() -> int:
         print(f"{r['fault'] + ' ' + str(r['round']):<14}{r['requests']:>9}{r['user_errors']:>8}"
               f"{r['p99_ms']:>9.0f}{r['max_ms']:>9.0f}{gap if gap is not None else float('nan'):>9.0f}"
               f"{(r['max_ms'] - gap) if gap is not None else float('nan'):>9.0f}"
-              f"{r['longest_stall_ms']:>10.0f}{r['lost']:>6}")
+              f"{r['longest_stall_ms']:>10.0f}{r['lost']:>6}"
+              + (f"  {r['error_kinds']}" if r.get("error_kinds") else ""))
     for what, cpu in (("hosted", out["cpu_us_per_req"]),
                       ("standalone", out["cpu_us_per_req_standalone"])):
         print(f"CPU per request ({what}): " + ", ".join(f"{k} {v} us" for k, v in cpu.items())
