@@ -29,15 +29,16 @@ class DriverError(Exception):
 
 
 class Client:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         self.port = port
+        self.host = host
         self.sock: socket.socket | None = None
         self.file = None
 
     def connect(self, timeout: float) -> None:
         def attempt() -> bool:
             try:
-                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+                self.sock = socket.create_connection((self.host, self.port), timeout=1)
             except OSError:
                 return False
             self.file = self.sock.makefile("rwb")
@@ -75,17 +76,22 @@ def digest_of(payloads: list[bytes]) -> str:
 
 
 class Cluster(NodeProcesses):
-    """Engine drivers with ids 1..n (the initial voters) and two spare slots n+1, n+2."""
+    """Engine drivers with ids 1..n (the initial voters) and two spare slots n+1, n+2.
 
-    def __init__(self, procs: Processes, root: Path, n: int, **options: Any) -> None:
+    ``net``: a tests.chaos.netns.Network whose namespaces are named n1, n2, ...: each node then
+    runs in its own namespace at that network's address (links can be cut)."""
+
+    def __init__(self, procs: Processes, root: Path, n: int, net: Any = None, **options: Any) -> None:
         super().__init__(procs)
+        self.net = net
         self.root = root
         self.options = {**FAST, **options}
         ports = free_ports(2 * (n + 2))
         self.raft_ports = {i + 1: ports[i] for i in range(n + 2)}
         self.control_ports = {i + 1: ports[n + 2 + i] for i in range(n + 2)}
         for i in self.raft_ports:
-            self.nodes[f"n{i}"] = Node(f"n{i}", i, "127.0.0.1", self.raft_ports[i],
+            host = net.addr(f"n{i}") if net and f"n{i}" in net.names else "127.0.0.1"
+            self.nodes[f"n{i}"] = Node(f"n{i}", i, host, self.raft_ports[i],
                                        self.control_ports[i], root / f"n{i}", root / f"n{i}.log")
         self.initial = list(range(1, n + 1))
         self.clients: dict[int, Client] = {}
@@ -94,6 +100,9 @@ class Cluster(NodeProcesses):
     def proc(self) -> dict[int, subprocess.Popen]:
         """id -> the process last started for it."""
         return {nd.id: nd.proc for nd in self.nodes.values() if nd.proc is not None}
+
+    def host(self, node_id: int) -> str:
+        return self.nodes[f"n{node_id}"].host
 
     def address(self, node_id: int) -> str:
         return self.nodes[f"n{node_id}"].raft_address
@@ -104,15 +113,17 @@ class Cluster(NodeProcesses):
     def start(self, node_id: int, bootstrap: bool = False, recover: list | None = None,
               **options: Any) -> Client:
         nd = self.nodes[f"n{node_id}"]
-        args = [sys.executable, DRIVER, "--id", str(node_id), "--address", nd.raft_address,
+        prefix = self.net.exec_prefix(nd.name) if self.net else []
+        args = [*prefix, sys.executable, DRIVER, "--id", str(node_id), "--address", nd.raft_address,
                 "--dir", str(nd.data_dir), "--control-port", str(nd.api_port),
+                "--control-host", nd.host,
                 "--options", json.dumps({**self.options, **options})]
         if bootstrap:
             args += ["--bootstrap", json.dumps(self.configuration())]
         if recover:
             args += ["--recover", json.dumps(recover)]
         self.launch(nd.name, args)
-        c = Client(nd.api_port)
+        c = Client(nd.api_port, nd.host)
         c.connect(30)
         self.clients[node_id] = c
         return c
