@@ -23,11 +23,11 @@ import argparse
 import asyncio
 import json
 import random
+import secrets
 import socket
 import subprocess
 import sys
 import tempfile
-import secrets
 import time
 from pathlib import Path
 from typing import Any

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from bknr_cluster.cluster.commit import GroupCommitter
+from bknr_cluster.cluster.settings import ClusterSettings
 from bknr_cluster.cluster.store import ClusterStore
 from examples.bank.app import account, definition, open_account, transfer
 from tests.cluster.fake_engine import FakeEngine
@@ -23,7 +24,8 @@ class OldEngine(FakeEngine):
 
 
 def make_store(tmp_path, factory):
-    return ClusterStore(definition, 1, "127.0.0.1:7001:1", tmp_path, engine_factory=factory)
+    return ClusterStore(definition, ClusterSettings(1, "127.0.0.1:7001:1", tmp_path),
+                        engine_factory=factory)
 
 
 def run_callers(cs, threads=16, each=25):
