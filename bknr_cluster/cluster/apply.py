@@ -158,7 +158,7 @@ class Applier:
 
         eng = self.engine
         # The wake-ups of the callers resolved in one slice are posted by the engine in the next
-        # next_committed call, after it released the GIL (commit.py wake_in_engine); engine
+        # next_committed call, after it released the GIL (commit.py engine_wake); engine
         # stand-ins without ``wake`` get them posted at the end of the slice instead.
         committer = self.committer
         hand_off = committer.engine_wake = _takes_wake(eng)

@@ -19,7 +19,7 @@ Wake-ups of blocked callers resolved on the applier thread are deferred to the e
 applier's batch (``release_deferred``, run by the applier's end-of-batch signal) and then handed
 to a :class:`~bknr_cluster.cluster.wake.WakeChain` (see ``wake.py``); the chain's first wake-ups
 are posted by the engine inside the applier's next ``next_committed`` call, after it released
-the GIL (``wake_in_engine``; see wake.py for the figures). While callers are still
+the GIL (``engine_wake``; see wake.py). While callers are still
 being woken and an entry is in flight, the submitter holds back (at most ``pace_hold_s``): the
 callers being woken are about to queue their next records, and they should share one entry
 rather than trickle out as several small ones (256 callers: ~115 instead of ~68 records per
@@ -80,10 +80,8 @@ class GroupCommitter:
         self._loop_flushes: list[LoopDelivery] = []   # asyncio deliveries held to the slice end
         self.chain = WakeChain(wake_batons, on_idle=self._chain_idle)
         # Wake-ups to post from inside the applier's next engine.next_committed(wake=...), once
-        # the GIL is released there, instead of with the GIL at the end of its slice. Needs an
-        # engine that takes ``wake`` (the applier sets ``engine_wake``); the switch stays for
-        # A/B measurement (module docstring).
-        self.wake_in_engine = True
+        # the GIL is released there, instead of with the GIL at the end of its slice: only with
+        # an engine that takes ``wake`` (the applier sets ``engine_wake``).
         self.engine_wake = False
         self._handoff: list[Signal] = []
         self.pace_hold_s = max(0.0, pace_hold_s)
@@ -176,7 +174,7 @@ class GroupCommitter:
 
     def release_deferred(self, now: bool = False) -> None:
         """Wake the callers resolved since the last call (the applier, at the end of a batch):
-        through the chain, posted here or (``wake_in_engine``) handed to the applier's next
+        through the chain, posted here or (``engine_wake``) handed to the applier's next
         ``next_committed`` (``take_handoff``); ``now``: post them here in any case. Also wakes
         each asyncio loop that has waiters from this slice, once (``defer_delivery``)."""
         if self._loop_flushes:
@@ -188,7 +186,7 @@ class GroupCommitter:
             if self.applier_ident is None:  # stopping: everyone at once
                 for sig in signals:
                     sig.post()
-            elif self.wake_in_engine and self.engine_wake and not now:
+            elif self.engine_wake and not now:
                 self._handoff.extend(self.chain.start(signals))
             else:
                 self.chain.release(signals)

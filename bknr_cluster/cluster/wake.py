@@ -8,17 +8,12 @@ While that count is non-zero and an entry is in flight, the group committer's su
 back (bounded, see commit.py): the callers being woken are about to queue their next records,
 and one entry carries them all.
 
-With ``GroupCommitter.wake_in_engine`` (the default) the chain's first wake-ups are not posted
-there but passed to the applier's next ``engine.next_committed(..., wake=signals)``, which posts
-them after releasing the GIL: a woken caller no longer finds the GIL held by the thread that woke
-it. Measured with 256 caller threads, alternating rounds in one cluster (t256 harness, 3 s
-rounds, 58 rounds per mode over six runs, host load 0.4-26): context switches per transaction
-fell from 2.87 to 2.53 voluntary and from 1.10 to 0.88 involuntary; leader CPU per transaction
-was unchanged (43 us) and entries were smaller (79 instead of 99 records). Throughput gained
-little: paired rounds nw/old median 1.07, mean 1.07, better in 35 of 58; per-run medians
-1.00-1.16 (mean tx/s 17.5k vs 16.6k, far from 25k). The futex wake-ups still cost the same CPU
-on a 2-core host; what changed is that nobody holds the GIL while they happen. The end-of-slice
-path stays for engines without ``wake`` (and for the A/B switch).
+With an engine whose ``next_committed`` takes ``wake`` (``GroupCommitter.engine_wake``) the
+chain's first wake-ups are not posted there but passed to the applier's next
+``engine.next_committed(..., wake=signals)``, which posts them after releasing the GIL: a woken
+caller no longer finds the GIL held by the thread that woke it (fewer context switches per
+transaction; figures in docs/performance.md, *Cluster*). The end-of-slice path stays for engines
+without ``wake``.
 
 The chain can also wake callers as relays: at most ``batons`` at once, each woken caller waking
 the next as soon as it runs (``pass_baton``, from ``Waiter.wait``). That avoids a herd of threads
@@ -111,7 +106,7 @@ class WakeChain:
     def start(self, signals: list[Signal]) -> list[Signal]:
         """Queue these wake-ups; returns the ones to post now (counted as running batons):
         fewer than ``batons`` run at once. The caller posts them (``release``), or hands them
-        to the engine, which posts them without the GIL (``GroupCommitter.wake_in_engine``)."""
+        to the engine, which posts them without the GIL (``GroupCommitter.engine_wake``)."""
         start = []
         with self._lock:
             self._queue.extend(signals)
