@@ -156,3 +156,18 @@ def test_a_snapshot_replaces_the_state_through_the_install_seam_only(tmp_path):
     assert CountingStore.installs == 1 and dst.digest() == src.digest()
     assert dst.load_snapshot(io.BytesIO(b"")) == 0
     assert CountingStore.resets == 1 and len(dst) == 0 and dst.last_index == 0
+
+
+def test_the_yaml_directory_finds_a_node_added_to_the_file_after_the_start(tmp_path):
+    from bknr_cluster.cluster.directory import YamlDirectory
+
+    path = _yaml(tmp_path)
+    directory = YamlDirectory(ClusterConfig.load(path), path)
+    assert directory.node_name(4) == "" and directory.api_url(0) == ""
+    raw = yaml.safe_load(path.read_text())
+    raw["nodes"].append({"id": 4, "name": "n4", "host": "127.0.0.1", "raft_port": 7104,
+                         "api_port": 8104, "data_dir": "data/n4"})
+    path.write_text(yaml.safe_dump(raw))
+    assert directory.node_name(4) == "n4" and directory.api_url(4) == "http://127.0.0.1:8104"
+    path.write_text("not: [valid")  # a broken file answers "" instead of raising
+    assert directory.node_name(5) == ""
