@@ -63,7 +63,7 @@ def test_blocked_callers_are_woken_either_way(tmp_path, in_engine):
         run_callers(cs)
         assert (cs.engine.wake_calls > calls) is in_engine
         assert [account(f"b{k}")["balance"] for k in range(16)] == [25] * 16
-        wait_until(lambda: cs.committer.chain.running == 0, 5, "every woken caller ran")
+        wait_until(lambda: cs.committer.woken.running == 0, 5, "every woken caller ran")
     finally:
         cs.stop()
 
@@ -103,14 +103,14 @@ def test_handed_off_wake_ups_wait_for_the_engine_and_are_counted_as_running():
         ws = [gc.enqueue(b"x") for _ in range(3)]
         resolve_all(log, gc, ws)
         assert not any(w.woken() for w in ws), "posted with the GIL, not handed off"
-        assert gc.chain.running == 3
+        assert gc.woken.running == 3
         wake = gc.take_handoff()
         assert len(wake) == 3 and gc.take_handoff() == []
         for sig in wake:          # what next_committed does once the GIL is released
             sig.post()
         for w in ws:
             assert gc.wait(w, 5) and w.result == w.seq
-        assert gc.chain.running == 0
+        assert gc.woken.running == 0
     finally:
         gc.stop()
 
