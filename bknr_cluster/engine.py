@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from bknr_cluster import _raft, raft_repair
+from bknr_cluster import _raft, defaults, raft_repair
 from bknr_cluster._raft import Signal
 from bknr_cluster.datadir_lock import DataDirLock
 from bknr_cluster.errors import (
@@ -107,11 +107,13 @@ class RaftNode:
     """One Raft server. See docs/interfaces.md §1 for the contract."""
 
     def __init__(self, node_id: int, address: str, data_dir: str, *,
-                 election_timeout_ms: int = 1000, heartbeat_ms: int = 100,
-                 snapshot_threshold: int = 1024, snapshot_trailing: int = 128,
+                 election_timeout_ms: int = defaults.ELECTION_TIMEOUT_MS,
+                 heartbeat_ms: int = defaults.HEARTBEAT_MS,
+                 snapshot_threshold: int = defaults.SNAPSHOT_THRESHOLD,
+                 snapshot_trailing: int = defaults.SNAPSHOT_TRAILING,
                  pre_vote: bool = True, max_inflight_entries: int = 8192,
                  store_snapshot_every: int | None = None,
-                 max_entry_bytes: int = 64 << 20,
+                 max_entry_bytes: int = defaults.MIN_MAX_ENTRY_BYTES,
                  secret: bytes | None = None, auth_timeout_ms: int = 5000,
                  priority: int = 0, peer_priorities: dict[int, int] | None = None,
                  tls: TlsFiles | None = None) -> None:

@@ -61,16 +61,14 @@ def _parse_configuration(text: str) -> list[tuple[int, str, str]]:
 
 
 def _engine(cfg: Any, me: Any) -> Any:
-    from bknr_cluster.cluster.store import raft_secret
-    from bknr_cluster.cluster.tls_config import raft_tls_files
+    """The engine alone (``--init``, ``--recover``), configured as the node's store would be."""
+    from bknr_cluster.cluster.settings import ClusterSettings
     from bknr_cluster.engine import RaftNode
 
-    me.raft_dir.mkdir(parents=True, exist_ok=True)
-    secret = raft_secret(cfg)
-    return RaftNode(me.id, me.raft_address, str(me.raft_dir),
-                    election_timeout_ms=cfg.election_timeout_ms, heartbeat_ms=cfg.heartbeat_ms,
-                    snapshot_threshold=cfg.snapshot_threshold, snapshot_trailing=cfg.snapshot_trailing,
-                    tls=raft_tls_files(cfg, me), **({"secret": secret} if secret is not None else {}))
+    settings = ClusterSettings.from_config(cfg, me.name, token=None)  # no API token needed
+    settings.raft_dir.mkdir(parents=True, exist_ok=True)
+    return RaftNode(settings.node_id, settings.address, str(settings.raft_dir),
+                    **settings.engine_options())
 
 
 def _write_pid(path: Path) -> None:

@@ -228,7 +228,7 @@ class Api:
     async def backup(self, request: web.Request) -> web.Response:
         st = await self._run(self.cs.engine.status)
         if st.get("state") != "leader":
-            raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
+            raise self.cs.map_error(NotLeader(int(st.get("leader_id") or 0),
                                                st.get("leader_address") or ""))
         index, data = await self._run(self.cs.backup)
         return web.Response(body=data, content_type="application/octet-stream", headers={
@@ -238,7 +238,7 @@ class Api:
     async def restore(self, request: web.Request) -> web.Response:
         st = await self._run(self.cs.engine.status)
         if st.get("state") != "leader":
-            raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
+            raise self.cs.map_error(NotLeader(int(st.get("leader_id") or 0),
                                                st.get("leader_address") or ""))
         data = await request.read()
         if not data:
@@ -296,7 +296,7 @@ class Api:
             raise BadRequest("'wait' must be a number of seconds in [0, 300]")
         st = await self._run(self.cs.engine.status)
         if st.get("state") != "leader":
-            raise self.cs._map_error(NotLeader(int(st.get("leader_id") or 0),
+            raise self.cs.map_error(NotLeader(int(st.get("leader_id") or 0),
                                                st.get("leader_address") or ""))
         return web.json_response(await self._run(
             lambda: self.cs.checkpoint_now(full=full, wait_verdict=float(wait))))

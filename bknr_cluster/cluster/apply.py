@@ -1,9 +1,15 @@
-"""The apply path of a ClusterStore: one applier thread, items in log order, on every replica.
+"""The apply path of a ClusterStore: the ``Applier``, one thread, items in log order, on every replica.
 
 Entries are group-commit batches (``batch.py``), restore entries or system entries (store
 definitions, consistency checkpoints and their verdicts); ``snapshot_request`` and ``restore``
 items implement the engine's snapshot-at-index protocol (native/DESIGN.md, DESIGN.md in this
 folder).
+
+Contract: the ``Applier`` owns the applied index (``applied_index``, ``applied_term``) and the
+apply counters; only its thread changes them, the store, the members' published definitions
+(``capabilities``) and the checkpoints (checkpoints.py). Readers that need the store and the
+applied index as one consistent pair take ``paused()`` (the apply lock); ``wait_applied`` waits
+for an index; ``digest`` gives ``(applied_index, digest)`` together.
 
 A replica that cannot apply a committed entry the way the others did **halts** (``_halt``):
 it stops applying right there, keeps its log, says so loudly, and can never lead (the engine
@@ -18,13 +24,12 @@ import hashlib
 import inspect
 import io
 import logging
-import struct
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
-
-import msgpack
 
 from bknr_cluster.cluster.batch import (
     RESTORE_MAGIC,
@@ -33,107 +38,118 @@ from bknr_cluster.cluster.batch import (
     decode_restore,
     decode_system,
 )
-from bknr_cluster.errors import BknrError, CodecError, CorruptData, ReplicaHalted, Shutdown, UsageError
+from bknr_cluster.cluster.checkpoints import Checkpoints, DefinitionProbe, Halt
+from bknr_cluster.cluster.commit import AppliedSignal
+from bknr_cluster.cluster.snapshot_meta import snapshot_object_count, snapshot_prefix, split_snapshot
+from bknr_cluster.errors import BknrError, CorruptData, ReplicaHalted, Shutdown, UsageError
 
 log = logging.getLogger("bknr.cluster")
 
-# The snapshots this layer hands to the engine carry the cluster layer's own replicated state
-# (the members' published definitions, the last checkpoint) in front of the store snapshot:
-#     b"BKCLSNP1" + u32 length + msgpack(meta) + store snapshot
-# A snapshot without the prefix (older builds) is a plain store snapshot with empty meta.
-SNAPSHOT_PREFIX = b"BKCLSNP1"
-_LEN = struct.Struct("<I")
-KEEP_CHECKPOINTS = 64  # checkpoint digests (and verdicts) remembered per replica
 
+class Applier:
+    """Applies committed items to ``store`` on its own thread; see the module docstring.
 
-class Halt(Exception):
-    """Raised inside the applier when this replica cannot apply an item as the others did."""
+    Collaborators: the ``engine`` (``next_committed``, ``status``, ``set_halted``), the
+    ``committer`` (resolves this node's waiters: ``take``, ``take_handoff``,
+    ``release_deferred``, ``fail_pending``), ``capabilities`` (definition.py: updated from
+    definition entries and snapshots), ``data_dir`` (where the store snapshot writer works),
+    ``freeze_gc`` (gctune.py after each store snapshot restored) and ``on_halt`` (called once
+    when this replica halts: the monitor hands leadership over).
+    """
 
-    def __init__(self, kind: str, reason: str, transaction: str | None = None,
-                 records_applied: int = 0) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-        self.transaction = transaction
-        self.records_applied = records_applied
+    def __init__(self, engine: Any, store: Any, committer: Any, capabilities: Any,
+                 data_dir: Path, *, freeze_gc: bool = False,
+                 on_halt: Callable[[], None] | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.committer = committer
+        self.capabilities = capabilities
+        self.data_dir = data_dir
+        self.freeze_gc = freeze_gc
+        self.on_halt = on_halt
+        self.checks = Checkpoints()
+        self.applied_index = 0
+        self.applied_term = 0
+        self.last_store_snapshot = 0
+        self.applied_entries = 0
+        self.applied_records = 0
+        self.failed_records = 0
+        self.corrupt_entries = 0
+        self.restores = 0
+        self.replayed_entries = 0  # entries refused because they were already applied
+        # ``halted`` is None while this replica applies, else {index, reason, ...}.
+        self.halted: dict[str, Any] | None = None
+        self._halt_event = threading.Event()
+        self.on_store_snapshot: Callable[[float], None] | None = None  # seconds per snapshot
+        self._snapshot_writer: Any = None  # StoreSnapshotWriter, made at the first request
+        self._probe = DefinitionProbe(store)  # why a record fails: halt or skip
+        # The apply lock makes (store state, applied_index) one consistent pair for readers of
+        # the whole state (digest, backup); transactions themselves lock inside the store.
+        self._apply_lock = threading.RLock()
+        # Signalled after each slice; that is also when the callers the slice resolved are
+        # woken (commit.py: deferred wake-ups).
+        self._applied_cond = AppliedSignal(committer.release_deferred)
+        # A store whose digest() is O(1) (incremental; it then also offers digest_full() for
+        # the full walk) lets the applier publish (index, digest) after every slice, so
+        # /status never waits for the apply lock; otherwise digest() walks the store once per
+        # applied index, under the apply lock (cached).
+        self.cheap_digest = callable(getattr(store, "digest_full", None))
+        self.published_digest: tuple[int, str] | None = None
+        self._digest_cache: tuple[int, str] | None = None
+        self._running = False
+        self.thread: threading.Thread | None = None
 
+    # --- lifecycle ------------------------------------------------------------------------
 
-def snapshot_prefix(meta: dict) -> bytes:
-    """``SNAPSHOT_PREFIX`` + meta: what goes in front of the store snapshot in an engine store
-    snapshot (the forked writer writes it first, snapshot_writer.py)."""
-    body = msgpack.packb(meta, use_bin_type=True)
-    return SNAPSHOT_PREFIX + _LEN.pack(len(body)) + body
+    def start(self) -> None:
+        self._running = True
+        self.thread = threading.Thread(target=self._apply_loop, name="bknr-applier", daemon=True)
+        self.thread.start()
 
+    def stop(self) -> None:
+        """Ends the loop after its current slice (call after the engine stopped)."""
+        self._running = False
+        self._halt_event.set()
 
-def split_snapshot(data: bytes) -> tuple[dict | None, int]:
-    """(meta or None, offset of the store snapshot) of an engine store snapshot."""
-    n = len(SNAPSHOT_PREFIX)
-    if data[:n] != SNAPSHOT_PREFIX:
-        return None, 0
-    if len(data) < n + _LEN.size:
-        raise CorruptData("cluster snapshot prefix truncated")
-    (length,) = _LEN.unpack_from(data, n)
-    start = n + _LEN.size
-    if start + length > len(data):
-        raise CorruptData("cluster snapshot prefix truncated")
-    try:
-        meta = msgpack.unpackb(data[start:start + length], raw=False, strict_map_key=False)
-    except Exception as exc:
-        raise CorruptData(f"cluster snapshot prefix is not valid msgpack: {exc}") from None
-    return (meta if isinstance(meta, dict) else {}), start + length
+    def join(self, timeout: float = 10) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout=timeout)
 
+    # --- readers --------------------------------------------------------------------------
 
-def store_snapshot_of(data: bytes) -> bytes:
-    """The plain store snapshot inside an engine store snapshot (for tools and tests)."""
-    return data[split_snapshot(data)[1]:]
+    @contextmanager
+    def paused(self) -> Iterator[int]:
+        """Applying paused (the apply lock held); yields the applied index the store is at."""
+        with self._apply_lock:
+            yield self.applied_index
 
+    def digest(self) -> tuple[int, str]:
+        """``(applied_index, canonical digest)`` taken together."""
+        published = self.published_digest
+        if published is not None:  # O(1) digests: the applier's, from its last slice
+            return published
+        with self._apply_lock:
+            cached = self._digest_cache
+            if cached is not None and cached[0] == self.applied_index:
+                return cached
+            self._digest_cache = (self.applied_index, self.store.digest())
+            return self._digest_cache
 
-def _snapshot_object_count(data: bytes, off: int) -> int | None:
-    """The object count a store snapshot's header announces (dropped classes included)."""
-    try:
-        from bknr_cluster.store.snapshot import _FRAME, MAGIC
-        head = off + len(MAGIC) + 4
-        if data[off:off + len(MAGIC)] != MAGIC:
-            return None
-        length, _ = _FRAME.unpack_from(data, head)
-        header = msgpack.unpackb(data[head + _FRAME.size:head + _FRAME.size + length], raw=False)
-        n = header.get("objects") if isinstance(header, dict) else None
-        return n if isinstance(n, int) else None
-    except Exception:  # the loader itself reports damaged snapshots
-        return None
+    def wait_applied(self, index: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._applied_cond:
+            while self.applied_index < index:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._applied_cond.wait(left)
+        return True
 
-
-class ApplierMixin:
-    """Mixed into ClusterStore (which provides the attributes declared here)."""
-
-    engine: Any
-    committer: Any
-    store: Any
-    applied_index: int
-    applied_term: int
-    applied_entries: int
-    applied_records: int
-    failed_records: int
-    corrupt_entries: int
-    restores: int
-    replayed_entries: int
-    last_store_snapshot: int
-    freeze_gc: bool
-    data_dir: Any
-    _snapshot_writer: Any = None  # StoreSnapshotWriter, made at the first snapshot_request
-    halted: dict | None
-    capabilities: Any
-    checkpoints: OrderedDict
-    verdicts: OrderedDict
-    last_checkpoint: int
-    _halt_event: threading.Event
-    _published_digest: tuple[int, str] | None
-    _cheap_digest: bool
-    _running: bool
-    _apply_lock: Any
-    _applied_cond: threading.Condition
-    _digest_cache: Any
-    on_store_snapshot: Any = None  # called with the seconds each store snapshot took
+    def snapshot_writer_status(self) -> dict[str, Any]:
+        w = self._snapshot_writer
+        return {"store_snapshot_s": round(w.last_seconds, 3) if w else None,
+                "store_snapshot_fork_ms": round(w.last_fork_ms, 1) if w else None,
+                "store_snapshot_failures": w.failures if w else 0}
 
     # --- apply path -----------------------------------------------------------------------
 
@@ -142,7 +158,7 @@ class ApplierMixin:
 
         eng = self.engine
         # The wake-ups of the callers resolved in one slice are posted by the engine in the next
-        # next_committed call, after it released the GIL (commit.py wake_in_engine); engine
+        # next_committed call, after it released the GIL (commit.py engine_wake); engine
         # stand-ins without ``wake`` get them posted at the end of the slice instead.
         committer = self.committer
         hand_off = committer.engine_wake = _takes_wake(eng)
@@ -206,10 +222,10 @@ class ApplierMixin:
                     if term:
                         self.applied_term = term
                 self._digest_cache = None
-                if self._cheap_digest and self.halted is None:
+                if self.cheap_digest and self.halted is None:
                     # an O(1) digest (store layer): publish it with its index for /status, which
                     # then never waits for the apply lock
-                    self._published_digest = (self.applied_index, self.store.digest())
+                    self.published_digest = (self.applied_index, self.store.digest())
             with self._applied_cond:
                 self._applied_cond.notify_all()
 
@@ -220,7 +236,7 @@ class ApplierMixin:
         self.halted = {"index": index, "term": term, "kind": h.kind, "reason": h.reason,
                        "transaction": h.transaction, "records_applied": h.records_applied,
                        "applied_index": self.applied_index, "since": round(time.time(), 3)}
-        self._published_digest = None
+        self.published_digest = None
         log.error("HALTED: this replica cannot apply committed entry %d (term %d)%s the way the "
                   "other replicas did: %s. It stops applying at %d, keeps its log, will not "
                   "campaign or vote, and refuses writes. Deploy a version that can apply it and "
@@ -236,56 +252,8 @@ class ApplierMixin:
         err = ReplicaHalted(f"replica halted at entry {index}: {h.reason}; the outcome of "
                             "this write is unknown")
         self.committer.fail_pending(err)
-        self.on_halt()
-
-    def on_halt(self) -> None:
-        """A halted leader hands leadership over: the monitor's next round does it (now)."""
-        monitor = getattr(self, "monitor", None)
-        if monitor is not None:
-            monitor.poke()
-
-    def _cannot_apply(self, record: bytes) -> tuple[str, str, str | None] | None:
-        """Why this replica's definition cannot apply ``record`` the way a replica that knows it
-        would, as (kind, reason, transaction name); None when the failure does not depend on the
-        definition (the transaction's own exception, a reference to a missing object, bytes that
-        are not msgpack at all: every replica fails them the same way)."""
-        from bknr_cluster.store import RECORD_VERSION
-        from bknr_cluster.store.codec import Codec
-
-        try:
-            fields = msgpack.unpackb(record, raw=False, strict_map_key=False,
-                                     ext_hook=lambda code, data: msgpack.ExtType(code, data))
-        except Exception:
-            return None
-        if type(fields) is not list or len(fields) != 5:
-            return None
-        version, name = fields[0], fields[1]
-        if type(name) is not str:
-            return None
-        if type(version) is int and version != RECORD_VERSION:
-            return ("record_version", f"transaction record format {version} is not one this "
-                    f"version reads ({RECORD_VERSION})", name)
-        if type(version) is not int:
-            return None
-        definition = self.store.definition
-        try:
-            definition.transaction(name)
-        except Exception:
-            return ("unknown_transaction", f"transaction {name!r} is not in this node's store "
-                    f"definition {definition.name!r} (version "
-                    f"{getattr(definition, 'version', '') or '-'})", name)
-        probe = self._probe_codec
-        if probe is None:
-            probe = self._probe_codec = Codec(definition.enums, lambda oid: None, lambda o: True,
-                                              lenient=True)
-        try:
-            probe.unpack(record)
-        except CodecError as exc:
-            return ("codec", f"the arguments of {name!r} cannot be decoded by this node's store "
-                    f"definition: {exc}", name)
-        except Exception:
-            return None
-        return None
+        if self.on_halt is not None:  # a halted leader hands leadership over
+            self.on_halt()
 
     def _refuse_replay(self, index: int) -> None:
         """Defence in depth: the engine handed over an entry at or below one already applied
@@ -326,7 +294,7 @@ class ApplierMixin:
             try:
                 result = apply(record, ctx_cls(index))
             except Exception as exc:  # the store is unchanged
-                why = self._cannot_apply(record)
+                why = self._probe.cannot_apply(record)
                 if why is not None:  # this definition cannot apply it: halt (not skip)
                     if w is not None:
                         w.resolve(index, error=ReplicaHalted(f"replica halted: {why[1]}"))
@@ -365,9 +333,10 @@ class ApplierMixin:
                     self.corrupt_entries += 1
                     log.error("skipping malformed definition entry %d", index)
             elif kind == "checkpoint":
-                self._checkpoint(index, body)
+                self.checks.record(index, body, self.store, self.capabilities.own)
             elif kind == "verdict":
-                self._verdict(index, body)
+                if not self.checks.verdict(index, body):
+                    self.corrupt_entries += 1
             else:  # a newer version's kind: by contract it changes nothing in the store
                 log.warning("ignoring system entry %d of unknown kind %r", index, kind)
         except Halt:
@@ -377,58 +346,6 @@ class ApplierMixin:
         if w is not None:
             w.resolve(index, index)
 
-    def _checkpoint(self, index: int, body: dict) -> None:
-        """Every replica records its state digest at exactly this index (DESIGN.md)."""
-        t0 = time.perf_counter()
-        digest = self.store.digest()
-        took_ms = (time.perf_counter() - t0) * 1000
-        own = self.capabilities.own
-        rec: dict[str, Any] = {"digest": digest, "schema": own["schema"],
-                               "fingerprint": own["fingerprint"], "ms": round(took_ms, 3)}
-        if body.get("full"):
-            # explicit verification (bknrctl verify): the full walk, on the apply path
-            full_fn = getattr(self.store, "digest_full", None)
-            t1 = time.perf_counter()
-            full = full_fn() if full_fn is not None else digest
-            rec["full"] = full
-            rec["full_ms"] = round((time.perf_counter() - t1) * 1000, 3)
-            if full != digest:
-                log.error("checkpoint %d: the store's incremental digest %s disagrees with its "
-                          "full walk %s (a bug in the store's digest maintenance)", index, digest,
-                          full)
-        self.checkpoints[index] = rec
-        while len(self.checkpoints) > KEEP_CHECKPOINTS:
-            self.checkpoints.popitem(last=False)
-        self.last_checkpoint = index
-        log.info("checkpoint at %d: digest %s (%.2f ms)", index, digest, took_ms)
-
-    def _verdict(self, index: int, body: dict) -> None:
-        """Compare our digest at a checkpoint with the majority's; halt when it differs."""
-        c, digest, schema = body.get("index"), body.get("digest"), body.get("schema")
-        if not isinstance(c, int):
-            self.corrupt_entries += 1
-            log.error("skipping malformed verdict entry %d", index)
-            return
-        mine = self.checkpoints.get(c)
-        agree = body.get("agree") or []
-        if mine is None:
-            result = "not computed here"  # restored from a snapshot past it
-        elif mine["schema"] != schema:
-            result = "not comparable"     # another schema: digests differ by construction
-        elif mine["digest"] == digest:
-            result = "agree"
-        else:
-            result = "disagree"
-        self.verdicts[c] = {"verdict_index": index, "digest": digest, "schema": schema,
-                            "agree": agree, "result": result}
-        while len(self.verdicts) > KEEP_CHECKPOINTS:
-            self.verdicts.popitem(last=False)
-        if result == "disagree":
-            raise Halt("checkpoint", f"state digest at checkpoint {c} is {mine['digest']} here but "
-                       f"{digest} on a majority of the voters (nodes {agree}): this replica "
-                       "diverged (a transaction that behaved differently here)")
-        if result == "agree":
-            log.info("checkpoint %d verified: digest agrees with the majority (nodes %s)", c, agree)
 
     def _apply_restore_entry(self, index: int, data: bytes) -> None:
         """A backup loaded through the log (``POST /restore``); deterministic on every replica:
@@ -468,17 +385,16 @@ class ApplierMixin:
     def _snapshot_meta(self) -> dict:
         """The cluster layer's replicated state, carried in front of each store snapshot."""
         return {"v": 1, "capabilities": self.capabilities.dump(),
-                "last_checkpoint": self.last_checkpoint}
+                "last_checkpoint": self.checks.last_checkpoint}
 
     def _load_snapshot_meta(self, meta: dict | None) -> None:
         meta = meta or {}
         self.capabilities.load(meta.get("capabilities"))
-        last = meta.get("last_checkpoint")
-        self.last_checkpoint = last if isinstance(last, int) else 0
+        self.checks.load(meta.get("last_checkpoint"))
 
     def _check_dropped(self, index: int, data: bytes, off: int, loaded: int, what: str) -> None:
         """Halt when loading dropped objects of classes this definition does not know."""
-        announced = _snapshot_object_count(data, off)
+        announced = snapshot_object_count(data, off)
         if announced is not None and loaded < announced:
             classes = [ln.split(":")[0].removeprefix("class ") for ln in self.store.schema_report
                        if ln.startswith("class ")]

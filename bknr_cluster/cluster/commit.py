@@ -17,9 +17,9 @@ A waiter is resolved exactly once: whoever pops its sequence number from ``_pend
 
 Wake-ups of blocked callers resolved on the applier thread are deferred to the end of the
 applier's batch (``release_deferred``, run by the applier's end-of-batch signal) and then handed
-to a :class:`~bknr_cluster.cluster.wake.WakeChain` (see ``wake.py``); the chain's first wake-ups
+to a :class:`~bknr_cluster.cluster.wake.WokenCallers` tally (see ``wake.py``); the wake-ups
 are posted by the engine inside the applier's next ``next_committed`` call, after it released
-the GIL (``wake_in_engine``; see wake.py for the figures). While callers are still
+the GIL (``engine_wake``; see wake.py). While callers are still
 being woken and an entry is in flight, the submitter holds back (at most ``pace_hold_s``): the
 callers being woken are about to queue their next records, and they should share one entry
 rather than trickle out as several small ones (256 callers: ~115 instead of ~68 records per
@@ -40,7 +40,7 @@ from typing import Any
 
 from bknr_cluster._raft import Signal
 from bknr_cluster.cluster.batch import BATCH_OVERHEAD, ITEM_OVERHEAD, encode_batch
-from bknr_cluster.cluster.wake import AppliedSignal, LoopDelivery, Waiter, WakeChain
+from bknr_cluster.cluster.wake import AppliedSignal, LoopDelivery, Waiter, WokenCallers
 from bknr_cluster.errors import BknrError, EngineError, Shutdown, TooBig
 
 __all__ = ["AppliedSignal", "GroupCommitter", "LoopDelivery", "Waiter"]
@@ -55,7 +55,7 @@ class GroupCommitter:
                  max_bytes: int = 1 << 20, window: int = 4,
                  map_error: Callable[[BaseException], BaseException] = lambda e: e,
                  submit_many: Callable[[list[bytes]], Any] | None = None,
-                 wake_batons: int | None = None, pace_hold_s: float = 0.002) -> None:
+                 pace_hold_s: float = 0.002) -> None:
         self._submit = submit
         # engine.submit_many (one future for several entries), when the engine has it
         self._submit_many = submit_many
@@ -78,17 +78,15 @@ class GroupCommitter:
         self.applier_ident: int | None = None
         self._deferred: list[Signal] = []
         self._loop_flushes: list[LoopDelivery] = []   # asyncio deliveries held to the slice end
-        self.chain = WakeChain(wake_batons, on_idle=self._chain_idle)
+        self.woken = WokenCallers(on_idle=self._woken_idle)
         # Wake-ups to post from inside the applier's next engine.next_committed(wake=...), once
-        # the GIL is released there, instead of with the GIL at the end of its slice. Needs an
-        # engine that takes ``wake`` (the applier sets ``engine_wake``); the switch stays for
-        # A/B measurement (module docstring).
-        self.wake_in_engine = True
+        # the GIL is released there, instead of with the GIL at the end of its slice: only with
+        # an engine that takes ``wake`` (the applier sets ``engine_wake``).
         self.engine_wake = False
         self._handoff: list[Signal] = []
         self.pace_hold_s = max(0.0, pace_hold_s)
         self._submitter_idle = False
-        self._submitter_holding = False  # waiting (with a deadline) for a relay to finish
+        self._submitter_holding = False  # waiting (with a deadline) for woken callers to run
         self._watch: queue.SimpleQueue = queue.SimpleQueue()
         self._running = False
         self._threads: list[threading.Thread] = []
@@ -146,14 +144,14 @@ class GroupCommitter:
             return None
         w = self._pending.pop(seq, None)
         if w is not None and w.callback is None and threading.get_ident() == self.applier_ident:
-            w.defer, w.relay = self._defer, self.chain.pass_baton
+            w.defer, w.on_run = self._defer, self.woken.ran
         return w
 
     def wait(self, w: Waiter, timeout: float) -> bool:
         """Block until ``w`` is resolved: False when ``timeout`` passed and the waiter was
         withdrawn (outcome unknown). A waiter resolved just as the time ran out is waited for
-        (its wake-up is already on its way), so its outcome is never lost and its baton is
-        passed on (wake.py)."""
+        (its wake-up is already on its way), so its outcome is never lost and it is
+        counted as run (wake.py)."""
         if w.wait(timeout):
             return True
         if self.abandon(w):
@@ -176,7 +174,7 @@ class GroupCommitter:
 
     def release_deferred(self, now: bool = False) -> None:
         """Wake the callers resolved since the last call (the applier, at the end of a batch):
-        through the chain, posted here or (``wake_in_engine``) handed to the applier's next
+        through the tally, posted here or (``engine_wake``) handed to the applier's next
         ``next_committed`` (``take_handoff``); ``now``: post them here in any case. Also wakes
         each asyncio loop that has waiters from this slice, once (``defer_delivery``)."""
         if self._loop_flushes:
@@ -188,10 +186,10 @@ class GroupCommitter:
             if self.applier_ident is None:  # stopping: everyone at once
                 for sig in signals:
                     sig.post()
-            elif self.wake_in_engine and self.engine_wake and not now:
-                self._handoff.extend(self.chain.start(signals))
+            elif self.engine_wake and not now:
+                self._handoff.extend(self.woken.start(signals))
             else:
-                self.chain.release(signals)
+                self.woken.release(signals)
 
     def take_handoff(self) -> list[Signal]:
         """The applier, before each ``next_committed``: the wake-ups it is to pass as ``wake``
@@ -201,15 +199,15 @@ class GroupCommitter:
             self._handoff = []
         return h
 
-    def _chain_idle(self) -> None:
-        # The relay is over: a submitter holding records back for it can go now.
+    def _woken_idle(self) -> None:
+        # Every woken caller runs: a submitter holding records back for them can go now.
         if self._submitter_holding:
             with self._cond:
                 self._cond.notify()
 
     def _hold(self) -> bool:
         """Pacing: callers are still being woken and an entry is in flight (module doc)."""
-        return self.chain.running > 0 and self._inflight > 0 and self.pace_hold_s > 0
+        return self.woken.running > 0 and self._inflight > 0 and self.pace_hold_s > 0
 
     # --- threads --------------------------------------------------------------------------
 
@@ -243,7 +241,6 @@ class GroupCommitter:
         self._queue.clear()
         self.applier_ident = None  # from here on, wake-ups are immediate
         self.release_deferred()
-        self.chain.release_all()
         for sig in self.take_handoff():  # the applier did not get to pass them on
             sig.post()
         self._fail(list(self._pending), error or Shutdown("the cluster store stopped"))

@@ -126,7 +126,7 @@ class ClusterMonitor:
             if not url:
                 return node_id, None
             try:
-                return node_id, cs._client(url).call("GET", "/status?digest=0", timeout=1.0)
+                return node_id, cs.clients.get(url).call("GET", "/status?digest=0", timeout=1.0)
             except Exception:
                 return node_id, None
         now = time.monotonic()

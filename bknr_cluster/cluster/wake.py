@@ -1,43 +1,30 @@
-"""Waking callers whose transactions were applied: waiters, the wake chain, asyncio delivery.
+"""Waking callers whose transactions were applied: waiters, the woken-caller tally,
+asyncio delivery.
 
 A thread caller blocks on its :class:`Waiter`, i.e. on a native ``_raft.Signal`` (a futex
 one-shot semaphore whose wait releases the GIL). The applier resolves waiters while it holds the
 GIL, so their wake-ups are deferred to the end of the applier's slice and handed to a
-:class:`WakeChain`, which counts the callers that were woken but have not run yet (``running``).
+:class:`WokenCallers`, which counts the callers that were woken but have not run yet
+(``running``).
 While that count is non-zero and an entry is in flight, the group committer's submitter holds
 back (bounded, see commit.py): the callers being woken are about to queue their next records,
 and one entry carries them all.
 
-With ``GroupCommitter.wake_in_engine`` (the default) the chain's first wake-ups are not posted
-there but passed to the applier's next ``engine.next_committed(..., wake=signals)``, which posts
-them after releasing the GIL: a woken caller no longer finds the GIL held by the thread that woke
-it. Measured with 256 caller threads, alternating rounds in one cluster (t256 harness, 3 s
-rounds, 58 rounds per mode over six runs, host load 0.4-26): context switches per transaction
-fell from 2.87 to 2.53 voluntary and from 1.10 to 0.88 involuntary; leader CPU per transaction
-was unchanged (43 us) and entries were smaller (79 instead of 99 records). Throughput gained
-little: paired rounds nw/old median 1.07, mean 1.07, better in 35 of 58; per-run medians
-1.00-1.16 (mean tx/s 17.5k vs 16.6k, far from 25k). The futex wake-ups still cost the same CPU
-on a 2-core host; what changed is that nobody holds the GIL while they happen. The end-of-slice
-path stays for engines without ``wake`` (and for the A/B switch).
+With an engine whose ``next_committed`` takes ``wake`` (``GroupCommitter.engine_wake``) the
+wake-ups are not posted there but passed to the applier's next
+``engine.next_committed(..., wake=signals)``, which posts them after releasing the GIL: a woken
+caller no longer finds the GIL held by the thread that woke it (fewer context switches per
+transaction; figures in docs/performance.md, *Cluster*). The end-of-slice path stays for engines
+without ``wake``.
 
-The chain can also wake callers as relays: at most ``batons`` at once, each woken caller waking
-the next as soon as it runs (``pass_baton``, from ``Waiter.wait``). That avoids a herd of threads
-waking together and queueing for the GIL, but it makes the wake-ups serial. Measured with 256
-caller threads on this 2-core VM (alternating rounds in one cluster): when the host was fast,
-16 relays gave +15-20 % over the herd (1.6 instead of 2.6-3.0 voluntary context switches per
-transaction); when the host was slow (every wake-up slower), they were 10 % worse and entries
-shrank. The herd plus the submitter's hold was never worse than the herd alone and 5-10 %
-better, so it is the default (``batons=None``: everyone at once).
-
-Liveness: every caller woken through the chain calls ``pass_baton`` exactly once, as soon as it
-runs (even if it never calls the store again), and ``stop`` wakes everyone still queued.
+Liveness: every caller woken through the tally reports ``ran`` exactly once, as soon as it runs
+(even if it never calls the store again), so the count always comes back to zero.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +38,7 @@ class Waiter:
     releases the GIL, and the applier can post it from inside ``next_committed``)."""
 
     __slots__ = ("_signal", "result", "error", "tx_error", "index", "callback", "seq", "defer",
-                 "relay", "future", "deadline")
+                 "on_run", "future", "deadline")
 
     def __init__(self, callback: Callable[[Waiter], None] | None = None,
                  future: Any = None) -> None:
@@ -62,10 +49,10 @@ class Waiter:
         self.index = 0
         self.callback = callback
         self.seq = 0
-        # Set on the applier thread (GroupCommitter.take): where to park the wake-up, and the
-        # WakeChain's pass_baton, which ``wait`` calls once the chain has woken this caller.
+        # Set on the applier thread (GroupCommitter.take): where to park the wake-up, and
+        # WokenCallers.ran, which ``wait`` calls once this caller was woken and runs.
         self.defer: Callable[[Signal], None] | None = None
-        self.relay: Callable[[], None] | None = None
+        self.on_run: Callable[[], None] | None = None
         # asyncio callers (LoopDelivery): the future to complete, and the loop-clock deadline
         self.future = future
         self.deadline = 0.0
@@ -88,61 +75,45 @@ class Waiter:
         return self._signal.posted()
 
     def wait(self, timeout: float | None) -> bool:
-        """True once resolved and woken. A caller woken by the chain wakes the next one here,
-        first thing, whatever it does afterwards (the relay must never stop at one caller)."""
+        """True once resolved and woken. A caller counted by ``WokenCallers`` reports here,
+        first thing, that it runs (whatever it does afterwards)."""
         if not self._signal.wait(None if timeout is None else max(0.0, timeout)):
             return False
-        if self.relay is not None:
-            self.relay()
+        if self.on_run is not None:
+            self.on_run()
         return True
 
 
-class WakeChain:
-    """Releases deferred wake-ups a few at a time, as a relay (see the module docstring)."""
+class WokenCallers:
+    """Counts the callers woken but not running yet (see the module docstring); calls
+    ``on_idle`` when the last of them runs."""
 
-    def __init__(self, batons: int | None = None,
-                 on_idle: Callable[[], None] | None = None) -> None:
-        self.batons = max(1, batons) if batons else 1 << 62  # None: everyone at once
-        self._on_idle = on_idle           # called when the last baton comes back
-        self._queue: deque[Signal] = deque()
+    def __init__(self, on_idle: Callable[[], None] | None = None) -> None:
+        self._on_idle = on_idle
         self._lock = threading.Lock()
-        self.running = 0                  # batons out; > 0 means callers are still being woken
+        self.running = 0                  # > 0: callers are still being woken
 
     def start(self, signals: list[Signal]) -> list[Signal]:
-        """Queue these wake-ups; returns the ones to post now (counted as running batons):
-        fewer than ``batons`` run at once. The caller posts them (``release``), or hands them
-        to the engine, which posts them without the GIL (``GroupCommitter.wake_in_engine``)."""
-        start = []
+        """Count these wake-ups as running and return them: the caller posts them
+        (``release``), or hands them to the engine, which posts them without the GIL
+        (``GroupCommitter.engine_wake``)."""
         with self._lock:
-            self._queue.extend(signals)
-            while self._queue and self.running < self.batons:
-                self.running += 1
-                start.append(self._queue.popleft())
-        return start
+            self.running += len(signals)
+        return signals
 
     def release(self, signals: list[Signal]) -> None:
-        """``start`` these wake-ups and post the first ones here (with the GIL)."""
+        """``start`` these wake-ups and post them here (with the GIL)."""
         for sig in self.start(signals):
             sig.post()
 
-    def pass_baton(self) -> None:
-        """Called by a caller the chain woke, as soon as it runs: wake the next one."""
+    def ran(self) -> None:
+        """Called by a counted caller as soon as it runs."""
         with self._lock:
-            nxt = self._queue.popleft() if self._queue else None
-            if nxt is None and self.running > 0:
+            if self.running > 0:
                 self.running -= 1
-            idle = nxt is None and self.running == 0
-        if nxt is not None:
-            nxt.post()
-        elif idle and self._on_idle is not None:
+            idle = self.running == 0
+        if idle and self._on_idle is not None:
             self._on_idle()
-
-    def release_all(self) -> None:
-        """Stop: wake everyone still queued at once."""
-        with self._lock:
-            signals, self._queue = list(self._queue), deque()
-        for sig in signals:
-            sig.post()
 
 
 class LoopDelivery:

@@ -21,6 +21,7 @@ from bknr_cluster.store.blobs import BlobStore
 from bknr_cluster.store.codec import UNPACK_ERRORS, Codec, unpackb
 from bknr_cluster.store.digest import FOLD_ENTRIES, IncrementalDigest, finish, full_sum
 from bknr_cluster.store.model import LOCAL, StoreObject
+from bknr_cluster.store.protocols import LoadedState
 from bknr_cluster.store.state import ObjectState
 from bknr_cluster.store.tx import Query, Transaction, TxContext
 
@@ -355,6 +356,38 @@ class Store(ObjectState):
             self._digests.reset()
             self._version += 1
             return n
+
+    # --- the install seam (protocols.py): a loaded snapshot replaces the state here only ------
+
+    def install_state(self, state: LoadedState) -> None:
+        """Replace the whole object state with one decoded and checked by ``snapshot.load``
+        (called under the store lock, by ``load_snapshot``)."""
+        self._extent = state.extent
+        self._index = state.index
+        self._subs_cache.clear()
+        self._unsorted.clear()
+        self._next_id = state.next_id
+        self._last_ts = state.last_ts
+        self.last_index = state.last_index
+        self.schema_report = state.schema_report
+        self.system = state.system
+
+    def reset_to_empty(self) -> None:
+        """The state of an empty snapshot: no objects, no system records, index 0."""
+        self._reset_state()
+        self.system = {}
+        self._last_ts = 0
+        self.last_index = 0
+        self.schema_report = []
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The store lock (re-entrant): held while a transaction runs or the state is replaced."""
+        return self._lock
+
+    def enum_class(self, name: str) -> type[Enum] | None:
+        """The enum class registered under ``name``, None when unknown (jsonmap.py)."""
+        return self._codec.enum_by_name.get(name)
 
     def snapshot_bytes(self) -> bytes:
         import io

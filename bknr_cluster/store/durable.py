@@ -28,7 +28,7 @@ from bknr_cluster.store.log import TxLog, fsync_dir, scan
 from bknr_cluster.store.tx import TxContext
 
 if TYPE_CHECKING:
-    from bknr_cluster.store.core import Store
+    from bknr_cluster.store.protocols import DurableTarget
 
 log = logging.getLogger("bknr_cluster.store")
 _SNAP = re.compile(r"^snapshot-(\d{20})\.snap$")
@@ -36,7 +36,7 @@ _LOG = re.compile(r"^log-(\d{20})\.log$")
 
 
 class Durable:
-    def __init__(self, store: Store, path: str, sync: bool = True):
+    def __init__(self, store: DurableTarget, path: str, sync: bool = True):
         self.store = store
         self.path = path
         self.sync = sync
@@ -172,7 +172,7 @@ class Durable:
         from bknr_cluster.store.snapshot_fork import fork_snapshot
 
         with self._snapshot_mu:  # held throughout: pruning removes any other *.tmp
-            with self.store._lock:
+            with self.store.lock:
                 self.check_writable()
                 assert self.log is not None
                 self.log.flush()
@@ -189,7 +189,7 @@ class Durable:
             result = child.wait()
             os.replace(result.path, final)
             fsync_dir(self.path)
-            with self.store._lock:
+            with self.store.lock:
                 if self.log is not None:
                     self._prune(seq)
         return final

@@ -25,7 +25,7 @@ from bknr_cluster.store.blobs import Blob
 from bknr_cluster.store.model import StoreObject
 
 if TYPE_CHECKING:
-    from bknr_cluster.store.core import Store
+    from bknr_cluster.store.protocols import JsonTarget
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -68,7 +68,7 @@ def to_json(value: Any) -> Any:
     raise CodecError(f"cannot map a {t.__qualname__} to JSON")
 
 
-def from_json(obj: Any, store: Store | None = None) -> Any:
+def from_json(obj: Any, store: JsonTarget | None = None) -> Any:
     """The inverse of ``to_json``; ``$ref`` and ``$enum`` need the ``store``."""
     t = type(obj)
     if t in _PLAIN:
@@ -84,7 +84,7 @@ def from_json(obj: Any, store: Store | None = None) -> Any:
     return {k: from_json(v, store) for k, v in obj.items()}
 
 
-def _tagged(key: str, val: Any, store: Store | None) -> Any:
+def _tagged(key: str, val: Any, store: JsonTarget | None) -> Any:
     try:
         if key == "$ref":
             cname, oid = val
@@ -119,10 +119,10 @@ def _tagged(key: str, val: Any, store: Store | None) -> Any:
             return Blob(str(val[0]), int(val[1]))
         if key == "$enum":
             name, value = val
-            enums = store._codec.enum_by_name if store is not None else {}
-            if name not in enums:
+            enum = store.enum_class(name) if store is not None else None
+            if enum is None:
                 raise CodecError(f"enum {name!r} is not registered with the store")
-            return enums[name](from_json(value, store))
+            return enum(from_json(value, store))
         if key == "$dict":
             return {from_json(k, store): from_json(v, store) for k, v in val}
     except CodecError:

@@ -32,6 +32,7 @@ from bknr_cluster.errors import CorruptData
 from bknr_cluster.store.blobs import Blob
 from bknr_cluster.store.codec import Codec
 from bknr_cluster.store.model import StoreObject
+from bknr_cluster.store.protocols import LoadedState, SnapshotTarget
 
 if TYPE_CHECKING:
     from bknr_cluster.store.core import Store
@@ -110,7 +111,7 @@ def _frames(stream: IO[bytes]):
         count += 1
 
 
-def load(store: Store, stream: IO[bytes]) -> int:
+def load(store: SnapshotTarget, stream: IO[bytes]) -> int:
     """Replace ``store``'s state with the snapshot; on any error the old state is kept.
 
     The input may be hostile (a backup from elsewhere, a damaged disk): every structural
@@ -118,11 +119,7 @@ def load(store: Store, stream: IO[bytes]) -> int:
     """
     magic = stream.read(len(MAGIC))
     if not magic:
-        store._reset_state()
-        store.system = {}
-        store._last_ts = 0
-        store.last_index = 0
-        store.schema_report = []
+        store.reset_to_empty()
         return 0
     if magic != MAGIC:
         raise CorruptData("not a bknr store snapshot (bad magic)")
@@ -173,7 +170,7 @@ def _check_header(h: Any) -> dict:
     return h
 
 
-def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
+def _load_body(store: SnapshotTarget, header: dict, frames: Any) -> tuple[int, Any]:
     definition = store.definition
     current = {c._meta.name: c for c in definition.classes}
     report: list[str] = []
@@ -302,15 +299,8 @@ def _load_body(store: Store, header: dict, frames: Any) -> tuple[int, Any]:
     index = _build_indices(extent)
 
     def install() -> None:
-        store._extent = extent
-        store._index = index
-        store._subs_cache.clear()
-        store._unsorted.clear()
-        store._next_id = header["next_id"]
-        store._last_ts = header["last_ts"]
-        store.last_index = header["last_index"]
-        store.schema_report = report
-        store.system = system
+        store.install_state(LoadedState(extent, index, header["next_id"], header["last_ts"],
+                                        header["last_index"], report, system))
         for line in report:
             log.warning("schema change while loading snapshot: %s", line)
     return loaded, install

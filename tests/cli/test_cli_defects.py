@@ -9,7 +9,7 @@ import pytest
 from bknrctl.control import NodeControl
 from bknrctl.main import app
 
-from bknr_cluster.cluster.admin import AdminMixin
+from bknr_cluster.cluster.admin import ClusterAdmin
 from bknr_cluster.cluster.config import ClusterConfig
 from bknr_cluster.errors import AlreadyBootstrapped, BknrError
 from tests.cli.conftest import write_yaml
@@ -95,10 +95,10 @@ class _Engine:
 
 
 def test_remove_peer_forgets_the_peer_add_peer_learned() -> None:
-    admin = AdminMixin()
-    admin.engine = _Engine()
-    admin.monitor = SimpleNamespace(poke=lambda: None)  # membership changes wake the monitor
-    admin.peers = {1: "127.0.0.1:7001"}
+    admin = ClusterAdmin(1, "n1", _Engine(), store=None, applier=None, submitter=None,
+                         # membership changes wake the monitor
+                         monitor=SimpleNamespace(poke=lambda: None),
+                         peers={1: "127.0.0.1:7001"}, node_name=str)
     admin.add_peer(2, "127.0.0.1:7002", "voter")
     assert admin.peers == {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"}
     admin.remove_peer(2)

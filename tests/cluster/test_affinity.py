@@ -103,13 +103,15 @@ def _native_threads() -> dict[int, set[int]]:
 
 @multi_cpu
 def test_cluster_store_pins_python_threads_but_not_the_engine(tmp_path: Path, restore_affinity):
+    from bknr_cluster.cluster.settings import ClusterSettings
     from bknr_cluster.cluster.store import ClusterStore
     from examples.bank.app import definition, open_account
 
     (port,) = free_ports(1)
     native_before = set(_native_threads())
-    cs = ClusterStore(definition, 1, f"127.0.0.1:{port}:1", tmp_path, election_timeout_ms=200,
-                      heartbeat_ms=20, start=False, python_cpu="auto")
+    cs = ClusterStore(definition, ClusterSettings(1, f"127.0.0.1:{port}:1", tmp_path,
+                                                  election_timeout_ms=200, heartbeat_ms=20,
+                                                  python_cpu="auto"), start=False)
     try:
         cs.bootstrap()
         cs.start()
@@ -118,14 +120,14 @@ def test_cluster_store_pins_python_threads_but_not_the_engine(tmp_path: Path, re
         assert cs.execute(open_account, "ann", 5)["balance"] == 5
         assert cs.status()["python_cpu"] == CPUS[0]
         assert _cpus_of(threading.current_thread()) == {CPUS[0]}
-        assert _cpus_of(cs._applier) == {CPUS[0]}
+        assert _cpus_of(cs.applier.thread) == {CPUS[0]}
         engine_threads = {tid: c for tid, c in _native_threads().items() if tid not in native_before}
         assert engine_threads, "the engine started no native thread?"
         assert all(c == set(CPUS) for c in engine_threads.values()), engine_threads
         cs.set_python_cpu(None)  # at run time, both ways
         assert cs.python_cpu is None and _cpus_of(threading.current_thread()) == set(CPUS)
         assert cs.set_python_cpu(CPUS[1]) == CPUS[1]
-        assert _cpus_of(cs._applier) == {CPUS[1]}
+        assert _cpus_of(cs.applier.thread) == {CPUS[1]}
     finally:
         cs.stop()
     assert cs.python_cpu is None
@@ -133,11 +135,12 @@ def test_cluster_store_pins_python_threads_but_not_the_engine(tmp_path: Path, re
 
 
 def test_a_bad_python_cpu_fails_at_construction(tmp_path: Path):
+    from bknr_cluster.cluster.settings import ClusterSettings
     from bknr_cluster.cluster.store import ClusterStore
     from examples.bank.app import definition
     from tests.cluster.fake_engine import FakeEngine
 
     for bad in ("fast", max(CPUS or [0]) + 1000):
         with pytest.raises(UsageError, match="python_cpu"):
-            ClusterStore(definition, 1, "127.0.0.1:7001:1", tmp_path, engine_factory=FakeEngine,
-                         python_cpu=bad)
+            ClusterStore(definition, ClusterSettings(1, "127.0.0.1:7001:1", tmp_path, python_cpu=bad),
+                         engine_factory=FakeEngine)

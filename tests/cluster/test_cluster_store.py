@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import FrozenInstanceError
 
 import pytest
 
-from bknr_cluster.cluster.apply import store_snapshot_of
 from bknr_cluster.cluster.batch import MAGIC, encode_batch
-from bknr_cluster.cluster.store import ClusterStore, parse_peers
+from bknr_cluster.cluster.directory import StaticDirectory
+from bknr_cluster.cluster.settings import ClusterSettings, parse_peers
+from bknr_cluster.cluster.snapshot_meta import store_snapshot_of
+from bknr_cluster.cluster.store import ClusterStore
 from bknr_cluster.errors import CodecError, NoLeader, NotLeader, Timeout, UnknownTransaction, UsageError
 from bknr_cluster.store import Store
 from examples.bank.app import definition, open_account, transfer
@@ -19,9 +22,10 @@ from tests.support import wait_until
 
 @pytest.fixture
 def cs(tmp_path):
-    store = ClusterStore(definition, 1, "127.0.0.1:7001:1,127.0.0.1:7002:2", tmp_path,
+    store = ClusterStore(definition, ClusterSettings(1, "127.0.0.1:7001:1,127.0.0.1:7002:2", tmp_path),
                          engine_factory=FakeEngine,
-                         api_urls={1: "http://127.0.0.1:8001", 2: "http://127.0.0.1:8002"})
+                         directory=StaticDirectory(
+                             api_urls={1: "http://127.0.0.1:8001", 2: "http://127.0.0.1:8002"}))
     yield store
     store.stop()
 
@@ -133,21 +137,27 @@ def test_concurrent_callers_share_entries(cs):
     assert cs.status()["batched_records"] == 200
 
 
-def test_the_classes_and_transactions_spelling(tmp_path):
-    from examples.bank.app import Account, account, deposit
-    cs = ClusterStore([Account], [open_account, deposit], [account], node_id=2,
-                      peers="127.0.0.1:7001:1,127.0.0.1:7002:2", data_dir=tmp_path,
-                      group="MyGroup", election_timeout_ms=100, engine_factory=FakeEngine)
+def test_settings_reach_the_engine_and_bad_settings_fail_before_anything_starts(tmp_path):
+    settings = ClusterSettings(node_id=2, peers="127.0.0.1:7001:1,127.0.0.1:7002:2",
+                               data_dir=tmp_path, group="MyGroup", election_timeout_ms=100,
+                               heartbeat_ms=10, snapshot_threshold=64)
+    cs = ClusterStore(definition, settings, engine_factory=FakeEngine)
     try:
-        assert cs.address == "127.0.0.1:7002" and cs.group == "MyGroup"
+        assert cs.address == "127.0.0.1:7002" and cs.group == "MyGroup" and cs.name == "n2"
+        assert cs.engine.options == settings.engine_options()
         assert cs.engine.options["election_timeout_ms"] == 100
+        assert cs.engine.options["snapshot_threshold"] == 64
         cs.execute(open_account, "ann", 3)
         assert cs.query("account", "ann")["balance"] == 3
     finally:
         cs.stop()
-    with pytest.raises(UsageError):
-        ClusterStore([Account], [open_account], peers="127.0.0.1:7001:1", data_dir=tmp_path,
-                     engine_factory=FakeEngine)
+    with pytest.raises(UsageError, match="not among the peers"):
+        ClusterSettings(node_id=3, peers="127.0.0.1:7001:1", data_dir=tmp_path)
+    with pytest.raises(UsageError, match="heartbeat_ms"):
+        ClusterSettings(node_id=1, peers="127.0.0.1:7001:1", data_dir=tmp_path,
+                        election_timeout_ms=100, heartbeat_ms=100)
+    with pytest.raises(FrozenInstanceError):
+        settings.heartbeat_ms = 5  # type: ignore[misc]
 
 
 def test_leadership_lost_is_distinct_from_not_leader(cs):
@@ -213,8 +223,8 @@ def test_an_entry_replayed_by_the_engine_is_refused_and_counted(cs):
 def test_freeze_gc_moves_the_store_out_of_the_collectors_reach_after_snapshots(tmp_path):
     import gc
     gc.unfreeze()
-    store = ClusterStore(definition, 1, "127.0.0.1:7001:1", tmp_path, engine_factory=FakeEngine,
-                         freeze_gc=True)
+    store = ClusterStore(definition, ClusterSettings(1, "127.0.0.1:7001:1", tmp_path, freeze_gc=True),
+                         engine_factory=FakeEngine)
     try:
         store.execute(open_account, "ann", 10)
         assert gc.get_freeze_count() == 0       # nothing happens before a snapshot

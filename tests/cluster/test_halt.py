@@ -10,9 +10,10 @@ from enum import Enum
 
 import pytest
 
-from bknr_cluster.cluster.apply import split_snapshot, store_snapshot_of
 from bknr_cluster.cluster.batch import encode_batch, encode_system
 from bknr_cluster.cluster.definition import Capabilities, describe
+from bknr_cluster.cluster.settings import ClusterSettings
+from bknr_cluster.cluster.snapshot_meta import split_snapshot, store_snapshot_of
 from bknr_cluster.cluster.store import ClusterStore
 from bknr_cluster.errors import NotCapable, ReplicaHalted
 from bknr_cluster.store import Store, StoreDefinition, StoreObject, transaction
@@ -25,8 +26,8 @@ V1, V2 = make_definition(1), make_definition(2)
 
 def make(tmp_path, definition=V1, **kw) -> ClusterStore:
     kw.setdefault("monitor_interval", 0.05)
-    return ClusterStore(definition, 1, "127.0.0.1:7001:1", tmp_path, engine_factory=FakeEngine,
-                        **kw)
+    return ClusterStore(definition, ClusterSettings(1, "127.0.0.1:7001:1", tmp_path, **kw),
+                        engine_factory=FakeEngine)
 
 
 def record(definition, tx, *args) -> bytes:
@@ -267,15 +268,15 @@ def test_the_view_of_definitions_travels_in_the_snapshots(tmp_path):
 
 
 def test_a_cheap_digest_is_published_by_the_applier_and_read_without_the_apply_lock(cs):
-    cs._cheap_digest = True  # what a store with an incremental digest (digest_full) gets
+    cs.applier.cheap_digest = True  # what a store with an incremental digest (digest_full) gets
     cs.execute("put", "a", 1)
-    wait_until(lambda: cs._published_digest, 5, "published")
-    assert cs._published_digest == (cs.applied_index, cs.store.digest())
+    wait_until(lambda: cs.applier.published_digest, 5, "published")
+    assert cs.applier.published_digest == (cs.applied_index, cs.store.digest())
     held = threading.Event()
     release = threading.Event()
 
     def hold():
-        with cs._apply_lock:
+        with cs.applier.paused():
             held.set()
             release.wait(5)
     t = threading.Thread(target=hold)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bknr_cluster.cluster import snapshot_writer
-from bknr_cluster.cluster.apply import store_snapshot_of
+from bknr_cluster.cluster.settings import ClusterSettings
+from bknr_cluster.cluster.snapshot_meta import store_snapshot_of
 from bknr_cluster.cluster.store import ClusterStore
 from bknr_cluster.store import Store, StoreDefinition, transaction
 from examples.bank import app as bank
@@ -37,8 +38,9 @@ definition = StoreDefinition(name="bank", classes=[bank.Account, bank.Transfer],
 
 def _node(data_dir: Path, port: int, *, bootstrap: bool) -> ClusterStore:
     # periodic store snapshots out of the way: the tests ask for each one (snapshot_now)
-    cs = ClusterStore(definition, 1, f"127.0.0.1:{port}:1", data_dir, election_timeout_ms=200,
-                      heartbeat_ms=20, snapshot_threshold=100_000, start=False)
+    cs = ClusterStore(definition, ClusterSettings(1, f"127.0.0.1:{port}:1", data_dir,
+                                                  election_timeout_ms=200, heartbeat_ms=20,
+                                                  snapshot_threshold=100_000), start=False)
     if bootstrap:
         cs.bootstrap()
     cs.start()

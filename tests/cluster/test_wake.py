@@ -1,10 +1,10 @@
-"""Wake chain: deferred wake-ups go out as a relay, nobody is left asleep, pacing is bounded."""
+"""Deferred wake-ups: counted until the woken callers run, nobody is left asleep, pacing is bounded."""
 
 import threading
 
 from bknr_cluster._raft import Signal
 from bknr_cluster.cluster.commit import GroupCommitter
-from bknr_cluster.cluster.wake import WakeChain
+from bknr_cluster.cluster.wake import WokenCallers
 from tests.cluster.test_commit import FakeLog
 from tests.support import wait_until
 
@@ -17,54 +17,26 @@ def released(signals):
     return [sig.posted() for sig in signals]
 
 
-def test_the_chain_wakes_batons_at_a_time_and_each_woken_caller_wakes_the_next():
+def test_everyone_is_woken_at_once_and_counted_until_they_run():
     idle = []
-    chain = WakeChain(batons=2, on_idle=lambda: idle.append(True))
+    woken = WokenCallers(on_idle=lambda: idle.append(True))
     locks = held_locks(5)
-    chain.release(locks)
-    assert released(locks) == [True, True, False, False, False]
-    assert chain.running == 2
-    chain.pass_baton()
-    assert released(locks) == [True, True, True, False, False]
-    chain.pass_baton()
-    chain.pass_baton()
-    assert all(released(locks)) and chain.running == 2 and not idle
-    chain.pass_baton()
-    assert chain.running == 1 and not idle
-    chain.pass_baton()
-    assert chain.running == 0 and idle == [True]
-
-
-def test_by_default_everyone_is_woken_at_once_and_counted_until_they_run():
-    idle = []
-    chain = WakeChain(on_idle=lambda: idle.append(True))
-    locks = held_locks(5)
-    chain.release(locks)
-    assert all(released(locks)) and chain.running == 5
+    woken.release(locks)
+    assert all(released(locks)) and woken.running == 5
     for _ in range(4):
-        chain.pass_baton()
-    assert chain.running == 1 and not idle
-    chain.pass_baton()
-    assert chain.running == 0 and idle == [True]
+        woken.ran()
+    assert woken.running == 1 and not idle
+    woken.ran()
+    assert woken.running == 0 and idle == [True]
 
 
-def test_a_later_batch_joins_the_running_relay():
-    chain = WakeChain(batons=1)
-    first, second = held_locks(2), held_locks(2)
-    chain.release(first)
-    chain.release(second)
-    assert released(first + second) == [True, False, False, False]
-    for _ in range(3):
-        chain.pass_baton()
-    assert all(released(first + second))
-
-
-def test_release_all_wakes_everyone_still_queued():
-    chain = WakeChain(batons=1)
-    locks = held_locks(4)
-    chain.release(locks)
-    chain.release_all()
-    assert all(released(locks))
+def test_a_later_batch_adds_to_the_count():
+    woken = WokenCallers()
+    first, second = held_locks(2), held_locks(3)
+    assert woken.start(first) == first  # handed to the engine: counted, posted there
+    woken.release(second)
+    assert released(first + second) == [False, False, True, True, True]
+    assert woken.running == 5
 
 
 class Applier:
@@ -93,9 +65,9 @@ class Applier:
             self.gc.release_deferred()
 
 
-def test_many_blocked_callers_are_all_woken_through_the_relay():
+def test_many_blocked_callers_are_all_woken_and_counted_until_they_ran():
     log = FakeLog()
-    gc = GroupCommitter(log.submit, 1, window=2, wake_batons=1)
+    gc = GroupCommitter(log.submit, 1, window=2)
     gc.start()
     applier = Applier(gc, log)
     applier.thread.start()
@@ -116,7 +88,7 @@ def test_many_blocked_callers_are_all_woken_through_the_relay():
         assert not any(t.is_alive() for t in threads), "a caller was never woken"
         assert len(results) == 800
         assert all(results[(k, i)] == f"{k}:{i}".encode() for k, i in results)
-        assert gc.chain.running == 0
+        assert gc.woken.running == 0
         assert len(log.entries) < 800, "records were packed into shared entries"
     finally:
         applier.stop.set()
@@ -124,9 +96,9 @@ def test_many_blocked_callers_are_all_woken_through_the_relay():
         gc.stop()
 
 
-def test_a_caller_whose_time_ran_out_as_it_was_resolved_still_gets_its_result_and_passes_on():
+def test_a_caller_whose_time_ran_out_as_it_was_resolved_still_gets_its_result_and_is_counted():
     log = FakeLog()
-    gc = GroupCommitter(log.submit, 1, wake_batons=1)
+    gc = GroupCommitter(log.submit, 1)
     gc.start()
     try:
         gc.applier_ident = threading.get_ident()  # this thread plays the applier
@@ -140,45 +112,44 @@ def test_a_caller_whose_time_ran_out_as_it_was_resolved_still_gets_its_result_an
         outcome = {}
         t = threading.Thread(target=lambda: outcome.setdefault("a", gc.wait(a, 0.0)))
         t.start()
-        gc.release_deferred()           # starts the relay with a; a passes the baton to b
+        gc.release_deferred()           # wakes a and b; each reports that it ran
         t.join(5)
         assert outcome == {"a": True} and a.result == a.seq
         assert gc.wait(b, 5) and b.result == b.seq
-        assert gc.chain.running == 0
+        assert gc.woken.running == 0
     finally:
         gc.stop()
 
 
-def test_stop_wakes_callers_still_waiting_in_the_relay():
+def test_stop_wakes_callers_whose_wake_ups_are_still_deferred():
     log = FakeLog()
-    gc = GroupCommitter(log.submit, 1, wake_batons=1)
+    gc = GroupCommitter(log.submit, 1)
     gc.start()
     gc.applier_ident = threading.get_ident()
     ws = [gc.enqueue(b"x") for _ in range(3)]
     wait_until(lambda: sum(len(items) for _, _, items in log.entries) == 3, 5, "all logged")
     for w in ws:
         gc.take(1, gc.session, w.seq).resolve(1, "ok")
-    gc.release_deferred()               # only the first is woken; nobody passes the baton
-    assert [w.woken() for w in ws] == [True, False, False]
+    assert not any(w.woken() for w in ws)  # deferred to the end of the applier's slice
     gc.stop()
     assert all(w.woken() for w in ws)
 
 
-def test_the_submitter_holds_back_during_a_relay_but_not_longer_than_pace_hold():
+def test_the_submitter_holds_back_while_woken_callers_run_but_not_longer_than_pace_hold():
     log = FakeLog()
     gc = GroupCommitter(log.submit, 1, window=4, pace_hold_s=0.05)
     gc.start()
     try:
         gc.enqueue(b"first")            # goes out at once: nothing in flight
         wait_until(lambda: len(log.entries) == 1, 5, "first entry")
-        gc.chain.running = 1            # a relay that never ends (its caller hangs)
+        gc.woken.running = 1            # a woken caller that never runs (it hangs)
         for i in range(5):
             gc.enqueue(b"r%d" % i)
-        # held while the relay runs and "first" is in flight ...
+        # held while that caller is counted and "first" is in flight ...
         assert len(log.entries) == 1
         # ... but only for pace_hold_s: then the five go out together
         wait_until(lambda: len(log.entries) == 2, 5, "the held records")
         assert len(log.entries[1][2]) == 5
     finally:
-        gc.chain.running = 0
+        gc.woken.running = 0
         gc.stop()

@@ -1,5 +1,5 @@
 """Wake-ups handed to the engine: the applier's next ``next_committed(wake=...)`` posts them
-after releasing the GIL (commit.py ``wake_in_engine``); nobody is ever left asleep."""
+after releasing the GIL (commit.py ``engine_wake``); nobody is ever left asleep."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from bknr_cluster.cluster.commit import GroupCommitter
+from bknr_cluster.cluster.settings import ClusterSettings
 from bknr_cluster.cluster.store import ClusterStore
 from examples.bank.app import account, definition, open_account, transfer
 from tests.cluster.fake_engine import FakeEngine
@@ -23,7 +24,8 @@ class OldEngine(FakeEngine):
 
 
 def make_store(tmp_path, factory):
-    return ClusterStore(definition, 1, "127.0.0.1:7001:1", tmp_path, engine_factory=factory)
+    return ClusterStore(definition, ClusterSettings(1, "127.0.0.1:7001:1", tmp_path),
+                        engine_factory=factory)
 
 
 def run_callers(cs, threads=16, each=25):
@@ -49,18 +51,19 @@ def run_callers(cs, threads=16, each=25):
 
 @pytest.mark.parametrize("in_engine", [True, False])
 def test_blocked_callers_are_woken_either_way(tmp_path, in_engine):
-    cs = make_store(tmp_path, FakeEngine)
+    # an engine that takes ``wake`` gets the wake-ups handed over; one that does not, never
+    cs = make_store(tmp_path, FakeEngine if in_engine else OldEngine)
     try:
-        cs.committer.wake_in_engine = in_engine
         for k in range(16):
             cs.execute(open_account, f"a{k}", 100)
             cs.execute(open_account, f"b{k}", 0)
-        wait_until(lambda: cs.committer.engine_wake, 5, "the applier checked the engine")
+        # set by the applier before it applied anything (apply.py)
+        assert cs.committer.engine_wake is in_engine
         calls = cs.engine.wake_calls
         run_callers(cs)
         assert (cs.engine.wake_calls > calls) is in_engine
         assert [account(f"b{k}")["balance"] for k in range(16)] == [25] * 16
-        wait_until(lambda: cs.committer.chain.running == 0, 5, "every woken caller ran")
+        wait_until(lambda: cs.committer.woken.running == 0, 5, "every woken caller ran")
     finally:
         cs.stop()
 
@@ -68,7 +71,6 @@ def test_blocked_callers_are_woken_either_way(tmp_path, in_engine):
 def test_an_engine_without_wake_gets_the_wake_ups_posted_at_the_end_of_the_slice(tmp_path):
     cs = make_store(tmp_path, OldEngine)
     try:
-        assert cs.committer.wake_in_engine
         for k in range(16):
             cs.execute(open_account, f"a{k}", 100)
             cs.execute(open_account, f"b{k}", 0)
@@ -101,14 +103,14 @@ def test_handed_off_wake_ups_wait_for_the_engine_and_are_counted_as_running():
         ws = [gc.enqueue(b"x") for _ in range(3)]
         resolve_all(log, gc, ws)
         assert not any(w.woken() for w in ws), "posted with the GIL, not handed off"
-        assert gc.chain.running == 3
+        assert gc.woken.running == 3
         wake = gc.take_handoff()
         assert len(wake) == 3 and gc.take_handoff() == []
         for sig in wake:          # what next_committed does once the GIL is released
             sig.post()
         for w in ws:
             assert gc.wait(w, 5) and w.result == w.seq
-        assert gc.chain.running == 0
+        assert gc.woken.running == 0
     finally:
         gc.stop()
 

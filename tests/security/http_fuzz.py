@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bknr_cluster.cluster.api import ApiServer
+from bknr_cluster.cluster.settings import ClusterSettings
 from bknr_cluster.cluster.store import ClusterStore
 from bknr_cluster.errors import MembershipError
 from examples.bank.app import definition as bank
@@ -105,8 +106,8 @@ class _Engine(FakeEngine):
 class HttpTarget:
     def __init__(self) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="bknr-http-fuzz-")
-        self.cs = ClusterStore(bank, 1, "127.0.0.1:7001:1", self.tmp.name, engine_factory=_Engine,
-                               token=TOKEN)
+        self.cs = ClusterStore(bank, ClusterSettings(1, "127.0.0.1:7001:1", self.tmp.name, token=TOKEN),
+                               engine_factory=_Engine)
         self.cs.start()
         self.cs.execute("open_account", "ann", 100)
         self.cs.execute("open_account", "bob", 50)

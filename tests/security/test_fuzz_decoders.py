@@ -96,10 +96,11 @@ def test_snapshot_fuzzer_reaches_the_decoder():
 
 def test_garbage_log_entries_are_skipped_and_the_replica_keeps_applying(tmp_path):
     """End to end through ClusterStore's applier (fake single-node engine)."""
+    from bknr_cluster.cluster.settings import ClusterSettings
     from bknr_cluster.cluster.store import ClusterStore
     from tests.cluster.fake_engine import FakeEngine
 
-    cs = ClusterStore(bank, 1, "127.0.0.1:7001:1", tmp_path, engine_factory=FakeEngine)
+    cs = ClusterStore(bank, ClusterSettings(1, "127.0.0.1:7001:1", tmp_path), engine_factory=FakeEngine)
     cs.start()
     try:
         cs.execute("open_account", "ann", 10)
