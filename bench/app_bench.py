@@ -23,11 +23,11 @@ import argparse
 import asyncio
 import json
 import random
+import secrets
 import socket
 import subprocess
 import sys
 import tempfile
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,7 @@ def main() -> int:
     from bknrctl.cluster import Cluster
     from bknrctl.control import controller
     from bknrctl.lb import HaproxyProcess
-    from bknrctl.lifecycle import start_nodes, stop_nodes
+    from bknrctl.nodes import start_nodes, stop_nodes
 
     root = Path(tempfile.mkdtemp(prefix="bknr-app-bench-"))
     cluster = Cluster.load(write_yaml(root))

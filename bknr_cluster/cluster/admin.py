@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+from bknr_cluster.vocabulary import DataDirLayout, Role
+
 
 class AdminMixin:
     """Mixed into ClusterStore; see docs/api.md for the HTTP face of each method."""
@@ -48,7 +50,8 @@ class AdminMixin:
         with self._apply_lock:
             index = self.applied_index
             # the system namespace (drill records) is the cluster's, not the application's
-            child = fork_backup(self.store, self.data_dir / "store-snapshot", include_system=False)
+            child = fork_backup(self.store, DataDirLayout(self.data_dir).store_snapshot_dir,
+                                include_system=False)
         return index, read_backup(child)
 
     def restore_backup(self, snapshot: bytes, sha256_hex: str | None = None,
@@ -138,10 +141,10 @@ class AdminMixin:
 
     # --- membership -----------------------------------------------------------------------
 
-    def add_peer(self, node_id: int, address: str, role: str = "voter", timeout: float = 30.0) -> None:
+    def add_peer(self, node_id: int, address: str, role: str = Role.voter, timeout: float = 30.0) -> None:
         self.engine.add(int(node_id), address).result(timeout)
         self.peers[int(node_id)] = address
-        if role != "spare":
+        if role != Role.spare:
             self.engine.assign(int(node_id), role).result(timeout)
         self.monitor.poke()  # the gate's voter set and the newcomer's definition
 

@@ -17,10 +17,10 @@ from typing import Any
 from bknr_cluster.cluster.affinity import check_spec
 from bknr_cluster.cluster.yamlfile import load_yaml
 from bknr_cluster.errors import ConfigError, UnknownNode, UsageError
+from bknr_cluster.vocabulary import ROLE_CHOICES, ROLES, DataDirLayout, Role
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 STORE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-ROLES = ("voter", "standby", "spare")
 
 DEFAULT_TIMING = {"election_timeout_ms": 1000, "heartbeat_ms": 100}
 DEFAULT_SNAPSHOT = {"threshold": 10000, "trailing": 2000, "keep": 3}
@@ -68,7 +68,7 @@ class NodeConfig:
     api_port: int
     api_host: str
     data_dir: Path
-    role: str = "voter"
+    role: str = Role.voter.value
     ssh: SshConfig | None = None
     # pin this node's Python threads to one CPU: None (off), "auto" or a CPU number (affinity.py)
     python_cpu: int | str | None = None
@@ -92,20 +92,25 @@ class NodeConfig:
         return f"{self.api_scheme}://{self.api_host}:{self.api_port}"
 
     @property
+    def layout(self) -> DataDirLayout[Path]:
+        """Where this node's files are under its data_dir (vocabulary.py)."""
+        return DataDirLayout(self.data_dir)
+
+    @property
     def raft_dir(self) -> Path:
-        return self.data_dir / "raft"
+        return self.layout.raft_dir
 
     @property
     def pid_file(self) -> Path:
-        return self.data_dir / "node.pid"
+        return self.layout.pid_file
 
     @property
     def log_file(self) -> Path:
-        return self.data_dir / "node.log"
+        return self.layout.log_file
 
     @property
     def blob_dir(self) -> Path:
-        return self.data_dir / "blobs"
+        return self.layout.blob_dir
 
     @property
     def is_local(self) -> bool:
@@ -274,7 +279,7 @@ def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None,
     app_port = (n.get("app_port") or app.get("port")) if app else None
     return NodeConfig(id=int(n["id"]), name=n["name"], host=n["host"], raft_port=int(n["raft_port"]),
                       api_port=int(n["api_port"]), api_host=api_host,
-                      data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg,
+                      data_dir=data_dir, role=n.get("role", Role.voter.value), ssh=ssh_cfg,
                       python_cpu=n.get("python_cpu", python_cpu), priority=int(n.get("priority", 0)),
                       app_port=int(app_port) if app_port else None,
                       app_host=(n.get("app_host") or api_host) if app_port else None,
@@ -486,10 +491,10 @@ def _validate_nodes(nodes: list, app: dict | None = None) -> list[tuple[str, str
             out.append((f"{p}.python_cpu", msg))
         if "priority" in n and not (_int_in(n["priority"], -1, 1)):
             out.append((f"{p}.priority", "must be 1 (preferred leader), 0 (no preference) or -1 (avoid)"))
-        role = n.get("role", "voter")
+        role = n.get("role", Role.voter.value)
         if role not in ROLES:
-            out.append((f"{p}.role", f"must be one of {', '.join(ROLES)}"))
-        elif role == "voter":
+            out.append((f"{p}.role", f"must be one of {ROLE_CHOICES}"))
+        elif role == Role.voter:
             voters += 1
         ssh = n.get("ssh")
         if ssh is not None:

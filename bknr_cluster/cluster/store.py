@@ -41,6 +41,7 @@ from bknr_cluster.errors import (
     UsageError,
 )
 from bknr_cluster.store.model import LOCAL
+from bknr_cluster.vocabulary import BLOB_DIR, DataDirLayout, Role
 
 log = logging.getLogger("bknr.cluster")
 
@@ -160,13 +161,13 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
         self.token = token
         self._api_urls = api_urls
         self._node_names = node_names
-        self.store = Store(None, definition=definition, blob_dir=str(Path(data_dir).resolve() / "blobs"))
+        self.store = Store(None, definition=definition, blob_dir=str(Path(data_dir).resolve() / BLOB_DIR))
         # Calling a transaction function directly (``open_account("ann")``) must replicate, not
         # just change this replica: bind the transactions to us (Transaction.__call__ calls
         # ``_bound.execute``). Classes and queries stay bound to the local store.
         for t in definition.transactions.values():
             t._bound = self
-        raft_dir = self.data_dir / "raft"
+        raft_dir = DataDirLayout(self.data_dir).raft_dir
         raft_dir.mkdir(parents=True, exist_ok=True)
         if engine_factory is None:
             from bknr_cluster.engine import RaftNode
@@ -287,7 +288,7 @@ class ClusterStore(AsyncCallerMixin, ApplierMixin, AdminMixin):
 
     def bootstrap(self, configuration: list[tuple[int, str, str]] | None = None) -> None:
         """Bootstrap the engine (fresh data dir only); default: every peer as a voter."""
-        conf = configuration or [(i, a, "voter") for i, a in sorted(self.peers.items())]
+        conf = configuration or [(i, a, Role.voter.value) for i, a in sorted(self.peers.items())]
         self.engine.bootstrap(conf)
 
     def start(self) -> None:
