@@ -142,9 +142,6 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="Leave the cluster an
         return
     quiet = output is OutputFormat.json
 
-    def on_drill(cluster: Cluster, rep: dict, results: list[RoundResult], plot: Path) -> None:
-        plot_report(cluster, rep, results, plot)
-
     def show(cluster: Cluster, rep: dict, state: ClusterState) -> None:
         if quiet:
             return
@@ -157,7 +154,7 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="Leave the cluster an
         console.print(summary_line(state))
 
     rep = run_demo(directory, keep=keep, rounds=rounds, base_port=base_port, quiet=quiet,
-                   on_drill=on_drill, show=show)
+                   on_drill=plot_report, show=show)
     if output is OutputFormat.json:
         emit_json(rep)
     if not drill_ok(rep) or not users_ok(rep["end_user"]):
