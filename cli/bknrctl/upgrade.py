@@ -17,7 +17,17 @@ from rich.table import Table
 from bknr_cluster.cluster.config import NodeConfig
 from bknr_cluster.errors import BknrError, ReplicaHalted
 
-from .app import ConfigOpt, NodesArg, OutputFormat, OutputOpt, app, cluster_for, select
+from .app import (
+    DEFAULT_CATCHUP_S,
+    CatchupPerNodeOpt,
+    ConfigOpt,
+    NodesArg,
+    OutputFormat,
+    OutputOpt,
+    app,
+    cluster_for,
+    select,
+)
 from .client import parallel
 from .cluster import Cluster
 from .nodes import start_nodes, stop_nodes
@@ -84,7 +94,7 @@ def wait_published(cluster: Cluster, node: NodeConfig, fingerprint: str, timeout
 @app.command()
 @guarded
 def upgrade(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None,
-            catchup_timeout: Annotated[float, typer.Option(help="Seconds per node to catch up.")] = 120.0,
+            catchup_timeout: CatchupPerNodeOpt = DEFAULT_CATCHUP_S,
             output: OutputOpt = OutputFormat.table) -> None:
     """Rolling upgrade onto the code installed now: one node at a time, followers first.
 

@@ -86,3 +86,26 @@ def test_the_rule_catches_a_command_importing_a_command(tmp_path: Path) -> None:
     f = tmp_path / "x.py"
     f.write_text("def f():\n    from .admin import transfer\n")
     assert _imports(f) == {"admin"}
+
+
+SHARED_FLAGS = {"--role", "-q", "--quiet", "--catchup-timeout"}
+
+
+def test_shared_options_are_defined_once_in_app() -> None:
+    """--role, -q/--quiet and --catchup-timeout mean one thing everywhere: app.py defines them."""
+    redefined = []
+    for p in sorted(PACKAGE.glob("*.py")):
+        if p.stem == "app":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for arg in node.args.args + node.args.kwonlyargs:
+                for call in ast.walk(arg.annotation) if arg.annotation else ():
+                    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+                            and call.func.attr == "Option":
+                        # an Option without flags takes its flag from the parameter's name
+                        flags = {a.value for a in call.args if isinstance(a, ast.Constant)} \
+                            or {"--" + arg.arg.replace("_", "-")}
+                        redefined += [f"{p.stem}:{call.lineno}: {f}" for f in sorted(flags & SHARED_FLAGS)]
+    assert not redefined, f"use the option types of app.py: {redefined}"
