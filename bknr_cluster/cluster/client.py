@@ -102,7 +102,7 @@ class ApiClient:
 
     def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True,
               timeout: float | None = None, data: bytes | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+              headers: dict[str, str] | None = None) -> tuple[int, bytes, http.client.HTTPMessage]:
         """One round trip: ``(status, payload, headers)``; no answer raises ``_lost(...)``."""
         headers = {"Accept": "application/json", **(headers or {})}
         if body is not None:
@@ -122,7 +122,7 @@ class ApiClient:
                 conn.request(method, path, body=data, headers=headers)
                 resp = conn.getresponse()
                 payload = resp.read()
-                answer_headers = dict(resp.getheaders())
+                answer_headers = resp.msg
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
@@ -144,8 +144,8 @@ class ApiClient:
         status, payload, hdrs = self._send(method, path, body, auth=auth, timeout=timeout,
                                            data=data, headers=headers)
         if raw:
-            return status, (payload, hdrs)
-        return status, decode_answer(payload, _header(hdrs, "content-type"))
+            return status, (payload, dict(hdrs.items()))
+        return status, decode_answer(payload, hdrs.get("Content-Type", ""))
 
     def exchange(self, method: str, path: str, body: Any = None, *, auth: bool = True,
                  raw: bool = False, timeout: float | None = None, data: bytes | None = None,
@@ -161,10 +161,15 @@ class ApiClient:
     def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         """The decoded answer of a 2xx reply (the ``Response`` with ``raw=True``); otherwise the
         errors.py exception the answer stands for."""
-        r = self.exchange(method, path, body, **kw)
-        if not 200 <= r.status < 300:
-            raise error_from_body(r.status, r.body, self.name)
-        return r if kw.get("raw") else r.body
+        if kw.get("raw"):
+            r = self.exchange(method, path, body, **kw)
+            if not 200 <= r.status < 300:
+                raise error_from_body(r.status, r.body, self.name)
+            return r
+        status, answer = self.request(method, path, body, **kw)
+        if not 200 <= status < 300:
+            raise error_from_body(status, answer, self.name)
+        return answer
 
     # convenience wrappers -----------------------------------------------------------------
 
@@ -181,7 +186,3 @@ class ApiClient:
     def query(self, name: str, *args: Any, consistent: bool = False, **kwargs: Any) -> dict:
         return self.call("POST", f"/query/{name}", {"args": list(args), "kwargs": kwargs,
                                                     "consistent": consistent})
-
-
-def _header(headers: dict[str, str], name: str) -> str:
-    return next((v for k, v in headers.items() if k.lower() == name), "")
