@@ -251,12 +251,14 @@ class Drill:
             await asyncio.sleep(o.warmup_s)
             fault_start, fault_at_done, fault_at = await inject_fault(self.cluster, ctl, victim,
                                                                       o.fault, self.network)
-            # wait for the first ack after the fault, then keep writing for settle_s
-            while time.monotonic() < round_deadline:
-                if any(s.ok and (s.start > fault_at_done if s.node == 0 else
-                                 s.end > fault_start and s.node != victim.id) for s in client.samples):
-                    break
-                await asyncio.sleep(0.01)
+            # wait for the first ack after the fault (not past the round's deadline; without one
+            # the verification below reports the loss), then keep writing for settle_s
+            async def acked_after_fault() -> bool | None:
+                return True if any(s.ok and (s.start > fault_at_done if s.node == 0 else
+                                             s.end > fault_start and s.node != victim.id)
+                                   for s in client.samples) else None
+
+            await apoll(acked_after_fault, max(0.0, round_deadline - time.monotonic()), interval=0.01)
             await asyncio.sleep(o.settle_s)
         finally:
             stop.set()
