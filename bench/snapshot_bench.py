@@ -70,6 +70,17 @@ def private_kib(pid: int) -> int:
     return total
 
 
+def reclaim_stalls() -> int:
+    """Host-wide count of direct reclaim and compaction stalls (/proc/vmstat): a page fault
+    that has to free memory first can stall a node whatever it does."""
+    total = 0
+    with open("/proc/vmstat") as f:
+        for line in f:
+            if line.startswith(("allocstall_", "compact_stall")):
+                total += int(line.split()[1])
+    return total
+
+
 def children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -106,6 +117,12 @@ class Loop(threading.Thread):
         """Max latency of the calls that overlapped [start, end]."""
         lat = [d for t, d in self.samples if t <= end and t + d >= start]
         return round(max(lat) * 1000, 1) if lat else float("nan")
+
+    def worst_at(self, start: float, end: float) -> float:
+        """When the slowest call overlapping [start, end] began, in s after ``start`` (says
+        which step of the snapshot it met: the fork is at ~0, the hand-over at the end)."""
+        lat = [(d, t) for t, d in self.samples if t <= end and t + d >= start]
+        return round(max(lat)[1] - start, 3) if lat else float("nan")
 
 
 class MemorySampler(threading.Thread):
@@ -152,11 +169,13 @@ def run_size(objects: int, nodes: int) -> dict[str, Any]:
         rss_before = rss_kib(pid)
         mem = MemorySampler(pid)
         mem.start()
+        stalls = reclaim_stalls()
         t0 = time.monotonic()
         cl.call("POST", "/snapshot", {}, timeout=600)
         # the applier went on at once; the writer child may still be finishing its file
         wait_until(lambda: not children(pid), 120, "snapshot child gone")
         t1 = time.monotonic()
+        stalls = reclaim_stalls() - stalls
         threading.Event().wait(AFTER_S)
         mem.stop_event.set()
         writer.stop_event.set()
@@ -168,12 +187,15 @@ def run_size(objects: int, nodes: int) -> dict[str, Any]:
                 "write_max_ms_before": writer.max_ms(t_base, t0),
                 "write_max_ms_during": writer.max_ms(t0, t1),
                 "health_max_ms_during": health.max_ms(t0, t1),
+                "write_worst_at_s": writer.worst_at(t0, t1),
+                "health_worst_at_s": health.worst_at(t0, t1),
                 "rss_ratio_peak": round(max(mem.peak, rss_before) / rss_before, 2),
                 "writes_during": sum(1 for t, d in writer.samples if t0 <= t <= t1),
                 "write_errors": writer.errors + health.errors,
                 "post_snapshot_s": round(t1 - t0, 3),
                 "store_snapshot_failures": st["store_snapshot_failures"],
-                "fork_ms": st["store_snapshot_fork_ms"]}
+                "fork_ms": st["store_snapshot_fork_ms"], "reclaim_stalls": stalls,
+                "load": round(os.getloadavg()[0], 1)}
     finally:
         procs.stop_all()
 
@@ -182,21 +204,25 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="100k and 300k objects")
     ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--only", choices=["small", "large"],
+                    help="one size only (a diagnostic run: the JSON line then has its keys only)")
     args = ap.parse_args()
     export_bench_path()
     small, large = (100_000, 300_000) if args.quick else (1_000_000, 5_000_000)
-    rows = [run_size(small, args.nodes), run_size(large, args.nodes)]
+    sizes = {"small": [small], "large": [large]}.get(args.only or "", [small, large])
+    rows = [run_size(n, args.nodes) for n in sizes]
     cols = ["objects", "snapshot_s", "post_snapshot_s", "write_max_ms_before",
             "write_max_ms_during", "health_max_ms_during", "rss_ratio_peak", "writes_during",
-            "write_errors", "store_snapshot_failures", "fork_ms"]
+            "write_errors", "store_snapshot_failures", "fork_ms", "write_worst_at_s",
+            "health_worst_at_s", "reclaim_stalls", "load"]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r[k]) for k in cols))
     keys = ["objects", "snapshot_s", "write_max_ms_before", "write_max_ms_during",
             "health_max_ms_during", "rss_ratio_peak"]
     out: dict[str, Any] = {"bench": "snapshot", "quick": args.quick}
-    out.update({k: rows[0][k] for k in keys})
-    out.update({f"{k}_5m": rows[1][k] for k in keys})
+    for n, r in zip(sizes, rows, strict=True):
+        out.update({(k if n == small else f"{k}_5m"): r[k] for k in keys})
     print(json.dumps(out))
     return 0
 

@@ -13,6 +13,10 @@ requests in flight (uvicorn's graceful shutdown), then the admin API and the sto
 request that reaches a node that just stopped leading is answered by the application's follower
 policy (forward, redirect or 503; web.py).
 
+With a ``tls_dir`` in the YAML the application is served over HTTPS with the node's certificate
+(the same CA as the raft transport and the admin API; ``tls_config.app_ssl_context``); a client
+speaking plain HTTP to it is dropped in the TLS handshake, before the application sees anything.
+
 The listening socket is bound by :func:`bind` before the store starts, so a port clash stops the
 node at once with a one-line error, as does an application that cannot be imported or is not
 an ASGI callable (:func:`load_app`, naming the YAML path).
@@ -27,6 +31,7 @@ import inspect
 import logging
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,18 +102,23 @@ def bind(host: str, port: int, where: str) -> socket.socket:
 class AppServer:
     """uvicorn serving one ASGI application on the running loop, on a pre-bound socket."""
 
-    def __init__(self, app: Any, sock: socket.socket, *, drain_s: float = 10.0) -> None:
+    def __init__(self, app: Any, sock: socket.socket, *, drain_s: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         import uvicorn
 
         host, port = sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
         # log_config=None: the node's logging stays as it is; no access log (a rejected request
         # is the application's answer, not a log line). The keep-alive outlives the load
         # balancer's (docs/load-balancing.md), so the proxy never reuses a connection the app
         # is closing.
         config = uvicorn.Config(app, lifespan="auto", log_config=None, access_log=False,
                                 timeout_keep_alive=75, timeout_graceful_shutdown=drain_s,
-                                server_header=False)
+                                server_header=False,
+                                # the node's own context (tls_config.app_ssl_context), not one
+                                # uvicorn builds from file names with its own cipher defaults
+                                ssl_context_factory=(lambda _cfg, _default: ssl_context)
+                                if ssl_context else None)
         self.server = _node_server(config)
         self.sock = sock
         self._task: asyncio.Task | None = None

@@ -158,6 +158,7 @@ def _load_app(cfg: Any, me: Any) -> tuple[Any, Any]:
 def _hosted_app(cfg: Any, cs: Any, me: Any, app: Any, sock: Any) -> Any:
     """The application wrapped with its store handle (web.py), ready to serve on ``sock``."""
     from bknr_cluster.apphost import AppServer
+    from bknr_cluster.cluster.tls_config import app_ssl_context
     from bknr_cluster.web import HostedApp, WebStore, host
 
     def app_url(node_id: int) -> str:
@@ -166,7 +167,8 @@ def _hosted_app(cfg: Any, cs: Any, me: Any, app: Any, sock: Any) -> Any:
 
     ws = WebStore(cs, app_url, node_app_url=me.app_url)
     host(ws)
-    return AppServer(HostedApp(app, ws), sock, drain_s=cfg.app.drain_s)
+    return AppServer(HostedApp(app, ws), sock, drain_s=cfg.app.drain_s,
+                     ssl_context=app_ssl_context(cfg, me))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,8 +38,11 @@
 // heartbeat and the next one step later, so their pre-votes never cross; a priority -1 node's
 // band lies after every better node's. Candidates keep libraft's random [T, 2T].
 #include <algorithm>
+#include <cstdarg>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <unordered_map>
 
 #include "node.hpp"
@@ -102,7 +105,14 @@ int watch_listen(struct raft_uv_transport* t, raft_uv_accept_cb cb) {
     return n->orig_listen_(t, watch_accepted);
 }
 
-void probe_closed(uv_handle_t* h) { static_cast<Node*>(h->data)->probe_open_ = false; }
+void probe_closed(uv_handle_t* h) {
+    Node* n = static_cast<Node*>(h->data);
+    n->probe_open_ = false;
+    if (n->probe_retry_) {
+        n->probe_retry_ = false;
+        n->start_probe_attempt();
+    }
+}
 
 void end_probe(Node* n) {
     if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&n->probe_timer_))) uv_timer_stop(&n->probe_timer_);
@@ -126,6 +136,7 @@ void probe_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 
 void probe_connected(uv_connect_t* req, int status) {
     Node* n = static_cast<Node*>(req->data);
+    if (n->probe_retry_) return;  // cancelled by us: the next connect() follows (probe_closed)
     if (status != 0 || n->closing_) {
         n->on_probe_done(status);
         end_probe(n);
@@ -150,6 +161,23 @@ struct FlushPing {
 void flush_sent(struct raft_io_send* req, int) { delete static_cast<FlushPing*>(req->data); }
 
 }  // namespace
+
+void Node::trace_election(const char* fmt, ...) {
+    // A diagnosis aid (why an election did or did not start early): CLOCK_MONOTONIC ms, which
+    // the drill's time.monotonic() shares, so node lines and client samples line up.
+    if (!trace_election_) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    static const char* states = "?FCL";
+    std::fprintf(stderr, "bknr-election[node %llu] %.1f %c term %llu: %s\n", (unsigned long long)id_,
+                 ts.tv_sec * 1e3 + ts.tv_nsec / 1e6, raft_.state <= 3 ? states[raft_.state] : '?',
+                 (unsigned long long)raft_.current_term, msg);
+}
 
 void Node::send_flush_ping(uint64_t peer) {
     const char* address = nullptr;
@@ -256,33 +284,66 @@ void Node::on_peer_stream_closed(uint64_t peer) {
     if (closing_ || peer == 0) return;
     ensure_election_timers();
     flush_stale_connection(peer);
+    trace_election("stream from %llu closed (leader %llu)", (unsigned long long)peer,
+                   raft_.state == RAFT_FOLLOWER ? (unsigned long long)raft_.follower_state.current_leader.id : 0ULL);
     if (raft_.state != RAFT_FOLLOWER) return;
     if (raft_.follower_state.current_leader.id != peer) return;
     leader_closes_++;
     closed_at_ = uv_now(&loop_);
     const char* address = raft_.follower_state.current_leader.address;
-    if (probe_open_ || address == nullptr) return;  // one probe at a time
+    if (probe_open_ || address == nullptr) {  // one probe at a time
+        trace_election("no probe: %s", probe_open_ ? "one is open" : "no address");
+        return;
+    }
     std::string a(address);
     size_t colon = a.rfind(':');
     if (colon == std::string::npos) return;
     struct sockaddr_in dest;
     if (uv_ip4_addr(a.substr(0, colon).c_str(), std::atoi(a.c_str() + colon + 1), &dest) != 0)
         return;  // a host name: no probe (resolving it would block the loop); timer path
+    probe_dest_ = dest;
+    probing_ = peer;
+    probing_term_ = raft_.current_term;
+    probe_started_ = uv_now(&loop_);
+    probe_attempts_ = 0;
+    start_probe_attempt();
+}
+
+// One connect() of the probe. A SYN that reaches a dying process's listener while the kernel
+// tears it down can be dropped without an answer (traced: 2 of 15 kill rounds, the probe then
+// hung until its deadline and that follower refused the candidate for the whole election
+// timeout): the client would only resend it after TCP's initial 1 s. A connect() to a live
+// loopback or LAN listener completes within a round trip, so one still pending after a
+// quarter heartbeat is dropped and started again: a fresh SYN to a closed port is refused at
+// once. A host that stopped answering (partition) leaves every connect() pending: give up after
+// one election timeout, the timer path is as quick by then.
+void Node::start_probe_attempt() {
+    if (closing_ || !election_timers_ || raft_.state != RAFT_FOLLOWER ||
+        raft_.current_term != probing_term_ || raft_.follower_state.current_leader.id != probing_)
+        return;  // the leader changed or spoke meanwhile: nothing left to confirm
     uv_tcp_init(&loop_, &probe_tcp_);
     probe_tcp_.data = this;
     probe_req_.data = this;
     probe_open_ = true;
-    probing_ = peer;
-    probing_term_ = raft_.current_term;
-    if (uv_tcp_connect(&probe_req_, &probe_tcp_, reinterpret_cast<const sockaddr*>(&dest), probe_connected) != 0) {
+    probe_attempts_++;
+    if (uv_tcp_connect(&probe_req_, &probe_tcp_, reinterpret_cast<const sockaddr*>(&probe_dest_),
+                       probe_connected) != 0) {
         end_probe(this);
         return;
     }
-    // A host that stopped answering (partition) leaves connect() pending: give up after one
-    // election timeout, the timer path is as quick by then. Closing the handle cancels it.
-    uv_timer_start(&probe_timer_, [](uv_timer_t* t) { end_probe(static_cast<Node*>(t->data)); },
-                   opts_.election_timeout_ms, 0);
+    uv_timer_start(&probe_timer_, [](uv_timer_t* t) {
+        Node* n = static_cast<Node*>(t->data);
+        uint64_t spent = uv_now(&n->loop_) - n->probe_started_;
+        if (spent + n->probe_retry_ms() < n->opts_.election_timeout_ms) {
+            n->probe_retry_ = true;  // probe_closed starts the next attempt
+            n->trace_election("probe attempt %u pending after %u ms: again", n->probe_attempts_,
+                              n->probe_retry_ms());
+        }
+        end_probe(n);  // closing the handle cancels the pending connect()
+    }, probe_retry_ms(), 0);
 }
+
+unsigned Node::probe_retry_ms() const { return std::max(2u, opts_.heartbeat_ms / 4); }
 
 // A dying process closes its sockets one by one, and a loaded machine can preempt it in between:
 // the reset of a connection its listener had queued may come many milliseconds after the
@@ -290,10 +351,16 @@ void Node::on_peer_stream_closed(uint64_t peer) {
 unsigned Node::probe_settle_ms() const { return opts_.election_timeout_ms; }
 
 void Node::on_probe_done(int status) {
+    trace_election("probe of %llu: %s, %llu ms after the close, attempt %u", (unsigned long long)probing_,
+                   status == 0 ? "alive" : uv_err_name(status), (unsigned long long)(uv_now(&loop_) - closed_at_),
+                   probe_attempts_);
     if (closing_ || status != UV_ECONNREFUSED) return;  // alive, cancelled, or not a process death
     if (raft_.state != RAFT_FOLLOWER || raft_.current_term != probing_term_ ||
-        raft_.follower_state.current_leader.id != probing_)
+        raft_.follower_state.current_leader.id != probing_) {
+        trace_election("leader changed meanwhile (leader %llu)",
+                       (unsigned long long)raft_.follower_state.current_leader.id);
         return;
+    }
     gone_leader_ = probing_;
     gone_term_ = probing_term_;
     gone_at_ = uv_now(&loop_);
@@ -306,6 +373,8 @@ void Node::on_probe_done(int status) {
     // the longer one wins.
     raft_time now = io_.time(&io_);
     bool refused = refused_vote_at_ != 0 && now - refused_vote_at_ < raft_.election_timeout;
+    trace_election("leader %llu gone: head start %u ms%s", (unsigned long long)gone_leader_,
+                   refused ? 0 : head_start_ms(), refused ? " (refused a candidate)" : "");
     uv_timer_start(&head_timer_, [](uv_timer_t* t) {
         static_cast<Node*>(t->data)->on_head_start();
     }, refused ? 0 : head_start_ms(), 0);
@@ -331,7 +400,11 @@ void Node::note_vote_request(bool candidate_behind) {
 }
 
 void Node::on_head_start() {
-    if (closing_ || !leader_known_dead() || rival_granted_) return;
+    if (closing_ || !leader_known_dead() || rival_granted_) {
+        trace_election("head start dropped: %s", closing_ ? "closing" : rival_granted_ ? "a rival went first"
+                                                                    : "leader no longer known dead");
+        return;
+    }
     // A priority -1 node comes here only when a candidate with a shorter log asked us: then
     // no better node can win, so it campaigns.
     if (!may_campaign()) return;
@@ -340,11 +413,14 @@ void Node::on_head_start() {
     raft_.follower_state.randomized_election_timeout = static_cast<unsigned>(waited);
     fast_elections_++;
     campaign_at_ = uv_now(&loop_);
+    trace_election("head start: campaign");
     legacy_tick_(&io_);  // libraft's tick: the timer has expired, it starts the (pre-)vote
 }
 
 void Node::note_election_won() {
     // Called from the check phase: the last fast election's steps, for status and the docs.
+    if (raft_.state == RAFT_LEADER && traced_state_ != RAFT_LEADER) trace_election("leading");
+    traced_state_ = raft_.state;
     if (campaign_at_ == 0 || raft_.state != RAFT_LEADER) return;
     uint64_t now = uv_now(&loop_);
     fast_timeline_[0] = gone_at_ >= closed_at_ ? gone_at_ - closed_at_ : 0;

@@ -133,6 +133,8 @@ py::dict status_dict(const StatusData& s) {
     d["last_error"] = s.last_error;
     d["deferred_installs"] = s.deferred_installs;
     d["relaxed_votes"] = s.relaxed_votes;
+    d["pre_vote_tie_refusals"] = s.pre_vote_tie_refusals;
+    d["timeouts_now_retried"] = s.timeouts_now_retried;
     d["early_campaigns"] = s.early_campaigns;
     d["pre_vote_retries"] = s.pre_vote_retries;
     d["leader_closes"] = s.leader_closes;

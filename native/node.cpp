@@ -354,6 +354,7 @@ void Node::on_check() {
     }
     applyq_.flush();
     deliver_deferred();
+    retry_timeout_now();
     note_election_won();
 }
 

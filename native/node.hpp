@@ -106,6 +106,8 @@ struct StatusData {
     uint64_t election_timer_ms = 0;   // follower/candidate: the current randomised timeout
     uint64_t deferred_installs = 0;   // InstallSnapshots held back during a local snapshot
     uint64_t relaxed_votes = 0;       // vote requests let through by the thesis rule
+    uint64_t pre_vote_tie_refusals = 0;  // rival pre-votes refused on node id (equal logs)
+    uint64_t timeouts_now_retried = 0;   // TimeoutNow taken on a later try (install_guard.cpp)
     uint64_t early_campaigns = 0;     // early elections against a shorter-log candidate
     uint64_t pre_vote_retries = 0;    // pre-vote rounds re-sent before the candidate timer
     uint64_t leader_closes = 0;       // follower: the leader's stream to us closed (fast_election.cpp)
@@ -254,7 +256,9 @@ public:
     void apply_vote_rule(struct raft_message* msg);  // vote_rule.cpp
     void on_tick();
     void retry_pre_vote();                           // vote_rule.cpp
+    void retry_pre_vote_soon();                      // vote_rule.cpp: on the next loop turn
     bool candidate_behind(const struct raft_request_vote& v);
+    bool same_last_entry(const struct raft_request_vote& v);
     void redraw_election_timer();                    // vote_rule.cpp
     // halt_rule.cpp: a halted replica neither campaigns nor grants votes (set from Python).
     void set_halted(bool on);
@@ -279,8 +283,11 @@ public:
     uv_tcp_t probe_tcp_;
     uv_timer_t probe_timer_;
     bool probe_open_ = false;
+    bool probe_retry_ = false;  // the probe handle is closing for another connect()
+    void start_probe_attempt();
     bool closing_ = false;  // loop thread only
     unsigned probe_settle_ms() const;
+    unsigned probe_retry_ms() const;
     // Issue 13's halted flag clears this: the replica then never starts an early election.
     std::atomic<bool> may_campaign_{true};
     void deliver_deferred();
@@ -331,6 +338,15 @@ private:
     std::thread::id loop_tid_;
     uv_timer_t health_timer_;
     uv_check_t flush_check_;  // runs after each loop iteration's I/O: wakes the applier once
+    // install_guard.cpp: a TimeoutNow libraft ignored while it was persisting entries
+    void keep_timeout_now(const struct raft_message& msg);
+    void retry_timeout_now();
+    bool timeout_now_kept_ = false;
+    struct raft_message timeout_now_;
+    std::string timeout_now_addr_;
+    raft_term timeout_now_term_ = 0;
+    raft_time timeout_now_until_ = 0;
+    uint64_t timeouts_now_retried_ = 0;
     bool deferred_ = false;   // an InstallSnapshot held back (install_guard.cpp)
     struct raft_message deferred_msg_;
     std::string deferred_addr_;
@@ -356,12 +372,18 @@ private:
   private:
     uv_connect_t probe_req_;
     uint64_t probing_ = 0;          // the leader a probe is connecting to
+    struct sockaddr_in probe_dest_;  // its raft address
+    uint64_t probe_started_ = 0;    // loop ms of the probe's first connect()
+    unsigned probe_attempts_ = 0;
     raft_term probing_term_ = 0;
     uint64_t gone_leader_ = 0;      // the leader whose process we found gone
     raft_term gone_term_ = 0;
     raft_time refused_vote_at_ = 0;  // last vote request refused because the leader was heard
     bool rival_granted_ = false;    // we let another candidate's vote request through since
     uint64_t leader_closes_ = 0, leaders_gone_ = 0, fast_elections_ = 0;
+    uint64_t pre_vote_tie_refusals_ = 0;  // vote_rule.cpp: a rival pre-vote refused on node id
+    raft_term tie_term_ = 0;              // ... the term of the first such refusal
+    raft_time tie_since_ = 0;             // ... and when it was
     uint64_t closed_at_ = 0, gone_at_ = 0, campaign_at_ = 0;  // loop ms of the last fast election
     uint64_t fast_timeline_[3] = {0, 0, 0};  // close -> confirmed, -> campaign, -> leader (ms)
     void note_election_won();
@@ -371,6 +393,9 @@ private:
     uint64_t halted_refused_votes_ = 0;  // vote requests refused while halted
     uint64_t halted_dropped_ = 0;        // vote results / TimeoutNow dropped while halted
     bool trace_commit_ = false;          // BKNR_TRACE_COMMIT: log each clamp on stderr
+    bool trace_election_ = false;        // BKNR_TRACE_ELECTION: one stderr line per election step
+    void trace_election(const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+    int traced_state_ = 0;               // the state the trace last saw (to log "leading" once)
     uint64_t mislabeled_snapshots_ = 0;  // fsm.cpp: restores trimmed to their Raft index
     uint64_t stored_seen_ = 0, stored_progress_ms_ = 0, io_error_ms_ = 0;
     std::string last_error_;

@@ -97,6 +97,8 @@ void Node::fill_status(StatusData& s) {
     s.last_error = last_error_;
     s.deferred_installs = deferred_installs_;
     s.relaxed_votes = relaxed_votes_;
+    s.pre_vote_tie_refusals = pre_vote_tie_refusals_;
+    s.timeouts_now_retried = timeouts_now_retried_;
     s.early_campaigns = early_campaigns_;
     s.pre_vote_retries = pre_vote_retries_;
     s.leader_closes = leader_closes_;

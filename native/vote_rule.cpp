@@ -54,13 +54,48 @@ bool Node::candidate_behind(const struct raft_request_vote& v) {
     return v.last_log_term < last_term || (v.last_log_term == last_term && v.last_log_index < last);
 }
 
+bool Node::same_last_entry(const struct raft_request_vote& v) {
+    raft_index last = raft_last_index(&raft_);
+    return v.last_log_index == last && v.last_log_term == compat::term_of(&raft_, last);
+}
+
 void Node::apply_vote_rule(struct raft_message* msg) {
     if (msg->type != RAFT_REQUEST_VOTE) return;
     const struct raft_request_vote& v = msg->request_vote;
-    // A rival pre-vote candidate we will grant (its log is not behind ours): see retry_pre_vote.
     if (v.pre_vote && raft_.state == RAFT_CANDIDATE && raft_.candidate_state.in_pre_vote &&
-        !candidate_behind(v))
-        rival_pre_vote_ = true;
+        !candidate_behind(v)) {
+        // Two pre-vote candidates with the same log would each grant the other and enter the
+        // real election together: each votes for itself there and the vote splits (traced:
+        // one node's head start fired while the other's request sat unread in its socket,
+        // a 446 ms kill round). Between equal logs the lower node id goes on; the other one
+        // refuses its rival's pre-vote, which changes no state (no term, no vote recorded). The
+        // node id, not the priority, decides: ids are the same in every node's configuration,
+        // so two candidates can never both refuse each other.
+        // Bounded: for one election timeout after the first such refusal in a term, then we
+        // grant as libraft would (a one-way link must not keep both candidates stuck).
+        raft_time now = io_.time(&io_);
+        if (tie_term_ != raft_.current_term) {
+            tie_term_ = raft_.current_term;
+            tie_since_ = now;
+        }
+        if (v.candidate_id > id_ && same_last_entry(v) && now - tie_since_ < raft_.election_timeout) {
+            msg->request_vote.last_log_index = 0;  // "your log is behind mine": refused
+            msg->request_vote.last_log_term = 0;
+            pre_vote_tie_refusals_++;
+            trace_election("pre-vote from %llu refused: equal logs, lower id goes first",
+                           (unsigned long long)v.candidate_id);
+            // That rival is campaigning, so it will grant our pre-vote now (it may have refused
+            // our first round, having heard the leader a moment longer): ask again at once
+            // rather than at the next tick.
+            retry_pre_vote_soon();
+            return;
+        }
+        rival_pre_vote_ = true;  // a rival we grant: see retry_pre_vote
+    }
+    trace_election("%svote request from %llu (term %llu, last %llu/%llu)%s", v.pre_vote ? "pre-" : "",
+                   (unsigned long long)v.candidate_id, (unsigned long long)v.term,
+                   (unsigned long long)v.last_log_index, (unsigned long long)v.last_log_term,
+                   v.disrupt_leader ? " disrupt" : "");
     if (v.disrupt_leader) return;
     // A follower that saw its leader's process die (fast_election.cpp) answers at once.
     if (leader_known_dead()) {
@@ -73,6 +108,8 @@ void Node::apply_vote_rule(struct raft_message* msg) {
     raft_time now = io_.time(&io_);
     if (now < raft_.election_timer_start + raft_.election_timeout) {  // leader heard recently
         refused_vote_at_ = now;  // fast_election.cpp: the candidate may be waiting on us
+        trace_election("refused: leader %llu heard %llu ms ago", (unsigned long long)raft_.follower_state.current_leader.id,
+                       (unsigned long long)(now - raft_.election_timer_start));
         return;
     }
     msg->request_vote.disrupt_leader = true;
@@ -96,10 +133,26 @@ void Node::retry_pre_vote() {
     raft_time waited = now > raft_.election_timer_start ? now - raft_.election_timer_start : 0;
     if (waited < (raft_time)raft_.heartbeat_timeout) return;
     if (waited >= raft_.candidate_state.randomized_election_timeout) return;  // libraft re-runs it now
+    trace_election("pre-vote retry after %llu ms", (unsigned long long)waited);
     // Let the candidate timer expire on this tick: libraft's electionStart re-sends the
     // pre-vote requests (still no term bump) and draws a new timer, which we cut short again.
     raft_.candidate_state.randomized_election_timeout = (unsigned)waited;
     pre_vote_retries_++;
+}
+
+void Node::retry_pre_vote_soon() {
+    if (!election_timers_) return;
+    uv_timer_start(&head_timer_, [](uv_timer_t* t) {  // not inside the receive hook
+        Node* n = static_cast<Node*>(t->data);
+        if (n->closing_ || n->raft_.state != RAFT_CANDIDATE || !n->raft_.candidate_state.in_pre_vote)
+            return;
+        raft_time now = n->io_.time(&n->io_);
+        raft_time waited = now > n->raft_.election_timer_start ? now - n->raft_.election_timer_start : 0;
+        n->raft_.candidate_state.randomized_election_timeout = (unsigned)waited;
+        n->pre_vote_retries_++;
+        n->trace_election("pre-vote retry now");
+        n->legacy_tick_(&n->io_);  // the candidate timer has expired: libraft re-sends the pre-vote
+    }, 0, 0);
 }
 
 void Node::redraw_election_timer() {

@@ -225,6 +225,8 @@ class AdminMixin:
             "auth": st.get("auth"),
             # elections sped up by the thesis vote rule (native/vote_rule.cpp)
             "relaxed_votes": st.get("relaxed_votes", 0),
+            "pre_vote_tie_refusals": st.get("pre_vote_tie_refusals", 0),
+            "timeouts_now_retried": st.get("timeouts_now_retried", 0),
             "early_campaigns": st.get("early_campaigns", 0),
             # pre-vote rounds re-sent early after a lost message (native/vote_rule.cpp)
             "pre_vote_retries": st.get("pre_vote_retries", 0),

@@ -549,6 +549,8 @@ def _use_huge_page_arenas() -> None:
         return
     if _raft.use_huge_page_arenas():
         log.info("python object arenas now come from huge-page regions")
+    from bknr_cluster.store.huge_pages import keeper
+    keeper().start()  # keeps them (and malloc's dense memory) on huge pages between snapshots
 
 
 def _takes_wake(engine: Any) -> bool:

@@ -77,8 +77,9 @@ class NodeConfig:
 
     @property
     def app_url(self) -> str:
-        """Where this node serves the hosted application ("" without an ``app`` section)."""
-        return f"http://{self.app_host}:{self.app_port}" if self.app_port else ""
+        """Where this node serves the hosted application ("" without an ``app`` section); HTTPS
+        with the node's certificate, like the API, when the cluster has a tls_dir."""
+        return f"{self.api_scheme}://{self.app_host}:{self.app_port}" if self.app_port else ""
     # leadership priority: 1 preferred (takes leadership back), 0 none, -1 avoid (priority.py)
     priority: int = 0
     api_scheme: str = "http"  # "https" when the cluster has a tls_dir (tls_config.py)

@@ -10,8 +10,9 @@ fingerprints:
   and their index kind, the enums and their members, the class renames. Two nodes with equal
   fingerprints run (as far as we can tell without comparing code) the same definition.
 * ``schema`` over what the state digest is made of (class names and persistent attributes,
-  enums). Checkpoint digests are only compared between replicas with the same ``schema``: a
-  replica whose definition added an (empty) class or an attribute (at its default) computes a
+  enums, and this build's digest scheme). Checkpoint digests are only compared between replicas
+  with the same ``schema``: a replica whose definition added an (empty) class or an attribute
+  (at its default), or whose build hashes with another scheme, computes a
   different digest for the same data (DESIGN.md, "Consistency checkpoints").
 
 ``Capabilities`` is the replicated view of every member's definition, built from ``definition``
@@ -30,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bknr_cluster.errors import NotCapable
+from bknr_cluster.store.digest import SCHEME as DIGEST_SCHEME
 
 # Entry kinds this build of the cluster layer applies (batch.py); published with the definition
 # so that a future kind that changes the store can be gated on every voter knowing it.
@@ -61,7 +63,9 @@ def describe(definition: Any) -> dict[str, Any]:
     for e in getattr(definition, "enums", ()):
         name = e.__dict__.get("__store_name__", e.__name__)
         enums[name] = sorted([m.name, repr(m.value)] for m in e)
-    schema = {"classes": {k: sorted(a for a, _ in v) for k, v in classes.items()}, "enums": enums}
+    # the digest scheme too: builds with different schemes give different digests for one state
+    schema = {"classes": {k: sorted(a for a, _ in v) for k, v in classes.items()}, "enums": enums,
+              "digest": DIGEST_SCHEME}
     body = {
         "name": definition.name,
         "version": getattr(definition, "version", "") or "",

@@ -56,6 +56,16 @@ def server_ssl_context(cfg: Any, node: Any) -> ssl.SSLContext | None:
     return ctx
 
 
+def app_ssl_context(cfg: Any, node: Any) -> ssl.SSLContext | None:
+    """TLS for `node`'s hosted application: the same certificate as its API, but no client
+    certificate is asked for (customers' browsers and the load balancer hold none; who may do
+    what there is the application's business). None without a tls_dir."""
+    ctx = server_ssl_context(cfg, node)
+    if ctx is not None:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def client_ssl_context(cfg: Any, node: Any | None = None) -> ssl.SSLContext | None:
     """TLS for calls to the cluster's API: the server must present a certificate of the cluster
     CA naming the host we dial. Offers a client certificate when ``api_client_certs`` is on:
@@ -153,7 +163,7 @@ def _cert_problems(cfg: Any, node: Any) -> list[Problem]:
                     False))
     if not certs.signed_by(Path(files.cert), Path(files.ca)):
         out.append((where, f"{files.cert} is not signed by the cluster CA {files.ca}", False))
-    for host in dict.fromkeys((node.host, node.api_host)):
+    for host in dict.fromkeys((node.host, node.api_host, *([node.app_host] if node.app_host else []))):
         if not _names_host(info, host):
             out.append((where, f"{files.cert} does not name {host} (its hosts: {', '.join(info.hosts)}); "
                         "bknrctl certs rotate issues one from the YAML", False))

@@ -1,18 +1,26 @@
 """The state digest, kept up to date incrementally so reading it costs O(1) at any size.
 
-Definition (scheme ``bknr-digest-2``)::
+Definition (scheme ``bknr-digest-3``)::
 
     digest = blake2s(pack([SCHEME, S, next_id, last_ts])).hexdigest()
     S      = sum over live objects o of h(o)  mod 2**120
-    h(o)   = blake2s(pack([tag(class), o.id, v_1, ..., v_k]), 15 bytes) as an integer
+    h(o)   = siphash128(ROW_KEY, pack([tag(class), o.id, v_1, ..., v_k])) mod 2**120
 
-``tag(class)`` is the 8-byte blake2s of the packed ``[stored class name, [persistent attribute
-names, sorted]]`` (short, so a row of a few values fits one 64-byte hash block), and
-``v_i`` are those attributes' values, canonicalised (dict items and set members sorted by their
-encoding) and encoded with the store codec; a reference to a deleted object encodes as None,
-exactly as snapshots write it, so a replica that restored a snapshot and one that replayed the
-log agree. A sum does not depend on the order objects were created, written or deleted in, so
-equal states give equal digests whatever the history.
+``siphash128`` is SipHash-2-4 with its 128-bit output read as a little-endian integer, under
+the fixed public key ``ROW_KEY``; ``tag(class)`` is the 8-byte blake2s of the packed ``[stored
+class name, [persistent attribute names, sorted]]``, and ``v_i`` are those attributes' values,
+canonicalised (dict items and set members sorted by their encoding) and encoded with the store
+codec; a reference to a deleted object encodes as None, exactly as snapshots write it, so a
+replica that restored a snapshot and one that replayed the log agree. A sum does not depend on
+the order objects were created, written or deleted in, so equal states give equal digests
+whatever the history. (``bknr-digest-2`` took h from a 15-byte blake2s: six times the
+instructions per row, the largest cost of the fold; a keyed SipHash is a well-mixed 128-bit
+function, which is what detecting accidental divergence needs. Nothing here defends against
+someone crafting two states with one digest, and the sum never did.)
+
+Rows are hashed in C (native/digest.cpp, module ``_digest``): it encodes None, bool, int, float,
+str, bytes and references itself and every other value through ``_Hasher.fallback`` (this
+module's packer over ``_canon``), giving the same bytes the codec would.
 
 Keeping S current. Every object remembers the h it last contributed in its ``_state_hash`` slot.
 A successful transaction hands its undo log (which names every object it created, wrote or
@@ -33,16 +41,16 @@ pointing at it and rehashes those: one O(n) scan per fold that deletes a referen
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from hashlib import blake2s
 from itertools import chain, compress, repeat
-from operator import attrgetter, is_, itemgetter, methodcaller, rshift, xor
+from operator import attrgetter, itemgetter, rshift, xor
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from bknr_cluster.store import _digest as _native
 from bknr_cluster.store.codec import EXT_REF, Codec
 from bknr_cluster.store.model import StoreObject
 
@@ -51,7 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bknr_cluster.store")
 
-SCHEME = "bknr-digest-2"
+SCHEME = "bknr-digest-3"
+ROW_KEY = b"bknr-digest-3\0\0\0"   # 16 bytes
 FOLD_ENTRIES = 256                 # undo entries pending before a commit folds them
 _MASK = (1 << 120) - 1
 # ``_state_hash`` is h, or ~h (negative) once some hash saw a live reference to the object;
@@ -60,13 +69,9 @@ _MASK = (1 << 120) - 1
 _SIGN = 127
 _CONTAINERS = frozenset((dict, set, frozenset, list, tuple))
 _slot = StoreObject.__dict__["_state_hash"]
-_set_state_hash = _slot.__set__
 _get_state_hash = _slot.__get__
-_get_id = attrgetter("id")
+_native.configure(StoreObject, StoreObject.__dict__["id"], _slot, ROW_KEY)
 _undo_object = itemgetter(1)       # every undo entry is (kind, object, ...)
-_hash15 = partial(blake2s, digest_size=15)
-_hash_bytes = methodcaller("digest")
-_int = int.from_bytes              # big-endian by default
 # ``ExtType(code, data)`` without its Python-level argument checks (ours are always valid)
 _ext = partial(tuple.__new__, msgpack.ExtType)
 
@@ -87,7 +92,9 @@ def _canon(pack: Callable[[Any], bytes], v: Any) -> Any:
 
 
 class _Hasher:
-    """h(o) for many objects of one class at a time: C-level ``map`` pipelines per column.
+    """h(o) for many objects of one class at a time, in C (native/digest.cpp), which encodes
+    the common values itself and hands the others to ``fallback`` (this module's msgpack
+    packer over ``_canon``): the bytes hashed are exactly those of the definition above.
 
     With ``seen_refs``, every live object referenced by a hashed value is appended to it."""
 
@@ -118,27 +125,29 @@ class _Hasher:
                 return _ext((EXT_REF, pack_id(o.id)))
             return codec_default(o)
 
-        self._pack = msgpack.Packer(default=default, strict_types=True, use_bin_type=True,
-                                    autoreset=True).pack
-        self._plans: dict[type, tuple[bytes, list[Any]]] = {}
+        pack = msgpack.Packer(default=default, strict_types=True, use_bin_type=True,
+                              autoreset=True).pack
+        canon_pack = codec.pack
+        self._pack = pack
+        self.fallback: Callable[[Any], bytes] = lambda v: pack(_canon(canon_pack, v))
+        self.extents = extents
+        self.seen_refs = seen_refs
+        # class -> (tag, slots of the persistent attributes sorted by name): what the C side reads
+        self.plans: dict[type, tuple[bytes, tuple[Any, ...]]] = {}
+        self.getters: dict[type, list[Any]] = {}
 
-    def _plan(self, cls: type) -> tuple[bytes, list[Any]]:
-        plan = self._plans.get(cls)
+    def plan(self, cls: type) -> tuple[bytes, tuple[Any, ...]]:
+        plan = self.plans.get(cls)
         if plan is None:
             specs = sorted(cls._meta.persistent, key=attrgetter("name"))
             tag = blake2s(msgpack.packb([cls._meta.name, [s.name for s in specs]]), digest_size=8).digest()
-            plan = self._plans[cls] = (tag, [s.getter for s in specs])
+            plan = self.plans[cls] = (tag, tuple(s.owner.__dict__[s.name] for s in specs))
+            self.getters[cls] = [s.getter for s in specs]
         return plan
 
     def hashes(self, cls: type, objs: list[Any]) -> list[int]:
-        tag, getters = self._plan(cls)
-        cols = [list(map(g, objs)) for g in getters]
-        pack = self.codec.pack
-        for i, col in enumerate(cols):
-            if _CONTAINERS.intersection(map(type, col)):
-                cols[i] = [_canon(pack, v) for v in col]
-        rows = map(list, zip(repeat(tag), map(_get_id, objs), *cols))
-        return list(map(_int, map(_hash_bytes, map(_hash15, map(self._pack, rows)))))
+        return _native.hashes(self.plan(cls), objs, self.extents["_extent"], self.seen_refs,
+                              self.fallback)
 
 
 def finish(total: int, next_id: int, last_ts: int, system: dict[str, Any]) -> str:
@@ -197,7 +206,7 @@ class IncrementalDigest:
             objs = list(store._extent[cls].values())
             if objs:
                 hashes = self._hashes(cls, objs)
-                deque(map(_set_state_hash, objs, hashes), 0)
+                _native.assign(objs, hashes)
                 total += sum(hashes)
         self._mark_referenced()
         self.total = total & _MASK
@@ -223,36 +232,26 @@ class IncrementalDigest:
         pending = self.pending
         if not pending:
             return
-        touched = set(map(_undo_object, chain.from_iterable(pending)))
         self._seen_refs.clear()
-        # phase 1 computes everything that can fail; phase 2 only assigns
-        gone = 0
-        updates: list[tuple[list[Any], list[int], list[int]]] = []
-        deleted_referenced: list[Any] = []
-        for cls, objs in _by_class(touched):
-            olds = list(map(getattr, objs, repeat("_state_hash"), repeat(0)))
-            extent = store._extent[cls]
-            live = list(map(is_, map(extent.get, map(_get_id, objs)), objs))
-            if not all(live):
-                for obj, old, alive in zip(objs, olds, live, strict=True):
-                    if not alive:
-                        gone += old ^ (old >> _SIGN)
-                        if old < 0:
-                            deleted_referenced.append(obj)
-                objs, olds = list(compress(objs, live)), list(compress(olds, live))
-            if objs:
-                updates.append((objs, olds, self._hashes(cls, objs)))
+        hasher = self._hasher
+        # phase 1 (C, then the rare referrer scan) computes everything that can fail
+        delta, objs, values, deleted_referenced, ref_classes = _native.prepare(
+            pending, store._extent, hasher.plans, hasher.plan, self._seen_refs, hasher.fallback)
+        updates: list[tuple[list[Any], list[int]]] = [(objs, values)]
         if deleted_referenced:
-            for cls, objs in self._referrers(deleted_referenced, touched).items():
-                olds = list(map(_get_state_hash, objs))
-                updates.append((objs, olds, self._hashes(cls, objs)))
-        total = self.total - gone
-        for objs, olds, hashes in updates:
-            marks = list(map(rshift, olds, repeat(_SIGN)))
-            total += sum(hashes) - sum(map(xor, olds, marks))
-            deque(map(_set_state_hash, objs, map(xor, hashes, marks)), 0)
+            touched = set(map(_undo_object, chain.from_iterable(pending)))
+            for cls, referrers in self._referrers(deleted_referenced, touched).items():
+                olds = list(map(_get_state_hash, referrers))
+                hashes = self._hashes(cls, referrers)
+                marks = list(map(rshift, olds, repeat(_SIGN)))
+                delta += sum(hashes) - sum(map(xor, olds, marks))
+                updates.append((referrers, list(map(xor, hashes, marks))))
+        # phase 2 only assigns
+        for changed, new_values in updates:
+            _native.assign(changed, new_values)
+        self._ref_classes.update(ref_classes)
         self._mark_referenced()
-        self.total = total & _MASK
+        self.total = (self.total + delta) & _MASK
         pending.clear()
         store._digest_backlog = 0
         if self._broken is not None:
@@ -267,10 +266,7 @@ class IncrementalDigest:
         return hashes
 
     def _mark_referenced(self) -> None:
-        for obj in self._seen_refs:      # live, and hashed by now
-            h = _get_state_hash(obj)
-            if h >= 0:
-                _set_state_hash(obj, ~h)
+        _native.mark(self._seen_refs)    # live, and hashed by now: h becomes ~h
         self._seen_refs.clear()
 
     def _referrers(self, deleted: list[Any], skip: set[Any]) -> dict[type, list[Any]]:
@@ -281,7 +277,8 @@ class IncrementalDigest:
         for cls in self._ref_classes:
             objs = list(self.store._extent[cls].values())
             hits: set[Any] = set()
-            for getter in self._hasher._plan(cls)[1]:
+            self._hasher.plan(cls)
+            for getter in self._hasher.getters[cls]:
                 col = list(map(getter, objs))
                 if _CONTAINERS.isdisjoint(map(type, col)):
                     try:        # hashable values: one C-level pass
@@ -294,16 +291,6 @@ class IncrementalDigest:
             if hits:
                 found[cls] = list(hits)
         return found
-
-
-def _by_class(objs: set[Any]) -> list[tuple[type, list[Any]]]:
-    """Group objects by class with C-level passes (few classes, many objects)."""
-    classes = set(map(type, objs))
-    if len(classes) == 1:
-        return [(classes.pop(), list(objs))]
-    every = list(objs)
-    kinds = list(map(type, every))
-    return [(c, list(compress(every, map(is_, kinds, repeat(c))))) for c in classes]
 
 
 def _refers(v: Any, dead: set[Any]) -> bool:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bknr_cluster.errors import StoreError
+from bknr_cluster.store.huge_pages import keeper
 
 if TYPE_CHECKING:
     from bknr_cluster.store.core import Store
@@ -87,9 +88,10 @@ class _HashingWriter:
 class SnapshotChild:
     """The parent's handle on one forked snapshot writer."""
 
-    def __init__(self, pid: int, report_fd: int, path: str) -> None:
+    def __init__(self, pid: int, report_fd: int, path: str, remove_on_failure: bool = True) -> None:
         self.pid = pid
         self.path = path
+        self.remove_on_failure = remove_on_failure  # False: a memfd's /proc path, the owner closes it
         self.started = time.monotonic()
         self._report_fd = report_fd
         self._mu = threading.Lock()
@@ -110,6 +112,7 @@ class SnapshotChild:
         """Block (GIL released) until the child exits; its file, or ``StoreError`` saying why
         not (it failed, or was killed: then the file is removed)."""
         _, status = os.waitpid(self.pid, 0)
+        keeper().release()  # the parent's writes split huge pages: collapse them again
         with self._mu:
             self._status = status
             if self._pidfd >= 0:
@@ -121,8 +124,9 @@ class SnapshotChild:
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and report.startswith("ok "):
             _, size, sha = report.split()
             return SnapshotFile(self.path, int(size), sha, seconds)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self.remove_on_failure:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
         if os.WIFSIGNALED(status):
             why = f"killed by signal {os.WTERMSIG(status)}"
         else:
@@ -143,25 +147,32 @@ class SnapshotChild:
 
 def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
                   include_system: bool = True, fsync: bool = False,
-                  prefix: bytes = b"") -> SnapshotChild:
+                  prefix: bytes = b"", remove_on_failure: bool = True) -> SnapshotChild:
     """Fork a child that writes ``store``'s snapshot, as it is now, to ``path`` (created or
     truncated); returns at once. The caller must make sure no transaction is applying (the
     store lock is taken around the fork for that). ``fsync``: the child syncs the file before
     reporting success (standalone snapshots; the Raft engine persists its own copy). ``prefix``
-    is written before the store snapshot (the cluster layer's header, cluster/apply.py)."""
+    is written before the store snapshot (the cluster layer's header, cluster/apply.py).
+    ``path`` may be ``/proc/self/fd/<n>`` of a memfd the caller made (the child inherits it);
+    then pass ``remove_on_failure=False``."""
     from bknr_cluster.store import snapshot
 
     hasher = hashlib.sha256()  # made here: the child must not look up digests (library locks)
     read_fd, write_fd = os.pipe()
+    keeper().hold()  # no huge-page collapse while the child shares our pages (huge_pages.py)
     with store._lock:
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            keeper().release()
+            raise
         if pid == 0:  # the child: never returns
             write = functools.partial(snapshot.write, include_blobs=include_blobs,
                                       include_system=include_system)
             _child(store, write, path, fsync, hasher, write_fd, parent, prefix)
     os.close(write_fd)
-    return SnapshotChild(pid, read_fd, path)
+    return SnapshotChild(pid, read_fd, path, remove_on_failure)
 
 
 def _child(store: Store, write: Any, path: str, fsync: bool, hasher: Any, report_fd: int,

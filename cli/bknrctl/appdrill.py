@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import ssl
 import statistics
 import time
 from collections import Counter
@@ -89,11 +90,24 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
 
+def customer_ssl_context(cfg: Any) -> ssl.SSLContext:
+    """What the customers' clients trust for an https:// URL: the system's certificate
+    authorities (a load balancer with a public certificate) and the cluster CA (a node's
+    application port, or a frontend re-using a node certificate)."""
+    ctx = ssl.create_default_context()
+    tls_dir = getattr(cfg, "tls_dir", None)
+    if tls_dir is not None and (tls_dir / "ca.crt").is_file():
+        ctx.load_verify_locations(tls_dir / "ca.crt")
+    return ctx
+
+
 class AppClients:
     """The customers: ``clients`` HTTP clients on one aiohttp session to the load balancer."""
 
-    def __init__(self, url: str, timeout: float, prefix: str) -> None:
+    def __init__(self, url: str, timeout: float, prefix: str,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
+        self.ssl_context = ssl_context     # for an https:// URL (customer_ssl_context)
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.prefix = prefix
         self.samples: list[Sample] = []
@@ -102,7 +116,8 @@ class AppClients:
         self._seq = 0
 
     async def __aenter__(self) -> AppClients:
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            limit=0, ssl=self.ssl_context if self.ssl_context is not None else True))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -188,7 +203,8 @@ class AppDrill:
 
     async def run(self) -> list[AppRound]:
         rounds = []
-        async with AppClients(self.url, self.opts.request_timeout_s, self.opts.prefix) as users, \
+        async with AppClients(self.url, self.opts.request_timeout_s, self.opts.prefix,
+                              customer_ssl_context(self.cluster.cfg)) as users, \
                 BankClient(self.nodes, self.cluster.token, request_timeout=2.0,
                            workload=BANK, ssl_context=self.cluster.ssl_context) as admin:
             await users.setup(time.monotonic() + 30.0)

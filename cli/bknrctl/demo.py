@@ -28,7 +28,7 @@ DEMO_YAML = """\
 group: bank-demo
 store: examples.bank.app:definition
 token_file: token
-tls_dir: tls                 # CA and node certificates, created by init (TLS on raft and API)
+tls_dir: tls                 # CA and node certificates, created by init (TLS: raft, API, app)
 timing: {{election_timeout_ms: 200, heartbeat_ms: 20}}
 snapshot: {{threshold: 10000, trailing: 2000, keep: 3}}
 app: {{asgi: "examples.bank.web:app"}}    # the bank's web application, served by every node

@@ -33,6 +33,16 @@ lb_app = typer.Typer(help="Load balancers in front of the cluster: haproxy.cfg, 
 app.add_typer(lb_app, name="lb")
 
 
+# A check over TLS is a full handshake on a new connection (HAProxy 2.6 keeps none open), and it
+# must finish within the check interval: with 20 ms checks a loaded 2-core host timed them out
+# ("Layer6 timeout"), every node was marked down and all traffic went the forwarding way.
+TLS_MIN_INTER_MS = 100
+# The same for customers' requests: `timeout connect` covers the TLS handshake with the
+# application. With 100 ms, 64 clients' first requests (64 handshakes at once on the leader's
+# loop) timed out, were retried with new handshakes, and the retries never caught up (6 req/s).
+TLS_MIN_CONNECT_MS = 400
+
+
 @dataclass(frozen=True)
 class CheckTiming:
     """HAProxy health-check timing derived from the election timeout (ms)."""
@@ -44,11 +54,33 @@ class CheckTiming:
     rise: int = 1    # one success puts it back: a new leader must get traffic at once
 
     @classmethod
-    def from_election(cls, election_timeout_ms: int) -> CheckTiming:
+    def from_election(cls, election_timeout_ms: int, tls: bool = False) -> CheckTiming:
         # A tenth of the election timeout: the balancer notices the new leader about one
-        # interval after it is elected, small next to the election itself.
+        # interval after it is elected, small next to the election itself. HAProxy gives a
+        # check's connection min(timeout connect, interval) to be set up, TLS handshake
+        # included: over TLS at least TLS_MIN_INTER_MS (docs/load-balancing.md).
         inter = max(10, election_timeout_ms // 10)
+        if tls:
+            inter = max(inter, TLS_MIN_INTER_MS)
         return cls(inter=inter, fastinter=max(5, inter // 2), timeout=max(100, 3 * inter))
+
+    @classmethod
+    def for_reads(cls, election_timeout_ms: int) -> CheckTiming:
+        # The read backend needs no such haste: a follower that became leader still answers
+        # reads, and one that falls behind is taken out within about two election timeouts.
+        # Every check is a connection and a request the node's Python serves (~0.9 ms of CPU
+        # each on the 2-core test host): a tenth of the election timeout on both backends was
+        # 100 checks/s per node, 4-5 % of a core each with no load at all.
+        inter = max(100, election_timeout_ms)
+        return cls(inter=inter, fastinter=max(50, inter // 4),
+                   timeout=cls.from_election(election_timeout_ms).timeout)
+
+    def server_options(self) -> str:
+        # observe layer4 ... on-error mark-down: a connection refused by real traffic (a killed
+        # node) takes the server out at once, before the next check; the retry then goes
+        # elsewhere.
+        return (f"inter {self.inter}ms fastinter {self.fastinter}ms downinter {self.inter}ms "
+                f"fall {self.fall} rise {self.rise} observe layer4 error-limit 1 on-error mark-down")
 
 
 # A POST/PATCH is repeated after it reached a server only when it carries an Idempotency-Key
@@ -68,18 +100,16 @@ def _servers(cfg: ClusterConfig) -> list[str]:
     """Every node, checked on its admin port; then every node again as an unchecked backup,
     used while no node passes the check (docs/load-balancing.md)."""
     checked, backups = [], []
+    # A TLS cluster's nodes serve both the application and the admin API over HTTPS with their
+    # node certificates: HAProxy verifies them against the cluster CA, for the traffic and for
+    # the checks (`check-ssl`: with an explicit check `port`, TLS is not inherited from `ssl`).
     ca = cfg.tls_dir / "ca.crt" if getattr(cfg, "tls_dir", None) else None
+    tls = f" ssl verify required ca-file {ca}" if ca is not None else ""
     for n in cfg.nodes:
         host, port = _target(n)
-        # a TLS cluster's admin API speaks HTTPS, verified against the cluster CA: the health
-        # checks always, and the traffic too when there is no application port
-        tls = traffic = ""
-        if ca is not None:
-            verify = f"verify required ca-file {ca}"
-            tls = f" check-ssl {verify}" if n.app_port else f" ssl {verify}"
-            traffic = "" if n.app_port else f" ssl {verify}"
-        checked.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}{tls}")
-        backups.append(f"    server {n.name}-any {host}:{port} backup{traffic}")
+        checked.append(f"    server {n.name} {host}:{port} check addr {n.api_host} port {n.api_port}"
+                       + (" check-ssl" if tls else "") + tls)
+        backups.append(f"    server {n.name}-any {host}:{port} backup{tls}")
     return checked + backups
 
 
@@ -91,15 +121,13 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
     ``log_errors``: log failed or retried requests to stdout (a HAProxy in the foreground).
     ``shutdown_sessions``: Patroni's ``on-marked-down shutdown-sessions`` on the write backend
     (fast errors instead of requests hanging on a frozen leader; docs/load-balancing.md)."""
-    t = CheckTiming.from_election(cfg.election_timeout_ms)
-    # observe layer4 ... on-error mark-down: a connection refused by real traffic (a killed
-    # node) takes the server out at once, before the next check; the retry then goes elsewhere.
-    check = (f"inter {t.inter}ms fastinter {t.fastinter}ms downinter {t.inter}ms "
-             f"fall {t.fall} rise {t.rise} observe layer4 error-limit 1 on-error mark-down")
+    tls = getattr(cfg, "tls_dir", None) is not None
+    t = CheckTiming.from_election(cfg.election_timeout_ms, tls=tls)
+    check = t.server_options()
     lines = [
         f"# haproxy.cfg for bknr_cluster group {cfg.group!r}, written by `bknrctl lb haproxy`"
         + (f" from {source}" if source else ""),
-        f"# election timeout {cfg.election_timeout_ms} ms -> checks every {t.inter} ms "
+        f"# election timeout {cfg.election_timeout_ms} ms -> leader checks every {t.inter} ms "
         "(docs/load-balancing.md explains every line)",
         "global",
         "    maxconn 4096",
@@ -110,7 +138,7 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
         "    mode http",
         *(["    log global", "    option httplog", "    option dontlog-normal"] if log_errors else []),
         "    option http-keep-alive",
-        f"    timeout connect {max(100, cfg.election_timeout_ms // 2)}ms",
+        f"    timeout connect {max(TLS_MIN_CONNECT_MS if tls else 100, cfg.election_timeout_ms // 2)}ms",
         "    timeout client 60s",
         "    timeout server 60s",
         "    timeout http-keep-alive 30s",
@@ -144,7 +172,7 @@ def haproxy_config(cfg: ClusterConfig, *, bind: str = "127.0.0.1", write_port: i
             "    option allbackups",
             f"    option httpchk GET /replica?lag={max_lag}",
             "    http-check expect status 200",
-            f"    default-server {check}",
+            f"    default-server {CheckTiming.for_reads(cfg.election_timeout_ms).server_options()}",
             *_servers(cfg),
         ]
     return "\n".join(lines) + "\n"

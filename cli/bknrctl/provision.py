@@ -50,8 +50,9 @@ def tls_dir(cfg: ClusterConfig) -> Path:
 
 
 def node_hosts(node: NodeConfig) -> list[str]:
-    """The names a node's certificate carries: its raft and API hosts (plus localhost on loopback)."""
-    hosts = list(dict.fromkeys([node.host, node.api_host]))
+    """The names a node's certificate carries: its raft, API and application hosts (plus
+    localhost on loopback)."""
+    hosts = list(dict.fromkeys([node.host, node.api_host, *([node.app_host] if node.app_host else [])]))
     try:
         if any(ipaddress.ip_address(h).is_loopback for h in hosts):
             hosts.append("localhost")

@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,16 @@ class DriverError(Exception):
 
 
 class Client:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         self.port = port
+        self.host = host
         self.sock: socket.socket | None = None
         self.file = None
 
     def connect(self, timeout: float) -> None:
         def attempt() -> bool:
             try:
-                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+                self.sock = socket.create_connection((self.host, self.port), timeout=1)
             except OSError:
                 return False
             self.file = self.sock.makefile("rwb")
@@ -69,8 +71,11 @@ def digest_of(payloads: list[bytes]) -> str:
 
 
 class Cluster:
-    def __init__(self, procs: Processes, root: Path, n: int, **options: Any) -> None:
+    def __init__(self, procs: Processes, root: Path, n: int, net: Any = None, **options: Any) -> None:
+        """``net``: a tests.chaos.netns.Network whose namespaces are named n1, n2, ...: each
+        node then runs in its own namespace at that network's address (links can be cut)."""
         self.procs = procs
+        self.net = net
         self.root = root
         self.options = {**FAST, **options}
         ports = free_ports(2 * (n + 2))
@@ -80,8 +85,11 @@ class Cluster:
         self.proc: dict[int, subprocess.Popen] = {}
         self.clients: dict[int, Client] = {}
 
+    def host(self, node_id: int) -> str:
+        return self.net.addr(f"n{node_id}") if self.net else "127.0.0.1"
+
     def address(self, node_id: int) -> str:
-        return f"127.0.0.1:{self.raft_ports[node_id]}"
+        return f"{self.host(node_id)}:{self.raft_ports[node_id]}"
 
     def configuration(self) -> list[list]:
         return [[i, self.address(i), "voter"] for i in self.initial]
@@ -90,13 +98,16 @@ class Cluster:
               **options: Any) -> Client:
         args = [DRIVER, "--id", str(node_id), "--address", self.address(node_id),
                 "--dir", str(self.root / f"n{node_id}"), "--control-port", str(self.control_ports[node_id]),
+                "--control-host", self.host(node_id),
                 "--options", json.dumps({**self.options, **options})]
         if bootstrap:
             args += ["--bootstrap", json.dumps(self.configuration())]
         if recover:
             args += ["--recover", json.dumps(recover)]
-        self.proc[node_id] = self.procs.python(*args, log=self.root / f"n{node_id}.log")
-        c = Client(self.control_ports[node_id])
+        prefix = self.net.exec_prefix(f"n{node_id}") if self.net else []
+        self.proc[node_id] = self.procs.start([*prefix, sys.executable, *args],
+                                              log=self.root / f"n{node_id}.log")
+        c = Client(self.control_ports[node_id], self.host(node_id))
         c.connect(30)
         self.clients[node_id] = c
         return c

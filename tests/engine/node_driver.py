@@ -206,8 +206,8 @@ class Driver:
         return {}
 
 
-def serve(driver: Driver, port: int, stop: threading.Event) -> None:
-    srv = socket.create_server(("127.0.0.1", port))
+def serve(driver: Driver, host: str, port: int, stop: threading.Event) -> None:
+    srv = socket.create_server((host, port))
     srv.settimeout(0.2)
     while not stop.is_set():
         try:
@@ -239,6 +239,8 @@ def main() -> None:
     p.add_argument("--address", required=True)
     p.add_argument("--dir", required=True)
     p.add_argument("--control-port", type=int, required=True)
+    p.add_argument("--control-host", default="127.0.0.1",
+                   help="the control socket's address (a node in a test's network namespace)")
     p.add_argument("--bootstrap", help="JSON list of [id, address, role]")
     p.add_argument("--recover", help="JSON list of [id, address, role]: forced new configuration")
     p.add_argument("--options", default="{}", help="JSON keyword arguments for RaftNode")
@@ -256,7 +258,8 @@ def main() -> None:
     stop = threading.Event()
     import signal
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server = threading.Thread(target=serve, args=(Driver(node, store), args.control_port, stop), daemon=True)
+    server = threading.Thread(target=serve, daemon=True,
+                              args=(Driver(node, store), args.control_host, args.control_port, stop))
     server.start()
     print(f"node {args.id} started (libraft {_raft.LIBRAFT_VERSION})", flush=True)
     while not stop.wait(0.2):

@@ -9,9 +9,11 @@ raft port was refused; ``fast_elections``: the head start started an election).
 
 from __future__ import annotations
 
-import signal
 import time
 
+import pytest
+
+from tests.chaos.netns import TABLE, Network, NetworkUnavailable, run
 from tests.engine.harness import Cluster, digest_of, payloads
 from tests.support import wait_until
 
@@ -94,36 +96,62 @@ def test_a_leader_that_closes_one_connection_is_not_deposed(procs, tmp_path):
 
 
 def test_a_lagging_follower_does_not_win_by_its_head_start(procs, tmp_path):
-    """Node 1 comes first in the head-start order (lowest id) but missed the last writes while
-    stopped: the election after the leader's death is still fast, and whoever wins holds every
-    committed entry (a pre-vote from a log that lacks them is refused)."""
-    c = cluster(procs, tmp_path)
-    c.start_all()
-    lid = c.leader()
-    if lid != 3:
-        transfer(c, lid, 3)
-    assert c.call(3, "submit", n=10, prefix="a")["error"] is None
-    written = payloads("a", 10)
-    c.wait_state([1, 2, 3], digest_of(written), len(written))
-    c.kill(1, signal.SIGSTOP)
+    """Node 1 comes first in the head-start order (lowest id) but really misses the last
+    committed writes: each node runs in its own network namespace and node 1's namespace drops
+    every packet from the leader except SYN and RST (no data, no FIN reaches it; a stopped
+    process would instead catch up from its socket buffer). When the leader dies, node 1 still
+    learns of it: the test resets the dead leader's connections (``ss -K`` in its namespace),
+    the RST passes, and node 1's probe of the leader's port is refused. Node 1 then campaigns
+    first, and the up-to-date node 2 must win: it refuses node 1's pre-vote on log length and
+    campaigns itself at once. The step between head starts is large here (heartbeat / 2 =
+    100 ms), so node 2's own head start cannot decide the race."""
+    net = Network(["n1", "n2", "n3"])
     try:
+        net.setup()
+    except NetworkUnavailable as exc:
+        pytest.skip(f"needs network namespaces: {exc}")
+    try:
+        c = Cluster(procs, tmp_path, 3, net=net, election_timeout_ms=ELECTION_MS, heartbeat_ms=200)
+        c.start_all()
+        lid = c.leader()
+        if lid != 3:
+            transfer(c, lid, 3)
+        assert c.call(3, "submit", n=10, prefix="a")["error"] is None
+        written = payloads("a", 10)
+        c.wait_state([1, 2, 3], digest_of(written), len(written))
+        # node 1 stops hearing node 3: only connection setup and resets get through
+        net._nft("n1", f"add rule inet {TABLE} input ip saddr {net.addr('n3')} "
+                       "tcp flags & (syn | rst) == 0 drop\n")
         assert c.call(3, "submit", n=10, prefix="b")["error"] is None  # committed by 3 and 2
         written += payloads("b", 10)
         c.wait_state([2], digest_of(written), len(written))
+        st1, st2 = c.call(1, "status"), c.call(2, "status")
+        assert st1["last_log_index"] < st2["last_log_index"], (st1, st2)
+        before = c.statuses([1, 2])
         t0 = time.monotonic()
-        c.kill(3)
+        # one shell: the reset follows the kill within milliseconds, long before node 2's
+        # head start (101 ms) is over
+        run(net.exec_prefix("n3") + ["sh", "-c", f"kill -9 {c.proc[3].pid}; "
+                                     f"exec ss -K -t dst {net.addr('n1')}"])
+        c.proc[3].wait(10)
+        new = new_leader(c, [1, 2])
+        took = time.monotonic() - t0
+        after = c.statuses([1, 2])
+        # node 1 learnt of the death and campaigned (the path under test ran); node 2 won
+        assert after[1]["leaders_gone"] > before[1]["leaders_gone"], (before[1], after[1])
+        assert after[1]["fast_elections"] > before[1]["fast_elections"], (before[1], after[1])
+        assert new == 2, f"node {new} won; node 1 lacked committed entries"
+        assert took < ELECTION_MS / 1000 / 2, f"{took:.3f} s to a new leader"
+        c.wait_state([2], digest_of(written), len(written))
+        net.heal()
+        net._nft("n1", f"flush chain inet {TABLE} input\n"
+                       f"add rule inet {TABLE} input ip saddr @blocked drop\n")
+        assert c.call(2, "submit", n=5, prefix="c")["error"] is None
+        written += payloads("c", 5)
+        c.wait_state([1, 2], digest_of(written), len(written))
     finally:
-        c.kill(1, signal.SIGCONT)
-    new = new_leader(c, [1, 2])
-    took = time.monotonic() - t0
-    # Node 1 may still win, but only with the "b" entries: node 3 sent them while node 1 was
-    # stopped and they wait in node 1's socket buffer, so it can catch up before its pre-vote.
-    # What must hold either way: the new leader already holds every committed entry.
-    c.wait_state([new], digest_of(written), len(written))
-    assert took < ELECTION_MS / 1000 / 2, f"{took:.3f} s to a new leader"
-    assert c.call(new, "submit", n=5, prefix="c")["error"] is None
-    written += payloads("c", 5)
-    c.wait_state([1, 2], digest_of(written), len(written))
+        procs.stop_all()
+        net.teardown()
 
 
 def test_a_priority_minus_one_node_does_not_lead_while_another_can(procs, tmp_path):

@@ -1,5 +1,6 @@
 """A customer's browser: headless Chromium opens the bank's page through HAProxy, submits the
-transfer form with a real click, and sees the new balances on the page it is sent back to."""
+transfer form with a real click, and sees the new balances on the page it is sent back to. The
+cluster is a secure one (``bknrctl init``): HAProxy reaches the applications over HTTPS."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from bknrctl.main import app as cli
-from typer.testing import CliRunner
 
-from tests.cluster.harness import LocalCluster
-from tests.support import free_ports, wait_until
+from bknr_cluster.cluster.client import ApiClient
+from bknr_cluster.cluster.config import ClusterConfig
+from bknr_cluster.cluster.tls_config import client_ssl_context
+from tests.support import Processes, free_ports, wait_until
 from tests.web.browser import CHROMIUM, Page, start_chromium
-from tests.web.test_haproxy import HAPROXY, start_haproxy
+from tests.web.secure import secure_app_cluster
+from tests.web.test_haproxy import HAPROXY, lb_haproxy, start_haproxy
 from tests.web.test_hosted_app import http
 
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(HAPROXY).exists()),
@@ -22,21 +24,22 @@ pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(HAPROXY).e
 
 
 def test_browser_transfer_through_haproxy(tmp_path: Path, procs) -> None:
-    cluster = LocalCluster(tmp_path, procs, 3, app={"asgi": "examples.bank.web:app"},
-                           election_timeout_ms=300, heartbeat_ms=30)
+    with secure_app_cluster(tmp_path) as cfg:
+        _browser_transfer(tmp_path, procs, cfg)
+
+
+def _browser_transfer(tmp_path: Path, procs: Processes, cfg: ClusterConfig) -> None:
     (write,) = free_ports(1)
     conf = tmp_path / "haproxy.cfg"
-    r = CliRunner().invoke(cli, ["-c", str(cluster.config_path), "lb", "haproxy", "-o", str(conf),
-                                 "--write-port", str(write), "--read-port", "0"])
-    assert r.exit_code == 0, r.output
-    cluster.init()
-    cluster.start_all()
-    leader = cluster.wait_leader()
+    assert "check-ssl ssl verify required" in lb_haproxy(cfg.path, conf, write)
+    clients = {n.name: ApiClient(n.api_url, cfg.token(), ssl_context=client_ssl_context(cfg))
+               for n in cfg.nodes}
     start_haproxy(procs, conf, write)
     front = f"http://127.0.0.1:{write}"
     wait_until(lambda: http(front + "/accounts", {"owner": "ann", "balance": 100})[0] == 200, 10,
                "the bank through haproxy")
     assert http(front + "/accounts", {"owner": "bob", "balance": 50})[0] == 200
+    leader = cfg.node_by_id(clients["n1"].status(False)["leader_id"]).name
     port = start_chromium(procs, tmp_path / "chromium")
 
     async def customer() -> dict:
@@ -63,6 +66,6 @@ def test_browser_transfer_through_haproxy(tmp_path: Path, procs) -> None:
     assert seen["before"] == f"{leader} leader"
     assert seen["message"] == "transferred 30" and seen["url"].startswith(front + "/?msg=")
     assert seen["balances"] == {"ann": 70, "bob": 80} and seen["served"] == leader
-    cluster.wait_converged()
-    for name in cluster.names:   # every replica applied it, once
-        assert cluster.client(name).query("account", "ann")["result"]["balance"] == 70
+    for c in clients.values():   # every replica applied it, once
+        wait_until(lambda c=c: c.query("account", "ann")["result"]["balance"] == 70, 10,
+                   "the transfer on every replica")

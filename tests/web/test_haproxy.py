@@ -33,17 +33,24 @@ def start_haproxy(procs, config: Path, port: int) -> None:
     wait_until(up, 10, "haproxy listening")
 
 
+def lb_haproxy(config: Path, conf: Path, write: int, read: int = 0) -> str:
+    """``bknrctl lb haproxy`` for the YAML ``config`` into ``conf``; returns its text."""
+    r = CliRunner().invoke(cli, ["-c", str(config), "lb", "haproxy", "-o", str(conf),
+                                 "--write-port", str(write), "--read-port", str(read)])
+    assert r.exit_code == 0, r.output
+    return conf.read_text()
+
+
 def test_haproxy_routes_writes_to_the_leader_and_reads_to_replicas(tmp_path: Path, procs) -> None:
     cluster = LocalCluster(tmp_path, procs, 3, app={"asgi": "examples.bank.web:app"},
                            election_timeout_ms=300, heartbeat_ms=30)
     write, read = free_ports(2)
     conf = tmp_path / "haproxy.cfg"
-    r = CliRunner().invoke(cli, ["-c", str(cluster.config_path), "lb", "haproxy", "-o", str(conf),
-                                 "--write-port", str(write), "--read-port", str(read)])
-    assert r.exit_code == 0, r.output
-    text = conf.read_text()
+    text = lb_haproxy(cluster.config_path, conf, write, read)
     assert "option httpchk GET /leader" in text and "GET /replica?lag=100" in text
     assert "inter 30ms" in text   # a tenth of the election timeout
+    # the read backend is checked once per election timeout (docs/load-balancing.md)
+    assert text.split("\nbackend bknr_replicas")[1].count("default-server inter 300ms fastinter 75ms") == 1
     cluster.init()
     cluster.start_all()
     leader = cluster.wait_leader()
@@ -92,7 +99,7 @@ def test_generated_config_passes_haproxy_check(tmp_path: Path, shutdown_sessions
     create_ca(cfg.tls_dir, cfg.group)
     text = haproxy_config(cfg, write_port=18080, read_port=18081, shutdown_sessions=shutdown_sessions)
     assert ("on-marked-down shutdown-sessions" in text) is shutdown_sessions
-    assert ("server n2 127.0.0.1:8102 check addr 127.0.0.1 port 8102 ssl verify required ca-file "
+    assert ("server n2 127.0.0.1:8102 check addr 127.0.0.1 port 8102 check-ssl ssl verify required ca-file "
             f"{cfg.tls_dir / 'ca.crt'}") in text   # no app: the API, over HTTPS
     conf = tmp_path / "haproxy.cfg"
     conf.write_text(text)
