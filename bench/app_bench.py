@@ -74,7 +74,7 @@ def write_yaml(root: Path, tls: bool = False) -> Path:
     path = root / "cluster.yaml"
     path.write_text(YAML.format(nodes=nodes, security=SECURE if tls else INSECURE))
     if tls:
-        from bknrctl.lifecycle import ensure_token
+        from bknrctl.provision import ensure_token
 
         from bknr_cluster.cluster.config import ClusterConfig
 
@@ -177,7 +177,7 @@ def main() -> int:
     from bknrctl.cluster import Cluster
     from bknrctl.control import controller
     from bknrctl.lb import HaproxyProcess
-    from bknrctl.lifecycle import start_nodes, stop_nodes
+    from bknrctl.nodes import start_nodes, stop_nodes
 
     root = Path(tempfile.mkdtemp(prefix="bknr-app-bench-"))
     cluster = Cluster.load(write_yaml(root, args.tls))

@@ -14,8 +14,9 @@ import fcntl
 import os
 
 from bknr_cluster.errors import UsageError
+from bknr_cluster.vocabulary import LOCK_FILE
 
-LOCK_NAME = "LOCK"  # raft_uv ignores files it does not recognise (uv_list.c)
+LOCK_NAME = LOCK_FILE  # raft_uv ignores files it does not recognise (uv_list.c)
 
 
 class DataDirLock:

@@ -28,10 +28,10 @@ from bknr_cluster.errors import (
     TooBig,
     UsageError,
 )
+from bknr_cluster.vocabulary import ROLES, Role
 
 LIBRAFT_VERSION: str = _raft.LIBRAFT_VERSION
 
-ROLES = ("voter", "standby", "spare")
 PRIORITIES = (-1, 0, 1)
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
 
@@ -89,7 +89,7 @@ def _check_configuration(configuration: list[tuple[int, str, str]]) -> list[tupl
         ids.add(node_id)
         addresses.add(address)
         conf.append((node_id, address, role))
-    if not any(role == "voter" for _, _, role in conf):
+    if not any(role == Role.voter for _, _, role in conf):
         raise MembershipError("configuration needs at least one voter")
     return conf
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bknr_cluster.errors import AlreadyBootstrapped, BknrError, Unreachable, UsageError
+from bknr_cluster.vocabulary import ROLES, Role
 
 log = logging.getLogger("bknr.node")
 
@@ -48,13 +49,13 @@ def _parse_configuration(text: str) -> list[tuple[int, str, str]]:
         raise UsageError("--recover: configuration must be a non-empty JSON list")
     for i, item in enumerate(data):
         if isinstance(item, dict):
-            nid, addr, role = item.get("id"), item.get("address"), item.get("role", "voter")
+            nid, addr, role = item.get("id"), item.get("address"), item.get("role", Role.voter.value)
         elif isinstance(item, list) and len(item) in (2, 3):
-            nid, addr, role = item[0], item[1], item[2] if len(item) == 3 else "voter"
+            nid, addr, role = item[0], item[1], item[2] if len(item) == 3 else Role.voter.value
         else:
             raise UsageError(f"--recover: item {i} must be {{id, address, role}}")
         if not isinstance(nid, int) or nid <= 0 or not isinstance(addr, str) or ":" not in addr \
-                or role not in ("voter", "standby", "spare"):
+                or role not in ROLES:
             raise UsageError(f"--recover: item {i} is invalid: {item!r}")
         out.append((nid, addr, role))
     return out

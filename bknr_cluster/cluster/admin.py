@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bknr_cluster.vocabulary import DataDirLayout, Role
+
 
 class ClusterAdmin:
     """Membership, transfer, snapshots, backup/restore and checkpoints of one node.
@@ -46,7 +48,7 @@ class ClusterAdmin:
         self.submitter.refuse_halted()  # its state lacks committed transactions
         with self.applier.paused() as index:
             # the system namespace (drill records) is the cluster's, not the application's
-            child = fork_backup(self.store, self.applier.data_dir / "store-snapshot",
+            child = fork_backup(self.store, DataDirLayout(self.applier.data_dir).store_snapshot_dir,
                                 include_system=False)
         return index, read_backup(child)
 
@@ -125,10 +127,10 @@ class ClusterAdmin:
 
     # --- membership -----------------------------------------------------------------------
 
-    def add_peer(self, node_id: int, address: str, role: str = "voter", timeout: float = 30.0) -> None:
+    def add_peer(self, node_id: int, address: str, role: str = Role.voter, timeout: float = 30.0) -> None:
         self.engine.add(int(node_id), address).result(timeout)
         self.peers[int(node_id)] = address
-        if role != "spare":
+        if role != Role.spare:
             self.engine.assign(int(node_id), role).result(timeout)
         self.monitor.poke()  # the gate's voter set and the newcomer's definition
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
-from bknr_cluster.cluster.client import error_body, error_status
 from bknr_cluster.cluster.store import ClusterStore
 from bknr_cluster.errors import BknrError, NotLeader, TransactionFailed, Unauthorized, UsageError
+from bknr_cluster.vocabulary import ROLE_CHOICES, ROLES, Role, error_body, error_status
 
 log = logging.getLogger("bknr.api")
 
@@ -33,8 +33,6 @@ PUBLIC = {("GET", "/health"), ("GET", "/leader"), ("GET", "/replica"), ("GET", "
 DEFAULT_REPLICA_LAG = 100
 
 
-
-ROLES = ("voter", "standby", "spare")
 
 
 class BadRequest(UsageError):
@@ -305,11 +303,11 @@ class Api:
         body = await self._body(request)
         node_id = self._int(body.get("id"), "'id'")
         address = body.get("address")
-        role = body.get("role", "voter")
+        role = body.get("role", Role.voter.value)
         if not isinstance(address, str) or ":" not in address:
             raise BadRequest("'address' must be 'host:port'")
         if role not in ROLES:
-            raise BadRequest(f"'role' must be one of {', '.join(ROLES)}")
+            raise BadRequest(f"'role' must be one of {ROLE_CHOICES}")
         await self._run(self.cs.add_peer, node_id, address, role)
         return web.json_response({"ok": True, "id": node_id, "role": role})
 
@@ -322,7 +320,7 @@ class Api:
         node_id = self._int(request.match_info["id"], "node id")
         role = (await self._body(request)).get("role")
         if role not in ROLES:
-            raise BadRequest(f"'role' must be one of {', '.join(ROLES)}")
+            raise BadRequest(f"'role' must be one of {ROLE_CHOICES}")
         await self._run(self.cs.assign, node_id, role)
         return web.json_response({"ok": True, "id": node_id, "role": role})
 

@@ -42,6 +42,7 @@ from bknr_cluster.cluster.checkpoints import Checkpoints, DefinitionProbe, Halt
 from bknr_cluster.cluster.commit import AppliedSignal
 from bknr_cluster.cluster.snapshot_meta import snapshot_object_count, snapshot_prefix, split_snapshot
 from bknr_cluster.errors import BknrError, CorruptData, ReplicaHalted, Shutdown, UsageError
+from bknr_cluster.vocabulary import DataDirLayout
 
 log = logging.getLogger("bknr.cluster")
 
@@ -414,7 +415,7 @@ class Applier:
                     self.on_store_snapshot(seconds)
 
             writer = self._snapshot_writer = StoreSnapshotWriter(
-                self.engine, self.store, self.data_dir / "store-snapshot",
+                self.engine, self.store, DataDirLayout(self.data_dir).store_snapshot_dir,
                 freeze_gc=self.freeze_gc, on_done=done)
         # the cluster layer's replicated state at ``index`` is packed here, the store in the child
         writer.start(index, prefix=snapshot_prefix(self._snapshot_meta()))

@@ -1,7 +1,8 @@
-"""Synchronous client of the node HTTP API, and the error <-> HTTP mapping used by both sides.
+"""Synchronous client of the node HTTP API.
 
-Used for ``forward=True`` (follower -> leader), by tests and by the CLI. Standard library only
-(``http.client``), one keep-alive connection per thread and base URL.
+Used for ``forward=True`` (follower -> leader), by tests and by bknrctl (whose ``NodeClient`` is
+this class with one connection per request). Standard library only (``http.client``); by default
+one keep-alive connection per thread and base URL.
 """
 
 from __future__ import annotations
@@ -11,105 +12,48 @@ import json
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bknr_cluster import errors
-from bknr_cluster.errors import (
-    BknrError,
-    LeadershipLost,
-    NoLeader,
-    NotCapable,
-    NotLeader,
-    ReplicaHalted,
-    Shutdown,
-    Timeout,
-    TransactionFailed,
-    Unauthorized,
-    UnknownNode,
-    UnknownTransaction,
-    Unreachable,
-    UsageError,
-)
+from bknr_cluster.errors import BknrError, Timeout, Unreachable, UsageError
+from bknr_cluster.vocabulary import error_body, error_from_body, error_status
 
-# --- server side: exception -> (HTTP status, JSON body) --------------------------------------
+# The error <-> HTTP mapping lives in bknr_cluster/vocabulary.py (one table for node, clients and
+# bknrctl); the names stay importable from here.
+__all__ = ["ApiClient", "Response", "error_body", "error_from_body", "error_status"]
 
 
-def error_status(exc: BaseException) -> int:
-    explicit = getattr(exc, "http_status", None)  # e.g. 409 for "restore into a non-empty store"
-    if isinstance(explicit, int):
-        return explicit
-    if isinstance(exc, Unauthorized):
-        return 401
-    if isinstance(exc, UnknownTransaction | UnknownNode):
-        return 404
-    if isinstance(exc, TransactionFailed):
-        return 409
-    if isinstance(exc, NotLeader | LeadershipLost | Shutdown | ReplicaHalted):
-        return 503
-    if isinstance(exc, Timeout):
-        return 504
-    if isinstance(exc, UsageError):
-        return 400
-    return 500
+@dataclass
+class Response:
+    """One answer: status, decoded body (JSON, text, or bytes for a raw 200) and header names in
+    lower case."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
 
 
-def error_body(exc: BaseException) -> dict[str, Any]:
-    """The JSON error body of docs/interfaces.md §4: one line, the errors.py class name, hints."""
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    body: dict[str, Any] = {"error": msg, "type": type(exc).__name__}
-    if isinstance(exc, NotLeader):
-        body.update(leader_id=exc.leader_id, leader_address=exc.leader_address,
-                    leader_api=exc.leader_api)
-    if isinstance(exc, TransactionFailed):
-        body["exception"] = exc.exception
-    if isinstance(exc, NotCapable):
-        body["nodes"] = exc.nodes
-    if isinstance(exc, errors.ConfigError):
-        body["problems"] = [list(p) for p in exc.problems]
-    return body
-
-
-# --- client side: (HTTP status, JSON body) -> exception --------------------------------------
-
-
-def error_from_body(status: int, body: Any) -> BknrError:
-    """Rebuild the errors.py exception a node answered with (best effort for unknown types)."""
-    if not isinstance(body, dict):
-        body = {"error": str(body)}
-    msg = str(body.get("error") or f"HTTP {status}")
-    kind = body.get("type", "")
-    if status == 401 or kind == "Unauthorized":
-        return Unauthorized(msg)
-    if kind in ("NotLeader", "NoLeader"):
-        cls = NoLeader if kind == "NoLeader" else NotLeader
-        return cls(int(body.get("leader_id") or 0), str(body.get("leader_address") or ""),
-                   message=msg, leader_api=str(body.get("leader_api") or ""))
-    if kind == "TransactionFailed":
-        exc = TransactionFailed(str(body.get("exception") or "Exception"))
-        exc.args = (msg,)
-        return exc
-    if kind == "NotCapable":
-        nodes = body.get("nodes")
-        return NotCapable(msg, nodes if isinstance(nodes, list) else [])
-    cls = getattr(errors, kind, None)
-    if isinstance(cls, type) and issubclass(cls, BknrError) and cls not in (errors.ConfigError,):
+def decode_answer(payload: bytes, content_type: str) -> Any:
+    """JSON when the server says so (an undecodable one as an error body), else text."""
+    if "json" in content_type:
         try:
-            return cls(msg)
-        except TypeError:
-            pass
-    if status == 404:
-        return UnknownTransaction(msg)
-    if 400 <= status < 500:
-        return UsageError(msg)
-    return BknrError(msg)
+            return json.loads(payload)
+        except ValueError:
+            return {"error": "invalid JSON in answer"}
+    return payload.decode(errors="replace")
 
 
 class ApiClient:
-    """Calls one node's API. ``request`` returns ``(status, json)``; ``call`` raises on errors."""
+    """Calls one node's API. ``request`` returns ``(status, json)``, ``exchange`` a ``Response``;
+    ``call`` raises the errors.py exception of an error answer (vocabulary.error_from_body).
+
+    ``name`` (a node name) prefixes the messages of answers that do not name their source;
+    ``keep_alive=False`` opens one connection per request (bknrctl: short-lived, many threads)."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, *, keep_alive: bool = True,
+                 name: str = "") -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"unsupported API URL {url!r} (expected http(s)://host:port)")
@@ -121,6 +65,8 @@ class ApiClient:
         self.ssl_context = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         self.token = token
         self.timeout = timeout
+        self.keep_alive = keep_alive
+        self.name = name
         self._local = threading.local()
 
     # Servers close idle keep-alive connections (aiohttp after 75 s). Reusing one that the server
@@ -146,11 +92,18 @@ class ApiClient:
             c.close()
             self._local.conn = None
 
-    def request(self, method: str, path: str, body: Any = None, *, auth: bool = True,
-                raw: bool = False, timeout: float | None = None, data: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        """``body`` is sent as JSON, ``data`` as an octet stream; ``raw=True`` returns
-        ``(status, (bytes, headers))`` instead of decoding the answer."""
+    def _lost(self, exc: BaseException, path: str, timeout: float) -> BknrError:
+        """The error of a request that got no answer (a subclass may word it differently)."""
+        if isinstance(exc, TimeoutError):
+            return Timeout(f"{self.url}{path}: no answer within {timeout} s")
+        if isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError):
+            return Unreachable(f"{self.url}: connection lost ({exc.__class__.__name__})")
+        return Unreachable(f"{self.url}: {getattr(exc, 'strerror', None) or exc}")
+
+    def _send(self, method: str, path: str, body: Any = None, *, auth: bool = True,
+              timeout: float | None = None, data: bytes | None = None,
+              headers: dict[str, str] | None = None) -> tuple[int, bytes, http.client.HTTPMessage]:
+        """One round trip: ``(status, payload, headers)``; no answer raises ``_lost(...)``."""
         headers = {"Accept": "application/json", **(headers or {})}
         if body is not None:
             data = json.dumps(body).encode()
@@ -159,40 +112,63 @@ class ApiClient:
             headers.setdefault("Content-Type", "application/octet-stream")
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        wait = timeout or self.timeout
         # A kept-alive connection may have been closed by the server: retry once on a fresh one,
         # but only when the request provably never reached it (connection refused/reset on send).
         for attempt in (0, 1):
             conn = self._conn()
-            conn.timeout = timeout or self.timeout
+            conn.timeout = wait
             try:
                 conn.request(method, path, body=data, headers=headers)
                 resp = conn.getresponse()
                 payload = resp.read()
+                answer_headers = resp.msg
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
-                if attempt or method not in ("GET",):
-                    raise Unreachable(f"{self.url}: connection lost ({exc.__class__.__name__})") from None
-            except TimeoutError:
+                if attempt or method not in ("GET",) or not self.keep_alive:
+                    raise self._lost(exc, path, wait) from None
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise Timeout(f"{self.url}{path}: no answer within {conn.timeout} s") from None
-            except OSError as exc:
-                self.close()
-                raise Unreachable(f"{self.url}: {exc.strerror or exc}") from None
-        if raw:
-            return resp.status, (payload, dict(resp.getheaders()))
-        ctype = resp.getheader("Content-Type", "")
-        if "json" in ctype:
-            try:
-                return resp.status, json.loads(payload)
-            except ValueError:
-                return resp.status, {"error": "invalid JSON in answer"}
-        return resp.status, payload.decode(errors="replace")
+                raise self._lost(exc, path, wait) from None
+            finally:
+                if not self.keep_alive:
+                    self.close()
+        return resp.status, payload, answer_headers
 
-    def call(self, method: str, path: str, body: Any = None, **kw) -> Any:
+    def request(self, method: str, path: str, body: Any = None, *, auth: bool = True,
+                raw: bool = False, timeout: float | None = None, data: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """``body`` is sent as JSON, ``data`` as an octet stream; ``raw=True`` returns
+        ``(status, (bytes, headers))`` instead of decoding the answer."""
+        status, payload, hdrs = self._send(method, path, body, auth=auth, timeout=timeout,
+                                           data=data, headers=headers)
+        if raw:
+            return status, (payload, dict(hdrs.items()))
+        return status, decode_answer(payload, hdrs.get("Content-Type", ""))
+
+    def exchange(self, method: str, path: str, body: Any = None, *, auth: bool = True,
+                 raw: bool = False, timeout: float | None = None, data: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> Response:
+        """Like ``request``, as a ``Response``; ``raw=True`` keeps the bytes of a 200 answer only
+        (an error answer is decoded, so it can be mapped to its exception)."""
+        status, payload, hdrs = self._send(method, path, body, auth=auth, timeout=timeout,
+                                           data=data, headers=headers)
+        lower = {k.lower(): v for k, v in hdrs.items()}
+        answer = payload if raw and status == 200 else decode_answer(payload, lower.get("content-type", ""))
+        return Response(status, answer, lower)
+
+    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        """The decoded answer of a 2xx reply (the ``Response`` with ``raw=True``); otherwise the
+        errors.py exception the answer stands for."""
+        if kw.get("raw"):
+            r = self.exchange(method, path, body, **kw)
+            if not 200 <= r.status < 300:
+                raise error_from_body(r.status, r.body, self.name)
+            return r
         status, answer = self.request(method, path, body, **kw)
-        if status >= 400:
-            raise error_from_body(status, answer)
+        if not 200 <= status < 300:
+            raise error_from_body(status, answer, self.name)
         return answer
 
     # convenience wrappers -----------------------------------------------------------------

@@ -14,10 +14,10 @@ from typing import Any
 from bknr_cluster import defaults
 from bknr_cluster.cluster.affinity import check_spec
 from bknr_cluster.errors import UsageError
+from bknr_cluster.vocabulary import ROLE_CHOICES, ROLES, Role
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 STORE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-ROLES = ("voter", "standby", "spare")
 APP_KEYS = {"asgi", "wsgi", "threads", "port", "drain_s"}
 
 
@@ -225,10 +225,10 @@ def _validate_nodes(nodes: list, app: dict | None = None) -> list[tuple[str, str
             out.append((f"{p}.python_cpu", msg))
         if "priority" in n and not (_int_in(n["priority"], -1, 1)):
             out.append((f"{p}.priority", "must be 1 (preferred leader), 0 (no preference) or -1 (avoid)"))
-        role = n.get("role", "voter")
+        role = n.get("role", Role.voter.value)
         if role not in ROLES:
-            out.append((f"{p}.role", f"must be one of {', '.join(ROLES)}"))
-        elif role == "voter":
+            out.append((f"{p}.role", f"must be one of {ROLE_CHOICES}"))
+        elif role == Role.voter:
             voters += 1
         ssh = n.get("ssh")
         if ssh is not None:

@@ -23,9 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bknr_cluster.vocabulary import HISTORY_FILE
+
 log = logging.getLogger("bknr.history")
 
-FILE = "history.jsonl"
+FILE = HISTORY_FILE
 MAX_RECORDS = 10_000  # older records are dropped when the file is rewritten (bounded disk use)
 
 

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bknr_cluster.cluster.batch import encode_system
+from bknr_cluster.vocabulary import Role
 
 log = logging.getLogger("bknr.cluster")
 
@@ -93,7 +94,7 @@ class ClusterMonitor:
         cs = self.cs
         st = cs.engine.status()
         conf = st.get("configuration") or []
-        voters = [int(c["id"]) for c in conf if c.get("role") == "voter"]
+        voters = [int(c["id"]) for c in conf if c.get("role") == Role.voter]
         cs.capabilities.set_voters(voters)
         if st.get("state") != "leader":
             self.peers.clear()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from bknr_cluster.cluster.config import ClusterConfig
 from bknr_cluster.errors import ConfigError
+from bknr_cluster.vocabulary import Role
 
 Problem = tuple[str, str]
 
@@ -67,7 +68,7 @@ def preflight(cfg: ClusterConfig, import_store: bool = True) -> Preflight:
         _collect(out.errors, cfg.raft_secret)
     if import_store:
         out.errors += _store_problems(cfg)
-    voters = sum(1 for n in cfg.nodes if n.role == "voter")
+    voters = sum(1 for n in cfg.nodes if n.role == Role.voter)
     if (why := voter_warning(voters)) is not None:
         out.warnings.append(("nodes", why))
     return out

@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bknr_cluster.vocabulary import Role
+
 log = logging.getLogger("bknr.priority")
 
 
@@ -78,7 +80,7 @@ class PriorityKeeper:
             self._last_commit = 0
             return None
         mine = self.priority(self.node_id)
-        voters = {int(c["id"]) for c in status.get("configuration") or [] if c.get("role") == "voter"}
+        voters = {int(c["id"]) for c in status.get("configuration") or [] if c.get("role") == Role.voter}
         commit_before, self._last_commit = self._last_commit, int(status.get("commit_index") or 0)
         for f in status.get("followers") or []:
             fid, match = int(f["id"]), int(f["match_index"])

@@ -19,16 +19,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+from bknr_cluster.vocabulary import (
+    ENGINE_SNAPSHOT_META_SUFFIX,
+    SNAPSHOT_ARCHIVE_DIR,
+    DataDirLayout,
+    parse_engine_snapshot,
+)
+
 log = logging.getLogger("bknr.retention")
 
-ARCHIVE = "snapshots"
-_NAME = re.compile(r"^snapshot-(\d+)-(\d+)-(\d+)$")
+ARCHIVE = SNAPSHOT_ARCHIVE_DIR
+META = ENGINE_SNAPSHOT_META_SUFFIX
 
 
 def complete_snapshots(folder: Path) -> list[tuple[tuple[int, int, int], str]]:
@@ -39,9 +45,9 @@ def complete_snapshots(folder: Path) -> list[tuple[tuple[int, int, int], str]]:
         return []
     out = []
     for name in names:
-        m = _NAME.match(name)
-        if m and name + ".meta" in names:
-            term, index, ms = (int(x) for x in m.groups())
+        parsed = parse_engine_snapshot(name)
+        if parsed and name + META in names:
+            term, index, ms = parsed
             out.append(((index, term, ms), name))
     return sorted(out)
 
@@ -64,7 +70,8 @@ def archive(data_dir: str | os.PathLike, keep: int) -> dict[str, int]:
     Never touches ``data_dir/raft``. Returns ``{"archived", "removed", "kept"}``."""
     if keep < 1:
         raise ValueError("keep must be at least 1")
-    raft_dir, dest = Path(data_dir) / "raft", Path(data_dir) / ARCHIVE
+    layout = DataDirLayout(Path(data_dir))
+    raft_dir, dest = layout.raft_dir, layout.snapshot_archive
     dest.mkdir(parents=True, exist_ok=True)
     archived = 0
     # only newer than the newest archived one: an older snapshot libraft still holds was
@@ -76,19 +83,20 @@ def archive(data_dir: str | os.PathLike, keep: int) -> dict[str, int]:
             continue
         try:
             _link(raft_dir / name, dest / name)
-            _link(raft_dir / (name + ".meta"), dest / (name + ".meta"))
+            _link(raft_dir / (name + META), dest / (name + META))
             archived += 1
         except FileNotFoundError:
             continue  # libraft deleted it meanwhile: a newer one exists and is archived next time
     pairs = complete_snapshots(dest)
     removed = 0
     for _, name in pairs[:-keep]:
-        for f in (dest / (name + ".meta"), dest / name):  # .meta first: never a pair that looks whole
+        for f in (dest / (name + META), dest / name):  # .meta first: never a pair that looks whole
             f.unlink(missing_ok=True)
             removed += 1
     # a data file whose .meta never arrived (crash while archiving) is no snapshot: drop it
     for f in dest.iterdir():
-        if f.name.endswith(".tmp") or (_NAME.match(f.name) and not (dest / (f.name + ".meta")).exists()):
+        orphan = parse_engine_snapshot(f.name) and not (dest / (f.name + META)).exists()
+        if f.name.endswith(".tmp") or orphan:
             f.unlink(missing_ok=True)
     return {"archived": archived, "removed": removed, "kept": min(len(pairs), keep)}
 

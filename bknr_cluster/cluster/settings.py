@@ -19,6 +19,7 @@ from typing import Any
 from bknr_cluster import defaults
 from bknr_cluster.cluster.affinity import check_spec
 from bknr_cluster.errors import UsageError
+from bknr_cluster.vocabulary import DataDirLayout
 
 Peers = str | list[tuple[int, str]] | Mapping[int, str]
 
@@ -109,11 +110,11 @@ class ClusterSettings:
 
     @property
     def raft_dir(self) -> Path:
-        return self.data_dir / "raft"
+        return DataDirLayout(self.data_dir).raft_dir
 
     @property
     def blob_dir(self) -> Path:
-        return self.data_dir / "blobs"
+        return DataDirLayout(self.data_dir).blob_dir
 
     def replace(self, **changes: Any) -> ClusterSettings:
         """A copy with ``changes`` (validated again, as a new object)."""

@@ -37,6 +37,7 @@ from bknr_cluster.cluster.priority import PriorityKeeper
 from bknr_cluster.cluster.settings import ClusterSettings, settings_fields
 from bknr_cluster.cluster.status import node_status
 from bknr_cluster.cluster.submit import ApiClients, Submitter, engine_error_mapper
+from bknr_cluster.vocabulary import Role
 
 
 def _applier_state(name: str, doc: str) -> property:
@@ -187,7 +188,7 @@ class ClusterStore:
 
     def bootstrap(self, configuration: list[tuple[int, str, str]] | None = None) -> None:
         """Bootstrap the engine (fresh data dir only); default: every peer as a voter."""
-        conf = configuration or [(i, a, "voter") for i, a in sorted(self.peers.items())]
+        conf = configuration or [(i, a, Role.voter.value) for i, a in sorted(self.peers.items())]
         self.engine.bootstrap(conf)
 
     def start(self) -> None:
@@ -336,7 +337,7 @@ class ClusterStore:
     def checkpoint_report(self, c: int) -> dict[str, Any]:
         return self.admin.checkpoint_report(c)
 
-    def add_peer(self, node_id: int, address: str, role: str = "voter",
+    def add_peer(self, node_id: int, address: str, role: str = Role.voter,
                  timeout: float = 30.0) -> None:
         self.admin.add_peer(node_id, address, role, timeout)
 

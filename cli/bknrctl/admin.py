@@ -1,11 +1,9 @@
-"""Membership, leadership, snapshots, backup/restore and quorum-loss recovery."""
+"""Commands: membership (peer), leadership (leader transfer), snapshot, backup/restore, recover."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -22,24 +20,31 @@ from bknr_cluster.errors import (
     Unreachable,
     UsageError,
 )
+from bknr_cluster.vocabulary import Role
 
-from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, cluster_for, leader_app, peer_app
+from .app import (
+    DEFAULT_CATCHUP_S,
+    CatchupOpt,
+    ConfigOpt,
+    NodeOpt,
+    OutputFormat,
+    OutputOpt,
+    QuietOpt,
+    RoleOpt,
+    YesOpt,
+    app,
+    chosen_path,
+    cluster_for,
+    leader_app,
+    peer_app,
+)
+from .backup import check_backup, read_backup, seed_new_cluster, write_backup
 from .client import parallel
 from .cluster import Cluster
 from .control import controller
-from .drill import transfer_with_retry
-from .lifecycle import ensure_token, start_nodes, stop_nodes
+from .leadership import parse_when, schedule_transfer, transfer_leadership
+from .nodes import start_nodes, stop_nodes
 from .output import confirm, confirm_typed, emit_json, guarded, info, progress
-
-ROLES = ("voter", "standby", "spare")
-BACKUP_MAGIC = b"BKNRBACKUP1\n"
-
-
-def _members(cluster: Cluster) -> dict[int, str]:
-    """id -> role, as the current leader reports its configuration."""
-    st = cluster.leader_client().status()
-    return {int(c["id"]): str(c.get("role", "voter")) for c in st.get("configuration") or []}
-
 
 # --- peer ---------------------------------------------------------------------------------------
 
@@ -48,19 +53,17 @@ def _members(cluster: Cluster) -> dict[int, str]:
 @guarded
 def peer_add(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node name from the YAML.")],
              config: ConfigOpt = None,
-             role: Annotated[str, typer.Option(help="voter, standby or spare.")] = "voter",
+             role: RoleOpt = Role.voter,
              wait: Annotated[bool, typer.Option(help="Wait until the node has caught up.")] = True,
-             timeout: Annotated[float, typer.Option(help="Catch-up timeout (s).")] = 120.0) -> None:
+             timeout: CatchupOpt = DEFAULT_CATCHUP_S) -> None:
     """Add a node (already in the YAML and started) to the cluster configuration."""
-    if role not in ROLES:
-        raise UsageError(f"--role must be one of {', '.join(ROLES)}")
     cluster = cluster_for(ctx, config)
     n = cluster.cfg.node(node)
-    members = _members(cluster)
+    members = cluster.members()
     if members.get(n.id) == role:
         info(f"{n.name} is already a {role}")
         return
-    if role != "spare":
+    if role is not Role.spare:
         try:
             cluster.clients[n.name].health(timeout=2.0)
         except Unreachable:
@@ -68,9 +71,9 @@ def peer_add(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node 
             raise BknrError(f"{n.name} is not running; start it first: bknrctl start {n.name}") from None
     leader = cluster.leader_client()
     if n.id in members:
-        leader.set_role(n.id, role)
+        leader.set_role(n.id, role.value)
     else:
-        leader.add_peer(n.id, n.raft_address, role)
+        leader.add_peer(n.id, n.raft_address, role.value)
     if wait:
         with progress(f"{n.name}: catching up") as bar:
             cluster.wait_caught_up(n, timeout, lambda f, a, t: bar.update(
@@ -85,11 +88,11 @@ def peer_remove(ctx: typer.Context, node: Annotated[str, typer.Argument(help="No
     """Remove a node from the cluster configuration (it keeps running until stopped)."""
     cluster = cluster_for(ctx, config)
     n = cluster.cfg.node(node)
-    members = _members(cluster)
+    members = cluster.members()
     if n.id not in members:
         raise UnknownNode(f"{n.name} is not a member of the cluster")
-    voters = [i for i, r in members.items() if r == "voter"]
-    if members[n.id] == "voter" and len(voters) == 1:
+    voters = [i for i, r in members.items() if r == Role.voter]
+    if members[n.id] == Role.voter and len(voters) == 1:
         raise MembershipError(f"refusing to remove {n.name}: it is the last voter")
     confirm(f"Remove {n.name} from the cluster?", yes)
     cluster.leader_client().remove_peer(n.id)
@@ -100,84 +103,18 @@ def peer_remove(ctx: typer.Context, node: Annotated[str, typer.Argument(help="No
 @guarded
 def peer_promote(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node name or id.")],
                  config: ConfigOpt = None,
-                 role: Annotated[str, typer.Option(help="Target role.")] = "voter") -> None:
+                 role: RoleOpt = Role.voter) -> None:
     """Change a member's role (default: make it a voter)."""
-    if role not in ROLES:
-        raise UsageError(f"--role must be one of {', '.join(ROLES)}")
     cluster = cluster_for(ctx, config)
     n = cluster.cfg.node(node)
-    members = _members(cluster)
+    members = cluster.members()
     if n.id not in members:
         raise UnknownNode(f"{n.name} is not a member; add it with: bknrctl peer add {n.name}")
-    cluster.leader_client().set_role(n.id, role)
+    cluster.leader_client().set_role(n.id, role.value)
     info(f"{n.name}: now {role}")
 
 
 # --- leader transfer ----------------------------------------------------------------------------
-
-
-class LeaderWatch:
-    """Polls /leader on every node in parallel and records when each one answered 200."""
-
-    def __init__(self, cluster: Cluster, period: float = 0.005):
-        self.cluster = cluster
-        self.period = period
-        self.samples: list[tuple[float, int | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        nodes = list(self.cluster.cfg.nodes)
-        while not self._stop.is_set():
-            res = parallel(lambda n: self.cluster.clients[n.name].is_leader(timeout=0.2), nodes)
-            now = time.monotonic()
-            leader = next((n.id for n, r in zip(nodes, res, strict=True)
-                           if isinstance(r, tuple) and r[0]), None)
-            self.samples.append((now, leader))
-            self._stop.wait(self.period)
-
-    def __enter__(self) -> LeaderWatch:
-        self._thread.start()
-        # the gap is only meaningful once the current leader has been seen at least once
-        deadline = time.monotonic() + 2.0
-        while not self.samples and time.monotonic() < deadline:
-            time.sleep(0.002)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def gap_ms(self, old: int, new: int) -> float | None:
-        """From the last sample with ``old`` leading to the first with ``new`` leading."""
-        last_old = max((t for t, ld in self.samples if ld == old), default=None)
-        first_new = min((t for t, ld in self.samples if ld == new and (last_old is None or t > last_old)),
-                        default=None)
-        if first_new is None:
-            return None
-        start = last_old if last_old is not None else self.samples[0][0]
-        return (first_new - start) * 1000.0
-
-
-def transfer_leadership(cluster: Cluster, to: int = 0, timeout: float = 15.0) -> dict:
-    """Switch over; returns old/new leader names and the leaderless gap seen on /leader."""
-    old = cluster.leader_node()
-    if to == old.id:
-        return {"from": old.name, "to": old.name, "gap_ms": 0.0, "changed": False}
-    with LeaderWatch(cluster) as watch:
-        t0 = time.monotonic()
-        new_id = transfer_with_retry(cluster, old, to)
-        new = cluster.wait_for_leader(timeout=timeout, exclude=old.id)
-        if to and new.id != to:
-            raise BknrError(f"leadership went to {new.name}, not the requested node")
-        total_ms = (time.monotonic() - t0) * 1000.0
-        # a few more samples so the first /leader 200 of the new leader is recorded
-        end = time.monotonic() + 0.05
-        while time.monotonic() < end:
-            time.sleep(0.005)
-    gap = watch.gap_ms(old.id, new.id)
-    return {"from": old.name, "to": new.name, "gap_ms": round(gap if gap is not None else total_ms, 1),
-            "elapsed_ms": round(total_ms, 1), "changed": True, "reported_leader_id": new_id}
 
 
 @leader_app.command("transfer")
@@ -189,17 +126,15 @@ def leader_transfer(ctx: typer.Context, config: ConfigOpt = None,
                                      "(held by the leader; bknrctl leader cancel).")] = None,
                     output: OutputOpt = OutputFormat.table) -> None:
     """Planned switchover to --to (or the best candidate); waits and reports the gap."""
-    from .opscmd import parse_when, schedule_transfer
-
     when = parse_when(at) if at is not None else None
     cluster = cluster_for(ctx, config)
     target = 0
     if to is not None:
         n = cluster.cfg.node(to)
-        members = _members(cluster)
+        members = cluster.members()
         if n.id not in members:
             raise MembershipError(f"cannot transfer to {n.name}: it is not a member of the cluster")
-        if members[n.id] != "voter":
+        if members[n.id] != Role.voter:
             raise MembershipError(f"cannot transfer to {n.name}: it is a {members[n.id]}, not a voter")
         target = n.id
     if when is not None:
@@ -227,9 +162,9 @@ def leader_transfer(ctx: typer.Context, config: ConfigOpt = None,
 @app.command()
 @guarded
 def snapshot(ctx: typer.Context, config: ConfigOpt = None,
-             node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+             node: NodeOpt = None,
              all_: Annotated[bool, typer.Option("--all", help="Every node.")] = False,
-             quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Silent on success.")] = False,
+             quiet: QuietOpt = False,
              keep: Annotated[int | None, typer.Option(
                  help="Then keep the N newest archived snapshots per node (local or SSH; the node "
                       "itself keeps snapshot.keep).")] = None,
@@ -250,8 +185,8 @@ def snapshot(ctx: typer.Context, config: ConfigOpt = None,
             # the same answer as every other command on a stopped cluster (exit 3), not exit 1
             raise NoLeader(message="no node of the cluster is reachable")
         roles = state.member_roles()
-        targets = [n for n in cluster.cfg.nodes if roles.get(n.id, "voter" if not roles else "") in
-                   ("voter", "standby")]
+        targets = [n for n in cluster.cfg.nodes if roles.get(n.id, Role.voter if not roles else "") in
+                   (Role.voter, Role.standby)]
     else:
         targets = [cluster.cfg.node(node) if node else cluster.leader_node()]
     results = parallel(lambda n: cluster.clients[n.name].snapshot(), targets)
@@ -283,31 +218,6 @@ def _retain(cluster: Cluster, n: NodeConfig, keep: int) -> dict[str, int]:
 # --- backup / restore ---------------------------------------------------------------------------
 
 
-def write_backup(path: Path, header: dict, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(BACKUP_MAGIC)
-        f.write(json.dumps(header, sort_keys=True).encode() + b"\n")
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_backup(path: Path) -> tuple[dict, bytes]:
-    data = path.read_bytes()
-    if not data.startswith(BACKUP_MAGIC):
-        raise CorruptData(f"{path} is not a bknrctl backup file")
-    head, sep, payload = data[len(BACKUP_MAGIC):].partition(b"\n")
-    try:
-        header = json.loads(head)
-    except ValueError:
-        raise CorruptData(f"{path}: damaged backup header") from None
-    if not sep or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        raise CorruptData(f"{path}: checksum mismatch (the file is damaged or truncated)")
-    return header, payload
-
-
 @app.command()
 @guarded
 def backup(ctx: typer.Context,
@@ -315,7 +225,7 @@ def backup(ctx: typer.Context,
            check: Annotated[Path | None, typer.Option(
                "--check", help="Verify this backup file instead (checksum; loads it with the YAML's "
                                "store when a YAML is found); contacts no node.")] = None,
-           config: ConfigOpt = None, quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+           config: ConfigOpt = None, quiet: QuietOpt = False,
            output: OutputOpt = OutputFormat.table) -> None:
     """Write a consistent store snapshot from the leader (index, checksum, cluster identity)."""
     if (out is None) == (check is None):
@@ -343,9 +253,6 @@ def backup(ctx: typer.Context,
 
 def _check_backup(ctx: typer.Context, config: str | None, path: Path, quiet: bool,
                   output: OutputFormat) -> None:
-    from .app import chosen_path
-    from .opscmd import check_backup
-
     yaml_path = chosen_path(ctx, config)
     result = check_backup(path, cluster_for(ctx, config) if yaml_path.exists() else None)
     if output is OutputFormat.json:
@@ -368,41 +275,6 @@ def restore(ctx: typer.Context, from_: Annotated[Path, typer.Option("--from", he
         raise UsageError(f"backup is of store {header['store']}, the YAML runs {cluster.cfg.store}")
     leader, index = seed_new_cluster(cluster, payload, f"{from_} (index {header['index']})", yes)
     info(f"restored {header['group']}@{header['index']} into {cluster.cfg.group} (leader {leader})")
-
-
-def seed_new_cluster(cluster: Cluster, payload: bytes, source: str, yes: bool) -> tuple[str, int]:
-    """Init and start the YAML's new cluster and load ``payload`` (a store snapshot) through the
-    log (POST /restore); refuses a live cluster or one with Raft state. Returns (leader, index)."""
-    live = [n.name for n, r in zip(cluster.cfg.nodes, parallel(
-        lambda n: cluster.clients[n.name].health(timeout=1.0), list(cluster.cfg.nodes)), strict=True)
-        if not isinstance(r, BaseException)]
-    if live:
-        raise UsageError(f"refusing to restore over a live cluster ({', '.join(live)} answering); "
-                         "this seeds a new cluster")
-    ctls = [controller(cluster.cfg, n) for n in cluster.cfg.nodes]
-    try:
-        existing = [c.node.name for c in ctls if c.has_raft_state()]
-        if existing:
-            raise UsageError(f"refusing: {', '.join(existing)} already hold Raft state; this seeds "
-                             "a new cluster (use a fresh YAML / data dirs)")
-        confirm(f"Seed cluster {cluster.cfg.group} from {source}?", yes)
-        ensure_token(cluster.cfg)
-        cluster = Cluster(cluster.cfg)  # re-read the token that may just have been created
-        for c in ctls:
-            c.init()
-    finally:
-        for c in ctls:
-            c.close()
-    start_nodes(cluster, list(cluster.cfg.nodes))
-    leader = cluster.wait_for_leader(timeout=30.0)
-    r = cluster.clients[leader.name].request(
-        "POST", "/restore", None, timeout=300.0, raw_body=payload,
-        headers={"X-Bknr-Sha256": hashlib.sha256(payload).hexdigest()})
-    if r.status != 200:
-        from .client import error_from_body
-
-        raise error_from_body(r.status, r.body, leader.name)
-    return leader.name, int(r.body.get("index") or 0)
 
 
 # --- recover ------------------------------------------------------------------------------------
@@ -436,7 +308,7 @@ def recover(ctx: typer.Context, node: Annotated[str, typer.Option("--node", help
     if int(longest.status.get("last_log_index") or 0) > chosen_log:
         raise UsageError(f"{longest.node.name} has a longer log than {chosen.name}; "
                          f"recover with --node {longest.node.name}")
-    conf = [{"id": s.node.id, "address": s.node.raft_address, "role": "voter"} for s in survivors]
+    conf = [{"id": s.node.id, "address": s.node.raft_address, "role": Role.voter.value} for s in survivors]
     names = ", ".join(s.node.name for s in survivors)
     confirm(f"Force a new configuration with voters {names}? Nodes left out must be wiped before rejoining.",
             yes)

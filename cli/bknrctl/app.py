@@ -1,4 +1,4 @@
-"""The Typer application object and the options every command shares."""
+"""The Typer application object and the options commands share (each defined once here)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 from typer.exceptions import Abort
+
+from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
+from bknr_cluster.vocabulary import Role
 
 from .cluster import Cluster, config_path
 
@@ -72,6 +75,21 @@ ConfigOpt = Annotated[
 ]
 OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Confirm destructive actions.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Silent on success.")]
+NodesArg = Annotated[list[str] | None, typer.Argument(help="Node names (default: all).",
+                                                      show_default=False)]
+NodeOpt = Annotated[str | None, typer.Option("--node", help="Only this node.")]
+RoleOpt = Annotated[Role, typer.Option(help="voter, standby or spare.")]
+# how long a (re)started or added node may take to apply what the leader has committed
+CatchupOpt = Annotated[float, typer.Option("--timeout", help="Catch-up timeout (s).")]
+CatchupPerNodeOpt = Annotated[float, typer.Option("--catchup-timeout",
+                                                  help="Seconds per node to catch up.")]
+DEFAULT_CATCHUP_S = 120.0
+
+
+def select(cfg: ClusterConfig, names: list[str] | None) -> list[NodeConfig]:
+    """The named nodes (UnknownNode for a name not in the YAML), or all of them."""
+    return [cfg.node(n) for n in names] if names else list(cfg.nodes)
 
 
 def _print_version(value: bool) -> None:

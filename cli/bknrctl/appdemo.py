@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from .appdrill import AppDrillOptions, run_app_drill
 from .cluster import Cluster
 from .lb import HaproxyProcess, stop_pid_file
@@ -43,26 +41,6 @@ def end_user_drills(cluster: Cluster, lb: HaproxyProcess, quiet: bool) -> dict[s
         rep, _ = run_app_drill(cluster, opts, progress=lambda m, f=fault: say(f"demo: {f} {m}"))
         out[fault] = rep
     return out
-
-
-def side_by_side(admin: dict[str, Any], users: dict[str, Any]) -> Table:
-    """The write gap the admin-API drill measured next to what the customers saw."""
-    t = Table(box=None, header_style="bold",
-              title=f"what customers saw through HAProxy ({users['url']})")
-    for c in ("fault", "rounds", "write gap (API drill)", "write gap (customers)", "requests",
-              "user errors", "p50", "p99", "max", "longest stall", "lost"):
-        t.add_column(c)
-
-    def ms(v: Any) -> str:
-        return "-" if v is None else f"{v:.0f} ms"
-    api_gap = {"kill": admin.get("median_write_gap_ms"),
-               "transfer": admin.get("planned_transfer_gap_ms")}
-    for fault in ("kill", "transfer"):
-        r = users[fault]
-        t.add_row(fault, str(len(r["rounds"])), ms(api_gap[fault]), ms(r["median_gap_ms"]),
-                  str(r["requests"]), str(r["user_errors"]), ms(r["p50_ms"]), ms(r["p99_ms"]),
-                  ms(r["max_ms"]), ms(r["longest_stall_ms"]), str(r["lost_total"]))
-    return t
 
 
 def users_ok(users: dict[str, Any]) -> bool:

@@ -261,7 +261,7 @@ class AppDrill:
         if o.fault == "stop":
             await asyncio.to_thread(ctl.signal, signal.SIGCONT)
         elif o.fault == "kill":
-            from .lifecycle import start_nodes
+            from .nodes import start_nodes
 
             await asyncio.to_thread(start_nodes, self.cluster, [victim], 30.0, True)
         ctl.close()

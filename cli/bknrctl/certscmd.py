@@ -1,70 +1,29 @@
-"""TLS certificates: created by ``init`` (``ensure_certs``), ``certs show`` and ``certs rotate``.
+"""Commands ``certs show`` and ``certs rotate``; ``init`` creates the files (provision.py).
 
 The cluster CA and the certificates live in the YAML's ``tls_dir`` on the operator's host
 (bknr_cluster/cluster/certs.py makes them); nodes on other hosts get their own files uploaded
 over SSH when they are started (remote.py). Rotation issues a new key and certificate per node
-and restarts the nodes one at a time (lifecycle.rolling_restart): peers accept old and new
+and restarts the nodes one at a time (nodes.rolling_restart): peers accept old and new
 certificates alike because both chain to the same CA, so the cluster keeps its quorum.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from pathlib import Path
-from typing import Annotated
-
 import typer
 from rich.table import Table
 
 from bknr_cluster.cluster import certs
-from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
+from bknr_cluster.cluster.config import NodeConfig
 from bknr_cluster.cluster.tls_config import CLIENT
-from bknr_cluster.errors import ConfigError
 
-from .app import ConfigOpt, OutputFormat, OutputOpt, app, cluster_for
+from .app import CatchupPerNodeOpt, ConfigOpt, NodesArg, OutputFormat, OutputOpt, app, cluster_for, select
+from .control import controller
+from .nodes import rolling_restart
 from .output import emit_json, guarded, info, stdout_console
+from .provision import issue, tls_dir
 
 certs_app = typer.Typer(help="TLS certificates of the cluster: show expiry, rotate.", no_args_is_help=True)
 app.add_typer(certs_app, name="certs")
-
-
-def _tls_dir(cfg: ClusterConfig) -> Path:
-    if cfg.tls_dir is None:
-        raise ConfigError([("tls_dir", "the cluster has no tls_dir: add `tls_dir: tls` to the YAML")])
-    return cfg.tls_dir
-
-
-def node_hosts(node: NodeConfig) -> list[str]:
-    """The names a node's certificate carries: its raft, API and application hosts (plus
-    localhost on loopback)."""
-    hosts = list(dict.fromkeys([node.host, node.api_host, *([node.app_host] if node.app_host else [])]))
-    try:
-        if any(ipaddress.ip_address(h).is_loopback for h in hosts):
-            hosts.append("localhost")
-    except ValueError:
-        pass
-    return hosts
-
-
-def issue(cfg: ClusterConfig, node: NodeConfig) -> None:
-    certs.issue_node_cert(_tls_dir(cfg), node.name, node_hosts(node))
-
-
-def ensure_certs(cfg: ClusterConfig) -> None:
-    """Create what is missing in tls_dir: the CA, a certificate per node and one for clients."""
-    if cfg.tls_dir is None:
-        return
-    d = cfg.tls_dir
-    if not (d / certs.CA_CERT).exists():
-        certs.create_ca(d, cfg.group)
-        info(f"created cluster CA {d / certs.CA_CERT}")
-    for n in cfg.nodes:
-        if not (d / certs.node_cert_name(n.name)).exists():
-            issue(cfg, n)
-            info(f"created certificate {d / certs.node_cert_name(n.name)} ({', '.join(node_hosts(n))})")
-    if not (d / certs.node_cert_name(CLIENT)).exists():
-        certs.issue_node_cert(d, CLIENT, ["bknrctl"])
-        info(f"created client certificate {d / certs.node_cert_name(CLIENT)}")
 
 
 @certs_app.command("show")
@@ -72,7 +31,7 @@ def ensure_certs(cfg: ClusterConfig) -> None:
 def show(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = OutputFormat.table) -> None:
     """Subject, hosts and expiry of the CA, node and client certificates."""
     cfg = cluster_for(ctx, config).cfg
-    d = _tls_dir(cfg)
+    d = tls_dir(cfg)
     rows = []
     files = [("ca", d / certs.CA_CERT), *[(n.name, d / certs.node_cert_name(n.name)) for n in cfg.nodes],
              (CLIENT, d / certs.node_cert_name(CLIENT))]
@@ -99,22 +58,15 @@ def show(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = Outpu
     stdout_console().print(t)
 
 
-NodesArg = Annotated[list[str] | None, typer.Argument(help="Node names (default: all).", show_default=False)]
-
-
 @certs_app.command("rotate")
 @guarded
 def rotate(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None,
-           catchup_timeout: Annotated[float, typer.Option(help="Seconds per node to catch up.")] = 120.0,
-           ) -> None:
+           catchup_timeout: CatchupPerNodeOpt = 120.0) -> None:
     """New key and certificate for each node (same CA), then a rolling restart: no downtime."""
-    from .control import controller
-    from .lifecycle import rolling_restart, select
-
     cluster = cluster_for(ctx, config)
     cfg = cluster.cfg
     targets = select(cfg, nodes)
-    _tls_dir(cfg)
+    tls_dir(cfg)
     running, stopped = [], []
     for n in targets:
         ctl = controller(cfg, n)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,10 @@ from typing import Any
 from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
 from bknr_cluster.cluster.tls_config import client_ssl_context
 from bknr_cluster.errors import BknrError, NoLeader, Unauthorized, Unreachable
+from bknr_cluster.vocabulary import Role
 
 from .client import NodeClient, parallel
+from .poll import poll
 
 DEFAULT_CONFIG = "cluster.yaml"
 # A follower further behind than this many entries makes the cluster "degraded" (status --max-lag).
@@ -84,7 +85,8 @@ class ClusterState:
         source = self.leader or next((s for s in self.nodes if s.reachable), None)
         if not source or not source.status:
             return {}
-        return {int(c["id"]): str(c.get("role", "voter")) for c in source.status.get("configuration") or []}
+        conf = source.status.get("configuration") or []
+        return {int(c["id"]): str(c.get("role", Role.voter)) for c in conf}
 
     def lag(self, s: NodeState) -> int | None:
         if not s.reachable or not self.leader or not self.leader.status:
@@ -124,7 +126,7 @@ class ClusterState:
         # nodes listed in the YAML but not (yet) members do not make a cluster degraded, nor do
         # spares: they neither vote nor receive the log, so losing one costs no redundancy
         for s in (s for s in self.nodes if (not roles or s.node.id in roles)
-                  and roles.get(s.node.id) != "spare"):
+                  and roles.get(s.node.id) != Role.spare):
             name = s.node.name
             if not s.reachable:
                 out.append(f"{name} unreachable")
@@ -188,8 +190,8 @@ class Cluster:
         leader = max(leaders, key=lambda s: int(s.status.get("term", 0))) if leaders else None
         state = ClusterState(states, leader)
         roles = state.member_roles()
-        state.voters = [i for i, r in roles.items() if r == "voter"] if roles else \
-            [n.id for n in self.cfg.nodes if n.role == "voter"]
+        state.voters = [i for i, r in roles.items() if r == Role.voter] if roles else \
+            [n.id for n in self.cfg.nodes if n.role == Role.voter]
         return state
 
     def leader_node(self, timeout: float = 1.0) -> NodeConfig:
@@ -215,45 +217,55 @@ class Cluster:
     def leader_client(self) -> NodeClient:
         return self.clients[self.leader_node().name]
 
+    def members(self) -> dict[int, str]:
+        """id -> role, as the current leader reports its configuration."""
+        st = self.leader_client().status()
+        return {int(c["id"]): str(c.get("role", Role.voter)) for c in st.get("configuration") or []}
+
     def wait_for_leader(self, timeout: float, exclude: int | None = None,
                         interval: float = 0.02) -> NodeConfig:
-        deadline = time.monotonic() + timeout
         last: Exception | None = None
-        while True:
+
+        def elected() -> NodeConfig | None:
+            nonlocal last
             try:
                 n = self.leader_node(timeout=min(0.5, timeout))
-                if exclude is None or n.id != exclude:
-                    return n
             except BknrError as exc:
                 last = exc
-            if time.monotonic() >= deadline:
-                raise NoLeader(message=f"no leader elected within {timeout:.0f}s"
-                               + (f" ({last})" if last else ""))
-            time.sleep(interval)
+                return None
+            return n if exclude is None or n.id != exclude else None
+
+        found = poll(elected, timeout, interval)
+        if found is None:
+            raise NoLeader(message=f"no leader elected within {timeout:.0f}s"
+                           + (f" ({last})" if last else ""))
+        return found
 
     def wait_caught_up(self, node: NodeConfig, timeout: float, on_progress: Any = None) -> dict:
         """Wait until ``node`` has applied everything the leader had committed when we started."""
-        deadline = time.monotonic() + timeout
         target: int | None = None
         start_applied: int | None = None
-        while True:
+
+        def caught_up() -> dict | None:
+            nonlocal target, start_applied
             try:
                 if target is None:
                     target = int(self.leader_client().status().get("commit_index", 0))
                 st = self.clients[node.name].status(timeout=1.0)
-                applied = engine_applied(st)
-                if start_applied is None:
-                    start_applied = applied
-                if on_progress:
-                    span = max(1, target - start_applied)
-                    on_progress(min(1.0, (applied - start_applied) / span), applied, target)
-                if applied >= target:
-                    return st
             except BknrError:
-                pass
-            if time.monotonic() >= deadline:
-                raise BknrError(f"{node.name} did not catch up within {timeout:.0f}s")
-            time.sleep(0.05)
+                return None
+            applied = engine_applied(st)
+            if start_applied is None:
+                start_applied = applied
+            if on_progress:
+                span = max(1, target - start_applied)
+                on_progress(min(1.0, (applied - start_applied) / span), applied, target)
+            return st if applied >= target else None
+
+        st = poll(caught_up, timeout)
+        if st is None:
+            raise BknrError(f"{node.name} did not catch up within {timeout:.0f}s")
+        return st
 
 
 def status_rows(state: ClusterState, cfg: ClusterConfig | None = None) -> list[dict[str, Any]]:
@@ -289,3 +301,17 @@ def status_rows(state: ClusterState, cfg: ClusterConfig | None = None) -> list[d
             "fingerprint": s.definition.get("fingerprint") if s.reachable else None,
         })
     return rows
+
+
+def status_json(cluster: Cluster, state: ClusterState, max_lag: int = DEFAULT_MAX_LAG) -> dict:
+    """What ``status -o json`` prints (and the demo report carries): verdict and rows."""
+    return {
+        "group": cluster.cfg.group,
+        "summary": state.summary(max_lag),
+        "problems": state.problems(max_lag),
+        "exit_code": state.exit_code(max_lag),
+        "leader": state.leader.node.name if state.leader else None,
+        "quorum": state.quorum,
+        "halted": [h.node.name for h in state.halted()],
+        "nodes": status_rows(state, cluster.cfg),
+    }

@@ -1,5 +1,9 @@
 """Process control of one node: the common interface and the choice local vs SSH.
 
+``NodeControl`` is complete: every method a caller uses is declared here (abstract, or with a
+default that is right for a node on another host), so callers never test what a controller
+can do.
+
 A node with an ``ssh`` section in the YAML is remote (``remote.SshControl``); every other node
 runs on this machine (``local.LocalControl``). Both speak the node process command line only:
 ``python -m bknr_cluster.node --config FILE --node NAME [--init|--recover]``.
@@ -7,13 +11,15 @@ runs on this machine (``local.LocalControl``). Both speak the node process comma
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from bknr_cluster.cluster.config import ClusterConfig, NodeConfig
-from bknr_cluster.errors import BknrError, Timeout
+from bknr_cluster.errors import AlreadyBootstrapped, BknrError, Timeout
+from bknr_cluster.vocabulary import DataDirLayout
+
+from .poll import poll
 
 NODE_MODULE = "bknr_cluster.node"
 # The phrase ``bknr-node --init`` prints (with exit 2) on a data directory that holds Raft state.
@@ -33,20 +39,24 @@ class NodeControl(ABC):
         return PurePosixPath(str(self.node.data_dir))
 
     @property
+    def layout(self) -> DataDirLayout[PurePosixPath]:
+        return DataDirLayout(self.data_dir)
+
+    @property
     def pid_file(self) -> PurePosixPath:
-        return self.data_dir / "node.pid"
+        return self.layout.pid_file
 
     @property
     def log_file(self) -> PurePosixPath:
-        return self.data_dir / "node.log"
+        return self.layout.log_file
 
     @property
     def out_file(self) -> PurePosixPath:
-        return self.data_dir / "node.out"
+        return self.layout.out_file
 
     @property
     def raft_dir(self) -> PurePosixPath:
-        return self.data_dir / "raft"
+        return self.layout.raft_dir
 
     @abstractmethod
     def pid(self) -> int | None:
@@ -87,17 +97,22 @@ class NodeControl(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook: only SSH holds a connection)
         """Release connections (SSH)."""
 
+    def exited_early(self) -> int | None:
+        """The exit status of a node this controller spawned that has already exited, else None
+        (also None when the controller cannot know, e.g. a node started over SSH)."""
+        return None
+
+    def tail_out(self, lines: int = 5) -> str:
+        """The last lines of the node's raw stdout/stderr (where a crash before logging starts
+        is written); the log itself where the two are not kept apart."""
+        return self.tail(lines)
+
     # --- composed operations ----------------------------------------------------------------
     def running(self) -> bool:
         return self.pid() is not None
 
     def wait_stopped(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.pid() is not None:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return poll(lambda: True if self.pid() is None else None, timeout) is not None
 
     def stop(self, timeout: float = 15.0) -> bool:
         """SIGTERM (the node hands leadership over first), SIGKILL after ``timeout``.
@@ -129,8 +144,6 @@ class NodeControl(ABC):
             # Only the node's own "already bootstrapped" answer means that: every usage error of
             # bknr-node also exits 2, and "already used by" (a port clash) contains "already".
             if rc == 2 and ALREADY_BOOTSTRAPPED in msg:
-                from bknr_cluster.errors import AlreadyBootstrapped
-
                 raise AlreadyBootstrapped(f"{self.node.name}: {msg}")
             raise BknrError(f"{self.node.name}: init failed: {msg}")
         return out

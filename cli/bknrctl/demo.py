@@ -6,14 +6,22 @@ import asyncio
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bknr_cluster.errors import BknrError
 
-from .cluster import Cluster
-from .drill import DrillOptions
-from .output import info, stdout_console
+from .appdemo import end_user_drills, start_haproxy, stop_haproxy
+from .cluster import Cluster, ClusterState, status_json
+from .control import controller
+from .drill import DrillOptions, RoundResult
+from .drillrun import execute_drill
+from .failback import do_failback
+from .nodes import start_nodes, stop_nodes
+from .output import info
+from .provision import ensure_token
+from .workload import BANK, BankClient, NodeRef
 
 DEMO_YAML = """\
 # bknrctl demo: a local 3-node bank cluster (same layout as configs/local-3.yaml)
@@ -42,14 +50,10 @@ def write_demo_config(directory: Path, base_port: int) -> Path:
 
 def _stop_previous(directory: Path) -> None:
     """A previous demo may still run (--keep): stop it before wiping its directory."""
-    from .appdemo import stop_haproxy
-
     stop_haproxy(directory)
     path = directory / "cluster.yaml"
     if not path.exists():
         return
-    from .lifecycle import stop_nodes
-
     try:
         cluster = Cluster.load(path)
         stop_nodes(cluster, list(cluster.cfg.nodes), quiet=True)
@@ -58,8 +62,6 @@ def _stop_previous(directory: Path) -> None:
 
 
 async def _load(cluster: Cluster, transfers: int) -> int:
-    from .workload import BANK, BankClient, NodeRef
-
     nodes = [NodeRef(n.id, n.name, n.api_url) for n in cluster.cfg.nodes]
     async with BankClient(nodes, cluster.token, request_timeout=5.0, prefix="load",
                           workload=BANK, ssl_context=cluster.ssl_context) as c:
@@ -75,12 +77,15 @@ def stop_demo(directory: Path) -> None:
     _stop_previous(directory.resolve())
 
 
-def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: int = 7100,
-             quiet: bool = False) -> dict[str, Any]:
-    from .appdemo import end_user_drills, side_by_side, start_haproxy
-    from .drillcmd import do_failback, drill_summary, drill_table, execute_drill
-    from .lifecycle import ensure_token, start_nodes, status_json, status_table, stop_nodes, summary_line
+# What the demo command does with intermediate results (operations do not render): plot the
+# drill's timeline to a file, and show the final report while the cluster still runs.
+OnDrill = Callable[[Cluster, dict, list[RoundResult], Path], None]
+Show = Callable[[Cluster, dict, ClusterState], None]
 
+
+def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: int = 7100,
+             quiet: bool = False, on_drill: OnDrill | None = None,
+             show: Show | None = None) -> dict[str, Any]:
     t_start = time.monotonic()
     say = (lambda m: None) if quiet else info
     directory = directory.resolve()
@@ -91,8 +96,6 @@ def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: in
     ensure_token(cluster.cfg)
     cluster = Cluster.load(path)
     say(f"demo: 3-node bank cluster in {directory}")
-    from .control import controller
-
     for n in cluster.cfg.nodes:
         c = controller(cluster.cfg, n)
         c.init()
@@ -105,7 +108,9 @@ def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: in
         acked = asyncio.run(_load(cluster, 2000))
         say(f"demo: loaded {acked} transfers")
         opts = DrillOptions(rounds=rounds, fault="kill", leave_down=True)
-        rep, _ = execute_drill(cluster, opts, directory / "drill.png", quiet=quiet)
+        rep, results = execute_drill(cluster, opts, quiet=quiet)
+        if on_drill is not None:
+            on_drill(cluster, rep, results, directory / "drill.png")
         victim = rep["rounds"][-1]["victim"]
         say(f"demo: drill done, {victim} left down for the failback")
         fb = do_failback(cluster, victim, quiet=quiet)
@@ -113,7 +118,7 @@ def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: in
             f"(switchover gap {fb['transfer']['gap_ms']:.0f} ms)")
         # one planned switchover under the bank workload: the client-observed transfer gap
         try:
-            tr, _ = execute_drill(cluster, DrillOptions(rounds=1, fault="transfer"), None, quiet=True)
+            tr, _ = execute_drill(cluster, DrillOptions(rounds=1, fault="transfer"), quiet=True)
             rep["planned_transfer_gap_ms"] = tr["rounds"][0]["write_gap_ms"]
             rep["planned_transfer"] = tr["rounds"][0]
             rep["lost_total"] += tr["lost_total"]
@@ -130,15 +135,8 @@ def run_demo(directory: Path, keep: bool = False, rounds: int = 5, base_port: in
         rep["failback"] = fb
         rep["status"] = status_json(cluster, state)
         rep["load_transfers"] = acked
-        if not quiet:
-            console = stdout_console()
-            console.print(drill_table(rep))
-            console.print(drill_summary(rep))
-            console.print(f"planned switchover under load: write gap "
-                          f"{rep['planned_transfer_gap_ms']} ms")
-            console.print(side_by_side(rep, rep["end_user"]))
-            console.print(status_table(state, cluster.cfg))
-            console.print(summary_line(state))
+        if show is not None:
+            show(cluster, rep, state)
     finally:
         if not keep:
             if lb is not None:

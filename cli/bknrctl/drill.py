@@ -28,6 +28,9 @@ from bknr_cluster.errors import BknrError
 
 from .cluster import Cluster, engine_applied
 from .control import controller
+from .leadership import transfer_with_retry
+from .nodes import start_nodes
+from .poll import apoll
 from .workload import WORKLOADS, BankClient, NodeRef, Sample
 
 
@@ -72,21 +75,6 @@ class DrillOptions:
     via: str | None = None             # send the workload through this load balancer URL
     workload: str = "system"           # "system" (any store, records removed after) or "bank"
     seed: int = 1
-
-
-def transfer_with_retry(cluster: Cluster, leader: Any, to: int = 0, attempts: int = 3) -> int:
-    """POST /transfer to ``leader``; a timed-out attempt is retried while it still leads."""
-    last: BknrError | None = None
-    for _ in range(attempts):
-        try:
-            return int(cluster.clients[leader.name].transfer(to).get("leader_id") or 0)
-        except BknrError as exc:
-            last = exc
-            ok, _ = cluster.clients[leader.name].is_leader(timeout=1.0)
-            if not ok:
-                return 0  # it did hand over after all
-    assert last is not None
-    raise last
 
 
 async def inject_fault(cluster: Cluster, ctl: Any, victim: Any, fault: str,
@@ -169,22 +157,31 @@ def write_gap(samples: list[Sample], fault_start: float, victim: int,
     return max(b - a for a, b in zip(window, window[1:], strict=False)) * 1000.0
 
 
-async def _wait_converged(cluster: Cluster, min_index: int, timeout: float) -> list[dict]:
-    """Every node reachable, same applied index >= min_index and equal to the leader's commit."""
-    deadline = time.monotonic() + timeout
+async def _wait_converged(cluster: Cluster, min_index: int, timeout: float,
+                          skip: frozenset[int] | set[int] = frozenset()) -> list[dict]:
+    """Every node but ``skip`` reachable, at one applied index >= min_index and at least the
+    leader's commit index; their statuses."""
     last: Any = None
-    while time.monotonic() < deadline:
+
+    async def converged() -> list[dict] | None:
+        nonlocal last
         state = await asyncio.to_thread(cluster.probe, 2.0)
-        sts = [s.status for s in state.nodes]
-        if all(sts) and state.leader:
-            applied = {int(s["applied_index"]) for s in sts}
+        live = [s for s in state.nodes if s.node.id not in skip]
+        sts = [s.status for s in live if s.status]
+        if state.leader and state.leader.status and len(sts) == len(live):
+            applied = {int(st["applied_index"]) for st in sts}
             commit = int(state.leader.status["commit_index"])
             if len(applied) == 1 and applied.pop() >= min_index \
-                    and all(engine_applied(s) >= commit for s in sts):
-                return sts  # type: ignore[return-value]
-        last = [(s.node.name, s.status and s.status.get("applied_index"), s.error) for s in state.nodes]
-        await asyncio.sleep(0.1)
-    raise BknrError(f"nodes did not converge within {timeout:.0f}s: {last}")
+                    and all(engine_applied(st) >= commit for st in sts):
+                return sts
+        last = [(s.node.name, s.status and s.status.get("applied_index"), s.error) for s in live]
+        return None
+
+    sts = await apoll(converged, timeout, interval=0.1)
+    if sts is None:
+        what = "surviving nodes" if skip else "nodes"
+        raise BknrError(f"{what} did not converge within {timeout:.0f}s" + ("" if skip else f": {last}"))
+    return sts
 
 
 class Drill:
@@ -250,16 +247,18 @@ class Drill:
         watch_task = asyncio.create_task(watcher.run(watch_stop))
         round_deadline = time.monotonic() + o.max_round_s
         try:
-            await self._wait_acks(client, 20, time.monotonic() + o.warmup_s + 10.0)
+            await self._wait_acks(client, 20, o.warmup_s + 10.0)
             await asyncio.sleep(o.warmup_s)
             fault_start, fault_at_done, fault_at = await inject_fault(self.cluster, ctl, victim,
                                                                       o.fault, self.network)
-            # wait for the first ack after the fault, then keep writing for settle_s
-            while time.monotonic() < round_deadline:
-                if any(s.ok and (s.start > fault_at_done if s.node == 0 else
-                                 s.end > fault_start and s.node != victim.id) for s in client.samples):
-                    break
-                await asyncio.sleep(0.01)
+            # wait for the first ack after the fault (not past the round's deadline; without one
+            # the verification below reports the loss), then keep writing for settle_s
+            async def acked_after_fault() -> bool | None:
+                return True if any(s.ok and (s.start > fault_at_done if s.node == 0 else
+                                             s.end > fault_start and s.node != victim.id)
+                                   for s in client.samples) else None
+
+            await apoll(acked_after_fault, max(0.0, round_deadline - time.monotonic()), interval=0.01)
             await asyncio.sleep(o.settle_s)
         finally:
             stop.set()
@@ -280,8 +279,6 @@ class Drill:
         elif o.fault == "partition":
             await asyncio.to_thread(self.network[1])  # type: ignore[index]
         elif o.fault == "kill" and not leave_down:
-            from .lifecycle import start_nodes
-
             await asyncio.to_thread(start_nodes, self.cluster, [victim], 30.0, True)
         if leave_down and o.fault == "kill":
             self.down = victim.name
@@ -302,11 +299,12 @@ class Drill:
             samples=list(client.samples))
 
     @staticmethod
-    async def _wait_acks(client: BankClient, n: int, deadline: float) -> None:
-        while sum(1 for s in client.samples if s.ok) < n:
-            if time.monotonic() > deadline:
-                raise BknrError("the workload got no acknowledged writes before the fault")
-            await asyncio.sleep(0.01)
+    async def _wait_acks(client: BankClient, n: int, timeout: float) -> None:
+        async def enough() -> bool | None:
+            return True if sum(1 for s in client.samples if s.ok) >= n else None
+
+        if await apoll(enough, timeout, interval=0.01) is None:
+            raise BknrError("the workload got no acknowledged writes before the fault")
 
     async def verify(self, client: BankClient, acked: dict[str, int], total0: int,
                      skip: set[int]) -> tuple[int, bool, bool]:
@@ -326,21 +324,7 @@ class Drill:
         return len(lost), len(digests) == 1, total_ok
 
     async def _converged(self, min_index: int, skip: set[int]) -> list[dict]:
-        if not skip:
-            return await _wait_converged(self.cluster, min_index, 60.0)
-        deadline = time.monotonic() + 60.0
-        while True:
-            state = await asyncio.to_thread(self.cluster.probe, 2.0)
-            live = [s for s in state.nodes if s.node.id not in skip]
-            if state.leader and all(s.status for s in live):
-                applied = {int(s.status["applied_index"]) for s in live}
-                commit = int(state.leader.status["commit_index"])
-                if len(applied) == 1 and applied.pop() >= min_index \
-                        and all(engine_applied(s.status) >= commit for s in live):
-                    return [s.status for s in live]
-            if time.monotonic() > deadline:
-                raise BknrError("surviving nodes did not converge within 60s")
-            await asyncio.sleep(0.1)
+        return await _wait_converged(self.cluster, min_index, 60.0, skip)
 
 
 def report(cluster: Cluster, results: list[RoundResult]) -> dict[str, Any]:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from bknr_cluster.errors import BknrError, NoLeader, UsageError
+from bknr_cluster.errors import UsageError
 
-from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, cluster_for
-from .cluster import Cluster, engine_applied
-from .drill import DrillOptions, RoundResult, run_drill
-from .lifecycle import start_nodes
-from .output import confirm, emit_json, guarded, info, progress, stdout_console
-
-STATE_FILE = ".bknrctl-state.json"
+from .app import DEFAULT_CATCHUP_S, CatchupOpt, ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, cluster_for
+from .appdemo import users_ok
+from .appdrill import AppDrillOptions, failover_app
+from .cluster import Cluster, ClusterState
+from .demo import run_demo, stop_demo
+from .drill import DrillOptions, RoundResult
+from .drillrun import drill_ok, execute_drill
+from .failback import do_failback
+from .output import confirm, emit_json, guarded, info, stdout_console
+from .plot import plot_drill
+from .render import drill_summary, drill_table, side_by_side, status_table, summary_line
 
 
 class DrillWorkload(StrEnum):
@@ -32,88 +34,10 @@ class Fault(StrEnum):
     transfer = "transfer"
 
 
-def _state_path(cluster: Cluster) -> Path:
-    return cluster.cfg.base_dir / STATE_FILE
-
-
-def save_state(cluster: Cluster, **values: Any) -> None:
-    p = _state_path(cluster)
-    data = load_state(cluster)
-    data.update(values)
-    p.write_text(json.dumps(data, sort_keys=True) + "\n")
-
-
-def load_state(cluster: Cluster) -> dict:
-    try:
-        return json.loads(_state_path(cluster).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _fmt(v: Any, unit: str = "") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "NO"
-    if isinstance(v, float):
-        return f"{v:.0f}{unit}"
-    return f"{v}{unit}"
-
-
-def drill_table(rep: dict) -> Table:
-    t = Table(box=None, header_style="bold", title=f"failover drill (election timeout "
-              f"{rep['election_timeout_ms']} ms)")
-    for c in ("round", "fault", "victim", "new leader", "detect", "new leader at", "write gap",
-              "acked", "lost", "digests", "total"):
-        t.add_column(c)
-    for r in rep["rounds"]:
-        t.add_row(str(r["round"]), r["fault"], r["victim"], _fmt(r["new_leader"]),
-                  _fmt(r["time_to_detect_ms"], " ms"), _fmt(r["time_to_leader_ms"], " ms"),
-                  _fmt(r["write_gap_ms"], " ms"), str(r["acked"]), str(r["lost"]),
-                  _fmt(r["digests_match"]), _fmt(r["bank_total_ok"]))
-    return t
-
-
-def drill_summary(rep: dict) -> str:
-    met = "met" if rep["write_gap_target_met"] else "NOT met"
-    return (f"median write gap {_fmt(rep['median_write_gap_ms'], ' ms')} (target "
-            f"<= {rep['write_gap_target_ms']:.0f} ms: {met}); lost {rep['lost_total']} of "
-            f"{rep['acked_total']} acknowledged; digests match: {_fmt(rep['digests_match'])}; "
-            f"{rep.get('workload', 'bank')} total unchanged: {_fmt(rep['bank_total_ok'])}")
-
-
-def drill_ok(rep: dict) -> bool:
-    return rep["lost_total"] == 0 and rep["digests_match"] and rep["bank_total_ok"]
-
-
-def execute_drill(cluster: Cluster, opts: DrillOptions, plot: Path | None,
-                  quiet: bool = False) -> tuple[dict, list[RoundResult]]:
-    if opts.target != "leader":
-        cluster.cfg.node(opts.target)  # an unknown name is a usage error, whatever the cluster does
-    state = cluster.probe()
-    if state.leader is None:
-        raise NoLeader(message="the cluster has no leader; a drill needs a healthy cluster")
-    down = [s.node.name for s in state.nodes if not s.reachable]
-    if down:
-        raise BknrError(f"unreachable node(s) {', '.join(down)}: a drill needs every node up")
-    with progress(f"drill: {opts.rounds} round(s), fault {opts.fault}", total=opts.rounds,
-                  quiet=quiet) as bar:
-        done = [0]
-
-        def step(msg: str) -> None:
-            done[0] += 1
-            bar.update(completed=done[0], description=msg)
-            if not quiet:
-                info(msg)
-        rep, results, drill = run_drill(cluster, opts, step)
-    if drill.down:
-        save_state(cluster, down=drill.down, failed_leader=drill.down)
-    if plot is not None:
-        from .plot import plot_drill
-
-        plot_drill(results, plot, cluster.cfg.election_timeout_ms)
-        rep["plot"] = str(plot)
-    return rep, results
+def plot_report(cluster: Cluster, rep: dict, results: list[RoundResult], path: Path) -> None:
+    """The drill's timeline PNG; the report names the file."""
+    plot_drill(results, path, cluster.cfg.election_timeout_ms)
+    rep["plot"] = str(path)
 
 
 @app.command()
@@ -155,15 +79,15 @@ def failover(ctx: typer.Context, config: ConfigOpt = None,
         confirm(f"Drill: {fault.value} the {node if node != 'leader' else 'leader'} of "
                 f"{cluster.cfg.group} {rounds} time(s)?", yes)
     if app_users:
-        from .appdrill import AppDrillOptions, failover_app
-
         opts_app = AppDrillOptions(rounds=rounds, fault=fault.value, clients=clients, via=via)
         if not failover_app(cluster, opts_app, plot, output is OutputFormat.json):
             raise typer.Exit(1)
         return
     opts = DrillOptions(rounds=rounds, fault=fault.value, target=node, writers=writers,
                         leave_down=leave_down, via=via, workload=workload.value)
-    rep, _ = execute_drill(cluster, opts, plot, quiet=output is OutputFormat.json)
+    rep, results = execute_drill(cluster, opts, quiet=output is OutputFormat.json)
+    if plot is not None:
+        plot_report(cluster, rep, results, plot)
     if output is OutputFormat.json:
         emit_json(rep)
     else:
@@ -174,36 +98,11 @@ def failover(ctx: typer.Context, config: ConfigOpt = None,
         raise typer.Exit(1)
 
 
-def do_failback(cluster: Cluster, to: str | None, quiet: bool = False, timeout: float = 120.0) -> dict:
-    """Start nodes that are down, wait until each caught up, optionally transfer leadership."""
-    from .admin import transfer_leadership
-
-    state = cluster.probe(timeout=1.0)
-    roles = state.member_roles()
-    # YAML nodes that are not members of the configuration are not "failed": leave them alone
-    down = [s.node for s in state.nodes if not s.reachable and (not roles or s.node.id in roles)]
-    if down:
-        start_nodes(cluster, down, quiet=quiet)
-    cluster.wait_for_leader(timeout=30.0)
-    caught: dict[str, int] = {}
-    for n in down or [s.node for s in state.nodes]:
-        with progress(f"{n.name}: catching up", total=1.0, quiet=quiet) as bar:
-            st = cluster.wait_caught_up(n, timeout, lambda f, a, t, bar=bar, n=n: bar.update(
-                completed=f, description=f"{n.name}: applied {a}/{t}"))
-        caught[n.name] = engine_applied(st)
-    out: dict[str, Any] = {"restarted": [n.name for n in down], "caught_up": caught}
-    if to:
-        target = cluster.cfg.node(to)
-        out["transfer"] = transfer_leadership(cluster, target.id)
-    save_state(cluster, down=None)
-    return out
-
-
 @app.command()
 @guarded
 def failback(ctx: typer.Context, config: ConfigOpt = None,
              to: Annotated[str | None, typer.Option("--to", help="Transfer leadership to this node.")] = None,
-             timeout: Annotated[float, typer.Option(help="Catch-up timeout (s).")] = 120.0,
+             timeout: CatchupOpt = DEFAULT_CATCHUP_S,
              output: OutputOpt = OutputFormat.table) -> None:
     """Restart the failed node(s), wait until caught up, transfer leadership back if asked."""
     cluster = cluster_for(ctx, config)
@@ -237,17 +136,26 @@ def demo(keep: Annotated[bool, typer.Option("--keep", help="Leave the cluster an
          output: OutputOpt = OutputFormat.table) -> None:
     """A local 3-node bank cluster with its web app behind HAProxy: init, start, load, drills
     (admin API and end users), failback, status, stop."""
-    from .demo import run_demo, stop_demo
-
     if stop:
         stop_demo(directory)
         info(f"demo in {directory} stopped")
         return
-    rep = run_demo(directory, keep=keep, rounds=rounds, base_port=base_port,
-                   quiet=output is OutputFormat.json)
+    quiet = output is OutputFormat.json
+
+    def show(cluster: Cluster, rep: dict, state: ClusterState) -> None:
+        if quiet:
+            return
+        console = stdout_console()
+        console.print(drill_table(rep))
+        console.print(drill_summary(rep))
+        console.print(f"planned switchover under load: write gap {rep['planned_transfer_gap_ms']} ms")
+        console.print(side_by_side(rep, rep["end_user"]))
+        console.print(status_table(state, cluster.cfg))
+        console.print(summary_line(state))
+
+    rep = run_demo(directory, keep=keep, rounds=rounds, base_port=base_port, quiet=quiet,
+                   on_drill=plot_report, show=show)
     if output is OutputFormat.json:
         emit_json(rep)
-    from .appdemo import users_ok
-
     if not drill_ok(rep) or not users_ok(rep["end_user"]):
         raise typer.Exit(1)

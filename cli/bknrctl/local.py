@@ -109,7 +109,6 @@ class LocalControl(NodeControl):
         return archive(Path(self.node.data_dir), keep)
 
     def tail_out(self, lines: int = 5) -> str:
-        """The node's raw stdout/stderr: where a crash before logging starts is written."""
         return self.tail(lines, Path(self.out_file))
 
     def tail(self, lines: int = 50, path: Path | None = None) -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from . import admin, certscmd, drillcmd, lb, lifecycle, migrate, opscmd, upgrade  # noqa: F401  (commands register on import)
+# The command modules (the top layer, cli/bknrctl/DESIGN.md) register their commands on import,
+# and --help lists them in that order: keep it (the process commands first).
+# isort: off
+from . import certscmd, lifecycle, statuscmd  # noqa: F401
+from . import admin, drillcmd, lb, migrate, opscmd, upgrade  # noqa: F401
+# isort: on
 from .app import app
 
 __all__ = ["app"]

@@ -25,6 +25,7 @@ import typer
 from bknr_cluster.errors import BknrError, CorruptData, UsageError
 
 from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, cluster_for
+from .backup import seed_new_cluster
 from .cluster import Cluster
 from .output import emit_json, guarded, info, progress
 
@@ -66,7 +67,6 @@ def read_store_dir(directory: Path, definition: Any) -> tuple[bytes, str, int, l
 def import_(ctx: typer.Context, store_dir: StoreDirOpt, config: ConfigOpt = None, yes: YesOpt = False,
             output: OutputOpt = OutputFormat.table) -> None:
     """Seed a NEW cluster (the YAML's) from a standalone store directory, verified first."""
-    from .admin import seed_new_cluster
 
     cluster = cluster_for(ctx, config)
     with progress(f"reading {store_dir}"):

@@ -1,24 +1,20 @@
-"""Commands: history, leader cancel, reinit; and the helpers of leader transfer --at and
-backup --check (registered on their commands in admin.py)."""
+"""Commands: history, leader cancel, reinit."""
 
 from __future__ import annotations
 
 import datetime as dt
-import io
-import re
-import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from bknr_cluster.errors import BknrError, MembershipError, NoLeader, UsageError
+from bknr_cluster.errors import MembershipError, NoLeader, UsageError
 
-from .app import ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, cluster_for, leader_app
+from .app import CatchupOpt, ConfigOpt, OutputFormat, OutputOpt, YesOpt, app, cluster_for, leader_app
 from .client import parallel
 from .cluster import Cluster
 from .control import controller
+from .nodes import start_nodes, stop_nodes
 from .output import confirm_typed, emit_json, guarded, info, progress, stdout_console
 
 # --- history ------------------------------------------------------------------------------------
@@ -77,37 +73,6 @@ def history(ctx: typer.Context, config: ConfigOpt = None, output: OutputOpt = Ou
     stdout_console().print(t)
 
 
-# --- leader transfer --at -----------------------------------------------------------------------
-
-
-def parse_when(text: str, now: float | None = None) -> float:
-    """``+90s`` / ``+15m`` / ``+2h``, ``HH:MM`` (the next one, local time) or an ISO 8601 time
-    (local when it has no offset) -> seconds since the epoch."""
-    now = time.time() if now is None else now
-    m = re.fullmatch(r"\+(\d+)([smh]?)", text.strip())
-    if m:
-        return now + int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
-    if m and int(m.group(1)) < 24 and int(m.group(2)) < 60:
-        base = dt.datetime.fromtimestamp(now).replace(hour=int(m.group(1)), minute=int(m.group(2)),
-                                                      second=0, microsecond=0)
-        when = base if base.timestamp() > now else base + dt.timedelta(days=1)
-        return when.timestamp()
-    try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--at {text!r}: use +SECONDS, +Nm, +Nh, HH:MM or an ISO 8601 time") from None
-    return when.timestamp()
-
-
-def schedule_transfer(cluster: Cluster, target: int, at: float) -> dict:
-    if at <= time.time():
-        raise UsageError("--at is in the past")
-    leader = cluster.leader_node()
-    plan = cluster.clients[leader.name].call("POST", "/transfer/schedule", {"to": target, "at": at})
-    return {"leader": leader.name, **plan["scheduled"]}
-
-
 @leader_app.command("cancel")
 @guarded
 def leader_cancel(ctx: typer.Context, config: ConfigOpt = None) -> None:
@@ -133,7 +98,7 @@ def leader_cancel(ctx: typer.Context, config: ConfigOpt = None) -> None:
 @guarded
 def reinit(ctx: typer.Context, node: Annotated[str, typer.Argument(help="The broken replica.")],
            config: ConfigOpt = None, yes: YesOpt = False,
-           timeout: Annotated[float, typer.Option(help="Catch-up timeout (s).")] = 300.0) -> None:
+           timeout: CatchupOpt = 300.0) -> None:
     """Wipe a broken replica's Raft state and rejoin it from the leader (snapshot install).
 
     The node stays a member; the leader sends it a fresh snapshot and the log after it. Refuses on
@@ -151,8 +116,6 @@ def reinit(ctx: typer.Context, node: Annotated[str, typer.Argument(help="The bro
     confirm_typed(f"Wipe the Raft state of {n.name} and rebuild it from {state.leader.node.name}?",
                   n.name, yes)
     leader_client = cluster.clients[state.leader.node.name]
-    from .lifecycle import start_nodes, stop_nodes
-
     stop_nodes(cluster, [n], quiet=True)
     c = controller(cluster.cfg, n)
     try:
@@ -167,30 +130,3 @@ def reinit(ctx: typer.Context, node: Annotated[str, typer.Argument(help="The bro
             description=f"{n.name}: applied {a}/{t}"))
     info(f"{n.name}: rebuilt from {state.leader.node.name}'s snapshot at {snap.get('index')} and "
          f"caught up at {st.get('applied_index')} (its snapshot index {st.get('snapshot_index')})")
-
-
-# --- backup --check -----------------------------------------------------------------------------
-
-
-def check_backup(path: Path, cluster: Cluster | None) -> dict[str, Any]:
-    """Verify a backup file without restoring: magic, header, checksum, and (with the YAML's store
-    definition) that the snapshot loads; returns what was checked."""
-    from .admin import read_backup
-
-    header, payload = read_backup(path)
-    out: dict[str, Any] = {"file": str(path), "checksum": "ok", **header}
-    if cluster is None:
-        out["loadable"] = None
-        return out
-    from bknr_cluster.cluster.loader import load_definition
-    from bknr_cluster.store import Store
-
-    if header.get("store") and header["store"] != cluster.cfg.store:
-        raise UsageError(f"{path} is a backup of store {header['store']}, the YAML runs {cluster.cfg.store}")
-    store = Store(None, definition=load_definition(cluster.cfg.store, cluster.cfg.base_dir), bind=False)
-    try:
-        objects = store.load_snapshot(io.BytesIO(payload))
-    except BknrError as exc:
-        raise BknrError(f"{path}: checksum ok but the snapshot does not load: {exc}") from None
-    out.update(loadable=True, objects=objects, digest=store.digest())
-    return out

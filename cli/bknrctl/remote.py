@@ -215,9 +215,6 @@ class SshControl(NodeControl):
         finally:
             chan.close()
 
-    def exited_early(self) -> int | None:
-        return None
-
 
 def warn_unchecked(node_name: str) -> None:
     info(f"warning: {node_name}: host key checking is disabled")

@@ -9,7 +9,6 @@ See docs/administration.md, "Upgrades".
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
@@ -18,11 +17,22 @@ from rich.table import Table
 from bknr_cluster.cluster.config import NodeConfig
 from bknr_cluster.errors import BknrError, ReplicaHalted
 
-from .app import ConfigOpt, OutputFormat, OutputOpt, app, cluster_for
+from .app import (
+    DEFAULT_CATCHUP_S,
+    CatchupPerNodeOpt,
+    ConfigOpt,
+    NodesArg,
+    OutputFormat,
+    OutputOpt,
+    app,
+    cluster_for,
+    select,
+)
 from .client import parallel
 from .cluster import Cluster
-from .lifecycle import NodesArg, select, start_nodes, stop_nodes
+from .nodes import start_nodes, stop_nodes
 from .output import emit_json, guarded, info, stdout_console
+from .poll import poll
 
 
 def _definition(st: dict | None) -> dict:
@@ -41,48 +51,50 @@ def wait_applied(cluster: Cluster, node: NodeConfig, timeout: float) -> dict:
     """Wait until ``node`` has applied everything the leader had applied when we started,
     failing at once when it halts (a halted node's engine keeps receiving entries, so the
     engine's applied index alone would call it caught up)."""
-    deadline = time.monotonic() + timeout
     target: int | None = None
     last_error = ""
-    while True:
+
+    def applied() -> dict | None:
+        nonlocal target, last_error
         try:
             if target is None:
                 target = int(cluster.leader_client().status().get("applied_index") or 0)
             st = cluster.clients[node.name].status(timeout=2.0)
-            if isinstance(st.get("halted"), dict):
-                h = st["halted"]
-                raise ReplicaHalted(f"{node.name} HALTED at entry {h.get('index')}: {h.get('reason')}")
-            if int(st.get("applied_index") or 0) >= target:
-                return st
         except ReplicaHalted:
             raise
         except BknrError as exc:
             last_error = str(exc)
-        if time.monotonic() >= deadline:
-            raise BknrError(f"{node.name} did not catch up within {timeout:.0f}s"
-                            + (f" ({last_error})" if last_error else ""))
-        time.sleep(0.1)
+            return None
+        if isinstance(st.get("halted"), dict):
+            h = st["halted"]
+            raise ReplicaHalted(f"{node.name} HALTED at entry {h.get('index')}: {h.get('reason')}")
+        return st if int(st.get("applied_index") or 0) >= target else None
+
+    st = poll(applied, timeout, interval=0.1)
+    if st is None:
+        raise BknrError(f"{node.name} did not catch up within {timeout:.0f}s"
+                        + (f" ({last_error})" if last_error else ""))
+    return st
 
 
 def wait_published(cluster: Cluster, node: NodeConfig, fingerprint: str, timeout: float) -> bool:
     """Until the leader's view of ``node``'s definition (replicated through the log) is current:
     only then does the leader accept the transactions the new version added."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def published() -> bool | None:
         try:
             view = cluster.leader_client().status().get("definitions") or {}
-            if (view.get("members") or {}).get(str(node.id), {}).get("fingerprint") == fingerprint:
-                return True
         except BknrError:
-            pass
-        time.sleep(0.1)
-    return False
+            return None
+        current = (view.get("members") or {}).get(str(node.id), {}).get("fingerprint") == fingerprint
+        return True if current else None
+
+    return poll(published, timeout, interval=0.1) is not None
 
 
 @app.command()
 @guarded
 def upgrade(ctx: typer.Context, nodes: NodesArg = None, config: ConfigOpt = None,
-            catchup_timeout: Annotated[float, typer.Option(help="Seconds per node to catch up.")] = 120.0,
+            catchup_timeout: CatchupPerNodeOpt = DEFAULT_CATCHUP_S,
             output: OutputOpt = OutputFormat.table) -> None:
     """Rolling upgrade onto the code installed now: one node at a time, followers first.
 
@@ -158,9 +170,9 @@ def verify(ctx: typer.Context, config: ConfigOpt = None,
     c = int(r["index"])
     roles = cluster.probe(timeout=2.0).member_roles()
     members = [n for n in cluster.cfg.nodes if not roles or n.id in roles]
-    deadline = time.monotonic() + timeout
     got: dict[str, dict | None] = {}
-    while True:
+
+    def all_reported() -> bool | None:
         res = parallel(lambda n: cluster.clients[n.name].status(timeout=2.0), members)
         for n, st in zip(members, res, strict=True):
             if isinstance(st, BaseException):
@@ -169,9 +181,9 @@ def verify(ctx: typer.Context, config: ConfigOpt = None,
             rec = (st.get("checkpoints") or {}).get(str(c))
             got[n.name] = {**(rec or {}), "halted": st.get("halted"),
                            "applied_index": st.get("applied_index")}
-        if all(g.get("digest") or g.get("halted") for g in got.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return True if all(g.get("digest") or g.get("halted") for g in got.values()) else None
+
+    poll(all_reported, timeout, interval=0.2)  # what is still missing then is reported below
     verdict = r.get("verdict") or {}
     majority = verdict.get("digest")
     rows = []

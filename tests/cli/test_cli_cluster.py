@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bknrctl.admin import read_backup
+from bknrctl.backup import read_backup
 
 from tests.cli.conftest import write_yaml
 from tests.cli.realcluster import client, invoke, kill_started, node_pids, tracked_nodes

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from bknrctl.client import NodeClient
 from bknrctl.control import NodeControl
 from bknrctl.main import app
 
 from bknr_cluster.cluster.admin import ClusterAdmin
 from bknr_cluster.cluster.config import ClusterConfig
-from bknr_cluster.errors import AlreadyBootstrapped, BknrError
+from bknr_cluster.errors import AlreadyBootstrapped, BknrError, NotCapable, TransactionFailed
+from bknr_cluster.vocabulary import error_body, error_from_body, error_status
 from tests.cli.conftest import write_yaml
 from tests.support import free_ports
 
@@ -104,3 +109,78 @@ def test_remove_peer_forgets_the_peer_add_peer_learned() -> None:
     admin.remove_peer(2)
     assert admin.peers == {1: "127.0.0.1:7001"}
     assert admin.engine.calls == [("add", 2), ("assign", 2), ("remove", 2)]
+
+
+# --- the CLI reuses the cluster's client and its one error table (vocabulary.py) -----------------
+
+
+class _OneAnswer(BaseHTTPRequestHandler):
+    """Answers every request with the status and JSON body the test sets on the server."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, body = self.server.answer  # type: ignore[attr-defined]
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def one_answer():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OneAnswer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_cli_client_rebuilds_what_the_node_raised(one_answer) -> None:
+    # Before: bknrctl's own copy of the mapping made "transaction failed: transaction failed: ..."
+    # of a TransactionFailed, and a NotCapable lost its node list.
+    c = NodeClient("n1", f"http://127.0.0.1:{one_answer.server_port}", "t")
+    failed = TransactionFailed("ValueError", "no such account")
+    one_answer.answer = (error_status(failed), error_body(failed))
+    with pytest.raises(TransactionFailed) as info:
+        c.tx("withdraw", "ann", 5)
+    assert str(info.value) == "transaction failed: ValueError: no such account"
+    assert info.value.exception == "ValueError"
+    refused = NotCapable("n2 runs an older definition", [{"id": 2, "name": "n2"}])
+    one_answer.answer = (error_status(refused), error_body(refused))
+    with pytest.raises(NotCapable) as info2:
+        c.tx("new_tx")
+    assert info2.value.nodes == [{"id": 2, "name": "n2"}]
+    # the same table on the cluster's side: both clients rebuild the same class
+    assert isinstance(error_from_body(409, error_body(failed)), TransactionFailed)
+
+
+# --- NodeControl is complete: callers use nothing a controller may lack --------------------------
+
+
+class _OnlyTheInterface(_ScriptedInit):
+    """A controller with the abstract methods only, whose node is already running."""
+
+    def pid(self):
+        return 4242
+
+
+def test_start_needs_nothing_beyond_the_node_control_interface(fake, monkeypatch) -> None:
+    # Before: start_nodes called exited_early() (`# type: ignore`) and getattr(c, "tail_out"),
+    # which only LocalControl had: any other NodeControl failed with AttributeError.
+    import bknrctl.nodes
+    from bknrctl.cluster import Cluster
+
+    path, *_ = fake
+    cluster = Cluster.load(path)
+    monkeypatch.setattr(bknrctl.nodes, "controller", lambda cfg, n: _OnlyTheInterface(cfg, 0, ""))
+    assert bknrctl.nodes.start_nodes(cluster, [cluster.cfg.node("n1")], timeout=5.0, quiet=True) \
+        == {"n1": 4242}

@@ -35,7 +35,7 @@ def _free_base() -> int:
 def test_shipped_configs_validate(runner, tmp_path: Path) -> None:
     """Each shipped YAML passes validate once ``init`` made its token and secret files (a copy in
     a temporary folder, so nothing is written next to the shipped files)."""
-    from bknrctl.lifecycle import ensure_token
+    from bknrctl.provision import ensure_token
 
     from bknr_cluster.cluster.config import ClusterConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from bknrctl.opscmd import parse_when
+from bknrctl.leadership import parse_when
 
 from bknr_cluster.cluster.history import LeaderHistory, read_history
 from bknr_cluster.errors import UsageError

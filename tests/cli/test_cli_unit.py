@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bknrctl.admin import read_backup, write_backup
+from bknrctl.backup import read_backup, write_backup
 from bknrctl.main import app
 
 from tests.cli.conftest import write_yaml
@@ -311,7 +311,7 @@ def test_help_lists_every_command(runner) -> None:
 
 
 def test_token_file_is_created_private_and_never_overwritten(tmp_path: Path) -> None:
-    from bknrctl.lifecycle import ensure_token
+    from bknrctl.provision import ensure_token
 
     from bknr_cluster.cluster.config import ClusterConfig
 
