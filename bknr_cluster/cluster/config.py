@@ -16,6 +16,7 @@ from bknr_cluster import defaults
 from bknr_cluster.cluster.config_check import validate
 from bknr_cluster.cluster.yamlfile import load_yaml
 from bknr_cluster.errors import ConfigError, UnknownNode
+from bknr_cluster.vocabulary import DataDirLayout, Role
 
 # a section's keys left out of the YAML take these values (bknr_cluster/defaults.py)
 DEFAULT_TIMING = {"election_timeout_ms": defaults.ELECTION_TIMEOUT_MS,
@@ -64,7 +65,7 @@ class NodeConfig:
     api_port: int
     api_host: str
     data_dir: Path
-    role: str = "voter"
+    role: str = Role.voter.value
     ssh: SshConfig | None = None
     # pin this node's Python threads to one CPU: None (off), "auto" or a CPU number (affinity.py)
     python_cpu: int | str | None = None
@@ -89,20 +90,25 @@ class NodeConfig:
         return f"{self.api_scheme}://{self.api_host}:{self.api_port}"
 
     @property
+    def layout(self) -> DataDirLayout[Path]:
+        """Where this node's files are under its data_dir (vocabulary.py)."""
+        return DataDirLayout(self.data_dir)
+
+    @property
     def raft_dir(self) -> Path:
-        return self.data_dir / "raft"
+        return self.layout.raft_dir
 
     @property
     def pid_file(self) -> Path:
-        return self.data_dir / "node.pid"
+        return self.layout.pid_file
 
     @property
     def log_file(self) -> Path:
-        return self.data_dir / "node.log"
+        return self.layout.log_file
 
     @property
     def blob_dir(self) -> Path:
-        return self.data_dir / "blobs"
+        return self.layout.blob_dir
 
     @property
     def is_local(self) -> bool:
@@ -271,7 +277,7 @@ def _node(n: dict, base_dir: Path, python_cpu: int | str | None = None,
     app_port = (n.get("app_port") or app.get("port")) if app else None
     return NodeConfig(id=int(n["id"]), name=n["name"], host=n["host"], raft_port=int(n["raft_port"]),
                       api_port=int(n["api_port"]), api_host=api_host,
-                      data_dir=data_dir, role=n.get("role", "voter"), ssh=ssh_cfg,
+                      data_dir=data_dir, role=n.get("role", Role.voter.value), ssh=ssh_cfg,
                       python_cpu=n.get("python_cpu", python_cpu), priority=int(n.get("priority", 0)),
                       app_port=int(app_port) if app_port else None,
                       app_host=(n.get("app_host") or api_host) if app_port else None,
