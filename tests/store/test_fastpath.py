@@ -359,7 +359,8 @@ def test_gc_tuning_collects_then_freezes():
     try:
         frozen = gc_tuning()
         assert ref() is None                    # collected before the freeze
-        assert frozen > 0 and gc.get_freeze_count() == frozen
+        # other threads of the test process may free a few frozen objects meanwhile
+        assert frozen > 0 and 0 < gc.get_freeze_count() <= frozen
         assert gc.isenabled()
     finally:
         gc.unfreeze()
