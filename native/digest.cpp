@@ -22,6 +22,9 @@
 #include <utility>
 #include <vector>
 
+#include "pyint128.hpp"
+#include "siphash.hpp"
+
 namespace {
 
 using u128 = unsigned __int128;
@@ -35,114 +38,16 @@ using i128 = __int128;
 // 128-bit function, so two different rows give one h by accident with probability ~2**-120.
 
 uint8_t g_key[16];  // digest.ROW_KEY, set by configure()
+using bknr_siphash::siphash128;
 
-inline uint64_t load64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
-
-inline uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
-
-#define SIPROUND                                           \
-  do {                                                     \
-    v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32); \
-    v2 += v3; v3 = rotl(v3, 16); v3 ^= v2;                 \
-    v0 += v3; v3 = rotl(v3, 21); v3 ^= v0;                 \
-    v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32); \
-  } while (0)
-
-// SipHash-2-4 with 128-bit output of data under key, as the little-endian integer of its 16
-// output bytes.
-u128 siphash128(const uint8_t key[16], const uint8_t* data, size_t len) {
-  uint64_t k0 = load64(key), k1 = load64(key + 8);
-  uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
-  uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
-  v1 ^= 0xee;
-  const uint8_t* end = data + (len - len % 8);
-  for (; data != end; data += 8) {
-    uint64_t m = load64(data);
-    v3 ^= m;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= m;
-  }
-  uint64_t b = uint64_t(len) << 56;
-  for (size_t i = 0; i < len % 8; i++) b |= uint64_t(data[i]) << (8 * i);
-  v3 ^= b;
-  SIPROUND;
-  SIPROUND;
-  v0 ^= b;
-  v2 ^= 0xee;
-  SIPROUND;
-  SIPROUND;
-  SIPROUND;
-  SIPROUND;
-  uint64_t lo = v0 ^ v1 ^ v2 ^ v3;
-  v1 ^= 0xdd;
-  SIPROUND;
-  SIPROUND;
-  SIPROUND;
-  SIPROUND;
-  uint64_t hi = v0 ^ v1 ^ v2 ^ v3;
-  return (u128(hi) << 64) | lo;
-}
-
-#undef SIPROUND
 
 const u128 MASK120 = (u128(1) << 120) - 1;
 
 // h of one encoded row: its keyed SipHash-2-4-128, reduced to 120 bits.
 inline u128 row_hash(const uint8_t* data, size_t len) { return siphash128(g_key, data, len) & MASK120; }
 
-// --- Python ints <-> 128-bit ------------------------------------------------------------------
-
-// Every stored value is below 2**120 in magnitude. CPython 3.11 keeps an int as 30-bit digits
-// with the sign in the size: read and build those directly (the generic byte-array calls cost
-// several hundred instructions per object); later versions changed the layout.
-bool to_i128(PyObject* v, i128* out) {
-#if PY_VERSION_HEX < 0x030C0000
-  Py_ssize_t size = Py_SIZE(v);
-  Py_ssize_t n = size < 0 ? -size : size;
-  if (n <= 5) {
-    const digit* d = reinterpret_cast<PyLongObject*>(v)->ob_digit;
-    u128 x = 0;
-    for (Py_ssize_t i = n - 1; i >= 0; i--) x = (x << PyLong_SHIFT) | d[i];
-    *out = size < 0 ? -i128(x) : i128(x);
-    return true;
-  }
-#endif
-  unsigned char buf[16];
-#if PY_VERSION_HEX >= 0x030D0000
-  if (_PyLong_AsByteArray(reinterpret_cast<PyLongObject*>(v), buf, 16, 1, 1, 1) < 0) return false;
-#else
-  if (_PyLong_AsByteArray(reinterpret_cast<PyLongObject*>(v), buf, 16, 1, 1) < 0) return false;
-#endif
-  u128 x = 0;
-  for (int i = 15; i >= 0; i--) x = (x << 8) | buf[i];
-  *out = i128(x);
-  return true;
-}
-
-PyObject* from_128(u128 x, bool is_signed) {
-#if PY_VERSION_HEX < 0x030C0000
-  bool negative = is_signed && i128(x) < 0;
-  u128 m = negative ? u128(-i128(x)) : x;
-  if (m >> 120 == 0) {
-    Py_ssize_t n = 0;
-    for (u128 t = m; t != 0; t >>= PyLong_SHIFT) n++;
-    if (n == 0) return PyLong_FromLong(0);
-    PyLongObject* v = _PyLong_New(n);
-    if (v == nullptr) return nullptr;
-    for (Py_ssize_t i = 0; i < n; i++, m >>= PyLong_SHIFT) v->ob_digit[i] = digit(m & PyLong_MASK);
-    if (negative) Py_SET_SIZE(v, -n);
-    return reinterpret_cast<PyObject*>(v);
-  }
-#endif
-  unsigned char buf[16];
-  for (int i = 0; i < 16; i++) buf[i] = uint8_t(x >> (8 * i));
-  return _PyLong_FromByteArray(buf, 16, 1, is_signed ? 1 : 0);
-}
+using bknr_pyint128::from_128;
+using bknr_pyint128::to_i128;
 
 // --- module state -----------------------------------------------------------------------------
 
