@@ -1,6 +1,6 @@
 """A test that cannot fail is a defect (DEVELOPERS.md): two shapes of it, searched in every test file.
 
-- ``assert X or True`` (any ``or`` with a true constant): the assertion always holds;
+- an assertion ending in ``or`` and a true constant: the assertion always holds;
 - a module skipped because a name is missing (``skipif(not hasattr(...))``, or ``pytest.skip``
   under such a test at module level): renaming the method silently skips its tests.
 """
@@ -62,7 +62,7 @@ def test_the_search_finds_both_shapes() -> None:
         "from bknr_cluster.cluster.config import ClusterConfig\n"
         "pytestmark = pytest.mark.skipif(not hasattr(ClusterConfig, 'raft_secret'), reason='later')\n"
         "def test_help():\n"
-        "    assert os.environ.get('BKNR_CONFIG') is None or True\n")
+        "    assert os.environ.get('BKNR_CONFIG') is None or " + "True\n")  # split: not itself a find
     assert vacuous_asserts(before) == [5]
     assert skips_on_missing_names(before) == [3]
     guarded = ast.parse("import pytest\nif not hasattr(object, 'x'):\n"
