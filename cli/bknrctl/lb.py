@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +26,7 @@ from bknr_cluster.errors import BknrError, UsageError
 
 from .app import ConfigOpt, app, cluster_for
 from .output import guarded, info
+from .poll import poll
 
 lb_app = typer.Typer(help="Load balancers in front of the cluster: haproxy.cfg, nginx.conf.",
                      no_args_is_help=True)
@@ -207,6 +207,9 @@ class HaproxyProcess:
         self.cfg = cfg
         self.dir = Path(directory)
         self.bind = bind
+        # ports we picked ourselves may be taken by someone else before HAProxy binds them;
+        # those (and only those) are picked again when the bind fails
+        self._pick_ports = write_port is None and read_port is None
         self.write_port = write_port or _free_port(bind)
         self.read_port = read_port or _free_port(bind)
         self.pid_file = self.dir / "haproxy.pid"
@@ -220,33 +223,62 @@ class HaproxyProcess:
     def read_url(self) -> str:
         return f"http://{self.bind}:{self.read_port}"
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, bind_attempts: int = 3) -> None:
         exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not Path(exe).exists():
             raise BknrError("haproxy is not installed (scripts/install-deps.sh installs it); "
                             "or drill through your own load balancer with --via URL")
         self.dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, bind_attempts + 1):
+            log_start = self._launch(exe)
+            outcome = poll(self._listening_or_exited, timeout, interval=0.02)
+            if outcome == "listening":
+                return
+            if outcome is None:
+                self.stop()
+                raise BknrError(f"haproxy did not listen on {self.write_url} within {timeout:.0f} s")
+            status = self.proc.returncode if self.proc is not None else None
+            self.proc = None
+            self.pid_file.unlink(missing_ok=True)
+            if not (self._pick_ports and attempt < bind_attempts and self._bind_failed(log_start)):
+                raise BknrError(f"haproxy exited with status {status}; see {self.dir / 'haproxy.log'}")
+            info(f"haproxy could not bind {self.write_port}/{self.read_port} (taken meanwhile); "
+                 "trying other free ports")
+            self.write_port = _free_port(self.bind)
+            self.read_port = _free_port(self.bind)
+
+    def _launch(self, exe: str) -> int:
+        """Write the config and start HAProxy; returns where this run's log output begins."""
         conf = self.dir / "haproxy.cfg"
         conf.write_text(haproxy_config(self.cfg, bind=self.bind, write_port=self.write_port,
                                        read_port=self.read_port, source=str(self.cfg.path or ""),
                                        log_errors=True))
-        with open(self.dir / "haproxy.log", "ab") as out:
+        log = self.dir / "haproxy.log"
+        with open(log, "ab") as out:
+            log_start = out.tell()
             self.proc = subprocess.Popen([exe, "-f", str(conf), "-db"], stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         self.pid_file.write_text(f"{self.proc.pid}\n")
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise BknrError(f"haproxy exited with status {self.proc.returncode}; see "
-                                f"{self.dir / 'haproxy.log'}")
-            with socket.socket() as s:
-                if s.connect_ex((self.bind, self.write_port)) == 0:
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BknrError(f"haproxy did not listen on {self.write_url} within {timeout:.0f} s")
-            time.sleep(0.02)
+        return log_start
+
+    def _listening_or_exited(self) -> str | None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            return "exited"
+        with socket.socket() as s:
+            if s.connect_ex((self.bind, self.write_port)) == 0:
+                return "listening"
+        return None
+
+    def _bind_failed(self, log_start: int) -> bool:
+        try:
+            with open(self.dir / "haproxy.log", "rb") as f:
+                f.seek(log_start)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return False
+        return "cannot bind" in text or "Address already in use" in text
 
     def stop(self) -> None:
         if self.proc is not None:

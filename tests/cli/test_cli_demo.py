@@ -12,11 +12,16 @@ from tests.support import ROOT
 
 
 def _free_base() -> int:
-    """A base port whose demo ports (raft, API, application, HAProxy) are all free right now."""
+    """A base port whose demo ports (raft, API, application, HAProxy) are all free right now.
+
+    Below the kernel's ephemeral range: the demo binds HAProxy's ports minutes after this check,
+    and a port inside that range may meanwhile be handed to one of the drill's own client
+    connections (seen as HAProxy exiting with status 1, "cannot bind")."""
     import random
 
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
-        base = random.randrange(20000, 50000)
+        base = random.randrange(10000, max(10001, min(low, 65536) - 2100))
         socks = []
         try:
             for p in (1, 2, 3, 1001, 1002, 1003, 2001, 2002, 2003, 980, 981):
