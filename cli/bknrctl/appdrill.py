@@ -18,6 +18,7 @@ the bank total must be unchanged (the admin-API checks of the write drill, drill
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import signal
 import ssl
@@ -37,6 +38,7 @@ from .cluster import Cluster
 from .control import controller
 from .drill import Drill as AdminDrill
 from .drill import DrillOptions, RoundResult, Watcher, inject_fault, write_gap
+from .poll import apoll
 from .workload import BANK, BankClient, NodeRef, Sample
 
 ACCOUNTS = 16
@@ -128,20 +130,24 @@ class AppClients:
         """Open the drill's accounts through the application (an existing one is kept)."""
         assert self.session
         for i in range(ACCOUNTS):
-            while True:
-                try:
-                    async with self.session.post(f"{self.url}/accounts", json={
-                            "owner": f"{self.prefix}-{i}", "balance": INITIAL_BALANCE},
-                            timeout=self.timeout) as r:
-                        if r.status in (200, 409):
-                            break
-                        problem = f"HTTP {r.status}: {(await r.text())[:200]}"
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    problem = f"{type(exc).__name__}: {exc}"
-                if time.monotonic() > deadline:
-                    raise BknrError(f"the application at {self.url} did not open the drill "
-                                    f"accounts: {problem}")
-                await asyncio.sleep(0.1)
+            problem: list[str] = []
+            opened = functools.partial(self._open_account, f"{self.prefix}-{i}", problem)
+            if await apoll(opened, max(0.0, deadline - time.monotonic()), 0.1) is None:
+                raise BknrError(f"the application at {self.url} did not open the drill "
+                                f"accounts: {problem[0] if problem else 'no answer'}")
+
+    async def _open_account(self, owner: str, problem: list[str]) -> bool | None:
+        """True once ``owner``'s account exists; None (and why in ``problem``) otherwise."""
+        assert self.session
+        try:
+            async with self.session.post(f"{self.url}/accounts", json={
+                    "owner": owner, "balance": INITIAL_BALANCE}, timeout=self.timeout) as r:
+                if r.status in (200, 409):
+                    return True
+                problem[:] = [f"HTTP {r.status}: {(await r.text())[:200]}"]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            problem[:] = [f"{type(exc).__name__}: {exc}"]
+        return None
 
     async def client(self, stop: asyncio.Event, cid: int, rng: random.Random, max_ops: int) -> None:
         """One customer: transfers one after the other until ``stop``; a failed one is sent
@@ -242,15 +248,19 @@ class AppDrill:
         watch_task = asyncio.create_task(watcher.run(watch_stop))
         deadline = t_start + o.max_round_s
         try:
-            while sum(1 for s in users.samples if s.ok) < 20:
-                if time.monotonic() > t_start + o.warmup_s + 15.0:
-                    raise BknrError("the customers got no answer before the fault")
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(o.warmup_s)
+            async def answered() -> bool | None:
+                return True if sum(1 for s in users.samples if s.ok) >= 20 else None
+
+            if await apoll(answered, o.warmup_s + 15.0, 0.01) is None:
+                raise BknrError("the customers got no answer before the fault")
+            await asyncio.sleep(o.warmup_s)  # load before the fault: a duration, not a wait
             fault_start, fault_done, fault_at = await inject_fault(self.cluster, ctl, victim, o.fault)
-            while time.monotonic() < deadline and not any(
-                    s.ok and s.start > fault_done for s in users.samples):
-                await asyncio.sleep(0.01)
+
+            async def served_after_fault() -> bool | None:
+                return True if any(s.ok and s.start > fault_done for s in users.samples) else None
+
+            # the round's figures are measured whether or not service came back in time
+            await apoll(served_after_fault, max(0.0, deadline - time.monotonic()), 0.01)
             await asyncio.sleep(o.settle_s)
         finally:
             stop.set()
