@@ -119,7 +119,7 @@ class AppServer:
         # is closing.
         config = uvicorn.Config(app, lifespan="auto", log_config=None, access_log=False,
                                 timeout_keep_alive=75, timeout_graceful_shutdown=drain_s,
-                                server_header=False,
+                                server_header=False, http=_one_write_protocol(),
                                 # the node's own context (tls_config.app_ssl_context), not one
                                 # uvicorn builds from file names with its own cipher defaults
                                 ssl_context_factory=(lambda _cfg, _default: ssl_context)
@@ -159,6 +159,69 @@ class AppServer:
             log.exception("application shutdown failed")
         self._task = None
         self.sock.close()
+
+
+class OneWritePerTurn:
+    """A transport proxy that joins the writes of one event-loop turn into one ``write``.
+
+    uvicorn writes a response in two calls (status line + headers at ``http.response.start``,
+    then the body), that is two ``send`` system calls. A leader killed between them leaves the
+    load balancer holding a 200 without its body, which it has already passed on and cannot
+    retry: the customer sees a cut response (``SD--`` in HAProxy's log; 1 user error in 10 kill
+    rounds of bench/app_bench.py). Joined, a response's bytes reach the kernel in one call, so
+    a kill leaves either all of them or none (and HAProxy retries a request without answer).
+    The flush runs at the end of the current turn: no added latency beyond one loop step."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._parts:
+            self._loop.call_soon(self.flush)
+        self._parts.append(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        data = b"".join(self._parts)
+        self._parts.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._parts.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._parts))
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the transport's own
+        return getattr(self._transport, name)
+
+
+def _one_write_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's own HTTP protocol (httptools or h11, as ``http="auto"`` picks) on a
+    :class:`OneWritePerTurn` transport."""
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    base = import_from_string(HTTP_PROTOCOLS["auto"])
+
+    class OneWriteHTTPProtocol(base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(OneWritePerTurn(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+
+    return OneWriteHTTPProtocol
 
 
 def _node_server(config: Any) -> Any:
