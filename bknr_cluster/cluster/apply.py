@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bknr_cluster.cluster import stall_trace
 from bknr_cluster.cluster.batch import (
     RESTORE_MAGIC,
     SYSTEM_MAGIC,
@@ -41,6 +42,7 @@ from bknr_cluster.cluster.batch import (
 from bknr_cluster.cluster.checkpoints import Checkpoints, DefinitionProbe, Halt
 from bknr_cluster.cluster.commit import AppliedSignal
 from bknr_cluster.cluster.snapshot_meta import snapshot_object_count, snapshot_prefix, split_snapshot
+from bknr_cluster.cluster.snapshot_writer import StoreSnapshotWriter  # not lazily: a pause
 from bknr_cluster.errors import BknrError, CorruptData, ReplicaHalted, Shutdown, UsageError
 from bknr_cluster.vocabulary import DataDirLayout
 
@@ -165,6 +167,7 @@ class Applier:
         hand_off = committer.engine_wake = _takes_wake(eng)
         if self.freeze_gc:
             _use_huge_page_arenas()  # before any restore allocates the store's objects
+        stall_trace.start()  # BKNR_TRACE_STALLS only (a diagnostic)
         try:
             self._apply_slices(eng, committer, hand_off, TxContext)
         finally:
@@ -407,8 +410,6 @@ class Applier:
         """Fork a writer of the state at ``index`` and go on applying (snapshot_writer.py)."""
         writer = self._snapshot_writer
         if writer is None:
-            from bknr_cluster.cluster.snapshot_writer import StoreSnapshotWriter
-
             def done(at: int, seconds: float) -> None:
                 self.last_store_snapshot = at  # before the engine may answer snapshot_now
                 if self.on_store_snapshot is not None:  # metrics (api.py): a duration histogram

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bknr_cluster.errors import StoreError
+from bknr_cluster.store import snapshot  # here, not in fork_snapshot: see _fork_pause_ms
 from bknr_cluster.store.huge_pages import keeper
 
 if TYPE_CHECKING:
@@ -154,9 +155,12 @@ def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
     reporting success (standalone snapshots; the Raft engine persists its own copy). ``prefix``
     is written before the store snapshot (the cluster layer's header, cluster/apply.py).
     ``path`` may be ``/proc/self/fd/<n>`` of a memfd the caller made (the child inherits it);
-    then pass ``remove_on_failure=False``."""
-    from bknr_cluster.store import snapshot
+    then pass ``remove_on_failure=False``.
 
+    Everything between taking the store lock and ``fork()`` returning is a pause of the
+    process (the GIL is held): nothing may be imported or first-time initialised there. A lazy
+    import of ``snapshot`` here cost 9-20 ms on each process's first snapshot, where the
+    ``fork()`` of a 1M-object store on huge pages takes ~1 ms (docs/performance.md)."""
     hasher = hashlib.sha256()  # made here: the child must not look up digests (library locks)
     read_fd, write_fd = os.pipe()
     keeper().hold()  # no huge-page collapse while the child shares our pages (huge_pages.py)
