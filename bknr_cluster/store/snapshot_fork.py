@@ -205,7 +205,7 @@ def _child(store: Store, write: Any, path: str, fsync: bool, hasher: Any, report
 def _detach(parent: int) -> None:
     """Make the child a leaf: no cyclic GC (it would write to every object's header, copying
     the whole heap), default signal dispositions, death with the thread that forked it, a
-    lower CPU priority than the node it serves."""
+    lower CPU priority than the node it serves (and than the host's other sessions)."""
     gc.disable()
     for sig in signal.valid_signals():
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -217,6 +217,24 @@ def _detach(parent: int) -> None:
         os._exit(1)
     with contextlib.suppress(OSError):
         os.nice(10)  # the node's own threads (applier, API, app) go first on a busy host
+    _own_autogroup()
+
+
+def _own_autogroup() -> None:
+    """With scheduler autogroups (``kernel.sched_autogroup_enabled``, tasks in the root CPU
+    cgroup), CPU time is shared fairly between *sessions* first and by nice value only within
+    one: the child at nice 10 in its node's session still took a whole session's share from
+    the other processes of the host (the cluster's other replicas, whose acknowledgements a
+    write waits for). In a session of its own whose autogroup is at nice 10 it yields to them
+    as it yields to its node's threads. Best effort: no autogroups, or the kernel's limit of
+    about ten autogroup changes a second host-wide (EAGAIN), leave the plain nice 10."""
+    with contextlib.suppress(OSError):
+        os.setsid()  # never a group leader (just forked): cannot fail with EPERM here
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"10")
+        finally:
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
