@@ -457,17 +457,12 @@ class Applier:
 
 
 def _use_huge_page_arenas() -> None:
-    """Python's object arenas on transparent huge pages (native/huge_arenas.cpp): the fork of a
-    store snapshot then copies one page-table entry per 2 MiB instead of per 4 KiB, which is
-    what keeps the GIL held by fork() short on a large store (store/DESIGN.md)."""
-    try:
-        from bknr_cluster import _raft
-    except ImportError:  # pragma: no cover - the engine is not built: a test stand-in
-        return
-    if _raft.use_huge_page_arenas():
+    """Python's object arenas on transparent huge pages and the keeper (store/huge_pages.py):
+    the fork of a store snapshot then copies one page-table entry per 2 MiB instead of per
+    4 KiB, which is what keeps the GIL held by fork() short on a large store (store/DESIGN.md)."""
+    from bknr_cluster.store.huge_pages import use_huge_pages
+    if use_huge_pages():
         log.info("python object arenas now come from huge-page regions")
-    from bknr_cluster.store.huge_pages import keeper
-    keeper().start()  # keeps them (and malloc's dense memory) on huge pages between snapshots
 
 
 def _takes_wake(engine: Any) -> bool:

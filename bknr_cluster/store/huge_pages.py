@@ -245,5 +245,22 @@ _keeper = HugePageKeeper()
 
 
 def keeper() -> HugePageKeeper:
-    """The process's keeper (started by the node's applier: cluster/apply.py)."""
+    """The process's keeper (started by ``use_huge_pages``)."""
     return _keeper
+
+
+def use_huge_pages() -> bool:
+    """Put this process's Python objects on huge pages and keep them there (the keeper), so
+    that a store snapshot's ``fork()`` stays short; whether the arenas were installed now.
+    Call it before a large store is created or loaded (objects allocated earlier keep their
+    4 KiB arenas). Process-wide and opt-in: bknr-node calls it (``freeze_gc``); a standalone
+    application with millions of objects may (a fork of a 5M-object store on 4 KiB pages
+    paused it ~30-40 ms, ~6 ms this way: docs/performance.md). Freed arenas are kept for reuse
+    rather than returned to the OS (native/huge_arenas.cpp)."""
+    try:
+        from bknr_cluster import _raft
+    except ImportError:  # pragma: no cover - the native extension is not built
+        return False
+    installed = bool(_raft.use_huge_page_arenas())
+    _keeper.start()  # keeps them (and malloc's dense memory) on huge pages between snapshots
+    return installed
