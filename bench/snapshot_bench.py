@@ -138,7 +138,26 @@ class MemorySampler(threading.Thread):
             self.peak = max(self.peak, rss_kib(self.pid) + sum(map(private_kib, children(self.pid))))
 
 
-def run_size(objects: int, nodes: int) -> dict[str, Any]:
+def slow_calls(loop: Loop, t0: float, start: float, end: float, ms: float = 20.0) -> list[str]:
+    """The calls slower than ``ms`` that overlapped [start, end], as 'begin (s after t0) ms'."""
+    return [f"{t - t0:+.3f}s {d * 1000:.1f}ms" for t, d in loop.samples
+            if t <= end and t + d >= start and d * 1000 > ms]
+
+
+def trace_lines(log: Path, t0: float, start: float, end: float) -> list[str]:
+    """The node's stall-trace lines (BKNR_TRACE_STALLS: cluster/stall_trace.py, native fsm.cpp)
+    whose monotonic ``t=`` falls in [start, end], with that time made relative to ``t0``."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if " t=" not in line or ("bknr.stall" not in line and "bknr: trace" not in line):
+            continue
+        t = float(line.split(" t=", 1)[1].split()[0])
+        if start <= t <= end:
+            out.append(f"{t - t0:+.3f}s {line.split(': ', 1)[-1]}")
+    return out
+
+
+def run_size(objects: int, nodes: int, trace: bool = False) -> dict[str, Any]:
     from tests.cluster.harness import LocalCluster
     from tests.support import Processes, wait_until
 
@@ -183,6 +202,12 @@ def run_size(objects: int, nodes: int) -> dict[str, Any]:
         for t in (mem, writer, health):
             t.join(30)
         st = c.status(leader, digest=False)
+        if trace:  # where each slow call of the snapshot's window came from (a diagnostic)
+            print(f"--- {objects} objects: slow calls and the leader's trace, s after POST /snapshot")
+            for what, loop in (("write", writer), ("health", health)):
+                print(what, slow_calls(loop, t0, t0 - 0.5, t1 + 0.5))
+            for line in trace_lines(c.nodes[leader].log, t0, t0 - 0.5, t1 + 0.5):
+                print("  ", line)
         return {"objects": objects, "snapshot_s": st["store_snapshot_s"],
                 "write_max_ms_before": writer.max_ms(t_base, t0),
                 "write_max_ms_during": writer.max_ms(t0, t1),
@@ -206,11 +231,15 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--only", choices=["small", "large"],
                     help="one size only (a diagnostic run: the JSON line then has its keys only)")
+    ap.add_argument("--trace", action="store_true",
+                    help="nodes trace their stalls (BKNR_TRACE_STALLS); print them per size")
     args = ap.parse_args()
+    if args.trace:
+        os.environ["BKNR_TRACE_STALLS"] = "1"  # inherited by the node processes
     export_bench_path()
     small, large = (100_000, 300_000) if args.quick else (1_000_000, 5_000_000)
     sizes = {"small": [small], "large": [large]}.get(args.only or "", [small, large])
-    rows = [run_size(n, args.nodes) for n in sizes]
+    rows = [run_size(n, args.nodes, args.trace) for n in sizes]
     cols = ["objects", "snapshot_s", "post_snapshot_s", "write_max_ms_before",
             "write_max_ms_during", "health_max_ms_during", "rss_ratio_peak", "writes_during",
             "write_errors", "store_snapshot_failures", "fork_ms", "write_worst_at_s",

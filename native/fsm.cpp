@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 
 #include "node.hpp"
 
@@ -138,6 +140,19 @@ static uint64_t get64(const char* p) {
 }
 
 namespace {
+namespace {
+// BKNR_TRACE_STALLS: when libraft takes and finishes a snapshot, on the clock the stall tracer
+// (cluster/stall_trace.py) and the bench use, so slow calls can be placed against these steps.
+void trace_step(bool on, const char* what, uint64_t index) {
+    if (!on) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    std::fprintf(stderr, "bknr: trace %s t=%.6f index=%llu\n", what,
+                 static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9,
+                 static_cast<unsigned long long>(index));
+}
+}  // namespace
+
 // Keeps the buffers of one snapshot alive until libraft calls snapshot_finalize.
 struct SnapshotHold {
     std::vector<struct raft_buffer> bufs;
@@ -219,6 +234,7 @@ int Node::fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs) {
     // (install_guard.cpp (2)); then we cut the tail at `label`, or refuse when the store
     // snapshot is already past it (libraft retries at its next step).
     const uint64_t label = raft_.commit_index;
+    trace_step(trace_snapshot_, "raft_snapshot_take", label);
     if (label != raft_.last_applied) mislabeled_snapshots_++;
     auto* h = new SnapshotHold();
     size_t tail_len = 0, count = 0;
@@ -290,6 +306,7 @@ int Node::fsm_snapshot_finalize(struct raft_buffer* bufs[], unsigned* n_bufs) {
         auto* h = static_cast<SnapshotHold*>(holds_[i].second);
         uint64_t index = h->index, base = h->base;
         unsigned trailing = h->trailing;
+        trace_step(trace_snapshot_, "raft_snapshot_written", index);
         delete h;
         raft_free(holds_[i].first);
         holds_.erase(holds_.begin() + static_cast<long>(i));

@@ -68,6 +68,8 @@ int load_hook(struct raft_io* io, raft_term* term, raft_id* voted_for, struct ra
 void Node::install_recv_hook() {
     trace_commit_ = std::getenv("BKNR_TRACE_COMMIT") != nullptr;  // one stderr line per clamp
     trace_election_ = std::getenv("BKNR_TRACE_ELECTION") != nullptr;  // fast_election.cpp
+    const char* stalls = std::getenv("BKNR_TRACE_STALLS");  // cluster/stall_trace.py
+    trace_snapshot_ = stalls != nullptr && *stalls != 0 && std::strcmp(stalls, "0") != 0;
     // Always installed: it also carries the thesis vote rule (vote_rule.cpp).
     orig_start_ = io_.start;
     io_.start = start_hook;

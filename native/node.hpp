@@ -394,6 +394,7 @@ private:
     uint64_t halted_dropped_ = 0;        // vote results / TimeoutNow dropped while halted
     bool trace_commit_ = false;          // BKNR_TRACE_COMMIT: log each clamp on stderr
     bool trace_election_ = false;        // BKNR_TRACE_ELECTION: one stderr line per election step
+    bool trace_snapshot_ = false;        // BKNR_TRACE_STALLS: Raft snapshot steps on stderr (monotonic s)
     void trace_election(const char* fmt, ...) __attribute__((format(printf, 2, 3)));
     int traced_state_ = 0;               // the state the trace last saw (to log "leading" once)
     uint64_t mislabeled_snapshots_ = 0;  // fsm.cpp: restores trimmed to their Raft index

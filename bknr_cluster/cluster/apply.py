@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bknr_cluster.cluster import stall_trace
 from bknr_cluster.cluster.batch import (
     RESTORE_MAGIC,
     SYSTEM_MAGIC,
@@ -41,6 +42,7 @@ from bknr_cluster.cluster.batch import (
 from bknr_cluster.cluster.checkpoints import Checkpoints, DefinitionProbe, Halt
 from bknr_cluster.cluster.commit import AppliedSignal
 from bknr_cluster.cluster.snapshot_meta import snapshot_object_count, snapshot_prefix, split_snapshot
+from bknr_cluster.cluster.snapshot_writer import StoreSnapshotWriter  # not lazily: a pause
 from bknr_cluster.errors import BknrError, CorruptData, ReplicaHalted, Shutdown, UsageError
 from bknr_cluster.vocabulary import DataDirLayout
 
@@ -165,6 +167,7 @@ class Applier:
         hand_off = committer.engine_wake = _takes_wake(eng)
         if self.freeze_gc:
             _use_huge_page_arenas()  # before any restore allocates the store's objects
+        stall_trace.start()  # BKNR_TRACE_STALLS only (a diagnostic)
         try:
             self._apply_slices(eng, committer, hand_off, TxContext)
         finally:
@@ -407,8 +410,6 @@ class Applier:
         """Fork a writer of the state at ``index`` and go on applying (snapshot_writer.py)."""
         writer = self._snapshot_writer
         if writer is None:
-            from bknr_cluster.cluster.snapshot_writer import StoreSnapshotWriter
-
             def done(at: int, seconds: float) -> None:
                 self.last_store_snapshot = at  # before the engine may answer snapshot_now
                 if self.on_store_snapshot is not None:  # metrics (api.py): a duration histogram
@@ -456,17 +457,12 @@ class Applier:
 
 
 def _use_huge_page_arenas() -> None:
-    """Python's object arenas on transparent huge pages (native/huge_arenas.cpp): the fork of a
-    store snapshot then copies one page-table entry per 2 MiB instead of per 4 KiB, which is
-    what keeps the GIL held by fork() short on a large store (store/DESIGN.md)."""
-    try:
-        from bknr_cluster import _raft
-    except ImportError:  # pragma: no cover - the engine is not built: a test stand-in
-        return
-    if _raft.use_huge_page_arenas():
+    """Python's object arenas on transparent huge pages and the keeper (store/huge_pages.py):
+    the fork of a store snapshot then copies one page-table entry per 2 MiB instead of per
+    4 KiB, which is what keeps the GIL held by fork() short on a large store (store/DESIGN.md)."""
+    from bknr_cluster.store.huge_pages import use_huge_pages
+    if use_huge_pages():
         log.info("python object arenas now come from huge-page regions")
-    from bknr_cluster.store.huge_pages import keeper
-    keeper().start()  # keeps them (and malloc's dense memory) on huge pages between snapshots
 
 
 def _takes_wake(engine: Any) -> bool:

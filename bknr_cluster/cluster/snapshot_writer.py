@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bknr_cluster.cluster.stall_trace import event
 from bknr_cluster.store.snapshot_fork import SnapshotChild, fork_snapshot, verify_file
 
 log = logging.getLogger("bknr.cluster")
@@ -65,6 +66,7 @@ class StoreSnapshotWriter:
         """Fork the writer of the store as it is now (exactly at ``index``); returns at once.
         Called by the applier between items, so no transaction is half-applied."""
         self.cancel()  # only after a restore can an older one still run: superseded
+        event("snapshot_start", index=index)
         if self.freeze_gc:
             # O(1): moves the generations' lists into the permanent one. Nothing new is walked
             # by later full collections in the parent (which would write every object's GC
@@ -86,6 +88,7 @@ class StoreSnapshotWriter:
                 os.close(memfd)
             raise
         self.last_fork_ms = (time.monotonic() - t0) * 1000
+        event("forked", index=index, fork_ms=round(self.last_fork_ms, 1), pid=child.pid)
         reaper = threading.Thread(target=self._reap, args=(index, child, memfd),
                                   name=f"bknr-snapshot-{index}", daemon=True)
         with self._mu:
@@ -116,7 +119,9 @@ class StoreSnapshotWriter:
                           child.pid, index, self.child_timeout)
                 child.kill()
             result = child.wait()
+            event("child_reaped", index=index, child_s=round(result.seconds, 3))
             verify_file(result)
+            event("verified", index=index, size=result.size)
         except Exception as exc:
             self.failures += 1
             log.warning("store snapshot at %d failed, the previous one stays: %s", index, exc)
@@ -128,6 +133,7 @@ class StoreSnapshotWriter:
             if self.on_done is not None:
                 self.on_done(index, result.seconds)
             taken = self.engine.store_snapshot_file(index, result.path)
+            event("handed_over", index=index)
             self.last_seconds = result.seconds
             log.info("store snapshot at %d: %d bytes in %.3f s (writer %d, fork %.1f ms%s)",
                      index, result.size, result.seconds, child.pid, self.last_fork_ms,

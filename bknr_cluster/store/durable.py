@@ -24,6 +24,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from bknr_cluster.errors import CorruptData, NonDeterminism, StoreError
+from bknr_cluster.store import snapshot_fork  # at import: the fork's pause must not import
 from bknr_cluster.store.log import TxLog, fsync_dir, scan
 from bknr_cluster.store.tx import TxContext
 
@@ -169,8 +170,6 @@ class Durable:
         lock released, wait for the writer (``.tmp``, fsync'd by it), rename, fsync the
         directory, prune. A writer that fails or is killed leaves the previous snapshot and
         every log since it (``StoreError``); restart replays them across the new log."""
-        from bknr_cluster.store.snapshot_fork import fork_snapshot
-
         with self._snapshot_mu:  # held throughout: pruning removes any other *.tmp
             with self.store.lock:
                 self.check_writable()
@@ -184,7 +183,7 @@ class Durable:
                                      self.sync, create=True)
                     old.close()
                 # blobs are durable beside the store already: the local snapshot skips them
-                child = fork_snapshot(self.store, final + ".tmp", include_blobs=False,
+                child = snapshot_fork.fork_snapshot(self.store, final + ".tmp", include_blobs=False,
                                       fsync=self.sync)
             result = child.wait()
             os.replace(result.path, final)

@@ -14,7 +14,10 @@ its object arenas are carved from ``MADV_HUGEPAGE`` regions (native/huge_arenas.
 
 The keeper is one background thread per process that puts dense anonymous memory back on huge
 pages with ``MADV_COLLAPSE`` (Linux 6.1+; synchronous, the GIL released): after each snapshot
-child has exited and every ``interval`` seconds. Only 2 MiB ranges of which at least
+child has exited, every ``interval`` seconds, and within ``_GROWTH_CHECK`` seconds of the
+resident set growing by ``_GROWTH`` since the last pass (a store just loaded or restored: its
+``malloc``'d dicts are on 4 KiB pages until a pass, and the first snapshot's fork pays for
+them). Only 2 MiB ranges of which at least
 ``MIN_RESIDENT`` of the pages are resident are collapsed (a collapse makes the whole 2 MiB
 resident: thread stacks and sparse heaps are left alone), so the resident set grows by at most
 1/16. It never collapses while a snapshot child lives (``hold``/``release``): a collapse copies
@@ -44,6 +47,8 @@ _MADV_COLLAPSE = 25
 _RUN = HUGE_PAGE
 _PAUSE = 0.001
 _SETTLE = 1.0  # after a child exits: the engine takes its image first
+_GROWTH_CHECK = 2.0  # how often the resident set is read (a counter: no page-table walk)
+_GROWTH = (64 << 20, 1 / 8)  # a pass when it grew by this much and this fraction since the last
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 try:
@@ -112,6 +117,7 @@ class HugePageKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._disabled = not supported()
+        self._resident_at_pass = 0
 
     def start(self) -> bool:
         """Start the thread (once); False if the host cannot collapse (THP off, old kernel)."""
@@ -174,12 +180,17 @@ class HugePageKeeper:
         # Not niced: this thread takes the GIL (between the syscalls) and the mmap lock (each
         # collapse); at a lower priority on a busy host it gets preempted holding either, and
         # every thread of the node waits for it (a 0.48 s stall seen at nice 10, load 25).
+        due = time.monotonic() + self.interval
         while not self._stop.is_set():
-            if self._kick.wait(self.interval):
+            if self._kick.wait(min(_GROWTH_CHECK, self.interval)):
                 self._kick.clear()
                 self._stop.wait(_SETTLE)
+            elif time.monotonic() < due and not self._grown():
+                continue
             if self._stop.is_set() or self._disabled or self.held():
                 continue
+            due = time.monotonic() + self.interval
+            self._resident_at_pass = _resident()
             try:
                 p = self.collapse_once()
             except Exception:  # pragma: no cover - /proc unreadable etc.: never kill the node
@@ -190,6 +201,22 @@ class HugePageKeeper:
                 log.info("huge pages: %d MiB dense, %d MiB collapsed (%d calls failed) in "
                          "%.3f s%s", p.dense >> 20, p.collapsed >> 20, p.failed, p.seconds,
                          ", interrupted by a snapshot" if p.interrupted else "")
+
+
+    def _grown(self) -> bool:
+        """The resident set grew by ``_GROWTH`` since the last pass."""
+        grown = _resident() - self._resident_at_pass
+        return grown >= _GROWTH[0] and grown >= self._resident_at_pass * _GROWTH[1]
+
+
+def _resident() -> int:
+    """This process's resident set in bytes, from counters (``statm``): reading it does not
+    walk the page tables (``smaps`` would, holding the mmap lock a fork must take)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _runs(chunks: list[int]) -> list[tuple[int, int]]:
@@ -218,5 +245,22 @@ _keeper = HugePageKeeper()
 
 
 def keeper() -> HugePageKeeper:
-    """The process's keeper (started by the node's applier: cluster/apply.py)."""
+    """The process's keeper (started by ``use_huge_pages``)."""
     return _keeper
+
+
+def use_huge_pages() -> bool:
+    """Put this process's Python objects on huge pages and keep them there (the keeper), so
+    that a store snapshot's ``fork()`` stays short; whether the arenas were installed now.
+    Call it before a large store is created or loaded (objects allocated earlier keep their
+    4 KiB arenas). Process-wide and opt-in: bknr-node calls it (``freeze_gc``); a standalone
+    application with millions of objects may (a fork of a 5M-object store on 4 KiB pages
+    paused it ~30-40 ms, ~6 ms this way: docs/performance.md). Freed arenas are kept for reuse
+    rather than returned to the OS (native/huge_arenas.cpp)."""
+    try:
+        from bknr_cluster import _raft
+    except ImportError:  # pragma: no cover - the native extension is not built
+        return False
+    installed = bool(_raft.use_huge_page_arenas())
+    _keeper.start()  # keeps them (and malloc's dense memory) on huge pages between snapshots
+    return installed

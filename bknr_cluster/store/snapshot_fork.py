@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bknr_cluster.errors import StoreError
+from bknr_cluster.store import snapshot  # here, not in fork_snapshot: see _fork_pause_ms
 from bknr_cluster.store.huge_pages import keeper
 
 if TYPE_CHECKING:
@@ -154,9 +155,12 @@ def fork_snapshot(store: Store, path: str, *, include_blobs: bool = True,
     reporting success (standalone snapshots; the Raft engine persists its own copy). ``prefix``
     is written before the store snapshot (the cluster layer's header, cluster/apply.py).
     ``path`` may be ``/proc/self/fd/<n>`` of a memfd the caller made (the child inherits it);
-    then pass ``remove_on_failure=False``."""
-    from bknr_cluster.store import snapshot
+    then pass ``remove_on_failure=False``.
 
+    Everything between taking the store lock and ``fork()`` returning is a pause of the
+    process (the GIL is held): nothing may be imported or first-time initialised there. A lazy
+    import of ``snapshot`` here cost 9-20 ms on each process's first snapshot, where the
+    ``fork()`` of a 1M-object store on huge pages takes ~1 ms (docs/performance.md)."""
     hasher = hashlib.sha256()  # made here: the child must not look up digests (library locks)
     read_fd, write_fd = os.pipe()
     keeper().hold()  # no huge-page collapse while the child shares our pages (huge_pages.py)
@@ -201,7 +205,7 @@ def _child(store: Store, write: Any, path: str, fsync: bool, hasher: Any, report
 def _detach(parent: int) -> None:
     """Make the child a leaf: no cyclic GC (it would write to every object's header, copying
     the whole heap), default signal dispositions, death with the thread that forked it, a
-    lower CPU priority than the node it serves."""
+    lower CPU priority than the node it serves (and than the host's other sessions)."""
     gc.disable()
     for sig in signal.valid_signals():
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -213,6 +217,24 @@ def _detach(parent: int) -> None:
         os._exit(1)
     with contextlib.suppress(OSError):
         os.nice(10)  # the node's own threads (applier, API, app) go first on a busy host
+    _own_autogroup()
+
+
+def _own_autogroup() -> None:
+    """With scheduler autogroups (``kernel.sched_autogroup_enabled``, tasks in the root CPU
+    cgroup), CPU time is shared fairly between *sessions* first and by nice value only within
+    one: the child at nice 10 in its node's session still took a whole session's share from
+    the other processes of the host (the cluster's other replicas, whose acknowledgements a
+    write waits for). In a session of its own whose autogroup is at nice 10 it yields to them
+    as it yields to its node's threads. Best effort: no autogroups, or the kernel's limit of
+    about ten autogroup changes a second host-wide (EAGAIN), leave the plain nice 10."""
+    with contextlib.suppress(OSError):
+        os.setsid()  # never a group leader (just forked): cannot fail with EPERM here
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"10")
+        finally:
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

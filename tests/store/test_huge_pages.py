@@ -10,6 +10,7 @@ import pytest
 
 from bknr_cluster.store import Store, StoreDefinition, huge_pages, snapshot_fork, transaction
 from examples.bank import app as bank
+from tests.support import wait_until
 
 pytestmark = pytest.mark.skipif(not huge_pages.supported(), reason="no transparent huge pages")
 
@@ -105,3 +106,21 @@ def test_a_snapshot_child_holds_the_keeper_until_it_is_reaped(tmp_path):
     assert k.held()  # the child shares the pages: a collapse now would copy them
     child.wait()
     assert not k.held()
+
+
+def test_a_pass_follows_growth_of_the_resident_set_without_waiting_for_the_interval():
+    # A store just loaded or restored must not wait for the periodic pass (30 s in a node): its
+    # first snapshot's fork would copy the page tables of all of it at 4 KiB.
+    k = huge_pages.HugePageKeeper(interval=3600)
+    assert k.start()
+    try:
+        passes = k.passes
+        m, lo, hi = _region(max(96 * MiB, huge_pages._resident() // 4), mmap.PAGESIZE)
+        try:
+            wait_until(lambda: k.passes > passes, 30, "a pass after 96+ MiB more became resident")
+            wait_until(lambda: _smaps_kib(lo, hi, "AnonHugePages") >= (hi - lo) // 1024, 30,
+                       "the new region on huge pages")
+        finally:
+            m.close()
+    finally:
+        k.stop()

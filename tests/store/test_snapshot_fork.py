@@ -2,13 +2,18 @@
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from bknr_cluster.errors import StoreError
 from bknr_cluster.store import snapshot_fork
 from tests.snapshot_child import HeldChildren
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Snapshotter(threading.Thread):
@@ -86,3 +91,51 @@ def test_the_child_reports_a_failure_to_write(disk, tmp_path):
     child = snapshot_fork.fork_snapshot(s, str(tmp_path / "no-such-dir" / "x.snap"))
     with pytest.raises(StoreError, match="FileNotFoundError"):
         child.wait()
+
+
+def test_the_fork_imports_nothing_while_it_holds_the_store_lock(tmp_path):
+    # Everything between taking the store lock and fork() returning pauses the process (GIL
+    # held): a first-time import there cost 9-20 ms. A fresh interpreter shows every lazy one.
+    code = (
+        "import sys\n"
+        "from bknr_cluster.store import Store, snapshot_fork\n"
+        "from tests.store.models import definition\n"
+        "s = Store(None, definition=definition, bind=False)\n"
+        "s.execute('add_person', 'ann')\n"
+        "before = set(sys.modules)\n"
+        f"child = snapshot_fork.fork_snapshot(s, {str(tmp_path / 'x.snap')!r})\n"
+        "print(sorted(set(sys.modules) - before))\n"
+        "child.wait()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_child_runs_in_a_session_of_its_own_at_a_lower_priority():
+    # Under scheduler autogroups a nice value only ranks a task within its session: the child
+    # takes a session (and, where there are autogroups, one at nice 10) of its own.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            snapshot_fork._own_autogroup()
+            group = ""
+            if os.path.exists("/proc/self/autogroup"):
+                with open("/proc/self/autogroup") as f:
+                    group = f.read().strip()
+            os.write(w, f"{int(os.getsid(0) == os.getpid())}|{group}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        own_session, group = f.read().split("|")
+    os.waitpid(pid, 0)
+    assert own_session == "1"
+    if group:  # autogroups exist here; the kernel may refuse the change (EAGAIN) now and then
+        assert group.endswith(("nice 10", "nice 0")) and group != _autogroup_of_self()
+
+
+def _autogroup_of_self() -> str:
+    with open("/proc/self/autogroup") as f:
+        return f.read().strip()
