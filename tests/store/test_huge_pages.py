@@ -15,15 +15,23 @@ from tests.support import wait_until
 pytestmark = pytest.mark.skipif(not huge_pages.supported(), reason="no transparent huge pages")
 
 MiB = 1 << 20
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _region(size: int, touch_every: int) -> tuple[mmap.mmap, int, int]:
     """A private anonymous mapping (never advised), touched every ``touch_every`` bytes; its
-    first and last huge-page-aligned addresses."""
-    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    first and last huge-page-aligned addresses. One inaccessible page at each end keeps it a
+    mapping of its own: otherwise the kernel may merge it with an adjacent anonymous mapping of
+    this process (one the keeper collapsed in an earlier test), and smaps would report that
+    neighbour's huge pages as ours."""
+    page = mmap.PAGESIZE
+    m = mmap.mmap(-1, size + 2 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    for guard in (start, start + size + page):
+        assert _libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
     for i in range(0, size, touch_every):
-        m[i] = 1
-    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        m[page + i] = 1
+    base = start + page
     lo = (base + huge_pages.HUGE_PAGE - 1) & ~(huge_pages.HUGE_PAGE - 1)
     return m, lo, (base + size) & ~(huge_pages.HUGE_PAGE - 1)
 
