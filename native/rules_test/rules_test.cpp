@@ -15,6 +15,12 @@
 //                                    after the candidate timer (vote_rule.cpp)
 //   commit_clamp   bknr | libraft    a stale AppendEntries does not lower a follower's commit
 //                                    index (install_guard.cpp, bug 2)
+//   pre_vote_tie   bknr | libraft    two survivors with equal logs start their pre-votes in the
+//                                    same tick: the lower id wins at once, no split vote
+//                                    (vote_rule.cpp, fast_election.cpp 5a)
+//   kept_timeout_now bknr | libraft  a TimeoutNow that libraft ignores (the follower's log is
+//                                    not up to date yet) is taken once the log catches up
+//                                    (install_guard.cpp, keep_timeout_now)
 //
 // How the engine's code runs on fixture servers: every fixture server gets a real bknr::Node
 // (never started: no loop, no sockets). Its raft_io's start is wrapped exactly as the engine
@@ -28,6 +34,7 @@
 // fields (it follows no pointer back into the struct), so the copy is faithful. Arm "libraft"
 // bypasses the hooks: stock libraft on the same scenario, the control that shows each
 // work-around is what makes the difference.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -203,16 +210,28 @@ public:
     }
 
     // One fixture event at a time until `done()` or `max_ms` simulated ms passed; `watch()`
-    // sees the state after every event.
+    // sees the state after every event. After each event every live server with the hooks
+    // runs the engine's check phase (Node::on_check), as the loop does after each iteration:
+    // that is where a kept TimeoutNow is handed to libraft again.
     bool step_until(const std::function<bool()>& done, unsigned max_ms,
                     const std::function<void()>& watch = [] {}) {
         raft_time deadline = now() + max_ms;
         while (now() < deadline) {
             raft_fixture_step(&f_);
+            check_phase();
             watch();
             if (done()) return true;
         }
         return false;
+    }
+
+    void check_phase() {
+        for (Server& s : servers_) {
+            if (!s.hooks || !raft_fixture_alive(&f_, s.index)) continue;
+            pull(s);
+            s.node->on_check();
+            push(s);
+        }
     }
 
     void deliver(unsigned i, struct raft_message* msg) { hook_recv(servers_[i].io, msg); }
@@ -401,6 +420,75 @@ int commit_clamp(bool hooks) {
     return 0;
 }
 
+// The leader (server 0) dies and both survivors' election timers expire in the same tick with
+// equal logs, so each receives the other's pre-vote request while in its own pre-vote round.
+// Stock libraft grants both: both enter the real election, each votes for itself, the vote
+// splits and the next try waits for a candidate timer (T..2T). With the engine's tie rule the
+// higher id (server 2) is refused by the lower one (server 1), which alone passes the pre-vote.
+int pre_vote_tie(bool hooks) {
+    Cluster c(3, hooks);
+    elect_first(c);
+    c.step_until([] { return false; }, 3 * kHeartbeatMs);
+    raft_term term0 = c.raft(1)->current_term;
+    raft_time t0 = c.now();
+    raft_fixture_kill(c.f(), 0);
+    // The same heartbeat reached both (equal latency): timers that expire after exactly T run
+    // out in the same tick. T itself is left alone by the engine's band (keep_timer_in_range
+    // treats it as a deliberate expiry), so both arms time out together.
+    if (c.raft(1)->election_timer_start != c.raft(2)->election_timer_start) {
+        std::fprintf(stderr, "survivors heard the last heartbeat at different times\n");
+        return 3;
+    }
+    for (unsigned i = 1; i < 3; i++) c.raft(i)->follower_state.randomized_election_timeout = kElectionMs;
+    Seen seen(3);
+    raft_term max_term = term0;
+    c.step_until([&] { return c.leader() < 3; }, 10 * kElectionMs, [&] {
+        seen.note(c, t0);
+        for (unsigned i = 1; i < 3; i++) max_term = std::max<raft_term>(max_term, c.raft(i)->current_term);
+    });
+    std::printf("{\"candidate_ms\": %s, \"leader_ms\": %s, \"leader_now\": %u, \"term_rise\": %llu, "
+                "\"tie_refusals\": [0, %llu, %llu]}\n",
+                ids_json(seen.candidate).c_str(), ids_json(seen.leader).c_str(), c.leader(),
+                (unsigned long long)(max_term - term0), (unsigned long long)c.status(1).pre_vote_tie_refusals,
+                (unsigned long long)c.status(2).pre_vote_tie_refusals);
+    return 0;
+}
+
+// A TimeoutNow from the leader reaches follower 1 before the last entry it names (the follower
+// has not stored it yet): libraft ignores it. The engine keeps it and hands it to libraft again
+// from the check phase until it is taken, within one election timeout, while the term and
+// the leader are unchanged. Stock libraft drops it: follower 1 never campaigns.
+int kept_timeout_now(bool hooks) {
+    Cluster c(3, hooks);
+    elect_first(c);
+    c.step_until([] { return false; }, 3 * kHeartbeatMs);
+    struct raft* leader = c.raft(0);
+    static struct raft_barrier req;
+    if (raft_barrier(leader, &req, barrier_done) != 0) std::abort();
+    raft_index idx = raft_last_index(leader);
+    raft_index follower_last = raft_last_index(c.raft(1));
+    struct raft_message m;
+    std::memset(&m, 0, sizeof m);
+    m.type = RAFT_TIMEOUT_NOW;
+    m.server_id = leader->id;
+    m.server_address = leader->address;
+    m.timeout_now.term = leader->current_term;
+    m.timeout_now.last_log_index = idx;
+    m.timeout_now.last_log_term = bknr::compat::term_of(leader, idx);
+    raft_time t0 = c.now();
+    c.deliver(1, &m);
+    bool ignored = raft_state(c.raft(1)) == RAFT_FOLLOWER;
+    Seen seen(3);
+    c.step_until([&] { return c.leader() == 1; }, 2 * kElectionMs, [&] { seen.note(c, t0); });
+    std::printf("{\"ignored_at_first\": %s, \"follower_last\": %llu, \"index\": %llu, "
+                "\"candidate_ms\": %s, \"leader_ms\": %s, \"leader_now\": %u, "
+                "\"timeouts_now_retried\": %llu}\n",
+                ignored ? "true" : "false", (unsigned long long)follower_last, (unsigned long long)idx,
+                ids_json(seen.candidate).c_str(), ids_json(seen.leader).c_str(), c.leader(),
+                (unsigned long long)c.status(1).timeouts_now_retried);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -420,6 +508,8 @@ int main(int argc, char** argv) {
     if (scenario == "vote_rule") return vote_rule(bknr);
     if (scenario == "pre_vote_retry") return pre_vote_retry(bknr);
     if (scenario == "commit_clamp") return commit_clamp(bknr);
+    if (scenario == "pre_vote_tie") return pre_vote_tie(bknr);
+    if (scenario == "kept_timeout_now") return kept_timeout_now(bknr);
     std::fprintf(stderr, "unknown scenario %s\n", scenario.c_str());
     return 2;
 }
