@@ -175,3 +175,17 @@ def test_ignored_timeout_now_is_taken_once_the_log_catches_up(rules_test):
     assert ctl["leader_now"] == 0 and never(ctl["candidate_ms"][1]), \
         "libraft now takes a TimeoutNow for an entry still in flight: " + str(ctl)
     assert ctl["timeouts_now_retried"] == 0, ctl
+
+
+def test_a_follower_cut_off_from_a_live_leader_never_raises_its_term(rules_test):
+    # Server 2 cannot reach the leader for 10 election timeouts while server 1 still hears it:
+    # server 2's pre-votes are refused, it re-runs them (no term bump: nothing is persisted in a
+    # pre-vote) and rejoins under the same leader and term once the link is back. Guards the
+    # engine's hooks (thesis rule, tie rule, pre-vote retry, kept TimeoutNow) against disrupting
+    # a leader that a majority still hears (issue 17: "no extra disruption").
+    for arm in ("bknr", "libraft"):
+        out = run(rules_test, "cut_off_follower", arm)
+        assert out["candidate_ms"][2] >= 0, out  # it did time out and campaign ...
+        assert out["term_rise_cut"] == 0 and out["term_rise"] == 0, out  # ... without a new term
+        assert out["leader_now"] == 0 and out["follower_2"], out
+    assert run(rules_test, "cut_off_follower", "bknr")["pre_vote_retries_2"] > 0
