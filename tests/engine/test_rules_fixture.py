@@ -59,7 +59,7 @@ def never(ms: int) -> bool:
 
 
 def test_runs_are_deterministic(rules_test):
-    for scenario in ("vote_rule", "pre_vote_retry"):
+    for scenario in ("vote_rule", "pre_vote_retry", "pre_vote_tie", "kept_timeout_now"):
         assert run(rules_test, scenario, "bknr") == run(rules_test, scenario, "bknr")
 
 
@@ -139,3 +139,53 @@ def test_stale_append_entries_does_not_lower_the_commit_index(rules_test):
     ctl = run(rules_test, "commit_clamp", "libraft")
     assert ctl["commit_after"] < ctl["applied"], "libraft no longer lowers the commit index: " + str(ctl)
     assert ctl["commit_clamps"] == 0, ctl
+
+
+def test_equal_log_pre_vote_tie_goes_to_the_lower_id(rules_test):
+    # Both survivors time out in the same tick with equal logs and ask each other for a pre-vote
+    # while in their own pre-vote round. The lower id (server 1) refuses the higher one's and
+    # alone passes the pre-vote: one real election, term + 1, a leader within a round trip or two.
+    out = run(rules_test, "pre_vote_tie", "bknr")
+    assert out["candidate_ms"][1] == out["candidate_ms"][2] >= 0, out  # a real tie
+    assert out["leader_now"] == 1 and never(out["leader_ms"][2]), out
+    assert out["leader_ms"][1] - out["candidate_ms"][1] < 2 * HEARTBEAT_MS, out
+    assert out["term_rise"] == 1, out
+    assert out["tie_refusals"] == [0, 1, 0], out  # the lower id refused, the higher id granted
+    # Stock libraft: both pass the pre-vote, the real vote splits (two terms), and the next try
+    # waits for a candidate timer.
+    ctl = run(rules_test, "pre_vote_tie", "libraft")
+    assert ctl["candidate_ms"][1] == ctl["candidate_ms"][2] >= 0, ctl
+    assert ctl["term_rise"] >= 2, "libraft no longer splits this vote: " + str(ctl)
+    won = [ms for ms in ctl["leader_ms"] if ms >= 0]
+    assert won and min(won) - ctl["candidate_ms"][1] >= ELECTION_MS, ctl
+
+
+def test_ignored_timeout_now_is_taken_once_the_log_catches_up(rules_test):
+    # The TimeoutNow names an entry follower 1 has not stored yet, so libraft ignores it on
+    # arrival; the kept copy is handed over again after each loop iteration and taken as soon
+    # as the entry is in: follower 1 leads a few network round trips later.
+    out = run(rules_test, "kept_timeout_now", "bknr")
+    assert out["ignored_at_first"] and out["follower_last"] < out["index"], out
+    assert out["leader_now"] == 1 and out["timeouts_now_retried"] == 1, out
+    assert 0 <= out["candidate_ms"][1] < HEARTBEAT_MS * 3 and out["leader_ms"][1] >= 0, out
+    # Stock libraft drops it for good: no election, the old leader stays (the transfer would
+    # time out after an election timeout).
+    ctl = run(rules_test, "kept_timeout_now", "libraft")
+    assert ctl["ignored_at_first"], ctl
+    assert ctl["leader_now"] == 0 and never(ctl["candidate_ms"][1]), \
+        "libraft now takes a TimeoutNow for an entry still in flight: " + str(ctl)
+    assert ctl["timeouts_now_retried"] == 0, ctl
+
+
+def test_a_follower_cut_off_from_a_live_leader_never_raises_its_term(rules_test):
+    # Server 2 cannot reach the leader for 10 election timeouts while server 1 still hears it:
+    # server 2's pre-votes are refused, it re-runs them (no term bump: nothing is persisted in a
+    # pre-vote) and rejoins under the same leader and term once the link is back. Guards the
+    # engine's hooks (thesis rule, tie rule, pre-vote retry, kept TimeoutNow) against disrupting
+    # a leader that a majority still hears (issue 17: "no extra disruption").
+    for arm in ("bknr", "libraft"):
+        out = run(rules_test, "cut_off_follower", arm)
+        assert out["candidate_ms"][2] >= 0, out  # it did time out and campaign ...
+        assert out["term_rise_cut"] == 0 and out["term_rise"] == 0, out  # ... without a new term
+        assert out["leader_now"] == 0 and out["follower_2"], out
+    assert run(rules_test, "cut_off_follower", "bknr")["pre_vote_retries_2"] > 0

@@ -46,6 +46,10 @@ def cluster(tmp_path_factory):
         leader = c.wait_leader()
         c.tx(leader, "open_account", "ann", 100)
         c.tx(leader, "open_account", "bob", 5)
+        # The leader's monitor publishes every member's store definition through the log in
+        # its first rounds (cluster/DESIGN.md): three entries that would otherwise land between
+        # a test's "before" and "after" views (the leader's last_log_index 3 -> 6).
+        c.wait_definitions(leader)
         c.wait_converged()
         yield c
     finally:
