@@ -444,6 +444,7 @@ def main() -> int:
     return 0
 
 
+STATUS_SNAPSHOT_THRESHOLD = 40_000  # no snapshot inside the /status window (catchup())
 STALL_TAIL_S = 0.02    # a write starting this soon after a /status call may still queue behind it
 
 
@@ -522,8 +523,12 @@ def status_under_writes(c: Any, leader: str, baseline_s: float = 4.0, status_s: 
 def catchup(objects: int = 1_000_000, join: bool = True) -> dict[str, Any]:
     """A fresh 3-node cluster loads ``objects`` accounts; a 4th node then catches up.
 
-    The cluster keeps the default snapshot policy (``LocalCluster``'s threshold and trailing, a
-    store snapshot every threshold / 2 entries), which the bulk load (100 entries) never reaches.
+    The cluster takes a store snapshot every ``STATUS_SNAPSHOT_THRESHOLD`` / 2 entries, which
+    neither the bulk load (100 entries) nor the /status measurement (~10k writes) reaches: with
+    the default (a store snapshot every 5,000 entries) one or two snapshots fell inside the
+    /status window, and their Raft snapshot and fork delayed the writes in flight by 24-60 ms,
+    near a /status call or not (docs/performance.md, "Store digest", session 7); snapshot
+    pauses are ``snapshot_bench.py``'s measurement, not this one's.
     ``POST /snapshot`` then has the engine take a store snapshot at the commit index and a Raft
     snapshot on top of it, compacting the log down to what the current members still need: the
     newcomer receives the 1M objects by install-snapshot and loads them, rather than replaying
@@ -537,7 +542,7 @@ def catchup(objects: int = 1_000_000, join: bool = True) -> dict[str, Any]:
     try:
         c = LocalCluster(Path(tempfile.mkdtemp(prefix="bknr-catchup-")), procs, 3,
                          store="cluster_bench:definition", election_timeout_ms=2000,
-                         heartbeat_ms=100)
+                         heartbeat_ms=100, snapshot_threshold=STATUS_SNAPSHOT_THRESHOLD)
         c.init()
         c.start_all()
         leader = c.wait_leader(timeout=30)
