@@ -425,7 +425,8 @@ PyObject* py_prepare(PyObject*, PyObject* args) {
   touched.resize(kept);
 
   PyObject* objs = PyList_New(0);
-  PyObject* values = PyList_New(0);
+  std::vector<i128> new_values;
+  new_values.reserve(touched.size());
   PyObject* deleted_referenced = PyList_New(0);
   PyObject* ref_classes = PyList_New(0);
   u128 delta = 0;
@@ -434,7 +435,7 @@ PyObject* py_prepare(PyObject*, PyObject* args) {
   PyTypeObject* plan_cls = nullptr;
   PyObject* extent = nullptr;
   Py_ssize_t seen_before = 0;
-  bool ok = objs && values && deleted_referenced && ref_classes;
+  bool ok = objs && deleted_referenced && ref_classes;
   auto close_class = [&]() -> bool {  // note the class whose hashes saw a reference
     if (plan_cls != nullptr && ctx.seen != Py_None && PyList_GET_SIZE(ctx.seen) != seen_before)
       return PyList_Append(ref_classes, reinterpret_cast<PyObject*>(plan_cls)) == 0;
@@ -476,11 +477,16 @@ PyObject* py_prepare(PyObject*, PyObject* args) {
     u128 h;
     if (!hash_object(obj, plan, ctx, row, &h)) { ok = false; break; }
     delta += h - old_h;
-    PyObject* v = marked ? from_128(u128(~i128(h)), true) : from_128(h, false);
-    ok = v != nullptr && PyList_Append(objs, obj) == 0 && PyList_Append(values, v) == 0;
-    Py_XDECREF(v);
+    new_values.push_back(marked ? ~i128(h) : i128(h));
+    ok = PyList_Append(objs, obj) == 0;
   }
   if (ok) ok = close_class();
+  // the new values as 16-byte native integers: no int per object until assign(), which mostly
+  // overwrites the old int in place
+  PyObject* values = ok ? PyBytes_FromStringAndSize(reinterpret_cast<const char*>(new_values.data()),
+                                                    Py_ssize_t(new_values.size() * sizeof(i128)))
+                        : nullptr;
+  ok = values != nullptr;
   PyObject* d = ok ? from_128(delta, false) : nullptr;
   PyObject* result = d ? PyTuple_Pack(5, d, objs, values, deleted_referenced, ref_classes) : nullptr;
   Py_XDECREF(d);
@@ -491,12 +497,20 @@ PyObject* py_prepare(PyObject*, PyObject* args) {
   return result;
 }
 
-// assign(objs, values): set each object's ``_state_hash`` (cannot fail once the lists match).
+// assign(objs, values): set each object's ``_state_hash``; values is a list of ints or the
+// bytes of 16-byte integers prepare() returns. Cannot fail once the arguments are checked, so
+// a fold stays all or nothing.
 PyObject* py_assign(PyObject*, PyObject* args) {
   PyObject *objs, *values;
-  if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &objs, &PyList_Type, &values)) return nullptr;
+  if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &objs, &values)) return nullptr;
   if (!check_configured()) return nullptr;
-  if (PyList_GET_SIZE(objs) != PyList_GET_SIZE(values)) {
+  bool packed = PyBytes_Check(values);
+  if (!packed && !PyList_Check(values)) {
+    PyErr_SetString(PyExc_TypeError, "values is a list or bytes");
+    return nullptr;
+  }
+  Py_ssize_t count = packed ? PyBytes_GET_SIZE(values) / Py_ssize_t(sizeof(i128)) : PyList_GET_SIZE(values);
+  if ((packed && PyBytes_GET_SIZE(values) % Py_ssize_t(sizeof(i128)) != 0) || PyList_GET_SIZE(objs) != count) {
     PyErr_SetString(PyExc_ValueError, "objs and values differ in length");
     return nullptr;
   }
@@ -506,6 +520,36 @@ PyObject* py_assign(PyObject*, PyObject* args) {
       PyErr_SetString(PyExc_TypeError, "not a store object");
       return nullptr;
     }
+  }
+  if (packed) {
+    const char* p = PyBytes_AS_STRING(values);
+    std::vector<PyObject*> built;  // new ints, made before anything is assigned
+    std::vector<i128> xs(static_cast<size_t>(count));
+    if (count > 0) std::memcpy(xs.data(), p, size_t(count) * sizeof(i128));
+    for (Py_ssize_t i = 0; i < count; i++) {  // prepare() lists each object once
+      PyObject* s = slot(PyList_GET_ITEM(objs, i), g_hash_offset);
+      PyObject* v = nullptr;
+      if (!bknr_pyint128::fits_in_place(s, xs[size_t(i)])) {
+        v = from_128(u128(xs[size_t(i)]), true);
+        if (v == nullptr) {
+          for (PyObject* b : built) Py_XDECREF(b);
+          return nullptr;
+        }
+      }
+      built.push_back(v);
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {  // nothing below can fail
+      PyObject*& s = slot(PyList_GET_ITEM(objs, i), g_hash_offset);
+      PyObject* v = built[size_t(i)];
+      if (v == nullptr) {
+        bknr_pyint128::write_in_place(s, xs[size_t(i)]);
+        continue;
+      }
+      PyObject* old = s;
+      s = v;
+      Py_XDECREF(old);
+    }
+    Py_RETURN_NONE;
   }
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objs); i++) {
     PyObject*& s = slot(PyList_GET_ITEM(objs, i), g_hash_offset);
