@@ -65,11 +65,12 @@ inline bool fits_in_place(PyObject* v, i128 x) {
 #if PY_VERSION_HEX < 0x030C0000
   if (v == nullptr || !PyLong_CheckExact(v) || Py_REFCNT(v) != 1) return false;
   u128 m = x < 0 ? u128(-x) : u128(x);
-  if (m >> 120 != 0) return false;
-  Py_ssize_t n = 0;
-  for (u128 t = m; t != 0; t >>= PyLong_SHIFT) n++;
+  if (m == 0 || m >> 120 != 0) return false;
+  uint64_t hi = uint64_t(m >> 64);
+  int bits = hi ? 128 - __builtin_clzll(hi) : 64 - __builtin_clzll(uint64_t(m));
+  Py_ssize_t n = (bits + PyLong_SHIFT - 1) / PyLong_SHIFT;
   Py_ssize_t size = Py_SIZE(v);
-  return n != 0 && (size < 0 ? -size : size) == n;
+  return (size < 0 ? -size : size) == n;
 #else
   (void)v; (void)x;
   return false;
