@@ -57,4 +57,37 @@ inline PyObject* from_128(u128 x, bool is_signed) {
   return _PyLong_FromByteArray(buf, 16, 1, is_signed ? 1 : 0);
 }
 
+// Whether the int ``v`` may be overwritten with x invisibly to everyone: v is an exact int whose
+// only reference is the caller's (a ``_state_hash`` slot about to be replaced) and x needs as
+// many digits as v has. Overwriting saves a fold the allocation of the new int and the free of
+// the old one, and touches no new memory (the old int was just read).
+inline bool fits_in_place(PyObject* v, i128 x) {
+#if PY_VERSION_HEX < 0x030C0000
+  if (v == nullptr || !PyLong_CheckExact(v) || Py_REFCNT(v) != 1) return false;
+  u128 m = x < 0 ? u128(-x) : u128(x);
+  if (m == 0 || m >> 120 != 0) return false;
+  uint64_t hi = uint64_t(m >> 64);
+  int bits = hi ? 128 - __builtin_clzll(hi) : 64 - __builtin_clzll(uint64_t(m));
+  Py_ssize_t n = (bits + PyLong_SHIFT - 1) / PyLong_SHIFT;
+  Py_ssize_t size = Py_SIZE(v);
+  return (size < 0 ? -size : size) == n;
+#else
+  (void)v; (void)x;
+  return false;
+#endif
+}
+
+// Overwrites v with x; only after fits_in_place(v, x).
+inline void write_in_place(PyObject* v, i128 x) {
+#if PY_VERSION_HEX < 0x030C0000
+  u128 m = x < 0 ? u128(-x) : u128(x);
+  Py_ssize_t size = Py_SIZE(v), n = size < 0 ? -size : size;
+  digit* d = reinterpret_cast<PyLongObject*>(v)->ob_digit;
+  for (Py_ssize_t i = 0; i < n; i++, m >>= PyLong_SHIFT) d[i] = digit(m & PyLong_MASK);
+  Py_SET_SIZE(v, x < 0 ? -n : n);
+#else
+  (void)v; (void)x;
+#endif
+}
+
 }  // namespace bknr_pyint128

@@ -4,15 +4,24 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace bknr_siphash {
 
 using u128 = unsigned __int128;
 
+// Little-endian 64-bit load: one unaligned load on a little-endian host (GCC at -O2 did not
+// merge the byte loop, ~100 instructions per row).
 inline uint64_t load64(const uint8_t* p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+#else
   uint64_t v = 0;
   for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
   return v;
+#endif
 }
 
 inline uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
@@ -39,8 +48,9 @@ inline u128 siphash128(const uint8_t key[16], const uint8_t* data, size_t len) {
     for (int r = 0; r < 2; r++) SIPROUND;
     v0 ^= m;
   }
-  uint64_t b = uint64_t(len) << 56;
-  for (size_t i = 0; i < len % 8; i++) b |= uint64_t(data[i]) << (8 * i);
+  uint8_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(tail, data, len % 8);
+  uint64_t b = (uint64_t(len) << 56) | load64(tail);
   v3 ^= b;
   for (int r = 0; r < 2; r++) SIPROUND;
   v0 ^= b;

@@ -161,3 +161,28 @@ def test_a_value_the_codec_refuses_fails_the_fold_and_changes_nothing():
     store._digests.fold()
     assert store._digests.value() == before
 
+
+
+def test_a_fold_never_changes_an_int_someone_else_holds():
+    """assign() overwrites an object's old hash int in place only while the object's slot is its
+    sole holder; a reference kept elsewhere keeps its value and the object gets a new int."""
+    store = Store(None, definition=definition, bind=False)
+    for i in range(8):
+        _apply(store, "add_person", f"p{i}", None, i)
+    store.digest()
+    with store.reading():
+        people = [Person.by_name(f"p{i}") for i in range(8)]
+    held = [p._state_hash for p in people[:4]]      # a second reference to half of them
+    copies = [int(str(h)) for h in held]
+    for i in range(8):
+        _apply(store, "set_any", f"p{i}", "age", 100 + i)
+    assert store.digest() == _reference_digest(store) == store.digest_full()
+    assert held == copies
+    with store.reading():
+        for p in people:
+            h = p._state_hash
+            assert (h ^ (h >> 127)) == _reference_h(store, p)
+    # a list of ints (the referrer path) is still accepted
+    native.assign(people[:1], [people[0]._state_hash])
+    with pytest.raises(ValueError):
+        native.assign(people[:2], bytes(16))
