@@ -140,7 +140,6 @@ static uint64_t get64(const char* p) {
 }
 
 namespace {
-namespace {
 // BKNR_TRACE_STALLS: when libraft takes and finishes a snapshot, on the clock the stall tracer
 // (cluster/stall_trace.py) and the bench use, so slow calls can be placed against these steps.
 void trace_step(bool on, const char* what, uint64_t index) {
@@ -151,7 +150,6 @@ void trace_step(bool on, const char* what, uint64_t index) {
                  static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9,
                  static_cast<unsigned long long>(index));
 }
-}  // namespace
 
 // Keeps the buffers of one snapshot alive until libraft calls snapshot_finalize.
 struct SnapshotHold {
