@@ -14,6 +14,7 @@
 // Why native: the fold runs for every object a transaction writes; in Python it cost more than
 // the write itself. Everything here runs with the GIL held (it reads Python objects).
 
+#include "digest_batch.hpp"
 #include "digest_values.hpp"
 
 #include <algorithm>
@@ -39,8 +40,10 @@ using u128 = unsigned __int128;
 uint8_t g_key[16];  // digest.ROW_KEY, set by configure()
 const u128 MASK120 = (u128(1) << 120) - 1;
 
-inline u128 row_hash(const char* data, size_t len) {
-  return bknr_siphash::siphash128<1, 3>(g_key, reinterpret_cast<const uint8_t*>(data), len) & MASK120;
+// A row's term. The row's buffer always has 8 bytes to spare past its end (read, never used).
+inline u128 row_hash(Row& row, size_t len) {
+  row.reserve(8);  // len <= row.size()
+  return bknr_siphash::siphash128<1, 3, true>(g_key, reinterpret_cast<const uint8_t*>(row.data()), len) & MASK120;
 }
 
 using bknr_pyint128::from_128;
@@ -126,7 +129,7 @@ bool begin_object(Row& row, PyObject* obj, const Plan& plan, const Context& ctx,
 
 u128 base_term(Row& row, size_t prefix) {
   row.store[0] = char(0x92);
-  u128 h = row_hash(row.data(), prefix);
+  u128 h = row_hash(row, prefix);
   row.store[0] = char(0x94);
   return h;
 }
@@ -135,7 +138,7 @@ bool attr_term(Row& row, size_t prefix, size_t i, PyObject* v, const Context& ct
   row.len = prefix;
   row.int_unsigned(i);
   if (!pack_value(row, v, ctx)) return false;
-  *out = row_hash(row.data(), row.size());
+  *out = row_hash(row, row.size());
   return true;
 }
 
@@ -243,48 +246,16 @@ struct FoldScope {
   }
 };
 
-// One object a fold looks at, with its undo entries (a range of the sorted keys, in log order).
-struct Group {
-  PyTypeObject* cls;
-  PyObject* obj;
-  size_t begin, end;
-  bool created;  // its first entry in the batch creates it: not live when the batch began
-  bool deleted;  // some entry deletes it
-  bool whole;    // every attribute's term is recomputed (it refers to an object the batch deleted)
-};
-
-// Each entry as one 128-bit key: class address (48 bits), object address / 8 (45 bits), then
-// its position in the batch (35 bits). Sorting plain integers groups entries by class and
-// object, in log order, at a fraction of the cost of sorting structs.
-const int SEQ_BITS = 35, OBJ_BITS = 45;
-
-bool entry_key(PyObject* obj, size_t seq, u128* key) {
-  auto cls = uint64_t(reinterpret_cast<uintptr_t>(Py_TYPE(obj)));
-  auto o = uint64_t(reinterpret_cast<uintptr_t>(obj));
-  if (cls >> 48 != 0 || o >> (OBJ_BITS + 3) != 0 || (o & 7) != 0 || seq >> SEQ_BITS != 0) {
-    PyErr_SetString(PyExc_OverflowError, "digest fold: an address or batch size out of its key's range");
-    return false;
-  }
-  *key = (u128(cls) << (OBJ_BITS + SEQ_BITS)) | (u128(o >> 3) << SEQ_BITS) | u128(seq);
-  return true;
-}
-
-inline size_t key_seq(u128 key) { return size_t(uint64_t(key) & ((uint64_t(1) << SEQ_BITS) - 1)); }
-inline u128 key_object(u128 key) { return key >> SEQ_BITS; }
-inline PyObject* key_obj(u128 key) {
-  return reinterpret_cast<PyObject*>(uintptr_t(uint64_t(key >> SEQ_BITS) & ((uint64_t(1) << OBJ_BITS) - 1)) << 3);
-}
-
 // The position of spec among the plan's attributes, or -1 with an exception set. The last
 // answer is kept: a batch usually writes one attribute of many objects of one class.
 struct SpecCache {
-  const Plan* plan = nullptr;
+  PyTypeObject* cls = nullptr;  // positions differ between a class and its subclasses
   PyObject* spec = nullptr;
   Py_ssize_t position = -1;
 };
 
-Py_ssize_t spec_position(const Plan& plan, PyObject* spec, SpecCache& cache) {
-  if (cache.plan == &plan && cache.spec == spec) return cache.position;
+Py_ssize_t spec_position(PyTypeObject* cls, const Plan& plan, PyObject* spec, SpecCache& cache) {
+  if (cache.cls == cls && cache.spec == spec) return cache.position;
   PyObject* i = PyDict_GetItemWithError(plan.spec_index, spec);
   if (i == nullptr) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "an undo entry names an attribute its class lacks");
@@ -295,9 +266,26 @@ Py_ssize_t spec_position(const Plan& plan, PyObject* spec, SpecCache& cache) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "attribute position out of range");
     return -1;
   }
-  cache = SpecCache{&plan, spec, n};
+  cache = SpecCache{cls, spec, n};
   return n;
 }
+
+// The plans of the classes one fold meets (a handful), parsed once each.
+struct PlanCache {
+  PyObject* plans;
+  PyObject* plan_fn;
+  std::vector<std::pair<PyTypeObject*, Plan>> parsed;
+
+  // Valid until the next call.
+  const Plan* get(PyTypeObject* cls) {
+    for (auto& [c, p] : parsed)
+      if (c == cls) return &p;
+    Plan p;
+    if (!get_plan(plans, plan_fn, cls, &p)) return nullptr;
+    parsed.emplace_back(cls, std::move(p));
+    return &parsed.back().second;
+  }
+};
 
 // prepare(pending, extents, plans, plan_fn, seen, fallback, fallback_before, whole)
 //   -> (delta, deleted_referenced, ref_classes)
@@ -318,66 +306,56 @@ PyObject* py_prepare(PyObject*, PyObject* args) {
     PyErr_SetString(PyExc_TypeError, "expected fallback_before callable, whole list or None");
     return nullptr;
   }
-  std::vector<PyObject*> entries;
-  std::vector<u128> keys;
+  size_t count = whole == Py_None ? 0 : size_t(PyList_GET_SIZE(whole));
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
     PyObject* undo = PyList_GET_ITEM(pending, i);
     if (!PyList_Check(undo)) {
       PyErr_SetString(PyExc_TypeError, "pending holds undo lists");
       return nullptr;
     }
+    count += size_t(PyList_GET_SIZE(undo));
+  }
+  if (count >= Batch::NONE / 2) {
+    PyErr_SetString(PyExc_OverflowError, "digest fold: too many undo entries in one batch");
+    return nullptr;
+  }
+  Batch batch;
+  batch.reserve(count);
+  PyTypeObject* checked = nullptr;  // the last type known to be a store class
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
+    PyObject* undo = PyList_GET_ITEM(pending, i);
     for (Py_ssize_t j = 0; j < PyList_GET_SIZE(undo); j++) {
       PyObject* entry = PyList_GET_ITEM(undo, j);
-      if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 2 ||
-          !PyObject_TypeCheck(PyTuple_GET_ITEM(entry, 1), g_store_object)) {
+      if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 2) {
         PyErr_SetString(PyExc_TypeError, "an undo entry is (kind, store object, ...)");
         return nullptr;
       }
-      u128 key;
-      if (!entry_key(PyTuple_GET_ITEM(entry, 1), entries.size(), &key)) return nullptr;
-      keys.push_back(key);
-      entries.push_back(entry);
+      PyObject* obj = PyTuple_GET_ITEM(entry, 1);
+      if (Py_TYPE(obj) != checked) {
+        if (!PyObject_TypeCheck(obj, g_store_object)) {
+          PyErr_SetString(PyExc_TypeError, "an undo entry is (kind, store object, ...)");
+          return nullptr;
+        }
+        checked = Py_TYPE(obj);
+      }
+      long kind = undo_kind(PyTuple_GET_ITEM(entry, 0));
+      batch.add(entry, obj, kind == UNDO_CREATE, kind == UNDO_DELETE);
     }
   }
-  std::sort(keys.begin(), keys.end());
-
-  std::vector<Group> groups;
   Liveness before;
-  for (size_t k = 0; k < keys.size();) {
-    size_t end = k + 1;
-    while (end < keys.size() && key_object(keys[end]) == key_object(keys[k])) end++;
-    PyObject* obj = key_obj(keys[k]);
-    Group g{Py_TYPE(obj), obj, k, end, undo_kind(PyTuple_GET_ITEM(entries[key_seq(keys[k])], 0)) == UNDO_CREATE,
-            false, false};
-    for (size_t j = k; j < end; j++)
-      g.deleted |= undo_kind(PyTuple_GET_ITEM(entries[key_seq(keys[j])], 0)) == UNDO_DELETE;
-    if (g.created) before.created.push_back(obj);
-    if (g.deleted) before.deleted.push_back(obj);
-    groups.push_back(g);
-    k = end;
+  for (const Batch::Group& g : batch.groups) {
+    if (g.created) before.created.push_back(g.obj);
+    if (g.deleted) before.deleted.push_back(g.obj);
   }
   std::sort(before.created.begin(), before.created.end());
   std::sort(before.deleted.begin(), before.deleted.end());
-  if (whole != Py_None) {  // rare: referrers of deleted objects (digest.py's scan)
-    std::vector<PyObject*> extra;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(whole); i++) {
-      PyObject* o = PyList_GET_ITEM(whole, i);
-      if (!PyObject_TypeCheck(o, g_store_object)) {
-        PyErr_SetString(PyExc_TypeError, "whole lists store objects");
-        return nullptr;
-      }
-      extra.push_back(o);
+  for (Py_ssize_t i = 0; whole != Py_None && i < PyList_GET_SIZE(whole); i++) {  // rare: the referrer scan
+    PyObject* o = PyList_GET_ITEM(whole, i);
+    if (!PyObject_TypeCheck(o, g_store_object)) {
+      PyErr_SetString(PyExc_TypeError, "whole lists store objects");
+      return nullptr;
     }
-    std::sort(extra.begin(), extra.end());
-    extra.erase(std::unique(extra.begin(), extra.end()), extra.end());
-    std::vector<std::pair<PyObject*, size_t>> named;  // the batch's objects by address
-    for (size_t i = 0; i < groups.size(); i++) named.emplace_back(groups[i].obj, i);
-    std::sort(named.begin(), named.end());
-    for (PyObject* o : extra) {
-      auto it = std::lower_bound(named.begin(), named.end(), std::make_pair(o, size_t(0)));
-      if (it != named.end() && it->first == o) groups[it->second].whole = true;
-      else groups.push_back(Group{Py_TYPE(o), o, 0, 0, false, false, true});
-    }
+    batch.add_whole(o);
   }
 
   Context then{extents, Py_None, fallback_before, &before};
@@ -386,101 +364,89 @@ PyObject* py_prepare(PyObject*, PyObject* args) {
   PyObject* ref_classes = PyList_New(0);
   u128 delta = 0;
   Row row;
-  Plan plan;
-  PyTypeObject* plan_cls = nullptr;
-  PyObject* extent = nullptr;
-  Py_ssize_t seen_before = 0;
+  PlanCache plans_seen{plans, plan_fn, {}};
+  SpecCache specs;
+  std::vector<PyTypeObject*> referring;  // classes whose new terms saw a live reference
   std::vector<PyObject*> olds, values;
   std::vector<size_t> written;
-  SpecCache specs;
   bool ok = deleted_referenced && ref_classes;
-  auto close_class = [&]() -> bool {  // note the class whose new terms saw a reference
-    if (plan_cls != nullptr && now.seen != Py_None && PyList_GET_SIZE(now.seen) != seen_before)
-      return PyList_Append(ref_classes, reinterpret_cast<PyObject*>(plan_cls)) == 0;
-    return true;
-  };
-  for (size_t gi = 0; ok && gi < groups.size(); gi++) {
-    const Group& g = groups[gi];
-    PyObject* obj = g.obj;
-    if (g.cls != plan_cls) {
-      if (!close_class()) { ok = false; break; }
-      plan_cls = g.cls;
-      seen_before = now.seen == Py_None ? 0 : PyList_GET_SIZE(now.seen);
-      extent = PyDict_GetItemWithError(extents, reinterpret_cast<PyObject*>(plan_cls));
-      if (extent == nullptr) {
-        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, reinterpret_cast<PyObject*>(plan_cls));
-        ok = false;
-        break;
-      }
-      if (!get_plan(plans, plan_fn, plan_cls, &plan)) { ok = false; break; }
-      specs = SpecCache{};  // one Plan variable serves every class
-      olds.assign(plan.offsets.size(), nullptr);
-    }
+  for (size_t gi = 0; ok && gi < batch.groups.size(); gi++) {
+    const Batch::Group& g = batch.groups[gi];
     if (g.created && g.deleted) continue;  // born and gone within the batch
+    PyObject* obj = g.obj;
+    PyTypeObject* cls = Py_TYPE(obj);
+    const Plan* plan = plans_seen.get(cls);
+    if (plan == nullptr) { ok = false; break; }
+    Py_ssize_t seen_before = now.seen == Py_None ? 0 : PyList_GET_SIZE(now.seen);
     u128 h;
     if (g.created) {
-      if (!object_hash(obj, plan, now, row, nullptr, &h)) { ok = false; break; }
+      ok = object_hash(obj, *plan, now, row, nullptr, &h);
       delta += h;
-      continue;
-    }
-    // each written attribute's value when the batch began: the old value of its first write
-    written.clear();
-    for (size_t j = g.begin; ok && j < g.end; j++) {
-      PyObject* entry = entries[key_seq(keys[j])];
-      if (undo_kind(PyTuple_GET_ITEM(entry, 0)) != UNDO_SET) continue;
-      if (PyTuple_GET_SIZE(entry) < 4) {
-        PyErr_SetString(PyExc_TypeError, "a set entry is (kind, object, spec, old)");
-        ok = false;
-        break;
-      }
-      Py_ssize_t i = spec_position(plan, PyTuple_GET_ITEM(entry, 2), specs);
-      if (i < 0) { ok = false; break; }
-      if (olds[size_t(i)] == nullptr) {
-        olds[size_t(i)] = PyTuple_GET_ITEM(entry, 3);
-        written.push_back(size_t(i));
-      }
-    }
-    // An object leaves its extent only by a delete, which the log records: only those are
-    // looked up (one cache miss less per written object on a large store).
-    bool live_after = true;
-    if (ok && g.deleted) {
-      PyObject* oid = slot(obj, g_id_offset);
-      PyObject* current = oid ? PyDict_GetItemWithError(extent, oid) : nullptr;
-      if (current == nullptr && PyErr_Occurred()) ok = false;
-      live_after = current == obj;
-    }
-    if (ok && !live_after) {  // its terms as they were when the batch began leave S
-      values.resize(plan.offsets.size());
-      for (size_t i = 0; i < values.size(); i++)
-        values[i] = olds[i] != nullptr ? olds[i] : slot(obj, plan.offsets[i]);
-      ok = object_hash(obj, plan, then, row, values.data(), &h);
-      delta -= h;
-      if (ok && slot(obj, g_mark_offset) == Py_True) ok = PyList_Append(deleted_referenced, obj) == 0;
-    } else if (ok) {  // live before and after: the changed terms
-      size_t prefix;
-      ok = begin_object(row, obj, plan, now, &prefix);
-      if (g.whole) {
-        written.clear();
-        for (size_t i = 0; i < plan.offsets.size(); i++) written.push_back(i);
-      }
-      for (size_t i : written) {
-        if (!ok) break;
-        PyObject* cur = slot(obj, plan.offsets[i]);
-        PyObject* old = olds[i] != nullptr ? olds[i] : cur;
-        if (cur == nullptr) {
-          PyErr_Format(PyExc_AttributeError, "%s object has an unset attribute slot", Py_TYPE(obj)->tp_name);
+    } else {
+      // each written attribute's value when the batch began: the old value of its first write
+      olds.assign(plan->offsets.size(), nullptr);
+      written.clear();
+      for (uint32_t e = g.first; ok && e != Batch::NONE; e = batch.next[e]) {
+        PyObject* entry = batch.entries[e];
+        if (undo_kind(PyTuple_GET_ITEM(entry, 0)) != UNDO_SET) continue;
+        if (PyTuple_GET_SIZE(entry) < 4) {
+          PyErr_SetString(PyExc_TypeError, "a set entry is (kind, object, spec, old)");
           ok = false;
           break;
         }
-        if (old == cur && !g.whole) continue;
-        u128 t_new, t_old;
-        ok = attr_term(row, prefix, i, cur, now, &t_new) && attr_term(row, prefix, i, old, then, &t_old);
-        delta += t_new - t_old;
+        Py_ssize_t i = spec_position(cls, *plan, PyTuple_GET_ITEM(entry, 2), specs);
+        if (i < 0) { ok = false; break; }
+        if (olds[size_t(i)] == nullptr) {
+          olds[size_t(i)] = PyTuple_GET_ITEM(entry, 3);
+          written.push_back(size_t(i));
+        }
+      }
+      // An object leaves its extent only by a delete, which the log records: only those are
+      // looked up (one cache miss less per written object on a large store).
+      bool live_after = true;
+      if (ok && g.deleted) {
+        PyObject* extent = PyDict_GetItemWithError(extents, reinterpret_cast<PyObject*>(cls));
+        PyObject* oid = slot(obj, g_id_offset);
+        PyObject* current = extent && oid && PyDict_Check(extent) ? PyDict_GetItemWithError(extent, oid) : nullptr;
+        if (current == nullptr && PyErr_Occurred()) ok = false;
+        live_after = current == obj;
+      }
+      if (ok && !live_after) {  // its terms as they were when the batch began leave S
+        values.resize(plan->offsets.size());
+        for (size_t i = 0; i < values.size(); i++)
+          values[i] = olds[i] != nullptr ? olds[i] : slot(obj, plan->offsets[i]);
+        ok = object_hash(obj, *plan, then, row, values.data(), &h);
+        delta -= h;
+        if (ok && slot(obj, g_mark_offset) == Py_True) ok = PyList_Append(deleted_referenced, obj) == 0;
+      } else if (ok) {  // live before and after: the changed terms
+        size_t prefix;
+        ok = begin_object(row, obj, *plan, now, &prefix);
+        if (g.whole) {
+          written.clear();
+          for (size_t i = 0; i < plan->offsets.size(); i++) written.push_back(i);
+        }
+        for (size_t i : written) {
+          if (!ok) break;
+          PyObject* cur = slot(obj, plan->offsets[i]);
+          PyObject* old = olds[i] != nullptr ? olds[i] : cur;
+          if (cur == nullptr) {
+            PyErr_Format(PyExc_AttributeError, "%s object has an unset attribute slot", cls->tp_name);
+            ok = false;
+            break;
+          }
+          if (old == cur && !g.whole) continue;
+          u128 t_new, t_old;
+          ok = attr_term(row, prefix, i, cur, now, &t_new) && attr_term(row, prefix, i, old, then, &t_old);
+          delta += t_new - t_old;
+        }
       }
     }
-    for (size_t i = 0; i < olds.size(); i++) olds[i] = nullptr;
+    if (ok && now.seen != Py_None && PyList_GET_SIZE(now.seen) != seen_before &&
+        std::find(referring.begin(), referring.end(), cls) == referring.end()) {
+      referring.push_back(cls);
+      ok = PyList_Append(ref_classes, reinterpret_cast<PyObject*>(cls)) == 0;
+    }
   }
-  if (ok) ok = close_class();
   PyObject* d = ok ? from_128(delta, false) : nullptr;
   PyObject* result = d ? PyTuple_Pack(3, d, deleted_referenced, ref_classes) : nullptr;
   Py_XDECREF(d);

@@ -35,8 +35,9 @@ inline uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
   } while (0)
 
 // SipHash-C-D with 128-bit output of data under key, as the little-endian integer of its 16
-// output bytes (SipHash-2-4 is the reference's default; the digest uses SipHash-1-3).
-template <int C, int D>
+// output bytes (SipHash-2-4 is the reference's default; the digest uses SipHash-1-3). PADDED:
+// the caller guarantees 8 readable bytes past the end, so the last partial word is one load.
+template <int C, int D, bool PADDED = false>
 inline u128 siphash128(const uint8_t key[16], const uint8_t* data, size_t len) {
   uint64_t k0 = load64(key), k1 = load64(key + 8);
   uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
@@ -49,9 +50,16 @@ inline u128 siphash128(const uint8_t key[16], const uint8_t* data, size_t len) {
     for (int r = 0; r < C; r++) SIPROUND;
     v0 ^= m;
   }
-  uint8_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::memcpy(tail, data, len % 8);
-  uint64_t b = (uint64_t(len) << 56) | load64(tail);
+  uint64_t last;
+  if constexpr (PADDED) {
+    size_t rem = len % 8;
+    last = rem == 0 ? 0 : load64(data) & (~uint64_t(0) >> (64 - 8 * rem));
+  } else {
+    uint8_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::memcpy(tail, data, len % 8);
+    last = load64(tail);
+  }
+  uint64_t b = (uint64_t(len) << 56) | last;
   v3 ^= b;
   for (int r = 0; r < C; r++) SIPROUND;
   v0 ^= b;

@@ -68,7 +68,7 @@ log = logging.getLogger("bknr_cluster.store")
 
 SCHEME = "bknr-digest-4"
 ROW_KEY = b"bknr-digest-4\0\0\0"   # 16 bytes
-FOLD_ENTRIES = 256                 # undo entries pending before a commit folds them
+FOLD_ENTRIES = 64                  # undo entries pending before a commit folds them (while hot)
 _MASK = (1 << 120) - 1
 _CONTAINERS = frozenset((dict, set, frozenset, list, tuple))
 _native.configure(StoreObject, StoreObject.__dict__["id"], StoreObject.__dict__["_referenced"], ROW_KEY)
