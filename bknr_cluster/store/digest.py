@@ -1,41 +1,48 @@
 """The state digest, kept up to date incrementally so reading it costs O(1) at any size.
 
-Definition (scheme ``bknr-digest-3``)::
+Definition (scheme ``bknr-digest-4``)::
 
-    digest = blake2s(pack([SCHEME, S, next_id, last_ts])).hexdigest()
-    S      = sum over live objects o of h(o)  mod 2**120
-    h(o)   = siphash128(ROW_KEY, pack([tag(class), o.id, v_1, ..., v_k])) mod 2**120
+    digest  = blake2s(pack([SCHEME, S, next_id, last_ts])).hexdigest()
+    S       = sum over live objects o of h(o)  mod 2**120
+    h(o)    = t(o) + sum over o's persistent attributes i of t(o, i)
+    t(o)    = siphash128(ROW_KEY, pack([tag(class), o.id]))          mod 2**120
+    t(o, i) = siphash128(ROW_KEY, pack([tag(class), o.id, i, v_i]))  mod 2**120
 
-``siphash128`` is SipHash-2-4 with its 128-bit output read as a little-endian integer, under
+``siphash128`` is SipHash-1-3 with its 128-bit output read as a little-endian integer, under
 the fixed public key ``ROW_KEY``; ``tag(class)`` is the 8-byte blake2s of the packed ``[stored
-class name, [persistent attribute names, sorted]]``, and ``v_i`` are those attributes' values,
-canonicalised (dict items and set members sorted by their encoding) and encoded with the store
-codec; a reference to a deleted object encodes as None, exactly as snapshots write it, so a
-replica that restored a snapshot and one that replayed the log agree. A sum does not depend on
-the order objects were created, written or deleted in, so equal states give equal digests
-whatever the history. (``bknr-digest-2`` took h from a 15-byte blake2s: six times the
-instructions per row, the largest cost of the fold; a keyed SipHash is a well-mixed 128-bit
-function, which is what detecting accidental divergence needs. Nothing here defends against
-someone crafting two states with one digest, and the sum never did.)
+class name, [persistent attribute names, sorted]]``; ``i`` is an attribute's position in that
+sorted list and ``v_i`` its value, canonicalised (dict items and set members sorted by their
+encoding) and encoded with the store codec; a reference to a deleted object encodes as None,
+exactly as snapshots write it, so a replica that restored a snapshot and one that replayed the
+log agree. A sum does not depend on the order objects were created, written or deleted in, so
+equal states give equal digests whatever the history. (``bknr-digest-3`` hashed each object's
+whole row once; a per-attribute term lets a write change S by ``t(o, i, new) - t(o, i, old)``
+without reading the object's other attributes: see "Keeping S current".)
 
-Rows are hashed in C (native/digest.cpp, module ``_digest``): it encodes None, bool, int, float,
+Terms are hashed in C (native/digest.cpp, module ``_digest``): it encodes None, bool, int, float,
 str, bytes and references itself and every other value through ``_Hasher.fallback`` (this
 module's packer over ``_canon``), giving the same bytes the codec would.
 
-Keeping S current. Every object remembers the h it last contributed in its ``_state_hash`` slot.
-A successful transaction hands its undo log (which names every object it created, wrote or
-deleted) to ``pending`` instead of clearing it; nothing is added to the attribute-write path.
-``fold`` then, for each object named in ``pending``, subtracts the remembered h, adds the h of
-its current values if it is live, and remembers that. It runs when ``pending`` holds
-``FOLD_ENTRIES`` undo entries (at the commit that reaches it) and before every read of the
-digest, so a read costs at most one such batch. Repeated writes to one object between folds are
-hashed once. A failed transaction's undo log never reaches ``pending``: it changed nothing.
+Keeping S current. A successful transaction hands its undo log (which names every object it
+created, wrote or deleted, and each written attribute's old value) to ``pending`` instead of
+clearing it; nothing is added to the attribute-write path. ``fold`` then takes the batch of
+pending undo entries object by object: an object created in the batch adds its h; one that
+existed before it and is deleted now subtracts h over its values as they were when the batch
+began (each written attribute's value is the old value of its first write in the batch, the
+others are unchanged); one live before and after changes S by ``t(o, i, now) - t(o, i, then)``
+for each attribute the batch wrote. "Then" also means references are encoded as of the batch's
+start: objects the batch created were not live yet, objects it deleted still were. The fold
+runs when ``pending`` holds ``FOLD_ENTRIES`` undo entries (at the commit that reaches it) and
+before every read of the digest, so a read costs at most one such batch; it reads only what
+the writes touched. A failed transaction's undo log never reaches ``pending``: it changed
+nothing. Objects hold no hash: S is the only state.
 
-Deleting an object changes the encoding of every object that references it (the reference
-becomes None) without touching them. So the fold marks every object a hash saw a live reference
-to (sticky: its ``_state_hash`` holds ``~h``, a negative number, instead of h), and when a
-marked object has been deleted it scans the classes that have held references for the objects
-pointing at it and rehashes those: one O(n) scan per fold that deletes a referenced object.
+Deleting an object changes the terms of every value that references it (the reference becomes
+None) without touching their objects. So every object a new term saw a live reference to is
+marked (its ``_referenced`` slot becomes True, sticky), and when a batch deletes a marked object
+the fold scans the classes that have held references for the live objects pointing at it and
+recomputes all their terms, then and now: one O(n) scan per fold that deletes a referenced
+object.
 """
 
 from __future__ import annotations
@@ -44,8 +51,8 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from hashlib import blake2s
-from itertools import chain, compress, repeat
-from operator import attrgetter, itemgetter, rshift, xor
+from itertools import compress
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -59,19 +66,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bknr_cluster.store")
 
-SCHEME = "bknr-digest-3"
-ROW_KEY = b"bknr-digest-3\0\0\0"   # 16 bytes
-FOLD_ENTRIES = 256                 # undo entries pending before a commit folds them
+SCHEME = "bknr-digest-4"
+ROW_KEY = b"bknr-digest-4\0\0\0"   # 16 bytes
+FOLD_ENTRIES = 64                  # undo entries pending before a commit folds them (while hot)
 _MASK = (1 << 120) - 1
-# ``_state_hash`` is h, or ~h (negative) once some hash saw a live reference to the object;
-# ``v ^ (v >> _SIGN)`` is h either way and ``x ^ (v >> _SIGN)`` gives x the same mark as v.
-# (120 bits: the int is 4 digits, 40 bytes, on every object.)
-_SIGN = 127
 _CONTAINERS = frozenset((dict, set, frozenset, list, tuple))
-_slot = StoreObject.__dict__["_state_hash"]
-_get_state_hash = _slot.__get__
-_native.configure(StoreObject, StoreObject.__dict__["id"], _slot, ROW_KEY)
-_undo_object = itemgetter(1)       # every undo entry is (kind, object, ...)
+_native.configure(StoreObject, StoreObject.__dict__["id"], StoreObject.__dict__["_referenced"], ROW_KEY)
 # ``ExtType(code, data)`` without its Python-level argument checks (ours are always valid)
 _ext = partial(tuple.__new__, msgpack.ExtType)
 
@@ -92,11 +92,13 @@ def _canon(pack: Callable[[Any], bytes], v: Any) -> Any:
 
 
 class _Hasher:
-    """h(o) for many objects of one class at a time, in C (native/digest.cpp), which encodes
-    the common values itself and hands the others to ``fallback`` (this module's msgpack
-    packer over ``_canon``): the bytes hashed are exactly those of the definition above.
+    """Terms for many objects of one class at a time, in C (native/digest.cpp), which encodes
+    the common values itself and hands the others to ``fallback`` (this module's msgpack packer
+    over ``_canon``): the bytes hashed are exactly those of the definition above.
 
-    With ``seen_refs``, every live object referenced by a hashed value is appended to it."""
+    With ``seen_refs``, every live object referenced by a hashed value is appended to it.
+    ``fallback_before`` encodes values as of the running fold's batch start (``_native.was_live``)
+    and notes nothing."""
 
     def __init__(self, store: Store, seen_refs: list[Any] | None = None):
         extents = store.__dict__        # ``_extent`` is replaced when a snapshot loads
@@ -110,44 +112,54 @@ class _Hasher:
                 return True
             return False
 
-        self.codec = codec = Codec(store.definition.enums, store.find, is_live, lenient=True)
-        codec_default, pack_id = codec._default, msgpack.Packer().pack
-
-        def default(o: Any) -> Any:
-            # references first (the usual non-native value), ``is_live`` inlined: the codec's
-            # encoding, without its chain of type tests
-            if isinstance(o, StoreObject):
-                extent = extents["_extent"].get(type(o))
-                if extent is None or extent.get(o.id) is not o:
-                    return None
-                if note is not None:
-                    note(o)
-                return _ext((EXT_REF, pack_id(o.id)))
-            return codec_default(o)
-
-        pack = msgpack.Packer(default=default, strict_types=True, use_bin_type=True,
-                              autoreset=True).pack
-        canon_pack = codec.pack
-        self._pack = pack
-        self.fallback: Callable[[Any], bytes] = lambda v: pack(_canon(canon_pack, v))
+        self.fallback = _fallback(store, is_live, note)
+        self.fallback_before = _fallback(store, _native.was_live, None)
         self.extents = extents
         self.seen_refs = seen_refs
-        # class -> (tag, slots of the persistent attributes sorted by name): what the C side reads
-        self.plans: dict[type, tuple[bytes, tuple[Any, ...]]] = {}
+        # class -> (tag, persistent attributes' slots sorted by name, {spec: position}): what the
+        # C side reads
+        self.plans: dict[type, tuple[bytes, tuple[Any, ...], dict[Any, int]]] = {}
         self.getters: dict[type, list[Any]] = {}
 
-    def plan(self, cls: type) -> tuple[bytes, tuple[Any, ...]]:
+    def plan(self, cls: type) -> tuple[bytes, tuple[Any, ...], dict[Any, int]]:
         plan = self.plans.get(cls)
         if plan is None:
             specs = sorted(cls._meta.persistent, key=attrgetter("name"))
             tag = blake2s(msgpack.packb([cls._meta.name, [s.name for s in specs]]), digest_size=8).digest()
-            plan = self.plans[cls] = (tag, tuple(s.owner.__dict__[s.name] for s in specs))
+            plan = self.plans[cls] = (tag, tuple(s.owner.__dict__[s.name] for s in specs),
+                                      {s: i for i, s in enumerate(specs)})
             self.getters[cls] = [s.getter for s in specs]
         return plan
 
     def hashes(self, cls: type, objs: list[Any]) -> list[int]:
         return _native.hashes(self.plan(cls), objs, self.extents["_extent"], self.seen_refs,
                               self.fallback)
+
+
+def _fallback(store: Store, is_live: Callable[[Any], bool],
+              note: Callable[[Any], None] | None) -> Callable[[Any], bytes]:
+    """value -> the bytes the codec writes for it, canonicalised, references live per ``is_live``."""
+    extents = store.__dict__
+    codec = Codec(store.definition.enums, store.find, is_live, lenient=True)
+    codec_default, pack_id = codec._default, msgpack.Packer().pack
+    fast = note is not None or is_live is not _native.was_live
+
+    def default(o: Any) -> Any:
+        if isinstance(o, StoreObject):
+            if fast:    # ``is_live`` inlined: the codec's encoding, without its chain of type tests
+                extent = extents["_extent"].get(type(o))
+                if extent is None or extent.get(o.id) is not o:
+                    return None
+                if note is not None:
+                    note(o)
+            elif not is_live(o):
+                return None
+            return _ext((EXT_REF, pack_id(o.id)))
+        return codec_default(o)
+
+    pack = msgpack.Packer(default=default, strict_types=True, use_bin_type=True, autoreset=True).pack
+    canon_pack = codec.pack
+    return lambda v: pack(_canon(canon_pack, v))
 
 
 def finish(total: int, next_id: int, last_ts: int, system: dict[str, Any]) -> str:
@@ -205,10 +217,9 @@ class IncrementalDigest:
         for cls in store._classes:
             objs = list(store._extent[cls].values())
             if objs:
-                hashes = self._hashes(cls, objs)
-                _native.assign(objs, hashes)
-                total += sum(hashes)
-        self._mark_referenced()
+                total += sum(self._hashes(cls, objs))
+        _native.mark(self._seen_refs)
+        self._seen_refs.clear()
         self.total = total & _MASK
         self._broken = None
         store._fold_at = FOLD_ENTRIES
@@ -227,30 +238,29 @@ class IncrementalDigest:
 
     def fold(self) -> None:
         """Bring S up to date with every pending undo log; all or nothing (a value that cannot
-        be encoded raises CodecError with S, the hashes and ``pending`` unchanged)."""
+        be encoded raises CodecError with S, the marks and ``pending`` unchanged)."""
         store = self.store
         pending = self.pending
         if not pending:
             return
-        self._seen_refs.clear()
+        seen = self._seen_refs
+        seen.clear()
         hasher = self._hasher
-        # phase 1 (C, then the rare referrer scan) computes everything that can fail
-        delta, objs, values, deleted_referenced, ref_classes = _native.prepare(
-            pending, store._extent, hasher.plans, hasher.plan, self._seen_refs, hasher.fallback)
-        updates: list[tuple[list[Any], list[int]]] = [(objs, values)]
+        args = (pending, store._extent, hasher.plans, hasher.plan, seen, hasher.fallback,
+                hasher.fallback_before)
+        delta, deleted_referenced, ref_classes = _native.prepare(*args, None)
         if deleted_referenced:
-            touched = set(map(_undo_object, chain.from_iterable(pending)))
-            for cls, referrers in self._referrers(deleted_referenced, touched).items():
-                olds = list(map(_get_state_hash, referrers))
-                hashes = self._hashes(cls, referrers)
-                marks = list(map(rshift, olds, repeat(_SIGN)))
-                delta += sum(hashes) - sum(map(xor, olds, marks))
-                updates.append((referrers, list(map(xor, hashes, marks))))
-        # phase 2 only assigns
-        for changed, new_values in updates:
-            _native.assign(changed, new_values)
+            # rare: the batch deleted objects some term referenced; fold again with every term
+            # of their live referrers recomputed (prepare changes nothing, so this is a redo)
+            referrers = self._referrers(deleted_referenced)
+            if referrers:
+                seen.clear()
+                delta, _, more_classes = _native.prepare(*args, referrers)
+                ref_classes += more_classes
+        # nothing below can fail
         self._ref_classes.update(ref_classes)
-        self._mark_referenced()
+        _native.mark(seen)
+        seen.clear()
         self.total = (self.total + delta) & _MASK
         pending.clear()
         store._digest_backlog = 0
@@ -265,32 +275,24 @@ class IncrementalDigest:
             self._ref_classes.add(cls)
         return hashes
 
-    def _mark_referenced(self) -> None:
-        _native.mark(self._seen_refs)    # live, and hashed by now: h becomes ~h
-        self._seen_refs.clear()
-
-    def _referrers(self, deleted: list[Any], skip: set[Any]) -> dict[type, list[Any]]:
-        """Live objects outside ``skip`` whose values reference one of ``deleted``: a scan of
-        every class that has held a reference."""
+    def _referrers(self, deleted: list[Any]) -> list[Any]:
+        """Live objects whose values reference one of ``deleted``: a scan of every class that
+        has held a reference."""
         dead = set(deleted)
-        found: dict[type, list[Any]] = {}
+        found: set[Any] = set()
         for cls in self._ref_classes:
             objs = list(self.store._extent[cls].values())
-            hits: set[Any] = set()
             self._hasher.plan(cls)
             for getter in self._hasher.getters[cls]:
                 col = list(map(getter, objs))
                 if _CONTAINERS.isdisjoint(map(type, col)):
                     try:        # hashable values: one C-level pass
-                        hits.update(compress(objs, map(dead.__contains__, col)))
+                        found.update(compress(objs, map(dead.__contains__, col)))
                         continue
                     except TypeError:       # an unhashable value (say a bytearray)
                         pass
-                hits.update(o for o, v in zip(objs, col, strict=True) if _refers(v, dead))
-            hits -= skip
-            if hits:
-                found[cls] = list(hits)
-        return found
+                found.update(o for o, v in zip(objs, col, strict=True) if _refers(v, dead))
+        return list(found)
 
 
 def _refers(v: Any, dead: set[Any]) -> bool:

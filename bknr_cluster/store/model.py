@@ -312,8 +312,9 @@ _set_slot = object.__setattr__
 class StoreObject(metaclass=StoreClass):
     """Base class of persistent objects. ``id`` is allocated by the store, deterministically."""
 
-    # ``_state_hash``: what the object last contributed to the store's digest (digest.py)
-    __slots__ = ("id", "_state_hash")
+    # ``_referenced``: True once some term of the store's digest saw a live reference to it
+    # (digest.py: deleting it then changes its referrers' terms)
+    __slots__ = ("id", "_referenced")
     _meta: ClassVar[ClassMeta]
     _bound: ClassVar[Store | None] = None
     _persistent_specs: ClassVar[dict[str, AttrSpec]]
