@@ -203,6 +203,8 @@ class Api:
         deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         st = await self._run(self.cs.engine.status)
         while not _leads(st) and asyncio.get_running_loop().time() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                break  # the client went away (aiohttp does not cancel the handler): stop polling
             await asyncio.sleep(0.001)
             st = await self._run(self.cs.engine.status)
         leader_id = int(st.get("leader_id") or 0)
