@@ -274,7 +274,7 @@ class RaftNode:
             except Shutdown:
                 pass  # stopped meanwhile
         return {"id": self.node_id, "address": self.address, "state": "unavailable", "term": 0,
-                "leader_id": 0, "leader_address": "", "commit_index": 0, "last_applied": 0,
+                "leader_id": 0, "leader_address": "", "transferee": 0, "commit_index": 0, "last_applied": 0,
                 "last_log_index": 0, "snapshot_index": 0, "snapshot_term": 0,
                 "configuration": [], "followers": [], "store_snapshot_index": 0, "tail_entries": 0,
                 "snapshot_store_index": 0, "fresh_store_snapshots": 0, "snapshot_trailing": 0,

@@ -116,6 +116,7 @@ py::dict status_dict(const StatusData& s) {
     d["term"] = s.term;
     d["leader_id"] = s.leader_id;
     d["leader_address"] = s.leader_address;
+    d["transferee"] = s.transferee;
     d["commit_index"] = s.commit_index;
     d["last_applied"] = s.last_applied;
     d["last_log_index"] = s.last_log_index;

@@ -94,6 +94,7 @@ struct StatusData {
     int state = RAFT_UNAVAILABLE;
     uint64_t term = 0, leader_id = 0;
     std::string leader_address;
+    uint64_t transferee = 0;  // a leader handing leadership over: to whom (else 0)
     uint64_t commit_index = 0, last_applied = 0, last_log_index = 0;
     uint64_t snapshot_index = 0, snapshot_term = 0;
     uint64_t store_snapshot_index = 0;  // M of the store snapshot the engine holds

@@ -79,6 +79,7 @@ void Node::fill_status(StatusData& s) {
     raft_leader(&raft_, &lid, &laddr);
     s.leader_id = lid;
     s.leader_address = laddr ? laddr : "";
+    s.transferee = s.state == RAFT_LEADER ? raft_transferee(&raft_) : 0;
     s.commit_index = raft_.commit_index;
     s.last_applied = raft_last_applied(&raft_);
     s.last_log_index = raft_last_index(&raft_);

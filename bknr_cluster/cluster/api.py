@@ -33,6 +33,9 @@ PUBLIC = {("GET", "/health"), ("GET", "/leader"), ("GET", "/replica"), ("GET", "
 DEFAULT_REPLICA_LAG = 100
 
 
+def _leads(st: dict) -> bool:
+    """Whether an engine status is a leader's that accepts entries (not handing over)."""
+    return st.get("state") == "leader" and not st.get("transferee")
 
 
 class BadRequest(UsageError):
@@ -199,16 +202,21 @@ class Api:
             raise BadRequest("wait_ms must be an integer") from None
         deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         st = await self._run(self.cs.engine.status)
-        while st.get("state") != "leader" and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.002)
+        while not _leads(st) and asyncio.get_running_loop().time() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                break  # the client went away (aiohttp does not cancel the handler): stop polling
+            await asyncio.sleep(0.001)
             st = await self._run(self.cs.engine.status)
         leader_id = int(st.get("leader_id") or 0)
-        # a halted leader is handing leadership over and refuses writes: not a write target
-        body = {"leader": st.get("state") == "leader" and self.cs.halted is None,
+        # A halted leader, or one handing leadership over (libraft refuses its entries), is not
+        # a write target: a client waiting here hears of the new leader from that node instead.
+        body = {"leader": _leads(st) and self.cs.halted is None,
                 "leader_id": leader_id, "leader_api": self.cs.api_url(leader_id),
                 "node_id": self.cs.node_id}
         if self.cs.halted is not None:
             body["halted"] = True
+        if st.get("transferee"):
+            body["transferring_to"] = int(st["transferee"])
         return web.json_response(body, status=200 if body["leader"] else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -113,6 +113,13 @@ class Submitter:
         self.clients = clients
         # a tenth of the election timeout (at most 50 ms): a write lands soon after the election
         self.no_leader_pause = min(0.05, election_timeout_ms / 10000)
+        # While this node hands leadership over (libraft refuses entries naming us) the new
+        # leader is known a millisecond or so after its election: retry often until then, for
+        # at most an election timeout after the last refusal naming us (a transfer that does
+        # not complete in that time is aborted by libraft).
+        self.handover_pause = min(self.no_leader_pause, 0.001)
+        self._handover_window = election_timeout_ms / 1000
+        self._handover_until = 0.0
         self._forwarders: ThreadPoolExecutor | None = None
         self._deliveries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -175,8 +182,11 @@ class Submitter:
             return FORWARD, err
         # Election or hand-over in progress: NotLeader means nothing was logged, so waiting
         # is safe.
-        pause = self.no_leader_pause
-        if deadline - time.monotonic() <= pause:
+        now = time.monotonic()
+        if err.leader_id == self.node_id:
+            self._handover_until = now + self._handover_window
+        pause = self.handover_pause if now < self._handover_until else self.no_leader_pause
+        if deadline - now <= pause:
             raise err
         return RETRY, pause
 

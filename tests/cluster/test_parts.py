@@ -128,6 +128,34 @@ def test_the_policy_decides_done_forward_retry_or_raise():
         sub.next_step(_resolved(to_me), forward=True, raise_tx=True, deadline=time.monotonic())
 
 
+def test_a_hand_over_is_retried_every_millisecond_an_election_at_the_slow_pace():
+    """During a hand-over the new leader is known within a millisecond or so of its election:
+    the refusals naming us, and the leaderless ones right after them, retry at the short pause;
+    an election with no hand-over behind it keeps the slower pace (no retry storm)."""
+    sub = _submitter(node_id=1)
+    later = time.monotonic() + 10
+    nobody = NotLeader(0, "")
+    assert sub.next_step(_resolved(nobody), forward=True, raise_tx=True, deadline=later) == \
+        (RETRY, sub.no_leader_pause)
+    to_me = NotLeader(1, "127.0.0.1:7001", leader_api="http://n1")
+    assert sub.next_step(_resolved(to_me), forward=True, raise_tx=True, deadline=later) == \
+        (RETRY, sub.handover_pause)
+    assert sub.next_step(_resolved(nobody), forward=True, raise_tx=True, deadline=later) == \
+        (RETRY, sub.handover_pause)
+    assert sub.handover_pause < sub.no_leader_pause
+    sub._handover_until = time.monotonic() - 1      # an election timeout later
+    assert sub.next_step(_resolved(nobody), forward=True, raise_tx=True, deadline=later) == \
+        (RETRY, sub.no_leader_pause)
+
+
+def test_a_leader_handing_over_is_not_a_write_target():
+    from bknr_cluster.cluster.api import _leads
+
+    assert _leads({"state": "leader", "transferee": 0})
+    assert not _leads({"state": "leader", "transferee": 2})
+    assert not _leads({"state": "follower", "transferee": 0})
+
+
 # --- the store's install seam ----------------------------------------------------------------
 
 class CountingStore(Store):
