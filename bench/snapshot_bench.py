@@ -91,18 +91,36 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def _run_delay_ns(fd: int) -> int:
+    """This thread's time runnable without a CPU so far (schedstat; 0 if unreadable)."""
+    if fd < 0:
+        return 0
+    try:
+        return int(os.pread(fd, 128, 0).split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class Loop(threading.Thread):
-    """Calls ``op()`` until stopped (bounded by MAX_OPS), recording (start, seconds) per call."""
+    """Calls ``op()`` until stopped (bounded by MAX_OPS), recording (start, seconds) per call,
+    and how long of each call the calling thread itself waited for a CPU (``runq``: a slow call
+    that is mostly that is the bench's process starved, not the node)."""
 
     def __init__(self, op: Any, every: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.op, self.every = op, every
         self.samples: list[tuple[float, float]] = []
+        self.runq: dict[float, float] = {}  # call start -> seconds runnable without a CPU
         self.errors = 0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        try:
+            sched = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            sched = -1
         while not self.stop_event.is_set() and len(self.samples) < MAX_OPS:
+            d0 = _run_delay_ns(sched)
             t0 = time.monotonic()
             try:
                 self.op()
@@ -110,6 +128,8 @@ class Loop(threading.Thread):
                 self.errors += 1
             t1 = time.monotonic()
             self.samples.append((t0, t1 - t0))
+            if t1 - t0 > 0.02:
+                self.runq[t0] = (_run_delay_ns(sched) - d0) / 1e9
             if self.every:
                 self.stop_event.wait(self.every)
 
@@ -139,9 +159,10 @@ class MemorySampler(threading.Thread):
 
 
 def slow_calls(loop: Loop, t0: float, start: float, end: float, ms: float = 20.0) -> list[str]:
-    """The calls slower than ``ms`` that overlapped [start, end], as 'begin (s after t0) ms'."""
-    return [f"{t - t0:+.3f}s {d * 1000:.1f}ms" for t, d in loop.samples
-            if t <= end and t + d >= start and d * 1000 > ms]
+    """The calls slower than ``ms`` that overlapped [start, end], as 'begin (s after t0) ms'
+    and the part of it the bench's own calling thread spent runnable without a CPU."""
+    return [f"{t - t0:+.3f}s {d * 1000:.1f}ms runq={loop.runq.get(t, 0) * 1000:.1f}ms"
+            for t, d in loop.samples if t <= end and t + d >= start and d * 1000 > ms]
 
 
 def trace_lines(log: Path, t0: float, start: float, end: float) -> list[str]:
