@@ -122,7 +122,8 @@ class StoreSnapshotWriter:
                           child.pid, index, self.child_timeout)
                 child.kill()
             result = child.wait()
-            event("child_reaped", index=index, child_s=round(result.seconds, 3))
+            event("child_reaped", index=index, child_s=round(result.seconds, 3),
+                  child_cpu_s=round(result.cpu_seconds, 3))
             _check_image(result, memfd)
             event("verified", index=index, size=result.size, rehashed=memfd < 0)
         except Exception as exc:
@@ -138,8 +139,9 @@ class StoreSnapshotWriter:
             taken = self.engine.store_snapshot_file(index, result.path)
             event("handed_over", index=index)
             self.last_seconds = result.seconds
-            log.info("store snapshot at %d: %d bytes in %.3f s (writer %d, fork %.1f ms%s)",
-                     index, result.size, result.seconds, child.pid, self.last_fork_ms,
+            log.info("store snapshot at %d: %d bytes in %.3f s (%.3f s of CPU; writer %d, "
+                     "fork %.1f ms%s)", index, result.size, result.seconds, result.cpu_seconds,
+                     child.pid, self.last_fork_ms,
                      "" if taken else "; superseded by a restore, dropped")
         except Exception:
             self.failures += 1
