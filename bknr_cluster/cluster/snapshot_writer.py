@@ -167,7 +167,7 @@ def _check_image(result: SnapshotFile, memfd: int) -> None:
     """Make sure the engine gets exactly the bytes the child reported.
 
     A memfd is sealed, then only its size is checked: it has no name in any filesystem, only
-    this process and the (exited) child ever held it, the child reported ``ok`` only after its
+    this reaper and the (exited) child ever use it, the child reported ``ok`` only after its
     last write, and from the seals on the kernel refuses every write, truncation or growth, so
     its contents are the child's, as hashed by the child. Re-hashing them here cost 63 ms of
     CPU at 5M objects (74 MB) at the end of each snapshot, during which both replicas of the
