@@ -91,18 +91,36 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def _run_delay_ns(fd: int) -> int:
+    """This thread's time runnable without a CPU so far (schedstat; 0 if unreadable)."""
+    if fd < 0:
+        return 0
+    try:
+        return int(os.pread(fd, 128, 0).split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class Loop(threading.Thread):
-    """Calls ``op()`` until stopped (bounded by MAX_OPS), recording (start, seconds) per call."""
+    """Calls ``op()`` until stopped (bounded by MAX_OPS), recording (start, seconds) per call,
+    and how long of each call the calling thread itself waited for a CPU (``runq``: a slow call
+    that is mostly that is the bench's process starved, not the node)."""
 
     def __init__(self, op: Any, every: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.op, self.every = op, every
         self.samples: list[tuple[float, float]] = []
+        self.runq: dict[float, float] = {}  # call start -> seconds runnable without a CPU
         self.errors = 0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        try:
+            sched = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            sched = -1
         while not self.stop_event.is_set() and len(self.samples) < MAX_OPS:
+            d0 = _run_delay_ns(sched)
             t0 = time.monotonic()
             try:
                 self.op()
@@ -110,6 +128,8 @@ class Loop(threading.Thread):
                 self.errors += 1
             t1 = time.monotonic()
             self.samples.append((t0, t1 - t0))
+            if t1 - t0 > 0.02:
+                self.runq[t0] = (_run_delay_ns(sched) - d0) / 1e9
             if self.every:
                 self.stop_event.wait(self.every)
 
@@ -138,10 +158,50 @@ class MemorySampler(threading.Thread):
             self.peak = max(self.peak, rss_kib(self.pid) + sum(map(private_kib, children(self.pid))))
 
 
-def slow_calls(loop: Loop, t0: float, start: float, end: float, ms: float = 20.0) -> list[str]:
-    """The calls slower than ``ms`` that overlapped [start, end], as 'begin (s after t0) ms'."""
-    return [f"{t - t0:+.3f}s {d * 1000:.1f}ms" for t, d in loop.samples
-            if t <= end and t + d >= start and d * 1000 > ms]
+class DiskSampler(threading.Thread):
+    """With ``--trace``: every 2 ms, the I/Os in flight and sectors written so far on the disk
+    holding the nodes' data (/proc/diskstats), to tell a slow write that waited behind the
+    disk (e.g. libraft writing and syncing a snapshot file) from one that did not."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        st = os.stat(path)
+        self.dev = (os.major(st.st_dev), os.minor(st.st_dev))
+        self.samples: list[tuple[float, int, int]] = []  # (t, in flight, sectors written)
+        self.stop_event = threading.Event()
+
+    def _read(self) -> tuple[int, int] | None:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                x = line.split()
+                if (int(x[0]), int(x[1])) == self.dev:
+                    return int(x[11]), int(x[9])
+        return None
+
+    def run(self) -> None:
+        if self._read() is None:  # not a block device (tmpfs): nothing to sample
+            return
+        while not self.stop_event.wait(0.002):
+            r = self._read()
+            if r is not None:
+                self.samples.append((time.monotonic(), *r))
+
+    def during(self, start: float, end: float) -> str:
+        xs = [s for s in self.samples if start <= s[0] <= end]
+        if len(xs) < 2:
+            return "disk ?"
+        mb = (xs[-1][2] - xs[0][2]) * 512 / 1e6
+        return f"disk in-flight max {max(x[1] for x in xs)}, {mb:.1f} MB written"
+
+
+def slow_calls(loop: Loop, t0: float, start: float, end: float, ms: float = 20.0,
+               disk: DiskSampler | None = None) -> list[str]:
+    """The calls slower than ``ms`` that overlapped [start, end], as 'begin (s after t0) ms',
+    the part of it the bench's own calling thread spent runnable without a CPU, and (``disk``)
+    the disk's activity meanwhile."""
+    return [f"{t - t0:+.3f}s {d * 1000:.1f}ms runq={loop.runq.get(t, 0) * 1000:.1f}ms"
+            + (f" {disk.during(t, t + d)}" if disk is not None else "")
+            for t, d in loop.samples if t <= end and t + d >= start and d * 1000 > ms]
 
 
 def trace_lines(log: Path, t0: float, start: float, end: float) -> list[str]:
@@ -188,6 +248,9 @@ def run_size(objects: int, nodes: int, trace: bool = False) -> dict[str, Any]:
         rss_before = rss_kib(pid)
         mem = MemorySampler(pid)
         mem.start()
+        disk = DiskSampler(c.nodes[leader].log.parent) if trace else None
+        if disk is not None:
+            disk.start()
         stalls = reclaim_stalls()
         t0 = time.monotonic()
         cl.call("POST", "/snapshot", {}, timeout=600)
@@ -197,6 +260,8 @@ def run_size(objects: int, nodes: int, trace: bool = False) -> dict[str, Any]:
         stalls = reclaim_stalls() - stalls
         threading.Event().wait(AFTER_S)
         mem.stop_event.set()
+        if disk is not None:
+            disk.stop_event.set()
         writer.stop_event.set()
         health.stop_event.set()
         for t in (mem, writer, health):
@@ -205,7 +270,7 @@ def run_size(objects: int, nodes: int, trace: bool = False) -> dict[str, Any]:
         if trace:  # where each slow call of the snapshot's window came from (a diagnostic)
             print(f"--- {objects} objects: slow calls and the leader's trace, s after POST /snapshot")
             for what, loop in (("write", writer), ("health", health)):
-                print(what, slow_calls(loop, t0, t0 - 0.5, t1 + 0.5))
+                print(what, slow_calls(loop, t0, t0 - 0.5, t1 + 0.5, disk=disk))
             for line in trace_lines(c.nodes[leader].log, t0, t0 - 0.5, t1 + 0.5):
                 print("  ", line)
         return {"objects": objects, "snapshot_s": st["store_snapshot_s"],

@@ -3,8 +3,9 @@
 At ``("snapshot_request", M)`` the applier's store is exactly at M. ``StoreSnapshotWriter.start``
 forks a child that writes that state to a memfd (where there is none, to
 ``<data_dir>/store-snapshot/store-<M>-<n>.snap``; store/snapshot_fork.py) and returns at once:
-the applier goes on with M+1 while the child writes. A reaper thread waits for the child, checks
-the image against the SHA-256 the child reported, hands it to the engine
+the applier goes on with M+1 while the child writes. A reaper thread waits for the child, seals
+the memfd against any further change and checks its size (a file is re-hashed against the
+SHA-256 the child reported instead: see ``_check_image``), hands it to the engine
 (``store_snapshot_file``: mapped, not copied) and closes or unlinks it (the mapping keeps it
 alive). A child that fails or is killed leaves the engine's previous store snapshot in place
 (``store_snapshot_failed`` lets the engine ask again later). At most one child runs: a restore
@@ -14,6 +15,7 @@ or ``stop`` kills it (its state is superseded).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import logging
 import os
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.stall_trace import event
-from bknr_cluster.store.snapshot_fork import SnapshotChild, fork_snapshot, verify_file
+from bknr_cluster.errors import StoreError
+from bknr_cluster.store.snapshot_fork import SnapshotChild, SnapshotFile, fork_snapshot, verify_file
 
 log = logging.getLogger("bknr.cluster")
 _PROCESS_START = time.time()
@@ -107,21 +110,22 @@ class StoreSnapshotWriter:
 
     def _reap(self, index: int, child: SnapshotChild, memfd: int = -1) -> None:
         try:
-            self._reap_child(index, child)
+            self._reap_child(index, child, memfd)
         finally:
             if memfd >= 0:  # the engine's mapping, if it took the image, keeps it alive
                 os.close(memfd)
 
-    def _reap_child(self, index: int, child: SnapshotChild) -> None:
+    def _reap_child(self, index: int, child: SnapshotChild, memfd: int = -1) -> None:
         try:
             if not child.exited(self.child_timeout):  # wedged: give the engine a chance again
                 log.error("store snapshot writer %d for %d still running after %.0f s: killed",
                           child.pid, index, self.child_timeout)
                 child.kill()
             result = child.wait()
-            event("child_reaped", index=index, child_s=round(result.seconds, 3))
-            verify_file(result)
-            event("verified", index=index, size=result.size)
+            event("child_reaped", index=index, child_s=round(result.seconds, 3),
+                  child_cpu_s=round(result.cpu_seconds, 3))
+            _check_image(result, memfd)
+            event("verified", index=index, size=result.size, rehashed=memfd < 0)
         except Exception as exc:
             self.failures += 1
             log.warning("store snapshot at %d failed, the previous one stays: %s", index, exc)
@@ -135,8 +139,9 @@ class StoreSnapshotWriter:
             taken = self.engine.store_snapshot_file(index, result.path)
             event("handed_over", index=index)
             self.last_seconds = result.seconds
-            log.info("store snapshot at %d: %d bytes in %.3f s (writer %d, fork %.1f ms%s)",
-                     index, result.size, result.seconds, child.pid, self.last_fork_ms,
+            log.info("store snapshot at %d: %d bytes in %.3f s (%.3f s of CPU; writer %d, "
+                     "fork %.1f ms%s)", index, result.size, result.seconds, result.cpu_seconds,
+                     child.pid, self.last_fork_ms,
                      "" if taken else "; superseded by a restore, dropped")
         except Exception:
             self.failures += 1
@@ -155,6 +160,28 @@ class StoreSnapshotWriter:
                 self._child = self._reaper = None
 
 
+_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def _check_image(result: SnapshotFile, memfd: int) -> None:
+    """Make sure the engine gets exactly the bytes the child reported.
+
+    A memfd is sealed, then only its size is checked: it has no name in any filesystem, only
+    this reaper and the (exited) child ever use it, the child reported ``ok`` only after its
+    last write, and from the seals on the kernel refuses every write, truncation or growth, so
+    its contents are the child's, as hashed by the child. Re-hashing them here cost 63 ms of
+    CPU at 5M objects (74 MB) at the end of each snapshot, during which both replicas of the
+    bench's cluster sat in their run queues (docs/performance.md, session 8). A regular file
+    (no memfd on this host) can be changed by anyone with access to the directory: re-hashed."""
+    if memfd < 0:
+        verify_file(result)
+        return
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _SEALS)
+    size = os.fstat(memfd).st_size
+    if size != result.size:
+        raise StoreError(f"{result.path}: {size} bytes, the writer reported {result.size}")
+
+
 def _memfd(name: str) -> int:
     """An anonymous in-memory file for the child's image, or -1 (no memfd or no /proc here).
     The image only travels from the child to the engine's mapping, which libraft writes into
@@ -162,7 +189,7 @@ def _memfd(name: str) -> int:
     were flushed by the filesystem journal in front of the next Raft log fsync (a 136 ms write
     seen at 1M objects near the child's end)."""
     try:
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     except (AttributeError, OSError):
         return -1
     if not os.path.exists(f"/proc/self/fd/{fd}"):

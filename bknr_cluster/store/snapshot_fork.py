@@ -40,6 +40,19 @@ if TYPE_CHECKING:
     from bknr_cluster.store.core import Store
 
 _PR_SET_PDEATHSIG = 1
+
+
+def _child_nice() -> int:
+    """The child's nice value (and its autogroup's): ``BKNR_SNAPSHOT_NICE`` (0-19, default 10).
+    Lower finishes a snapshot sooner on a busy host and takes more CPU from the other sessions
+    (docs/performance.md, "Snapshots", session 8)."""
+    try:
+        return min(19, max(0, int(os.environ.get("BKNR_SNAPSHOT_NICE", "10"))))
+    except ValueError:
+        return 10
+
+
+_CHILD_NICE = _child_nice()  # read now: the child must not look anything up
 _WRITE_BUFFER = 1 << 20
 try:  # loaded now: the child must not import or dlopen anything
     _libc: Any = ctypes.CDLL(None, use_errno=True)
@@ -49,11 +62,13 @@ except OSError:  # pragma: no cover - not Linux/glibc
 
 @dataclass(frozen=True)
 class SnapshotFile:
-    """A finished snapshot file: its path, size and SHA-256 (hex), and the child's wall time."""
+    """A finished snapshot file: its path, size and SHA-256 (hex), and the child's wall time
+    and CPU time (user + system; wall much longer than CPU: the child waited for a CPU)."""
     path: str
     size: int
     sha256: str
     seconds: float
+    cpu_seconds: float = 0.0
 
 
 class _HashingWriter:
@@ -112,7 +127,7 @@ class SnapshotChild:
     def wait(self) -> SnapshotFile:
         """Block (GIL released) until the child exits; its file, or ``StoreError`` saying why
         not (it failed, or was killed: then the file is removed)."""
-        _, status = os.waitpid(self.pid, 0)
+        _, status, usage = os.wait4(self.pid, 0)
         keeper().release()  # the parent's writes split huge pages: collapse them again
         with self._mu:
             self._status = status
@@ -124,7 +139,8 @@ class SnapshotChild:
         os.close(self._report_fd)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and report.startswith("ok "):
             _, size, sha = report.split()
-            return SnapshotFile(self.path, int(size), sha, seconds)
+            return SnapshotFile(self.path, int(size), sha, seconds,
+                                usage.ru_utime + usage.ru_stime)
         if self.remove_on_failure:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
@@ -215,12 +231,13 @@ def _detach(parent: int) -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died between fork() and prctl(): nobody waits
         os._exit(1)
-    with contextlib.suppress(OSError):
-        os.nice(10)  # the node's own threads (applier, API, app) go first on a busy host
-    _own_autogroup()
+    if _CHILD_NICE:
+        with contextlib.suppress(OSError):
+            os.nice(_CHILD_NICE)  # the node's own threads (applier, API, app) go first
+    _own_autogroup(_CHILD_NICE)
 
 
-def _own_autogroup() -> None:
+def _own_autogroup(nice: int) -> None:
     """With scheduler autogroups (``kernel.sched_autogroup_enabled``, tasks in the root CPU
     cgroup), CPU time is shared fairly between *sessions* first and by nice value only within
     one: the child at nice 10 in its node's session still took a whole session's share from
@@ -232,7 +249,7 @@ def _own_autogroup() -> None:
         os.setsid()  # never a group leader (just forked): cannot fail with EPERM here
         fd = os.open("/proc/self/autogroup", os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, b"10")
+            os.write(fd, str(nice).encode())
         finally:
             os.close(fd)
 

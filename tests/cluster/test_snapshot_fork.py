@@ -266,3 +266,41 @@ def test_a_wedged_writer_is_killed_after_its_timeout_and_reported_failed(tmp_pat
     wait_until(lambda: not writer.running, 30, "writer slot free again")
     assert writer.failures == 1 and engine.store_snapshots == []
     assert not list((tmp_path / "snaps").iterdir())
+
+
+def test_a_memfd_image_is_sealed_and_size_checked_instead_of_re_hashed():
+    # the memfd path skips the re-hash: its trust rests on the seals (cluster/DESIGN.md)
+    from bknr_cluster.errors import StoreError
+    from bknr_cluster.store.snapshot_fork import SnapshotFile
+
+    fd = snapshot_writer._memfd("bknr-test-image")
+    if fd < 0:
+        pytest.skip("no memfd on this host")
+    try:
+        os.write(fd, b"image bytes")
+        path = f"/proc/self/fd/{fd}"
+        # a hash that would not verify: the memfd path must not read it
+        snapshot_writer._check_image(SnapshotFile(path, 11, "0" * 64, 0.1), fd)
+        with pytest.raises(PermissionError):
+            os.write(fd, b"x")  # sealed: nobody can change what the engine maps
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 3)
+    finally:
+        os.close(fd)
+    fd = snapshot_writer._memfd("bknr-test-short-image")
+    try:
+        os.write(fd, b"image bytes")
+        with pytest.raises(StoreError, match="reported 12"):
+            snapshot_writer._check_image(SnapshotFile(f"/proc/self/fd/{fd}", 12, "0" * 64, 0.1), fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_image_is_still_re_hashed(tmp_path):
+    from bknr_cluster.errors import StoreError
+    from bknr_cluster.store.snapshot_fork import SnapshotFile
+
+    path = tmp_path / "store-1-1.snap"
+    path.write_bytes(b"image bytes")
+    with pytest.raises(StoreError, match="SHA-256"):
+        snapshot_writer._check_image(SnapshotFile(str(path), 11, "0" * 64, 0.1), -1)

@@ -119,7 +119,7 @@ def test_the_child_runs_in_a_session_of_its_own_at_a_lower_priority():
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            snapshot_fork._own_autogroup()
+            snapshot_fork._own_autogroup(snapshot_fork._CHILD_NICE)
             group = ""
             if os.path.exists("/proc/self/autogroup"):
                 with open("/proc/self/autogroup") as f:
@@ -139,3 +139,14 @@ def test_the_child_runs_in_a_session_of_its_own_at_a_lower_priority():
 def _autogroup_of_self() -> str:
     with open("/proc/self/autogroup") as f:
         return f.read().strip()
+
+
+def test_the_child_nice_value_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("BKNR_SNAPSHOT_NICE", "5")
+    assert snapshot_fork._child_nice() == 5
+    monkeypatch.setenv("BKNR_SNAPSHOT_NICE", "40")
+    assert snapshot_fork._child_nice() == 19
+    monkeypatch.setenv("BKNR_SNAPSHOT_NICE", "low")
+    assert snapshot_fork._child_nice() == 10
+    monkeypatch.delenv("BKNR_SNAPSHOT_NICE")
+    assert snapshot_fork._child_nice() == 10
