@@ -55,6 +55,66 @@ def churn(name: str, times: int, fail: bool) -> None:
         raise models.Boom("after churning")
 
 
+def _shape(targets: list, shape: str):
+    if shape == "one":
+        return targets[0] if targets else None
+    if shape == "list":
+        return targets
+    if shape == "tuple":
+        return tuple(targets)
+    if shape == "set":
+        return set(targets)
+    if shape == "dict_keys":
+        return {t: t.name for t in targets}
+    if shape == "dict_values":
+        return {t.name: t for t in targets}
+    return [{"x": (t, frozenset([t]))} for t in targets]
+
+
+@transaction("link_and_drop")
+def link_and_drop(name: str, other: str, shape: str, fail: bool) -> None:
+    """The referrer's write and the deletion of its target in one transaction."""
+    p, o = Person.by_name(name), Person.by_name(other)
+    if p is None or o is None:
+        return
+    setattr(p, "friend" if shape == "one" else "tags", _shape([o], shape))
+    if p is not o:
+        o.delete()
+    if fail:
+        raise models.Boom("after linking and dropping")
+
+
+@transaction("ephemeral")
+def ephemeral(linker: str, shape: str, fail: bool) -> None:
+    """Creates an object, writes it, makes others reference it and it others, deletes it."""
+    tmp = Person(name="tmp-" + linker, age=1)
+    tmp.age = 2
+    tmp.friend = Person.by_name(linker)
+    tmp.tags = [tmp.friend, "x"]
+    p = Person.by_name(linker)
+    if p is not None:
+        p.tags = _shape([tmp], shape)
+        p.friend = tmp
+    tmp.age = 3
+    tmp.delete()
+    if fail:
+        raise models.Boom("after an ephemeral object")
+
+
+@transaction("rewrite")
+def rewrite(name: str, others: list, shape: str) -> None:
+    """Several writes to the same attributes: each reference in turn, then a container."""
+    p = Person.by_name(name)
+    if p is None:
+        return
+    targets = [o for o in map(Person.by_name, others) if o is not None]
+    for t in targets:
+        p.friend = t
+        p.tags = t
+    p.tags = _shape(targets, shape)
+    p.age = p.age + 1
+
+
 @transaction("mutate_in_place")
 def mutate_in_place(name: str) -> None:
     Person.by_name(name).tags.append("sneaky")      # against the rules: bypasses the store
@@ -73,6 +133,7 @@ def keep_unencodable(name: str, bad: bool) -> None:
 definition = StoreDefinition(
     "people", classes=models.definition.classes,
     transactions=[*models.definition.transactions.values(), link, churn, mutate_in_place,
+                  link_and_drop, ephemeral, rewrite,
                   keep_unencodable, digest_inside], enums=models.definition.enums)
 
 
@@ -131,6 +192,18 @@ class DigestMachine(PeopleRules):
     @rule(name=NAMES, times=st.integers(1, 3), fail=st.booleans())
     def churn(self, name, times, fail):
         self._run("churn", name, times, fail)
+
+    @rule(name=NAMES, other=NAMES, shape=st.sampled_from(SHAPES), fail=st.booleans())
+    def link_and_drop(self, name, other, shape, fail):
+        self._run("link_and_drop", name, other, shape, fail)
+
+    @rule(linker=NAMES, shape=st.sampled_from(SHAPES), fail=st.booleans())
+    def ephemeral(self, linker, shape, fail):
+        self._run("ephemeral", linker, shape, fail)
+
+    @rule(name=NAMES, others=st.lists(NAMES, max_size=3), shape=st.sampled_from(SHAPES))
+    def rewrite(self, name, others, shape):
+        self._run("rewrite", name, others, shape)
 
     @rule()
     def read_lazy(self):
@@ -236,6 +309,48 @@ def test_a_read_folds_only_what_changed(monkeypatch):
     _apply(s, 401, "set_attr", "p7", "age", 1)
     s.digest()
     assert sorted(p.name for p in hashed) == ["ann", "p7"]
+
+
+@pytest.mark.parametrize("fold_at", [1, 3, 1 << 30])
+def test_batches_that_delete_what_they_reference(fold_at):
+    """One batch: writes referencing an object deleted in it, an object created, written and
+    deleted in it, several writes to one attribute, a referenced object deleted later."""
+    s = _store(fold_at=fold_at)
+    for i, name in enumerate(["ann", "bob", "cid", "dan"], 1):
+        _apply(s, i, "add_person", name, "Oslo", i)
+    _apply(s, 5, "add_employee", "eve", 3)
+    _apply(s, 6, "befriend", "dan", "cid")
+    _apply(s, 7, "link", "eve", ["cid", "bob"], "dict_keys")
+    assert s.digest() == s.digest_full()
+    assert _apply(s, 8, "rewrite", "ann", ["bob", "cid", "eve"], "set")
+    assert _apply(s, 9, "link_and_drop", "ann", "bob", "nested", False)
+    assert _apply(s, 10, "ephemeral", "eve", "tuple", False)
+    assert not _apply(s, 11, "ephemeral", "dan", "list", True)
+    assert _apply(s, 12, "set_attr", "dan", "age", 40)
+    assert _apply(s, 13, "delete_person", "cid")       # dan.friend, eve.tags, ann.friend/tags
+    assert _apply(s, 14, "set_attr", "eve", "age", 5)
+    assert s.digest() == s.digest_full() == _round_trip(s).digest()
+    assert _apply(s, 15, "delete_person", "eve")
+    assert s.digest() == s.digest_full() == _round_trip(s).digest()
+
+
+def test_a_fold_reads_only_the_attributes_written():
+    """bknr-digest-4: a write's fold hashes the written attribute's old and new values, never
+    the object's other attributes (a value there that cannot be encoded goes unnoticed)."""
+    s = _store()
+    _apply(s, 1, "add_person", "ann")
+    for i in range(2, 300):
+        _apply(s, i, "stamp", f"p{i}")
+    s.digest()
+    with s.reading():
+        ann = Person.by_name("ann")
+    tags = ann.tags
+    Person.__dict__["tags"].__set__(ann, object())     # bypasses the store, as a bug would
+    _apply(s, 400, "churn", "ann", 3, False)
+    _apply(s, 401, "set_attr", "ann", "age", 9)
+    s.digest()                                          # folds without touching ann.tags
+    Person.__dict__["tags"].__set__(ann, tags)
+    assert s.digest() == s.digest_full()
 
 
 def test_commits_fold_in_batches():
