@@ -148,8 +148,10 @@ def test_bank_web_app_on_three_nodes(tmp_path: Path, procs) -> None:
     assert f'<b id="node">{follower}</b>' in page and "follower" in page and ">95<" in page
 
     # bad input: a 4xx from the application, nothing applied, nothing logged (once the leader's
-    # monitor has published the members' definitions: their entries and log lines are not ours)
+    # monitor has published the members' definitions and every node applied them: their entries
+    # and log lines are not ours)
     cluster.wait_definitions(leader)
+    cluster.wait_converged()
     logs = {n: (cluster.data_dir(n) / "node.log").read_text() for n in cluster.names}
     applied = cluster.status(leader)["applied_index"]
     for body, headers in (({"from": "ann", "to": "bob", "amount": "lots"}, key),
