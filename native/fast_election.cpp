@@ -13,8 +13,10 @@
 //    reports which peer's stream closed.
 // 2. Confirm. A close alone proves nothing (a leader reconnecting closes its old stream too), so
 //    when the closed stream was our current leader's we connect() to the leader's raft address:
-//    ECONNREFUSED means no process listens there any more. Anything else (connected: the leader
-//    is alive; timeout or unreachable: not a process death) leaves the timer path alone.
+//    ECONNREFUSED means no process listens there any more; so does a reset of our connection by
+//    the listener (the dying process closed it with our connection in its queue). Anything else
+//    (connected and kept: the leader is alive; timeout or unreachable: not a process death)
+//    leaves the timer path alone.
 // 3. Head start. Surviving followers all confirm within a millisecond, and campaigning together
 //    would split the vote, so each waits a short delay ordered by (priority desc, node id asc)
 //    among the voters that could lead, a follower whose log ends below the commit index it knows
@@ -354,7 +356,11 @@ void Node::on_probe_done(int status) {
     trace_election("probe of %llu: %s, %llu ms after the close, attempt %u", (unsigned long long)probing_,
                    status == 0 ? "alive" : uv_err_name(status), (unsigned long long)(uv_now(&loop_) - closed_at_),
                    probe_attempts_);
-    if (closing_ || status != UV_ECONNREFUSED) return;  // alive, cancelled, or not a process death
+    // A connect() reset during the handshake is the listener closing with our SYN queued (seen in
+    // a traced kill round: that follower then refused the candidate until its timer fired,
+    // 227 ms); a live listener never resets a connection it is accepting.
+    const bool gone = status == UV_ECONNREFUSED || status == UV_ECONNRESET;
+    if (closing_ || !gone) return;  // alive, cancelled, or not a process death
     if (raft_.state != RAFT_FOLLOWER || raft_.current_term != probing_term_ ||
         raft_.follower_state.current_leader.id != probing_) {
         trace_election("leader changed meanwhile (leader %llu)",
