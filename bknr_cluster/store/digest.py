@@ -113,7 +113,7 @@ class _Hasher:
             return False
 
         self.fallback = _fallback(store, is_live, note)
-        self.fallback_before = _fallback(store, _native.was_live, None)
+        self.fallback_before = _fallback(store, _native.was_live, before=True)
         self.extents = extents
         self.seen_refs = seen_refs
         # class -> (tag, persistent attributes' slots sorted by name, {spec: position}): what the
@@ -137,23 +137,25 @@ class _Hasher:
 
 
 def _fallback(store: Store, is_live: Callable[[Any], bool],
-              note: Callable[[Any], None] | None) -> Callable[[Any], bytes]:
-    """value -> the bytes the codec writes for it, canonicalised, references live per ``is_live``."""
+              note: Callable[[Any], None] | None = None, before: bool = False) -> Callable[[Any], bytes]:
+    """value -> the bytes the codec writes for it, canonicalised. References are live per
+    ``is_live``: the store's extents now (checked inline below, live ones passed to ``note``),
+    or with ``before`` whatever ``is_live`` says (``_native.was_live``)."""
     extents = store.__dict__
     codec = Codec(store.definition.enums, store.find, is_live, lenient=True)
     codec_default, pack_id = codec._default, msgpack.Packer().pack
-    fast = note is not None or is_live is not _native.was_live
 
     def default(o: Any) -> Any:
         if isinstance(o, StoreObject):
-            if fast:    # ``is_live`` inlined: the codec's encoding, without its chain of type tests
+            if before:
+                if not is_live(o):
+                    return None
+            else:       # ``is_live`` inlined: the codec's encoding, without its chain of type tests
                 extent = extents["_extent"].get(type(o))
                 if extent is None or extent.get(o.id) is not o:
                     return None
                 if note is not None:
                     note(o)
-            elif not is_live(o):
-                return None
             return _ext((EXT_REF, pack_id(o.id)))
         return codec_default(o)
 
