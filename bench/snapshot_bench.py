@@ -81,6 +81,15 @@ def reclaim_stalls() -> int:
     return total
 
 
+def raft_snapshot_mb(raft_dir: Path) -> float:
+    """Size of the newest Raft snapshot file: what libraft wrote and fsync'd at once."""
+    snaps = [p for p in raft_dir.glob("snapshot-*") if p.suffix != ".meta"]
+    if not snaps:
+        return 0.0
+    newest = max(snaps, key=lambda p: int(p.name.split("-")[2]))
+    return round(newest.stat().st_size / 1e6, 1)
+
+
 def children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -235,6 +244,7 @@ def run_size(objects: int, nodes: int, trace: bool = False) -> dict[str, Any]:
             cl.call("POST", "/tx/bulk_open", {"args": ["a", start, min(chunk, objects - start)]},
                     timeout=600)
         c.wait_converged(timeout=600)
+        c.wait_definitions(leader, timeout=60)  # compressed snapshots need every member's
         pid = c.status(leader, digest=False)["pid"]
         writer_client = c.client(leader, timeout=60)
         health_client = ApiClient(c.api_url(leader), timeout=60)
@@ -285,6 +295,8 @@ def run_size(objects: int, nodes: int, trace: bool = False) -> dict[str, Any]:
                 "post_snapshot_s": round(t1 - t0, 3),
                 "store_snapshot_failures": st["store_snapshot_failures"],
                 "fork_ms": st["store_snapshot_fork_ms"], "reclaim_stalls": stalls,
+                "compress_ms": st.get("store_snapshot_compress_ms"),
+                "raft_snapshot_mb": raft_snapshot_mb(c.data_dir(leader) / "raft"),
                 "load": round(os.getloadavg()[0], 1)}
     finally:
         procs.stop_all()
@@ -307,7 +319,8 @@ def main() -> int:
     rows = [run_size(n, args.nodes, args.trace) for n in sizes]
     cols = ["objects", "snapshot_s", "post_snapshot_s", "write_max_ms_before",
             "write_max_ms_during", "health_max_ms_during", "rss_ratio_peak", "writes_during",
-            "write_errors", "store_snapshot_failures", "fork_ms", "write_worst_at_s",
+            "write_errors", "store_snapshot_failures", "fork_ms", "compress_ms",
+            "raft_snapshot_mb", "write_worst_at_s",
             "health_worst_at_s", "reclaim_stalls", "load"]
     print(" | ".join(cols))
     for r in rows:

@@ -312,12 +312,17 @@ class RaftNode:
         """Hand back the store serialised at exactly ``index`` (answer to snapshot_request)."""
         self._node.store_snapshot_done(int(index), data)
 
-    def store_snapshot_file(self, index: int, path: str | os.PathLike) -> bool:
+    def store_snapshot_file(self, index: int, path: str | os.PathLike,
+                            compress_level: int = 0) -> bool:
         """Hand back the store serialised at exactly ``index`` as a file: the engine maps it
-        read-only (no copy, nothing read now; the caller may unlink it at once). Returns False
-        when the answer came too late (a restore superseded the request). ``EngineIOError`` if
-        the file cannot be opened or mapped."""
-        return bool(self._node.store_snapshot_file(int(index), os.fspath(path)))
+        read-only (no copy, nothing read now; the caller may unlink it at once). With
+        ``compress_level`` > 0 the engine compresses it instead, on this thread with the GIL
+        released, and writes it as a zstd frame (snapshot format 2, which a build without it
+        cannot read: the caller decides). Returns False when the answer came too late (a
+        restore superseded the request). ``EngineIOError`` if the file cannot be opened or
+        mapped, or the compression fails."""
+        return bool(self._node.store_snapshot_file(int(index), os.fspath(path),
+                                                   int(compress_level)))
 
     def store_snapshot_failed(self, index: int) -> bool:
         """The store snapshot asked for at ``index`` could not be made: the engine drops the

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "image_codec.hpp"
 #include "node.hpp"
 
 namespace bknr {
@@ -122,13 +123,17 @@ bool ApplyQueue::pop(size_t max_items, double seconds, std::vector<Item>& out) {
 
 // ---------------------------------------------------------------- snapshot format
 //
-// [magic "BKNRSNP1"][u64 format=1][u64 M][u64 store_len][u64 n_entries][u64 N]
+// [magic "BKNRSNP1"][u64 format][u64 M][u64 store_len][u64 n_entries][u64 N]
 // [store snapshot bytes]
 // n_entries x [u64 index][u64 term][u64 len][bytes]
-// All integers little-endian.
+// All integers little-endian. Format 1: the store snapshot bytes as Python wrote them; format
+// 2: one zstd frame of them (image_codec.hpp), written only once every member reads it (the
+// cluster layer decides, cluster/DESIGN.md). Both are read.
 
 static const char kMagic[8] = {'B', 'K', 'N', 'R', 'S', 'N', 'P', '1'};
 static constexpr size_t kHeader = 48;
+// A store image larger than this in a format 2 header is taken for damage, not allocated.
+static constexpr uint64_t kMaxImage = uint64_t{1} << 40;
 
 static void put64(char* p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
@@ -190,7 +195,7 @@ int Node::fsm_apply(const struct raft_buffer* buf) {
     return 0;
 }
 
-bool Node::store_snapshot_done(uint64_t index, ChunkPtr data) {
+bool Node::store_snapshot_done(uint64_t index, ChunkPtr data, bool compressed) {
     {
         std::lock_guard<std::mutex> g(snap_mu_);
         // A restore (or an older request) may have superseded this one: then ignore it.
@@ -198,6 +203,7 @@ bool Node::store_snapshot_done(uint64_t index, ChunkPtr data) {
         pending_request_ = 0;
         base_index_ = index;
         base_data_ = Slice{data, 0, data ? data->len : 0};
+        base_compressed_ = compressed && data && data->len;
         while (!tail_.empty() && tail_.front().index <= index) tail_.pop_front();
     }
     // A snapshot_now() waits for this: wake the loop now rather than at its next tick. Under
@@ -251,7 +257,7 @@ int Node::fsm_snapshot(struct raft_buffer* bufs[], unsigned* n_bufs) {
         }
         h->header.reset(new char[kHeader]);
         std::memcpy(h->header.get(), kMagic, 8);
-        put64(h->header.get() + 8, 1);
+        put64(h->header.get() + 8, base_compressed_ ? 2 : 1);
         put64(h->header.get() + 16, base_index_);
         put64(h->header.get() + 24, base_data_.len);
         put64(h->header.get() + 32, count);
@@ -464,9 +470,16 @@ int Node::fsm_restore(struct raft_buffer* buf) {
     restore_label_ = 0;
     const char* p = static_cast<const char*>(buf->base);
     size_t n = buf->len;
-    if (n < kHeader || std::memcmp(p, kMagic, 8) != 0 || get64(p + 8) != 1) return RAFT_MALFORMED;
+    if (n < kHeader || std::memcmp(p, kMagic, 8) != 0) return RAFT_MALFORMED;
+    const uint64_t format = get64(p + 8);
+    if (format != 1 && format != 2) return RAFT_MALFORMED;
     uint64_t m = get64(p + 16), store_len = get64(p + 24), count = get64(p + 32);
     if (store_len > n - kHeader) return RAFT_MALFORMED;
+    // Format 2: the frame must say how large the image is (the applier sizes its buffer by it;
+    // the checksum is verified there, off the loop thread).
+    uint64_t image_len = 0;
+    if (format == 2 && !image_content_size(p + kHeader, store_len, kMaxImage, &image_len))
+        return RAFT_MALFORMED;
     // Validate the whole tail before taking ownership: on error libraft frees the buffer.
     size_t off = kHeader + store_len;
     for (uint64_t i = 0; i < count; i++) {
@@ -497,13 +510,14 @@ int Node::fsm_restore(struct raft_buffer* buf) {
         std::lock_guard<std::mutex> g(snap_mu_);
         base_index_ = m;
         base_data_ = Slice{c, kHeader, store_len};
+        base_compressed_ = format == 2;
         tail_ = entries;
         pending_request_ = 0;
         since_request_ = static_cast<unsigned>(entries.size());
     }
     // Everything still queued is older than this state and superseded by it.
     applyq_.clear();
-    applyq_.push(Item{ITEM_RESTORE, m, 0, Slice{c, kHeader, store_len}});
+    applyq_.push(Item{ITEM_RESTORE, m, 0, Slice{c, kHeader, store_len}, format == 2});
     for (auto& e : entries) applyq_.push(std::move(e));
     if (last > last_snapshot_index_) last_snapshot_index_ = last;
     if (last >= last_snapshot_index_) last_snapshot_store_ = m;

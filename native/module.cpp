@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "gil.hpp"
+#include "image_codec.hpp"
 #include "node.hpp"
 #include "signal.hpp"
 
@@ -183,8 +184,30 @@ FuturePtr failed(int code, std::string msg) {
     return f;
 }
 
-const char* kinds[] = {"entry", "snapshot_request", "restore"};
-PyObject* kind_str[3];  // interned once: no new str object per committed item
+const char* kinds[] = {"entry", "snapshot_request", "restore", "restore_failed"};
+PyObject* kind_str[4];  // interned once: no new str object per committed item
+constexpr int kRestoreFailed = 3;  // not an ItemKind: a restore whose image cannot be read
+
+// The bytes of a compressed restore item, decompressed straight into a new bytes object (the
+// GIL released meanwhile: nothing else can see the object yet). nullptr and `err` set when the
+// frame is damaged: the applier then halts on a "restore_failed" item instead of applying on.
+PyObject* restore_bytes(const Item& it, std::string* err) {
+    uint64_t size = 0;
+    if (!image_content_size(it.data.data(), it.data.len, PY_SSIZE_T_MAX, &size)) {
+        *err = "the store image in this snapshot does not declare a readable size";
+        return nullptr;
+    }
+    PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+    if (!b) throw py::error_already_set();
+    char* out = PyBytes_AS_STRING(b);
+    bool ok = nogil([&] { return decompress_image(it.data.data(), it.data.len, out, size, err); });
+    if (!ok) {
+        Py_DECREF(b);
+        *err = "the compressed store image in this snapshot is damaged: " + *err;
+        return nullptr;
+    }
+    return b;
+}
 
 // The (kind, index, term, data) tuples of next_committed(), built with the C API: this runs
 // once per committed entry, and pybind11's generic casts cost more than the entry's bytes.
@@ -203,16 +226,27 @@ py::object committed_list(const std::vector<Item>& items) {
         PyObject* t = PyTuple_New(4);
         if (!t) throw py::error_already_set();
         PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), t);  // owned by the list from here
-        Py_INCREF(kind_str[it.kind]);
-        PyTuple_SET_ITEM(t, 0, kind_str[it.kind]);
+        PyObject* b = nullptr;
+        int kind = it.kind;
+        if (it.compressed) {
+            std::string err;
+            b = restore_bytes(it, &err);
+            if (!b) {
+                kind = kRestoreFailed;
+                b = PyBytes_FromStringAndSize(err.data(), static_cast<Py_ssize_t>(err.size()));
+            }
+        } else {
+            b = PyBytes_FromStringAndSize(it.data.data(), static_cast<Py_ssize_t>(it.data.len));
+        }
+        if (!b) throw py::error_already_set();
+        PyTuple_SET_ITEM(t, 3, b);
+        Py_INCREF(kind_str[kind]);
+        PyTuple_SET_ITEM(t, 0, kind_str[kind]);
         PyObject* index = PyLong_FromUnsignedLongLong(it.index);
         if (!index) throw py::error_already_set();
         PyTuple_SET_ITEM(t, 1, index);
         Py_INCREF(term.ptr());
         PyTuple_SET_ITEM(t, 2, term.ptr());
-        PyObject* b = PyBytes_FromStringAndSize(it.data.data(), static_cast<Py_ssize_t>(it.data.len));
-        if (!b) throw py::error_already_set();
-        PyTuple_SET_ITEM(t, 3, b);
     }
     return std::move(out);
 }
@@ -284,7 +318,7 @@ PYBIND11_MODULE(_raft, m) {
     m.doc() = "Native Raft engine over libraft (private; use bknr_cluster.engine)";
     // A dying peer socket must not kill a healthy node (DESIGN.md rule 6).
     std::signal(SIGPIPE, SIG_IGN);
-    for (int i = 0; i < 3; i++) kind_str[i] = PyUnicode_InternFromString(kinds[i]);  // kept for life
+    for (int i = 0; i < 4; i++) kind_str[i] = PyUnicode_InternFromString(kinds[i]);  // kept for life
     main_thread_ident() = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
     m.attr("LIBRAFT_VERSION") = BKNR_RAFT_VERSION_STRING;
@@ -495,14 +529,21 @@ PYBIND11_MODULE(_raft, m) {
             c->len = len;
             return n.store_snapshot_done(index, c);
         }, py::arg("index"), py::arg("data"))
-        .def("store_snapshot_file", [](Node& n, uint64_t index, const std::string& path) {
+        .def("store_snapshot_file", [](Node& n, uint64_t index, const std::string& path,
+                                       int compress_level) {
             // Mapped, not read: nothing of the file is touched here or on the loop thread
-            // (libraft's thread pool reads the pages when it writes a Raft snapshot).
+            // (libraft's thread pool reads the pages when it writes a Raft snapshot). With a
+            // level, compressed here instead (the caller's thread, the GIL released) and the
+            // mapping dropped: libraft then writes and sends the frame (format 2, fsm.cpp).
             std::string err;
-            ChunkPtr c = nogil([&] { return chunk_map_file(path.c_str(), &err); });
+            ChunkPtr c = nogil([&]() -> ChunkPtr {
+                ChunkPtr raw = chunk_map_file(path.c_str(), &err);
+                if (!raw || compress_level <= 0 || raw->len == 0) return raw;
+                return compress_image(raw->base, raw->len, compress_level, &err);
+            });
             if (!c) raise_error("EngineIOError", py::make_tuple(py::str(err)));
-            return n.store_snapshot_done(index, c);
-        }, py::arg("index"), py::arg("path"))
+            return n.store_snapshot_done(index, c, compress_level > 0 && c->len > 0);
+        }, py::arg("index"), py::arg("path"), py::arg("compress_level") = 0)
         .def("store_snapshot_failed", [](Node& n, uint64_t index) {
             return n.store_snapshot_failed(index);
         }, py::arg("index"))

@@ -66,6 +66,7 @@ struct Item {
     uint64_t index;
     uint64_t term;
     Slice data;
+    bool compressed = false;  // ITEM_RESTORE only: `data` is a zstd frame (image_codec.hpp)
 };
 
 // Outcome codes of futures; engine.py maps them onto errors.py classes.
@@ -230,8 +231,9 @@ public:
 
     FuturePtr post(Request&& r);  // any thread; fails the future with E_SHUTDOWN if not running
     ApplyQueue& queue() { return applyq_; }
-    // Python hands back the store snapshot for a ("snapshot_request", M) item.
-    bool store_snapshot_done(uint64_t index, ChunkPtr data);
+    // Python hands back the store snapshot for a ("snapshot_request", M) item; `compressed`:
+    // `data` is a zstd frame of it (written as snapshot format 2, fsm.cpp).
+    bool store_snapshot_done(uint64_t index, ChunkPtr data, bool compressed = false);
     // Python could not produce the store snapshot for request `index` (its writer failed or
     // was killed): the request is dropped, so a later one can be made. The previous store
     // snapshot stays. False if `index` is not the outstanding request.
@@ -443,6 +445,7 @@ private:
     std::mutex snap_mu_;
     uint64_t base_index_ = 0;       // M: the store snapshot's index (0 = empty store)
     Slice base_data_;               // store snapshot bytes at M
+    bool base_compressed_ = false;  // base_data_ is a zstd frame of them (format 2)
     std::deque<Item> tail_;         // committed entries M+1..N, as handed to Python
     uint64_t pending_request_ = 0;  // index of the outstanding snapshot_request, 0 = none
     unsigned since_request_ = 0;

@@ -18,7 +18,7 @@ STAMP="$ROOT/.deps/.apt-done"
 log() { echo "[install-deps] $*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-APT_PKGS=(libuv1-dev liblz4-dev libssl-dev autoconf automake libtool pkg-config g++ make cmake
+APT_PKGS=(libuv1-dev liblz4-dev libzstd-dev libssl-dev autoconf automake libtool pkg-config g++ make cmake
           dpkg-dev python3-venv python3-dev openssh-server openssh-client nginx-light iproute2 nftables
           haproxy chromium)
 

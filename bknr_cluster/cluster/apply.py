@@ -41,6 +41,7 @@ from bknr_cluster.cluster.batch import (
 )
 from bknr_cluster.cluster.checkpoints import Checkpoints, DefinitionProbe, Halt
 from bknr_cluster.cluster.commit import AppliedSignal
+from bknr_cluster.cluster.definition import COMPRESSED_SNAPSHOTS
 from bknr_cluster.cluster.snapshot_meta import snapshot_object_count, snapshot_prefix, split_snapshot
 from bknr_cluster.cluster.snapshot_writer import StoreSnapshotWriter  # not lazily: a pause
 from bknr_cluster.errors import BknrError, CorruptData, ReplicaHalted, Shutdown, UsageError
@@ -62,13 +63,14 @@ class Applier:
 
     def __init__(self, engine: Any, store: Any, committer: Any, capabilities: Any,
                  data_dir: Path, *, freeze_gc: bool = False,
-                 on_halt: Callable[[], None] | None = None) -> None:
+                 on_halt: Callable[[], None] | None = None, snapshot_compression: int = 0) -> None:
         self.engine = engine
         self.store = store
         self.committer = committer
         self.capabilities = capabilities
         self.data_dir = data_dir
         self.freeze_gc = freeze_gc
+        self.snapshot_compression = snapshot_compression  # zstd level asked for, 0: off
         self.on_halt = on_halt
         self.checks = Checkpoints()
         self.applied_index = 0
@@ -152,6 +154,7 @@ class Applier:
         w = self._snapshot_writer
         return {"store_snapshot_s": round(w.last_seconds, 3) if w else None,
                 "store_snapshot_fork_ms": round(w.last_fork_ms, 1) if w else None,
+                "store_snapshot_compress_ms": round(w.last_compress_ms, 1) if w else None,
                 "store_snapshot_failures": w.failures if w else 0}
 
     # --- apply path -----------------------------------------------------------------------
@@ -211,6 +214,9 @@ class Applier:
                             self._store_snapshot(index)
                         elif kind == "restore":
                             self._restore(index, data)
+                        elif kind == "restore_failed":  # the engine could not read its image
+                            raise Halt("snapshot", f"the snapshot at {index} cannot be read: "
+                                       f"{data.decode(errors='replace')}")
                         else:
                             log.error("unknown committed item kind %r at %d", kind, index)
                     except Halt as h:
@@ -417,9 +423,17 @@ class Applier:
 
             writer = self._snapshot_writer = StoreSnapshotWriter(
                 self.engine, self.store, DataDirLayout(self.data_dir).store_snapshot_dir,
-                freeze_gc=self.freeze_gc, on_done=done)
+                freeze_gc=self.freeze_gc, on_done=done, compress_level=self._compress_level)
         # the cluster layer's replicated state at ``index`` is packed here, the store in the child
         writer.start(index, prefix=snapshot_prefix(self._snapshot_meta()))
+
+    def _compress_level(self) -> int:
+        """The zstd level for the store image of the next engine snapshot: the configured one
+        once every member's build reads compressed snapshots (a member of an older build could
+        not restore one sent to it), else 0."""
+        if self.snapshot_compression <= 0:
+            return 0
+        return self.snapshot_compression if self.capabilities.all_have(COMPRESSED_SNAPSHOTS) else 0
 
     def _maybe_freeze_gc(self) -> None:
         if self.freeze_gc:

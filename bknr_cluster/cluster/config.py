@@ -22,7 +22,8 @@ from bknr_cluster.vocabulary import DataDirLayout, Role
 DEFAULT_TIMING = {"election_timeout_ms": defaults.ELECTION_TIMEOUT_MS,
                   "heartbeat_ms": defaults.HEARTBEAT_MS}
 DEFAULT_SNAPSHOT = {"threshold": defaults.SNAPSHOT_THRESHOLD,
-                    "trailing": defaults.SNAPSHOT_TRAILING, "keep": defaults.SNAPSHOT_KEEP}
+                    "trailing": defaults.SNAPSHOT_TRAILING, "keep": defaults.SNAPSHOT_KEEP,
+                    "compression": defaults.SNAPSHOT_COMPRESSION}
 DEFAULT_BATCH = {"max_count": defaults.BATCH_MAX_COUNT, "max_bytes": defaults.BATCH_MAX_BYTES}
 DEFAULT_CHECKPOINT = {"every": defaults.CHECKPOINT_EVERY}
 DEFAULT_WSGI_THREADS = 16
@@ -133,6 +134,7 @@ class ClusterConfig:
     raft_secret_file: Path | None = None
     app: AppConfig | None = None
     checkpoint_every: int = DEFAULT_CHECKPOINT["every"]
+    snapshot_compression: int = defaults.SNAPSHOT_COMPRESSION
     # how long a node of higher priority must stay caught up before the leader hands over
     priority_settle_ms: int | None = None
     # TLS and the secure-by-default rule (tls_config.py, docs/security.md)
@@ -182,6 +184,7 @@ class ClusterConfig:
             if data.get("raft_secret_file") else None,
             app=_app(data.get("app")),
             checkpoint_every=int(checkpoint["every"]),
+            snapshot_compression=int(snap["compression"]),
             priority_settle_ms=timing.get("priority_settle_ms"),
             tls_dir=_resolve(base_dir, data["tls_dir"]) if data.get("tls_dir") else None,
             insecure=bool(data.get("insecure", False)),

@@ -82,7 +82,8 @@ def validate(data: Any, base_dir: Any = None) -> list[tuple[str, str]]:
         out.append(("timing.heartbeat_ms",
                     f"{hb} ms must be at most half the election timeout ({et} ms)"))
     out += _validate_section(data.get("snapshot"), "snapshot", {
-        "threshold": (2, 10**9), "trailing": (0, 10**9), "keep": (1, 1000)})
+        "threshold": (2, 10**9), "trailing": (0, 10**9), "keep": (1, 1000),
+        "compression": (0, 19)})
     out += _validate_section(data.get("batch"), "batch", {
         "max_count": (1, 65536), "max_bytes": (1024, 1 << 30)})
     out += _validate_section(data.get("checkpoint"), "checkpoint", {"every": (0, 10**9)})

@@ -33,9 +33,11 @@ from typing import Any
 from bknr_cluster.errors import NotCapable
 from bknr_cluster.store.digest import SCHEME as DIGEST_SCHEME
 
-# Entry kinds this build of the cluster layer applies (batch.py); published with the definition
-# so that a future kind that changes the store can be gated on every voter knowing it.
-FEATURES = ("BKB1", "BKR1", "BKS1")
+# What this build reads, published with the definition so that anything new can be gated on
+# every member knowing it: the entry kinds the cluster layer applies (batch.py), and "SNZ1",
+# engine snapshots whose store image is a zstd frame (native/fsm.cpp, format 2; apply.py).
+FEATURES = ("BKB1", "BKR1", "BKS1", "SNZ1")
+COMPRESSED_SNAPSHOTS = "SNZ1"
 
 
 def _params(fn: Any) -> list[list[Any]]:
@@ -189,6 +191,19 @@ class Capabilities:
                 capable &= known
         self._unknown = tuple(unknown)
         self._capable = frozenset(capable)
+
+    def all_have(self, feature: str) -> bool:
+        """Whether every current voter and every member that ever published reads ``feature``.
+        False while a voter has not published yet (its build is unknown: assume the oldest)."""
+        with self._lock:
+            voters, members = self.voters, dict(self.members)
+        if not voters:
+            return False
+        for v in voters:
+            if v != self.node_id and v not in members:
+                return False
+        return feature in self.own.get("features", ()) and all(
+            feature in d.get("features", ()) for d in members.values())
 
     def capable(self, name: str) -> bool:
         return name in self._capable

@@ -62,6 +62,7 @@ class ClusterSettings:
     snapshot_threshold: int = defaults.SNAPSHOT_THRESHOLD
     snapshot_trailing: int = defaults.SNAPSHOT_TRAILING
     store_snapshot_every: int | None = None   # None: the engine's rule (half the threshold)
+    snapshot_compression: int = defaults.SNAPSHOT_COMPRESSION  # zstd level, 0: off (apply.py)
     batch_max_count: int = defaults.BATCH_MAX_COUNT
     batch_max_bytes: int = defaults.BATCH_MAX_BYTES
     batch_window: int = defaults.BATCH_WINDOW
@@ -98,6 +99,8 @@ class ClusterSettings:
             raise UsageError("snapshot_threshold must be positive, snapshot_trailing at least 0")
         if self.store_snapshot_every is not None and self.store_snapshot_every < 1:
             raise UsageError("store_snapshot_every must be positive")
+        if not 0 <= self.snapshot_compression <= 19:
+            raise UsageError("snapshot_compression must be a zstd level in [0, 19] (0: off)")
         if self.secret is not None and len(self.secret) < 16:
             raise UsageError("the raft secret must be at least 16 bytes")
 
@@ -156,6 +159,7 @@ class ClusterSettings:
             heartbeat_ms=cfg.heartbeat_ms, snapshot_threshold=cfg.snapshot_threshold,
             snapshot_trailing=cfg.snapshot_trailing, batch_max_count=cfg.batch_max_count,
             batch_max_bytes=cfg.batch_max_bytes, checkpoint_every=cfg.checkpoint_every,
+            snapshot_compression=cfg.snapshot_compression,
             priorities={n.id: n.priority for n in cfg.nodes},
             priority_settle_ms=cfg.priority_settle_ms, python_cpu=me.python_cpu,
             tls=raft_tls_files(cfg, me))

@@ -6,10 +6,11 @@ forks a child that writes that state to a memfd (where there is none, to
 the applier goes on with M+1 while the child writes. A reaper thread waits for the child, seals
 the memfd against any further change and checks its size (a file is re-hashed against the
 SHA-256 the child reported instead: see ``_check_image``), hands it to the engine
-(``store_snapshot_file``: mapped, not copied) and closes or unlinks it (the mapping keeps it
-alive). A child that fails or is killed leaves the engine's previous store snapshot in place
-(``store_snapshot_failed`` lets the engine ask again later). At most one child runs: a restore
-or ``stop`` kills it (its state is superseded).
+(``store_snapshot_file``: mapped, not copied; or compressed into a zstd frame there, on the
+reaper's thread at the child's nice value, when ``compress_level`` says so) and closes or
+unlinks it (the mapping keeps it alive). A child that fails or is killed leaves the engine's
+previous store snapshot in place (``store_snapshot_failed`` lets the engine ask again later).
+At most one child runs: a restore or ``stop`` kills it (its state is superseded).
 """
 
 from __future__ import annotations
@@ -22,13 +23,21 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bknr_cluster.cluster.stall_trace import event
 from bknr_cluster.errors import StoreError
-from bknr_cluster.store.snapshot_fork import SnapshotChild, SnapshotFile, fork_snapshot, verify_file
+from bknr_cluster.store.snapshot_fork import (
+    CHILD_NICE as _CHILD_NICE,
+)
+from bknr_cluster.store.snapshot_fork import (
+    SnapshotChild,
+    SnapshotFile,
+    fork_snapshot,
+    verify_file,
+)
 
 log = logging.getLogger("bknr.cluster")
 _PROCESS_START = time.time()
@@ -39,13 +48,16 @@ class StoreSnapshotWriter:
 
     def __init__(self, engine: Any, store: Any, directory: Path, *, freeze_gc: bool,
                  on_done: Callable[[int, float], None] | None = None,
-                 child_timeout: float = 3600.0) -> None:
+                 child_timeout: float = 3600.0,
+                 compress_level: Callable[[], int] | None = None) -> None:
         self.engine = engine
         self.store = store
         self.directory = Path(directory)
         self.freeze_gc = freeze_gc
         self.on_done = on_done
         self.child_timeout = child_timeout
+        self.compress_level = compress_level
+        self.last_compress_ms = 0.0   # the hand-over's compression (reaper thread, GIL released)
         self.failures = 0
         self._forks = 0
         self.last_seconds = 0.0
@@ -136,12 +148,22 @@ class StoreSnapshotWriter:
         try:
             if self.on_done is not None:
                 self.on_done(index, result.seconds)
-            taken = self.engine.store_snapshot_file(index, result.path)
-            event("handed_over", index=index)
+            level = self.compress_level() if self.compress_level is not None else 0
+            t0 = time.monotonic()
+            if level > 0:
+                with _niced_thread(_CHILD_NICE):
+                    taken = self.engine.store_snapshot_file(index, result.path,
+                                                            compress_level=level)
+            else:
+                taken = self.engine.store_snapshot_file(index, result.path)
+            compress_ms = (time.monotonic() - t0) * 1000 if level > 0 else 0.0
+            event("handed_over", index=index, compress_ms=round(compress_ms, 1))
             self.last_seconds = result.seconds
+            self.last_compress_ms = compress_ms
             log.info("store snapshot at %d: %d bytes in %.3f s (%.3f s of CPU; writer %d, "
-                     "fork %.1f ms%s)", index, result.size, result.seconds, result.cpu_seconds,
+                     "fork %.1f ms%s%s)", index, result.size, result.seconds, result.cpu_seconds,
                      child.pid, self.last_fork_ms,
+                     f"; zstd level {level} in {compress_ms:.0f} ms" if level > 0 else "",
                      "" if taken else "; superseded by a restore, dropped")
         except Exception:
             self.failures += 1
@@ -180,6 +202,25 @@ def _check_image(result: SnapshotFile, memfd: int) -> None:
     size = os.fstat(memfd).st_size
     if size != result.size:
         raise StoreError(f"{result.path}: {size} bytes, the writer reported {result.size}")
+
+
+@contextlib.contextmanager
+def _niced_thread(nice: int) -> Iterator[None]:
+    """Run the block at ``nice`` on this thread only (Linux nice values are per thread): the
+    compression of an image is background work, as the child that wrote it."""
+    tid = threading.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        if nice > before:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        nice = before = 0
+    try:
+        yield
+    finally:
+        if nice > before:
+            with contextlib.suppress(OSError):  # lowering it back needs CAP_SYS_NICE: a reaper
+                os.setpriority(os.PRIO_PROCESS, tid, before)  # thread ends after one image
 
 
 def _memfd(name: str) -> int:

@@ -102,7 +102,8 @@ class ClusterStore:
         self.capabilities = Capabilities(describe(definition), self.node_id)
         self.applier = Applier(self.engine, self.store, self.committer, self.capabilities,
                                self.data_dir, freeze_gc=settings.freeze_gc,
-                               on_halt=self._on_halt)
+                               on_halt=self._on_halt,
+                               snapshot_compression=settings.snapshot_compression)
         self.clients = ApiClients(self.token, api_ssl)
         self.submitter = Submitter(self.node_id, self.store, self.committer, self.applier,
                                    self.capabilities, self.directory, self.clients,

@@ -53,6 +53,7 @@ def _child_nice() -> int:
 
 
 _CHILD_NICE = _child_nice()  # read now: the child must not look anything up
+CHILD_NICE = _CHILD_NICE  # also the nice of the parent's background work on the image
 _WRITE_BUFFER = 1 << 20
 try:  # loaded now: the child must not import or dlopen anything
     _libc: Any = ctypes.CDLL(None, use_errno=True)

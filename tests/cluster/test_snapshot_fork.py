@@ -84,12 +84,12 @@ def _images(cs: ClusterStore) -> list[tuple[int, str]]:
     seen: list[tuple[int, str]] = []
     real = cs.engine.store_snapshot_file
 
-    def handover(index: int, path: str) -> bool:
+    def handover(index: int, path: str, **kw: int) -> bool:
         copy = Store(None, definition=definition, bind=False)
         with open(path, "rb") as f:  # the cluster layer's prefix first, then the store's image
             copy.load_snapshot(io.BytesIO(store_snapshot_of(f.read())))
         seen.append((index, copy.digest()))
-        return real(index, path)
+        return real(index, path, **kw)
     cs.engine.store_snapshot_file = handover
     return seen
 
