@@ -16,6 +16,19 @@ from typing import Any
 from bknr_cluster.store import snapshot_fork
 from tests.support import wait_until
 
+# Set in the parent just around a held fork; the child inherits the value and stops itself
+# before it runs a line of the writer. A SIGSTOP from the parent after fork() returned came too
+# late on a busy host: a child with a small store had already written it and exited.
+_stop_in_child = False
+
+
+def _maybe_stop_self() -> None:
+    if _stop_in_child:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+os.register_at_fork(after_in_child=_maybe_stop_self)
+
 
 class HeldChildren:
     def __init__(self, monkeypatch: Any, target: Any, hold: int = 1) -> None:
@@ -27,13 +40,19 @@ class HeldChildren:
         real = snapshot_fork.fork_snapshot
 
         def fork(store: Any, path: str, **kw: Any) -> snapshot_fork.SnapshotChild:
+            global _stop_in_child
             digest = store.digest()  # the state the child's image must hold
-            child = real(store, path, **kw)
+            with self._mu:
+                hold = self.hold > 0
+                self.hold -= hold
+            _stop_in_child = hold
+            try:
+                child = real(store, path, **kw)
+            finally:
+                _stop_in_child = False
             with self._mu:
                 self.forks.append((child, digest))
-                if self.hold > 0:
-                    self.hold -= 1
-                    os.kill(child.pid, signal.SIGSTOP)
+                if hold:
                     self.held.append(child)
             return child
 
