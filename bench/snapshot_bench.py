@@ -14,8 +14,11 @@ file written and verified), the writer's max latency before and during the snaps
 poller's max during it, and the peak of (the leader's resident set + the pages its snapshot child
 copied) over the leader's resident set before (``rss_ratio_peak``: shared pages count once, so
 this is the memory the snapshot really costs). The leader's own page tables are never walked
-(``smaps``) while it may fork: that holds its mmap lock and stalls the fork. Prints a table,
-then one JSON line (the last line).
+(``smaps``) while it may fork: that holds its mmap lock and stalls the fork. Also: the image's
+compression time on the leader (``compress_ms``) and the size of the Raft snapshot file libraft
+wrote (``raft_snapshot_mb``); ``--compression 0`` runs the nodes with uncompressed snapshots (an
+A/B). "During" is from ``POST /snapshot`` until it answered (the Raft snapshot written) and the
+writer child is gone. Prints a table, then one JSON line (the last line).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ for p in (str(ROOT), str(ROOT / "cli"), str(BENCH_DIR)):
 
 from cluster_bench import export_bench_path  # noqa: E402
 
+from bknr_cluster import defaults  # noqa: E402
 from bknr_cluster.cluster.client import ApiClient  # noqa: E402
 
 BASELINE_S = 2.0      # writer and poller alone before the snapshot
@@ -226,7 +230,8 @@ def trace_lines(log: Path, t0: float, start: float, end: float) -> list[str]:
     return out
 
 
-def run_size(objects: int, nodes: int, trace: bool = False) -> dict[str, Any]:
+def run_size(objects: int, nodes: int, trace: bool = False,
+             compression: int | None = None) -> dict[str, Any]:
     from tests.cluster.harness import LocalCluster
     from tests.support import Processes, wait_until
 
@@ -235,6 +240,9 @@ def run_size(objects: int, nodes: int, trace: bool = False) -> dict[str, Any]:
         c = LocalCluster(Path(tempfile.mkdtemp(prefix="bknr-snapbench-")), procs, nodes,
                          store="cluster_bench:definition", election_timeout_ms=2000,
                          heartbeat_ms=100)
+        if compression is not None:  # an A/B of the image's compression (default: the YAML's)
+            c.data["snapshot"]["compression"] = compression
+            c.write()
         c.init()
         c.start_all()
         leader = c.wait_leader(timeout=30)
@@ -310,13 +318,15 @@ def main() -> int:
                     help="one size only (a diagnostic run: the JSON line then has its keys only)")
     ap.add_argument("--trace", action="store_true",
                     help="nodes trace their stalls (BKNR_TRACE_STALLS); print them per size")
+    ap.add_argument("--compression", type=int, metavar="LEVEL",
+                    help="snapshot.compression for the nodes (0: uncompressed; default: 1)")
     args = ap.parse_args()
     if args.trace:
         os.environ["BKNR_TRACE_STALLS"] = "1"  # inherited by the node processes
     export_bench_path()
     small, large = (100_000, 300_000) if args.quick else (1_000_000, 5_000_000)
     sizes = {"small": [small], "large": [large]}.get(args.only or "", [small, large])
-    rows = [run_size(n, args.nodes, args.trace) for n in sizes]
+    rows = [run_size(n, args.nodes, args.trace, args.compression) for n in sizes]
     cols = ["objects", "snapshot_s", "post_snapshot_s", "write_max_ms_before",
             "write_max_ms_during", "health_max_ms_during", "rss_ratio_peak", "writes_during",
             "write_errors", "store_snapshot_failures", "fork_ms", "compress_ms",
@@ -327,7 +337,9 @@ def main() -> int:
         print(" | ".join(str(r[k]) for k in cols))
     keys = ["objects", "snapshot_s", "write_max_ms_before", "write_max_ms_during",
             "health_max_ms_during", "rss_ratio_peak"]
-    out: dict[str, Any] = {"bench": "snapshot", "quick": args.quick}
+    out: dict[str, Any] = {"bench": "snapshot", "quick": args.quick,
+                           "compression": defaults.SNAPSHOT_COMPRESSION if args.compression is None
+                           else args.compression}
     for n, r in zip(sizes, rows, strict=True):
         out.update({(k if n == small else f"{k}_5m"): r[k] for k in keys})
     print(json.dumps(out))

@@ -38,6 +38,7 @@ class FakeEngine:
         self.log: list[bytes] = []
         self.store_snapshots: list[tuple[int, bytes]] = []
         self.failed_snapshots: list[int] = []
+        self.compress_levels: list[int] = []  # per store_snapshot_file call
         self.submit_error: Exception | None = None
         self.wake_calls = 0  # next_committed calls that posted wake-ups
         self.halted = False
@@ -96,8 +97,11 @@ class FakeEngine:
     def store_snapshot_done(self, index, data):
         self.store_snapshots.append((index, data))
 
-    def store_snapshot_file(self, index, path):
-        with open(path, "rb") as f:  # the native engine maps it; a copy does here
+    def store_snapshot_file(self, index, path, compress_level=0):
+        # the native engine maps it (or compresses it: restores then get the image back as it
+        # was, so the level is only recorded); a copy does here
+        self.compress_levels.append(compress_level)
+        with open(path, "rb") as f:
             self.store_snapshots.append((index, f.read()))
         return True
 
