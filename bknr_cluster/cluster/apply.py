@@ -49,10 +49,11 @@ from bknr_cluster.vocabulary import DataDirLayout
 log = logging.getLogger("bknr.cluster")
 
 # Publishing the digest after each slice (``Applier._publish_digest``): a digest computed in up
-# to DIGEST_FREE_S is published after every slice; a dearer one at most every DIGEST_SPACING
-# times its cost.
+# to DIGEST_FREE_S of CPU time is published after every slice; a dearer one at most every
+# DIGEST_SPACING times its cost (1 %: under writes a published pair goes stale at the next
+# slice anyway, and a reader then computes the current one itself).
 DIGEST_FREE_S = 50e-6
-DIGEST_SPACING = 20
+DIGEST_SPACING = 100
 
 
 class Applier:
@@ -255,7 +256,8 @@ class Applier:
         A digest that took more than DIGEST_FREE_S is next published only DIGEST_SPACING times
         its cost later, so it takes at most ~1/DIGEST_SPACING of the applier's time (and of the
         CPU every write on this node waits for); the slices in between mark the published pair
-        stale, and ``digest()`` computes the current one under the lock when asked."""
+        stale, and ``digest()`` computes the current one under the lock when asked (a slice at
+        most: the wait of a store without an O(1) digest)."""
         now = time.monotonic()
         if now < self._publish_after:
             self.published_stale = True
