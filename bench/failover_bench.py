@@ -171,8 +171,10 @@ def _trace_rounds(path: Path, results: list[Any], counters: list[dict[str, dict[
 
 
 def _samples_near(r: Any) -> list[list]:
-    """The client's requests around the fault: [start, end] ms after it, node id, ok."""
-    return [[round((s.start - r.fault_at) * 1000, 1), round((s.end - r.fault_at) * 1000, 1), s.node, s.ok]
+    """The client's requests around the fault: [start, end] ms after it, node id, ok, error
+    (the failed ones': e.g. ``NotLeader``, ``NoLeader``)."""
+    return [[round((s.start - r.fault_at) * 1000, 1), round((s.end - r.fault_at) * 1000, 1), s.node, s.ok,
+             s.error]
             for s in r.samples if -0.05 < s.end - r.fault_at and s.start - r.fault_at < 1.0]
 
 

@@ -281,6 +281,16 @@ class RaftNode:
                 "apply_queue": 0, "leader_contact_ms": 0, "off_loop_callbacks": 0, "last_error": "",
                 "priority": self.priority}
 
+    def role(self) -> tuple[str, int, int, int]:
+        """``(state, leader_id, transferee, changes)`` as of the loop's last iteration, read
+        without a loop round trip (``status()`` asks the loop): a stopped node is
+        "unavailable". ``changes`` counts role changes; ``role_signal()`` is posted on each."""
+        return self._node.role()
+
+    def role_signal(self) -> Signal:
+        """The Signal posted on every role change (one waiter: the API's role watch)."""
+        return self._node.role_signal
+
     # -- applier side -----------------------------------------------------------------------
 
     def next_committed(self, max_items: int = 256, timeout: float = 0.1,

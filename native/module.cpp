@@ -549,7 +549,17 @@ PYBIND11_MODULE(_raft, m) {
         }, py::arg("index"))
         // An atomic flag the loop thread reads (halt_rule.cpp): no request, no GIL needed.
         .def("set_halted", [](Node& n, bool on) { n.set_halted(on); }, py::arg("on"))
-        .def("halted", [](Node& n) { return n.halted(); });
+        .def("halted", [](Node& n) { return n.halted(); })
+        .def("role", [](Node& n) {
+            // (state, leader_id, transferee, changes) as of the loop's last iteration; a
+            // stopped node is "unavailable" whatever it was
+            Node::Role r = n.role();
+            bool up = n.running();
+            return py::make_tuple(state_name(up ? r.state : 0), up ? r.leader_id : 0,
+                                  up ? r.transferee : 0, r.seq);
+        })
+        .def_property_readonly("role_signal", [](Node& n) -> Signal& { return n.role_signal; },
+                               py::return_value_policy::reference_internal);
 
     m.attr("R_BARRIER") = static_cast<int>(R_BARRIER);
     m.attr("R_ADD") = static_cast<int>(R_ADD);

@@ -356,6 +356,44 @@ void Node::on_check() {
     deliver_deferred();
     retry_timeout_now();
     note_election_won();
+    note_role();
+}
+
+void Node::note_role() {
+    int state = raft_state(&raft_);
+    raft_id lid = 0;
+    const char* laddr = nullptr;
+    raft_leader(&raft_, &lid, &laddr);
+    uint64_t transferee = state == RAFT_LEADER ? raft_transferee(&raft_) : 0;
+    if (state == role_state_.load(std::memory_order_relaxed) &&
+        lid == role_leader_.load(std::memory_order_relaxed) &&
+        transferee == role_transferee_.load(std::memory_order_relaxed))
+        return;
+    // Seqlock: the only writer is this thread; readers retry while seq is odd or moved.
+    uint64_t seq = role_seq_.load(std::memory_order_relaxed);
+    role_seq_.store(seq + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    role_state_.store(state, std::memory_order_relaxed);
+    role_leader_.store(lid, std::memory_order_relaxed);
+    role_transferee_.store(transferee, std::memory_order_relaxed);
+    role_seq_.store(seq + 2, std::memory_order_release);
+    role_signal.post();
+}
+
+Node::Role Node::role() const noexcept {
+    Role r;
+    for (;;) {
+        uint64_t s1 = role_seq_.load(std::memory_order_acquire);
+        if (s1 & 1) continue;
+        r.state = role_state_.load(std::memory_order_relaxed);
+        r.leader_id = role_leader_.load(std::memory_order_relaxed);
+        r.transferee = role_transferee_.load(std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (role_seq_.load(std::memory_order_relaxed) == s1) {
+            r.seq = s1 / 2;
+            return r;
+        }
+    }
 }
 
 void Node::on_async() {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "raft_compat.hpp"
+#include "signal.hpp"
 
 namespace bknr {
 
@@ -266,6 +267,17 @@ public:
     // halt_rule.cpp: a halted replica neither campaigns nor grants votes (set from Python).
     void set_halted(bool on);
     bool halted() const { return halted_.load(std::memory_order_relaxed); }
+
+    // The role as of the loop's last iteration (note_role, from on_check): any thread, no loop
+    // round trip (GET /leader). `seq` counts the changes; role_signal is posted on each one.
+    struct Role {
+        int state = 0;  // RAFT_UNAVAILABLE before the first loop iteration
+        uint64_t leader_id = 0;
+        uint64_t transferee = 0;  // a leader handing leadership over: to whom
+        uint64_t seq = 0;
+    };
+    Role role() const noexcept;
+    Signal role_signal;  // one waiter (the API's role watch thread)
     bool halted_recv(struct raft_message* msg);      // true: drop the message
     void halted_tick();
     // fast_election.cpp: an election at once when the leader's process is gone; timer ranges.
@@ -296,6 +308,11 @@ public:
     void deliver_deferred();
     void drop_deferred();
     void on_check();
+    void note_role();  // loop thread: publish the role if it changed (seqlock below)
+    std::atomic<uint64_t> role_seq_{0};  // odd while note_role writes
+    std::atomic<int> role_state_{0};
+    std::atomic<uint64_t> role_leader_{0};
+    std::atomic<uint64_t> role_transferee_{0};
     int (*orig_start_)(struct raft_io*, unsigned, raft_io_tick_cb, raft_io_recv_cb) = nullptr;
     int (*orig_load_)(struct raft_io*, raft_term*, raft_id*, struct raft_snapshot**, raft_index*,
                       struct raft_entry**, size_t*) = nullptr;

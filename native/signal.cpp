@@ -31,11 +31,6 @@ int* word(std::atomic<int>& a) { return reinterpret_cast<int*>(&a); }
 
 }  // namespace
 
-void Signal::post() noexcept {
-    if (state_.exchange(POSTED, std::memory_order_acq_rel) == SLEEPING)
-        syscall(SYS_futex, word(state_), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
-}
-
 bool Signal::try_take() noexcept {
     int s = POSTED;
     return state_.compare_exchange_strong(s, IDLE, std::memory_order_acquire, std::memory_order_relaxed);

@@ -4,7 +4,12 @@
 // module.cpp's next_committed() posts a list of them after releasing the GIL (DESIGN.md).
 #pragma once
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <climits>
 #include <ctime>
 
 namespace bknr {
@@ -14,7 +19,13 @@ public:
     enum Wait { TAKEN, TIMED_OUT, INTERRUPTED };
 
     // Any thread, with or without the GIL. Posting twice before a wait leaves one post.
-    void post() noexcept;
+    // Inline: the engine's loop thread posts one too (Node::role_signal), and node.cpp is also
+    // linked without the Python binding (native/rules_test).
+    void post() noexcept {
+        if (state_.exchange(POSTED, std::memory_order_acq_rel) == SLEEPING)
+            syscall(SYS_futex, reinterpret_cast<int*>(&state_), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+                    nullptr, 0);
+    }
     // Consumes a post if there is one (never blocks).
     bool try_take() noexcept;
     // Blocks until a post (consumed), the absolute CLOCK_MONOTONIC deadline (nullptr: none)

@@ -42,6 +42,42 @@ class BadRequest(UsageError):
     """Malformed HTTP input (not JSON, wrong shape)."""
 
 
+class RoleWatch:
+    """Wakes the ``GET /leader?wait_ms=`` long polls of one event loop when the engine's role
+    changes. A thread waits on the engine's role signal (posted by its loop thread after the
+    iteration that changed the role; the wait releases the GIL) and sets the loop's current
+    ``changed`` event. A handler takes ``changed`` *before* it reads the role, so a change
+    after that read sets the event it waits on."""
+
+    RECHECK_S = 0.05  # a waiting handler looks at its client and the role at least this often
+
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.loop = loop
+        self.changed = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="bknr-role-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        signal = self.engine.role_signal()
+        while not self.loop.is_closed():
+            if signal.wait(0.5):
+                try:
+                    self.loop.call_soon_threadsafe(self._bump)
+                except RuntimeError:  # the loop closed meanwhile
+                    return
+
+    def _bump(self) -> None:
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+
+    async def wait(self, changed: asyncio.Event, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(changed.wait(), min(timeout, self.RECHECK_S))
+        except TimeoutError:
+            pass
+
+
 def _json_error(exc: BaseException) -> web.Response:
     return web.json_response(error_body(exc), status=error_status(exc))
 
@@ -62,6 +98,7 @@ class Api:
         from bknr_cluster.cluster.schedule import ScheduledTransfer
 
         self.scheduled = ScheduledTransfer(cs)
+        self._role_watch: RoleWatch | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 << 20)
@@ -200,13 +237,17 @@ class Api:
             wait_ms = min(2000, max(0, int(request.query.get("wait_ms", 0))))
         except ValueError:
             raise BadRequest("wait_ms must be an integer") from None
-        deadline = asyncio.get_running_loop().time() + wait_ms / 1000
-        st = await self._run(self.cs.engine.status)
-        while not _leads(st) and asyncio.get_running_loop().time() < deadline:
-            if request.transport is None or request.transport.is_closing():
-                break  # the client went away (aiohttp does not cancel the handler): stop polling
-            await asyncio.sleep(0.001)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        if getattr(self.cs.engine, "role", None) is not None:
+            st = await self._await_role(request, loop, deadline if wait_ms else 0.0)
+        else:  # an engine without role(): poll its status every millisecond
             st = await self._run(self.cs.engine.status)
+            while not _leads(st) and loop.time() < deadline:
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client went away (aiohttp does not cancel the handler)
+                await asyncio.sleep(0.001)
+                st = await self._run(self.cs.engine.status)
         leader_id = int(st.get("leader_id") or 0)
         # A halted leader, or one handing leadership over (libraft refuses its entries), is not
         # a write target: a client waiting here hears of the new leader from that node instead.
@@ -218,6 +259,27 @@ class Api:
         if st.get("transferee"):
             body["transferring_to"] = int(st["transferee"])
         return web.json_response(body, status=200 if body["leader"] else 503)
+
+    async def _await_role(self, request: web.Request, loop: asyncio.AbstractEventLoop,
+                          deadline: float) -> dict:
+        """The engine's role (no thread hop, no loop round trip), waiting until this node leads
+        or the loop clock passes ``deadline``: woken by the role watch at each change."""
+        watch = None
+        while True:
+            changed = watch.changed if watch is not None else None
+            state, leader_id, transferee, _ = self.cs.engine.role()
+            st = {"state": state, "leader_id": leader_id, "transferee": transferee}
+            left = deadline - loop.time()
+            if _leads(st) or left <= 0:
+                return st
+            if request.transport is None or request.transport.is_closing():
+                return st  # the client went away (aiohttp does not cancel the handler)
+            if watch is None:
+                watch = self._role_watch
+                if watch is None or watch.loop is not loop:
+                    watch = self._role_watch = RoleWatch(self.cs.engine, loop)
+                continue  # take its event before reading the role again
+            await watch.wait(changed, left)
 
     async def metrics(self, request: web.Request) -> web.Response:
         from bknr_cluster.cluster.metrics import CONTENT_TYPE

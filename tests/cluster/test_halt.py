@@ -287,3 +287,56 @@ def test_a_cheap_digest_is_published_by_the_applier_and_read_without_the_apply_l
     assert time.monotonic() - t0 < 0.5
     release.set()
     t.join()
+
+
+def spin(seconds: float) -> None:
+    """Burn ``seconds`` of this thread's CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_a_dear_digest_is_published_spaced_and_still_read_at_the_applied_index(cs, monkeypatch):
+    """A digest that costs more than DIGEST_FREE_S (the system namespace of a failover drill)
+    is not computed after every slice; readers between two publications get the current
+    (index, digest) pair from the locked path, never a stale one."""
+    from bknr_cluster.cluster import apply
+
+    monkeypatch.setattr(apply, "DIGEST_SPACING", 100_000)  # after one publication: none for long
+    cs.applier.cheap_digest = True
+    real = cs.store.digest
+    applier_calls = []
+
+    def dear() -> str:
+        if threading.current_thread() is cs.applier.thread:
+            applier_calls.append(cs.applied_index)
+        spin(0.002)  # > DIGEST_FREE_S of CPU time
+        return real()
+    monkeypatch.setattr(cs.store, "digest", dear)
+    cs.execute("put", "a", 1)
+    wait_until(lambda: applier_calls, 5, "the first publication")
+    published = len(applier_calls)
+    for i in range(5):
+        cs.execute("put", f"k{i}", i)
+    assert len(applier_calls) == published  # spaced: no publication for these slices
+    assert cs.applier.published_stale
+    assert cs.digest() == (cs.applied_index, real())  # the locked path: current
+    # which publishes it: the next reader needs no lock until the applier moves on
+    assert not cs.applier.published_stale
+    assert cs.applier.published_digest == (cs.applied_index, real())
+    cs.execute("put", "b", 2)
+    assert cs.applier.published_stale and len(applier_calls) == published
+    assert cs.digest() == (cs.applied_index, real())
+
+
+def test_a_cheap_digest_is_published_after_every_slice(cs, monkeypatch):
+    from bknr_cluster.cluster import apply
+
+    # "cheap": within DIGEST_FREE_S of CPU time (a first fold can take longer on a busy host)
+    monkeypatch.setattr(apply, "DIGEST_FREE_S", 10.0)
+    cs.applier.cheap_digest = True
+    for i in range(5):
+        cs.execute("put", f"k{i}", i)
+        assert not cs.applier.published_stale
+    wait_until(lambda: cs.applier.published_digest == (cs.applied_index, cs.store.digest()), 5,
+               "the last slice's digest published")

@@ -93,3 +93,33 @@ def test_a_long_poll_stops_when_its_client_goes_away(node):
     # no event marks "stopped": sample the count over a window well inside the 2 s wait
     counts = sample_for(lambda: engine.status_calls, 0.5)
     assert counts[-1] - counts[len(counts) // 3] <= 2, "the long poll kept running after its client left"
+
+
+def test_with_the_real_engine_a_long_poll_is_answered_when_a_transfer_makes_its_node_lead(tmp_path, procs):
+    """The native engine's role (no status round trip): a follower's long poll ends with 200
+    once a planned transfer makes it leader; the old leader then names it."""
+    from tests.cluster.harness import LocalCluster
+
+    c = LocalCluster(tmp_path, procs, 3)
+    c.init()
+    c.start_all()
+    leader = c.wait_leader()
+    follower = next(n for n in c.names if n != leader)
+    port = int(c.api_url(follower).rsplit(":", 1)[1])
+    lport = int(c.api_url(leader).rsplit(":", 1)[1])
+    assert _get(lport, "/leader")[1]["leader"] is True
+    status, body = _get(port, "/leader?wait_ms=50")  # not leading: answered after the wait
+    assert status == 503 and body["leader_id"] == c.node_id(leader) and body["node_id"] == c.node_id(follower)
+    answer: list = []
+    waiter = threading.Thread(target=lambda: answer.append(_get(port, "/leader?wait_ms=2000")))
+    waiter.start()
+    time.sleep(0.2)  # the poll is waiting (a 2 s wait; the transfer comes well inside it)
+    assert not answer
+    c.client(leader).call("POST", "/transfer", {"to": c.node_id(follower)})
+    waiter.join(5.0)
+    assert answer, "the long poll did not end"
+    status, body = answer[0]
+    assert status == 200 and body["leader"] is True and body["node_id"] == c.node_id(follower)
+    wait_until(lambda: _get(lport, "/leader")[1]["leader_id"] == c.node_id(follower), 5.0,
+               "the old leader naming the new one")
+    assert _get(lport, "/leader")[0] == 503

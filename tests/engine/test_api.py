@@ -272,3 +272,22 @@ def test_stop_from_signal_handler_and_atexit(procs, tmp_path):
     p.send_signal(signal.SIGTERM)
     assert p.wait(20) == 0, log.read_text()
     assert "drained" in log.read_text()
+
+
+def test_role_is_read_without_the_loop_and_its_signal_posted_on_each_change(tmp_path):
+    """``role()``: (state, leader_id, transferee, changes) as of the loop's last iteration,
+    "unavailable" while stopped; ``role_signal()`` is posted when it changes (GET /leader)."""
+    with two_voters(tmp_path) as (leader, follower):
+        state, leader_id, transferee, changes = leader.role()
+        assert (state, leader_id, transferee) == ("leader", leader.node_id, 0) and changes >= 1
+        wait_until(lambda: follower.role()[:3] == ("follower", leader.node_id, 0), 5, "follower role")
+        sig = follower.role_signal()
+        while sig.wait(0):  # the changes so far
+            pass
+        before = follower.role()[3]
+        leader.transfer(follower.node_id).result(5)
+        assert sig.wait(5), "no role change signalled"
+        wait_until(lambda: follower.role()[:3] == ("leader", follower.node_id, 0), 5, "new leader's role")
+        assert follower.role()[3] > before
+        wait_until(lambda: leader.role()[:2] == ("follower", follower.node_id), 5, "old leader's role")
+    assert follower.role()[:3] == ("unavailable", 0, 0) and leader.role()[0] == "unavailable"
