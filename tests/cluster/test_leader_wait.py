@@ -113,8 +113,8 @@ def test_with_the_real_engine_a_long_poll_is_answered_when_a_transfer_makes_its_
     answer: list = []
     waiter = threading.Thread(target=lambda: answer.append(_get(port, "/leader?wait_ms=2000")))
     waiter.start()
-    time.sleep(0.2)  # the poll is waiting (a 2 s wait; the transfer comes well inside it)
-    assert not answer
+    # a window, not synchronisation: the poll (a 2 s wait) must still be pending after 0.2 s
+    assert not any(sample_for(lambda: bool(answer), 0.2))
     c.client(leader).call("POST", "/transfer", {"to": c.node_id(follower)})
     waiter.join(5.0)
     assert answer, "the long poll did not end"
