@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from bknr_cluster import _raft, defaults, raft_repair
+from bknr_cluster import _raft, defaults, raft_install_finish, raft_repair
 from bknr_cluster._raft import Signal
 from bknr_cluster.datadir_lock import DataDirLock
 from bknr_cluster.errors import (
@@ -164,23 +164,28 @@ class RaftNode:
     def recover(self, configuration: list[tuple[int, str, str]]) -> None:
         """Force a new configuration after quorum loss (before start(); see raft_recover)."""
         with self._dir_locked():
-            raft_repair.repair_open_segments(self.data_dir)  # raft_recover loads the log as well
+            self._repair_before_load()  # raft_recover loads the log as well
             self._raise(*self._node.bootstrap(_check_configuration(configuration), True))
 
     def start(self) -> None:
         if not self._node.running():
             self._lock.acquire()  # held until stop(): one process per data directory
             try:
-                # libraft refuses to load an open segment torn by a crash on a full disk; cut
-                # the torn tail first, refuse other damage it would silently truncate
-                # (raft_repair.py).
-                raft_repair.repair_open_segments(self.data_dir)
+                self._repair_before_load()
                 self._raise(*self._node.start())
             except BaseException:
                 self._lock.release()
                 raise
             return
         self._raise(*self._node.start())
+
+    def _repair_before_load(self) -> None:
+        # libraft refuses to load an open segment torn by a crash on a full disk; cut the torn
+        # tail first, refuse other damage it would silently truncate (raft_repair.py). Then
+        # finish a snapshot install a crash interrupted, which it would refuse for ever
+        # (raft_install_finish.py).
+        raft_repair.repair_open_segments(self.data_dir)
+        raft_install_finish.finish_interrupted_install(self.data_dir)
 
     def stop(self) -> None:
         """Idempotent; joins the loop thread. Safe from atexit and signal handlers."""
