@@ -114,7 +114,7 @@ struct StatusData {
     uint64_t early_campaigns = 0;     // early elections against a shorter-log candidate
     uint64_t pre_vote_retries = 0;    // pre-vote rounds re-sent before the candidate timer
     uint64_t leader_closes = 0;       // follower: the leader's stream to us closed (fast_election.cpp)
-    uint64_t leaders_gone = 0;        // ... and a connect() to its raft port was refused
+    uint64_t leaders_gone = 0;        // ... and the probe of its raft port was refused or reset
     uint64_t fast_elections = 0;      // elections started by the head start, not the timer
     uint64_t fast_timeline[3] = {0, 0, 0};  // last fast election won: close->gone->campaign->leader ms
     int priority = 0;                 // leadership priority: 1 preferred, 0 none, -1 avoid

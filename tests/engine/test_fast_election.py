@@ -3,8 +3,8 @@ NOT trigger them.
 
 The election timeout here is long (2 s: a follower's timer is uniform in [2, 3] s), so a new
 leader within a few heartbeats can only come from the fast path; the status counters say which
-step ran (``leader_closes``: the leader's stream closed; ``leaders_gone``: a connect() to its
-raft port was refused; ``fast_elections``: the head start started an election).
+step ran (``leader_closes``: the leader's stream closed; ``leaders_gone``: the probe of its
+raft port was refused or reset; ``fast_elections``: the head start started an election).
 """
 
 from __future__ import annotations
