@@ -32,6 +32,13 @@ class SmallDisk:
         if p.returncode != 0:
             raise NetworkUnavailable(f"cannot mount tmpfs on {self.path}: {p.stderr.strip()}")
         self._mounted = True
+        # The ballast file exists from the start, so that filling never has to create a file on
+        # a disk that may already be nearly full (CI once got ENOSPC from that create).
+        try:
+            self.ballast.touch()
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror}: creating {self.ballast} on a fresh tmpfs; "
+                                     f"{self.usage()}") from exc
         return self
 
     def umount(self) -> None:
@@ -54,7 +61,11 @@ class SmallDisk:
         """Write ballast until at most ``leave_bytes`` remain free; returns the ballast size."""
         chunk = b"\0" * (1 << 20)
         written = 0
-        with open(self.ballast, "ab") as fh:
+        try:
+            fh = open(self.ballast, "ab")
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror}: opening {self.ballast}; {self.usage()}") from exc
+        with fh:
             while True:
                 room = self.free_bytes() - leave_bytes
                 if room <= 0:
@@ -68,6 +79,20 @@ class SmallDisk:
                         raise
                     break
         return written
+
+    def usage(self) -> str:
+        """What holds the space: free blocks and inodes, and every file with its size."""
+        st = os.statvfs(self.path)
+        files = []
+        for root, _dirs, names in os.walk(self.path):
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    files.append(f"{os.path.relpath(path, self.path)} {os.stat(path).st_size}")
+                except OSError as exc:
+                    files.append(f"{os.path.relpath(path, self.path)} ({exc.strerror})")
+        return (f"{self.path}: {st.f_bavail * st.f_frsize} bytes and {st.f_favail} inodes free; "
+                f"files: {', '.join(files) or 'none'}")
 
     def release(self) -> None:
         self.ballast.unlink(missing_ok=True)
