@@ -62,7 +62,11 @@ class SmallDisk:
         chunk = b"\0" * (1 << 20)
         written = 0
         try:
-            fh = open(self.ballast, "ab")
+            # Unbuffered: the node writes to this disk concurrently and may take the last pages
+            # between statvfs and our write. With a buffered file the rejected bytes stayed in the
+            # buffer and close() raised ENOSPC again (reported at the `with open` line: the CI
+            # failure); a raw write either lands (possibly partly) or raises, leaving nothing behind.
+            fh = open(self.ballast, "ab", buffering=0)
         except OSError as exc:
             raise OSError(exc.errno, f"{exc.strerror}: opening {self.ballast}; {self.usage()}") from exc
         with fh:
@@ -71,12 +75,13 @@ class SmallDisk:
                 if room <= 0:
                     break
                 try:
-                    fh.write(chunk[:min(len(chunk), room)])
-                    fh.flush()
-                    written += min(len(chunk), room)
+                    n = fh.write(chunk[:min(len(chunk), room)])
                 except OSError as exc:
                     if exc.errno != errno.ENOSPC:
                         raise
+                    break
+                written += n or 0
+                if not n:
                     break
         return written
 
