@@ -32,8 +32,8 @@ class SmallDisk:
         if p.returncode != 0:
             raise NetworkUnavailable(f"cannot mount tmpfs on {self.path}: {p.stderr.strip()}")
         self._mounted = True
-        # The ballast file exists from the start, so that filling never has to create a file on
-        # a disk that may already be nearly full (CI once got ENOSPC from that create).
+        # The ballast file exists from the start: filling then creates nothing on a disk the
+        # node is writing to at the same time.
         try:
             self.ballast.touch()
         except OSError as exc:
