@@ -6,8 +6,9 @@ Why: a follower that receives InstallSnapshot at index S (libraft's ``UvSnapshot
 blocked until that is done. A node killed between the rename and the deletes keeps closed
 segments that all end before S plus libraft's prepared (empty) open segments. libraft's loader
 keeps closed segments behind the snapshot whenever an open segment exists ("hoping" the open
-ones carry the log on), finds they do not, and fails every later start with RAFT_CORRUPT: "last
-entry on disk has index L, which is behind last snapshot's index S". The chaos suite hit this
+ones carry the log on), finds they do not, and fails the start with RAFT_CORRUPT: "last entry
+on disk has index L, which is behind last snapshot's index S" (that failed load removes the empty
+open segment, so a second start would pass; a node must not need one). The chaos suite hit this
 (``restart_then_crash``: a restarted node was installed a snapshot and killed 0.7 s later).
 
 Every entry at or below S is superseded by the snapshot, which only ever holds committed state,
